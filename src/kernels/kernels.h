@@ -1,0 +1,124 @@
+// The kernel interface every backend implements. The model (src/model/) is written
+// once against it; src/kernels/cpu/ and src/kernels/cuda/ provide the two backends.
+//
+// Conventions
+// - Matrices are row-major. T = B*L tokens; a (B, L, X) activation is a (T, X) matrix.
+// - Pointers are in the backend's memory (host for CPU, device for CUDA).
+// - "+=" outputs accumulate into what is there; "=" outputs overwrite.
+// - A row stride (ld) is given wherever a kernel reads a column slice of a wider
+//   matrix, e.g. x and z are the two halves of in_proj's (T, 2*d_inner) output.
+// - Kernels are deterministic for a fixed thread count (no atomics in reductions).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace bhasa {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory -------------------------------------------------------------
+  virtual float* alloc(size_t n) = 0;  // n floats, zeroed
+  virtual void free(void* p) = 0;
+  virtual int32_t* alloc_i32(size_t n) = 0;
+  virtual void upload(float* dst, const float* src, size_t n) = 0;      // host -> backend
+  virtual void download(float* dst, const float* src, size_t n) = 0;    // backend -> host
+  virtual void upload_i32(int32_t* dst, const int32_t* src, size_t n) = 0;
+  virtual void zero(float* p, size_t n) = 0;
+  virtual void copy(float* dst, const float* src, size_t n) = 0;        // within backend
+  virtual void synchronize() {}
+
+  // ---- GEMM ---------------------------------------------------------------
+  // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C,  op(X) = X^T when trans.
+  // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
+  virtual void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda,
+                    const float* B, int ldb, float beta, float* C, int ldc) = 0;
+
+  // ---- embedding ----------------------------------------------------------
+  // out = table[ids]                       ids (T), table (V, D), out (T, D)
+  virtual void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) = 0;
+  // dtable[ids[t]] += dout[t]              dtable (V, D) +=
+  virtual void embedding_backward(int T, int D, int V, const int32_t* ids, const float* dout, float* dtable) = 0;
+
+  // ---- norms --------------------------------------------------------------
+  // rms:   out = x * rsqrt(mean(x^2) + eps) * w
+  // layer: out = (x - mean) * rsqrt(var + eps) * w + b
+  // x (T, D), w (D), b (D) or null for rms, out (T, D), mean (T) (unused for rms), rstd (T)
+  virtual void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
+                            const float* b, float* out, float* mean, float* rstd) = 0;
+  // dx (T, D) +=  (so the residual stream's gradient passes straight through),
+  // dw (D) +=, db (D) += (null for rms)
+  virtual void norm_backward(int T, int D, bool rms, const float* dout, const float* x,
+                             const float* w, const float* mean, const float* rstd, float* dx,
+                             float* dw, float* db) = 0;
+
+  // ---- causal depthwise conv1d + SiLU ---------------------------------------
+  // torch: out = F.silu(F.conv1d(x.transpose(1,2), w, bias, padding=K-1, groups=E)[..., :L]).transpose(1,2)
+  // x (B, L, E) with row stride ldx, w (E, K), bias (E) or null, out (B, L, E) dense
+  virtual void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx,
+                                   const float* w, const float* bias, float* out) = 0;
+  // Recomputes the pre-activation. dx (B, L, E) row stride ldx, "="; dw (E, K) +=, dbias (E) +=
+  virtual void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx,
+                                    const float* w, const float* bias, const float* dout,
+                                    float* dx, float* dw, float* dbias) = 0;
+
+  // ---- selective scan -------------------------------------------------------
+  // delta[t,e] = softplus(dt[t,e] + dt_bias[e]);  A = -exp(A_log)
+  // h[t,e,n]   = exp(delta[t,e] * A[e,n]) * h[t-1,e,n] + delta[t,e] * Bm[t,n] * u[t,e]
+  // out[t,e]   = (sum_n Cm[t,n] * h[t,e,n] + D[e] * u[t,e]) * silu(z[t,e])
+  // u, dt (B, L, E) dense; Bm, Cm (B, L, N) with row stride ld_bc; z (B, L, E) row stride ldz;
+  // dt_bias, D (E); A_log (E, N); out (B, L, E) dense.
+  // chunk_states (B, n_chunks, E, N), n_chunks = ceil(L / chunk): the state h at the
+  // *start* of each chunk, so the backward pass can recompute within a chunk.
+  // May be null (inference): then nothing is saved.
+  // h0 (B, E, N) initial state or null for zeros; h_last (B, E, N) final state or null.
+  virtual void scan_forward(int B, int L, int E, int N, int chunk, const float* u,
+                            const float* dt, const float* dt_bias, const float* A_log,
+                            const float* Bm, const float* Cm, int ld_bc, const float* D,
+                            const float* z, int ldz, float* out, float* chunk_states,
+                            const float* h0, float* h_last) = 0;
+  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs);
+  // "+=" for dA_log (E, N), dD (E), ddt_bias (E).
+  virtual void scan_backward(int B, int L, int E, int N, int chunk, const float* u,
+                             const float* dt, const float* dt_bias, const float* A_log,
+                             const float* Bm, const float* Cm, int ld_bc, const float* D,
+                             const float* z, int ldz, const float* chunk_states,
+                             const float* dout, float* du, float* ddt, float* dBm, float* dCm,
+                             float* dz, float* dA_log, float* dD, float* ddt_bias) = 0;
+
+  // ---- gated MLP activation -------------------------------------------------
+  // torch: y, g = f.chunk(2, -1); out = y * F.silu(g)     f (T, 2I), out (T, I)
+  virtual void swiglu_forward(int T, int I, const float* f, float* out) = 0;
+  // df (T, 2I) "="
+  virtual void swiglu_backward(int T, int I, const float* f, const float* dout, float* df) = 0;
+
+  // ---- cross-entropy --------------------------------------------------------
+  // Per row t with target[t] >= 0: loss[t] = logsumexp(logits[t]) - logits[t, target[t]].
+  // Rows with target < 0 are ignored (loss 0, gradient 0). logits (T, V) row stride ldl.
+  // When dlogits_scale != 0, logits is overwritten in place by
+  // dlogits = (softmax(logits) - onehot(target)) * dlogits_scale.
+  // Returns the sum of losses over valid rows (as double, on the host).
+  virtual double cross_entropy(int T, int V, float* logits, int ldl, const int32_t* targets,
+                               float dlogits_scale) = 0;
+
+  // ---- optimizer ------------------------------------------------------------
+  // AdamW (decoupled decay): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+  // p -= lr * (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd * p)
+  // g is pre-multiplied by grad_scale (for clipping) before use.
+  virtual void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
+                     float b2, float eps, float wd, int step, float grad_scale) = 0;
+  // sum(g^2) over n elements, as double on the host (for global-norm clipping).
+  virtual double sum_squares(size_t n, const float* g) = 0;
+  // y += alpha * x  (used for residual adds where GEMM's beta cannot be used)
+  virtual void axpy(size_t n, float alpha, const float* x, float* y) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+// Throws Error when the build has no CUDA or no GPU is present.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+}  // namespace bhasa
