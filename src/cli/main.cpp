@@ -10,6 +10,11 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "bhasa 0.1.0");
   bhasa::cli::add_forward_command(app);
   bhasa::cli::add_bench_command(app);
+  bhasa::cli::add_train_command(app);
+  bhasa::cli::add_generate_command(app);
+  bhasa::cli::add_chat_command(app);
+  bhasa::cli::add_eval_command(app);
+  bhasa::cli::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -66,6 +66,13 @@ class Backend {
                                     const float* w, const float* bias, const float* dout,
                                     float* dx, float* dw, float* dbias) = 0;
 
+  // The same with history, for inference: state (B, K-1, E) holds the previous K-1
+  // inputs (zeros at the start of a sequence) and is updated in place to the last
+  // K-1 inputs of [state, x]. x (B, L, E) row stride ldx; out (B, L, E) dense.
+  virtual void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx,
+                                      const float* w, const float* bias, float* state,
+                                      float* out) = 0;
+
   // ---- selective scan -------------------------------------------------------
   // delta[t,e] = softplus(dt[t,e] + dt_bias[e]);  A = -exp(A_log)
   // h[t,e,n]   = exp(delta[t,e] * A[e,n]) * h[t-1,e,n] + delta[t,e] * Bm[t,n] * u[t,e]
@@ -76,6 +83,7 @@ class Backend {
   // *start* of each chunk, so the backward pass can recompute within a chunk.
   // May be null (inference): then nothing is saved.
   // h0 (B, E, N) initial state or null for zeros; h_last (B, E, N) final state or null.
+  // h0 and h_last may be the same buffer (decoding updates the state in place).
   virtual void scan_forward(int B, int L, int E, int N, int chunk, const float* u,
                             const float* dt, const float* dt_bias, const float* A_log,
                             const float* Bm, const float* Cm, int ld_bc, const float* D,

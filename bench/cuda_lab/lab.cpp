@@ -1,0 +1,323 @@
+// The CUDA kernel lab (after llm.c's dev/cuda): every kernel next to its CPU
+// reference on random data at the mamba-130m training shape (B x L = 16 x 2048,
+// d_model 768, d_inner 1536, d_state 16, vocab 50280). For each: a check
+// (||gpu - cpu|| / ||cpu||, on a slice where the full CPU run would be slow) and a
+// timing (CUDA events around each run, median of many after warm-up), printed as a
+// table with the achieved GB/s (bytes each input read once, each output written
+// once) or TFLOP/s. Run by bench/cuda_lab/run.sh.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/kernels.h"
+
+using namespace bhasa;
+
+namespace {
+
+std::mt19937 rng(1);
+
+std::vector<float> randn(size_t n, float scale = 1.0f, float mean = 0.0f) {
+  std::normal_distribution<float> d(mean, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double rel_l2(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-60));
+}
+
+struct Lab {
+  Backend& gpu;
+  Backend& cpu;
+  cudaStream_t stream;
+  std::vector<float*> owned;
+  struct Row {
+    std::string name;
+    double ms, gbs, tflops, err, tol;
+  };
+  std::vector<Row> rows;
+
+  float* dev(const std::vector<float>& h) {
+    float* p = gpu.alloc(h.size());
+    gpu.upload(p, h.data(), h.size());
+    owned.push_back(p);
+    return p;
+  }
+  float* dev(size_t n) {
+    float* p = gpu.alloc(n);
+    owned.push_back(p);
+    return p;
+  }
+  std::vector<float> host(const float* p, size_t n) {
+    std::vector<float> v(n);
+    gpu.download(v.data(), p, n);
+    return v;
+  }
+  void release() {
+    for (float* p : owned) gpu.free(p);
+    owned.clear();
+  }
+
+  // Median of `iters` event-timed runs after `warmup` untimed ones, in ms.
+  double time_ms(const std::function<void()>& f, int warmup = 3, int iters = 20) {
+    for (int i = 0; i < warmup; ++i) f();
+    gpu.synchronize();
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    std::vector<float> ts;
+    for (int i = 0; i < iters; ++i) {
+      cudaEventRecord(a, stream);
+      f();
+      cudaEventRecord(b, stream);
+      cudaEventSynchronize(b);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      ts.push_back(ms);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    std::sort(ts.begin(), ts.end());
+    return ts[ts.size() / 2];
+  }
+  void add(const std::string& name, double ms, double bytes, double flops, double err, double tol) {
+    rows.push_back({name, ms, bytes / ms / 1e6, flops / ms / 1e9, err, tol});
+    std::printf("  %-34s %9.3f ms  err %.2e %s\n", name.c_str(), ms, err, err <= tol ? "ok" : "FAIL");
+    std::fflush(stdout);
+  }
+};
+
+// Shapes of mamba-130m training at 16 x 2048.
+constexpr int B = 16, L = 2048, T = B * L, Dm = 768, E = 1536, N = 16, R = 48, P = R + 2 * N,
+              V = 50280, K = 4, CHUNK = 64;
+
+void gemm_rows(Lab& lab) {
+  struct G { const char* name; bool ta, tb; int M, N, K; };
+  const G gs[] = {{"gemm in_proj fwd (T,3072,768)", false, true, T, 2 * E, Dm},
+                  {"gemm in_proj dW (3072,768,T)", true, false, 2 * E, Dm, T},
+                  {"gemm out_proj fwd (T,768,1536)", false, true, T, Dm, E},
+                  {"gemm lm_head fwd (8192,50280,768)", false, true, 8192, V, Dm}};
+  for (const G& g : gs) {
+    const int lda = g.ta ? g.M : g.K, ldb = g.tb ? g.K : g.N;
+    auto A = randn(size_t(g.ta ? g.K : g.M) * lda), Bv = randn(size_t(g.tb ? g.N : g.K) * ldb);
+    float* dA = lab.dev(A);
+    float* dB = lab.dev(Bv);
+    float* dC = lab.dev(size_t(g.M) * g.N);
+    auto run = [&] { lab.gpu.gemm(g.ta, g.tb, g.M, g.N, g.K, dA, lda, dB, ldb, 0.0f, dC, g.N); };
+    const double ms = lab.time_ms(run);
+    // check the first 16 rows of C against the CPU
+    const int rows = 16;
+    std::vector<float> ref(size_t(rows) * g.N);
+    if (!g.ta) {
+      lab.cpu.gemm(false, g.tb, rows, g.N, g.K, A.data(), lda, Bv.data(), ldb, 0.0f, ref.data(), g.N);
+    } else {  // rows of op(A) = columns of A: op(A)[0:rows] = A[:, 0:rows]^T
+      lab.cpu.gemm(true, g.tb, rows, g.N, g.K, A.data(), lda, Bv.data(), ldb, 0.0f, ref.data(), g.N);
+    }
+    auto got = lab.host(dC, size_t(rows) * g.N);
+    const double flops = 2.0 * g.M * g.N * double(g.K);
+    const double bytes = 4.0 * (double(g.M) * g.K + double(g.K) * g.N + double(g.M) * g.N);
+    lab.add(g.name, ms, bytes, flops, rel_l2(got.data(), ref.data(), ref.size()), 2e-3);
+    lab.release();
+  }
+}
+
+void scan_rows(Lab& lab) {
+  const int n_chunks = (L + CHUNK - 1) / CHUNK;
+  const size_t ble = size_t(B) * L * E;
+  auto u = randn(ble), dt = randn(ble, 1.0f, -2.0f), bias = randn(E, 0.5f), A_log = randn(size_t(E) * N, 0.5f, 1.0f),
+       bc = randn(size_t(T) * P), Dv = randn(E), xz = randn(size_t(T) * 2 * E), dout = randn(ble);
+  float *du = lab.dev(u), *ddt = lab.dev(dt), *dbias = lab.dev(bias), *dA = lab.dev(A_log), *dbc = lab.dev(bc),
+        *dD = lab.dev(Dv), *dxz = lab.dev(xz), *ddout = lab.dev(dout);
+  float *out = lab.dev(ble), *states = lab.dev(size_t(B) * n_chunks * E * N);
+  float *gu = lab.dev(ble), *gdt = lab.dev(ble), *gbc = lab.dev(size_t(T) * P), *gxz = lab.dev(size_t(T) * 2 * E),
+        *gA = lab.dev(size_t(E) * N), *gD = lab.dev(E), *gb = lab.dev(E);
+  auto fwd = [&] {
+    lab.gpu.scan_forward(B, L, E, N, CHUNK, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E, out,
+                         states, nullptr, nullptr);
+  };
+  auto bwd = [&] {
+    lab.gpu.scan_backward(B, L, E, N, CHUNK, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E,
+                          states, ddout, gu, gdt, gbc + R, gbc + R + N, gxz + E, gA, gD, gb);
+  };
+  const double t_f = lab.time_ms(fwd), t_b = lab.time_ms(bwd);
+  const double t_fb = lab.time_ms([&] { fwd(); bwd(); });
+  // check batch row 0 against the CPU (each batch row is independent except the parameter grads)
+  const int L1 = L;
+  std::vector<float> rout(size_t(L1) * E), rst(size_t(n_chunks) * E * N), rdu(size_t(L1) * E), rddt(size_t(L1) * E),
+      rbc(size_t(L1) * P, 0.0f), rxz(size_t(L1) * 2 * E, 0.0f), rA(size_t(E) * N, 0.0f), rD(E, 0.0f), rb(E, 0.0f);
+  lab.cpu.scan_forward(1, L1, E, N, CHUNK, u.data(), dt.data(), bias.data(), A_log.data(), bc.data() + R,
+                       bc.data() + R + N, P, Dv.data(), xz.data() + E, 2 * E, rout.data(), rst.data(), nullptr, nullptr);
+  lab.cpu.scan_backward(1, L1, E, N, CHUNK, u.data(), dt.data(), bias.data(), A_log.data(), bc.data() + R,
+                        bc.data() + R + N, P, Dv.data(), xz.data() + E, 2 * E, rst.data(), dout.data(), rdu.data(),
+                        rddt.data(), rbc.data() + R, rbc.data() + R + N, rxz.data() + E, rA.data(), rD.data(), rb.data());
+  fwd();
+  bwd();
+  auto gout = lab.host(out, rout.size()), ggu = lab.host(gu, rdu.size()), ggdt = lab.host(gdt, rddt.size());
+  auto ggbc = lab.host(gbc, rbc.size());
+  for (int r = 0; r < L1; ++r)
+    for (int j = 0; j < R; ++j) ggbc[size_t(r) * P + j] = 0.0f;  // columns the scan does not write
+  const double e_f = rel_l2(gout.data(), rout.data(), rout.size());
+  const double e_b = std::max({rel_l2(ggu.data(), rdu.data(), rdu.size()), rel_l2(ggdt.data(), rddt.data(), rddt.size()),
+                               rel_l2(ggbc.data(), rbc.data(), rbc.size())});
+  const double fwd_bytes = 4.0 * (4.0 * ble + 2.0 * T * N + double(B) * n_chunks * E * N);
+  const double bwd_bytes = 4.0 * (7.0 * ble + 4.0 * T * N + double(B) * n_chunks * E * N);
+  lab.add("scan fwd (16,1536,2048,16)", t_f, fwd_bytes, 0, e_f, 1e-5);
+  lab.add("scan bwd (16,1536,2048,16)", t_b, bwd_bytes, 0, e_b, 1e-5);
+  lab.add("scan fwd+bwd  [goal <= 3 ms]", t_fb, fwd_bytes + bwd_bytes, 0, std::max(e_f, e_b), 1e-5);
+  lab.release();
+}
+
+void elementwise_rows(Lab& lab) {
+  // conv1d + SiLU on x = first half of xz (row stride 2E)
+  {
+    auto xz = randn(size_t(T) * 2 * E), w = randn(size_t(E) * K, 0.5f), b = randn(E), dout = randn(size_t(T) * E);
+    float *dx = lab.dev(xz), *dw = lab.dev(w), *db = lab.dev(b), *dd = lab.dev(dout), *out = lab.dev(size_t(T) * E),
+          *gx = lab.dev(size_t(T) * 2 * E), *gw = lab.dev(size_t(E) * K), *gb = lab.dev(E);
+    const double tf = lab.time_ms([&] { lab.gpu.conv1d_silu_forward(B, L, E, K, dx, 2 * E, dw, db, out); });
+    const double tb = lab.time_ms([&] { lab.gpu.conv1d_silu_backward(B, L, E, K, dx, 2 * E, dw, db, dd, gx, gw, gb); });
+    std::vector<float> ref(size_t(L) * E), rgx(size_t(L) * 2 * E, 0.0f), rgw(size_t(E) * K, 0.0f), rgb(E, 0.0f);
+    lab.cpu.conv1d_silu_forward(1, L, E, K, xz.data(), 2 * E, w.data(), b.data(), ref.data());
+    lab.cpu.conv1d_silu_backward(1, L, E, K, xz.data(), 2 * E, w.data(), b.data(), dout.data(), rgx.data(), rgw.data(), rgb.data());
+    auto got = lab.host(out, ref.size()), ggx = lab.host(gx, rgx.size());
+    for (int r = 0; r < L; ++r)
+      for (int j = E; j < 2 * E; ++j) ggx[size_t(r) * 2 * E + j] = 0.0f;
+    lab.add("conv1d+silu fwd (16,2048,1536,4)", tf, 4.0 * 2 * T * double(E), 0, rel_l2(got.data(), ref.data(), ref.size()), 1e-5);
+    lab.add("conv1d+silu bwd", tb, 4.0 * 3 * T * double(E), 0, rel_l2(ggx.data(), rgx.data(), rgx.size()), 1e-5);
+    lab.release();
+  }
+  // norm (RMS) over the residual stream
+  {
+    auto x = randn(size_t(T) * Dm), w = randn(Dm, 0.2f, 1.0f), dout = randn(size_t(T) * Dm);
+    float *dx = lab.dev(x), *dw = lab.dev(w), *dd = lab.dev(dout), *out = lab.dev(size_t(T) * Dm), *rs = lab.dev(T),
+          *gx = lab.dev(size_t(T) * Dm), *gw = lab.dev(Dm);
+    const double tf = lab.time_ms([&] { lab.gpu.norm_forward(T, Dm, true, 1e-5f, dx, dw, nullptr, out, nullptr, rs); });
+    const double tb = lab.time_ms([&] { lab.gpu.norm_backward(T, Dm, true, dd, dx, dw, nullptr, rs, gx, gw, nullptr); });
+    const int rows = 256;
+    std::vector<float> ref(size_t(rows) * Dm), rr(rows);
+    lab.cpu.norm_forward(rows, Dm, true, 1e-5f, x.data(), w.data(), nullptr, ref.data(), nullptr, rr.data());
+    auto got = lab.host(out, ref.size());
+    lab.add("rmsnorm fwd (32768,768)", tf, 4.0 * 2 * T * double(Dm), 0, rel_l2(got.data(), ref.data(), ref.size()), 1e-5);
+    lab.add("rmsnorm bwd (dx +=, dw +=)", tb, 4.0 * 4 * T * double(Dm), 0, 0.0, 1e-5);
+    lab.release();
+  }
+  // swiglu at d_intermediate 2048 (the seed's gated MLP)
+  {
+    const int I = 2048;
+    auto f = randn(size_t(T) * 2 * I), dout = randn(size_t(T) * I);
+    float *df = lab.dev(f), *dd = lab.dev(dout), *out = lab.dev(size_t(T) * I), *gf = lab.dev(size_t(T) * 2 * I);
+    const double tf = lab.time_ms([&] { lab.gpu.swiglu_forward(T, I, df, out); });
+    const double tb = lab.time_ms([&] { lab.gpu.swiglu_backward(T, I, df, dd, gf); });
+    const int rows = 256;
+    std::vector<float> ref(size_t(rows) * I);
+    lab.cpu.swiglu_forward(rows, I, f.data(), ref.data());
+    auto got = lab.host(out, ref.size());
+    lab.add("swiglu fwd (32768,2048)", tf, 4.0 * 3 * T * double(I), 0, rel_l2(got.data(), ref.data(), ref.size()), 1e-5);
+    lab.add("swiglu bwd", tb, 4.0 * 5 * T * double(I), 0, 0.0, 1e-5);
+    lab.release();
+  }
+  // embedding
+  {
+    std::vector<int32_t> ids(T);
+    for (auto& i : ids) i = int32_t(rng() % V);
+    auto table = randn(size_t(V) * Dm), dout = randn(size_t(T) * Dm);
+    int32_t* dids = lab.gpu.alloc_i32(T);
+    lab.gpu.upload_i32(dids, ids.data(), T);
+    float *dt = lab.dev(table), *dd = lab.dev(dout), *out = lab.dev(size_t(T) * Dm), *gt = lab.dev(size_t(V) * Dm);
+    const double tf = lab.time_ms([&] { lab.gpu.embedding_forward(T, Dm, dids, dt, out); });
+    const double tb = lab.time_ms([&] { lab.gpu.embedding_backward(T, Dm, V, dids, dd, gt); });
+    lab.add("embedding fwd (32768,768)", tf, 4.0 * 2 * T * double(Dm), 0, 0.0, 1e-5);
+    lab.add("embedding bwd (sorted, det.)", tb, 4.0 * 3 * T * double(Dm), 0, 0.0, 1e-5);
+    lab.gpu.free(dids);
+    lab.release();
+  }
+  // cross-entropy with in-place dlogits over 8192 rows of the vocabulary
+  {
+    const int rows = 8192;
+    auto logits = randn(size_t(rows) * V, 2.0f);
+    std::vector<int32_t> tg(rows);
+    for (auto& t : tg) t = int32_t(rng() % V);
+    int32_t* dtg = lab.gpu.alloc_i32(rows);
+    lab.gpu.upload_i32(dtg, tg.data(), rows);
+    float* dl = lab.dev(logits);
+    float* work = lab.dev(size_t(rows) * V);
+    const double ms = lab.time_ms([&] {
+      lab.gpu.copy(work, dl, size_t(rows) * V);
+      lab.gpu.cross_entropy(rows, V, work, V, dtg, 1.0f / rows);
+    });
+    const double copy_ms = lab.time_ms([&] { lab.gpu.copy(work, dl, size_t(rows) * V); });
+    const int crow = 64;
+    std::vector<float> ref(logits.begin(), logits.begin() + size_t(crow) * V);
+    const double rl = lab.cpu.cross_entropy(crow, V, ref.data(), V, tg.data(), 1.0f / rows);
+    lab.gpu.copy(work, dl, size_t(crow) * V);
+    const double gl = lab.gpu.cross_entropy(crow, V, work, V, dtg, 1.0f / rows);
+    auto got = lab.host(work, ref.size());
+    const double err = std::max(rel_l2(got.data(), ref.data(), ref.size()), std::fabs(gl - rl) / rl);
+    lab.add("cross-entropy+grad (8192,50280)", ms - copy_ms, 4.0 * 2 * rows * double(V), 0, err, 1e-5);
+    lab.add("  (device copy of the logits)", copy_ms, 4.0 * 2 * rows * double(V), 0, 0.0, 1e-5);
+    lab.gpu.free(dtg);
+    lab.release();
+  }
+  // optimizer over 130M parameters
+  {
+    const size_t n = 130'000'000;
+    auto g = randn(n);
+    float *dp = lab.dev(randn(n)), *dg = lab.dev(g), *dm = lab.dev(n), *dv = lab.dev(n);
+    int step = 0;
+    const double ta = lab.time_ms([&] { lab.gpu.adamw(n, dp, dg, dm, dv, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, ++step, 1.0f); });
+    double ss = 0;
+    const double ts = lab.time_ms([&] { ss = lab.gpu.sum_squares(n, dg); });
+    const double rs = lab.cpu.sum_squares(n, g.data());
+    lab.add("adamw (130M params)", ta, 4.0 * 7 * double(n), 0, 0.0, 1e-5);
+    lab.add("sum_squares (130M)", ts, 4.0 * double(n), 0, std::fabs(ss - rs) / rs, 1e-9);
+    lab.release();
+  }
+}
+
+}  // namespace
+
+int main() {
+  if (!cuda_gpu_available()) {
+    std::printf("no CUDA GPU: nothing to measure\n");
+    return 0;
+  }
+  auto gpu = make_cuda_backend();
+  auto cpu = make_cpu_backend();
+  Lab lab{*gpu, *cpu, static_cast<cudaStream_t>(cuda_stream_of(*gpu))};
+  std::printf("bhasa CUDA kernel lab on %s\n", gpu->name().c_str());
+  // The two ceilings: a large device copy, and (above) cuBLASLt's TF32 GEMM.
+  {
+    const size_t n = size_t(1) << 30;  // 4 GiB
+    float* a = lab.dev(n);
+    float* b = lab.dev(n);
+    const double ms = lab.time_ms([&] { gpu->copy(b, a, n); }, 2, 10);
+    lab.add("device copy 4 GiB (ceiling)", ms, 8.0 * n, 0, 0.0, 1.0);
+    lab.release();
+  }
+  scan_rows(lab);
+  elementwise_rows(lab);
+  gemm_rows(lab);
+  std::printf("\n| kernel | ms (median) | GB/s | TFLOP/s | rel err | check |\n|---|---|---|---|---|---|\n");
+  int failures = 0;
+  for (const auto& r : lab.rows) {
+    const bool ok = r.err <= r.tol;
+    failures += !ok;
+    std::printf("| %s | %.3f | %.0f | %s | %.1e | %s |\n", r.name.c_str(), r.ms, r.gbs,
+                r.tflops > 0.01 ? std::to_string(r.tflops).substr(0, 6).c_str() : "-", r.err, ok ? "ok" : "FAIL");
+  }
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,17 @@
+#include "cli/common.h"
+
+#include <omp.h>
+
+namespace bhasa::cli {
+
+void RuntimeOptions::add_to(CLI::App* cmd) {
+  cmd->add_option("--threads", threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
+  cmd->add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+}
+
+std::unique_ptr<Backend> RuntimeOptions::make() const {
+  if (threads > 0) omp_set_num_threads(threads);
+  return make_backend(device);
+}
+
+}  // namespace bhasa::cli

@@ -1,0 +1,122 @@
+#include "infer/bench_infer.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/kernels.h"
+#include "model/mamba.h"
+
+namespace bhasa {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// A fixed pseudo-random prompt (the weights are random too, so its content is moot).
+std::vector<int32_t> random_ids(int n, int vocab) {
+  std::vector<int32_t> ids(n);
+  uint64_t x = 88172645463325252ull;
+  for (int32_t& id : ids) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    id = int32_t(x % uint64_t(vocab));
+  }
+  return ids;
+}
+
+nlohmann::json describe(const ModelConfig& cfg, const MambaLM& model, int threads) {
+  return {{"d_model", cfg.d_model}, {"n_layer", cfg.n_layer}, {"vocab_size", cfg.vocab_size},
+          {"d_state", cfg.d_state}, {"params", model.num_params()}, {"threads", threads},
+          {"dtype", "f32"}};
+}
+
+}  // namespace
+
+double measure_read_bandwidth(int threads) {
+  const size_t n = size_t(1) << 27;  // 512 MiB of floats: far past any cache
+  std::vector<float> buf(n, 1.0f);
+  double best = 0.0;
+  for (int rep = 0; rep < 3; ++rep) {
+    auto t0 = Clock::now();
+    double total = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
+    for (size_t blk = 0; blk < n; blk += 4096) {
+      float s = 0.0f;
+      for (size_t i = blk; i < blk + 4096; ++i) s += buf[i];
+      total += s;
+    }
+    double sec = seconds_since(t0);
+    if (total != double(n)) throw Error("bandwidth probe: wrong sum");  // keeps the loop alive
+    best = std::max(best, double(n * sizeof(float)) / sec);
+  }
+  return best;
+}
+
+nlohmann::json bench_decode(const ModelConfig& cfg, int threads, int prompt_len, int new_tokens) {
+  check(threads > 0 && prompt_len > 0 && new_tokens > 0,
+        "bench decode: threads, prompt length and new tokens must be positive");
+  omp_set_num_threads(threads);
+  auto backend = make_cpu_backend();
+  MambaLM model(cfg, *backend);
+  model.init_params(1234);
+  const int V = cfg.vocab_size;
+  std::vector<float> logits(V);  // (1, V)
+  DecodeState state = model.new_state(1);
+
+  std::vector<int32_t> prompt = random_ids(prompt_len, V);
+  auto t0 = Clock::now();
+  model.prefill(state, prompt.data(), prompt_len, logits.data());
+  double prefill_s = seconds_since(t0);
+
+  t0 = Clock::now();
+  for (int i = 0; i < new_tokens; ++i) {
+    int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    model.step(state, &next, logits.data());
+  }
+  double decode_s = seconds_since(t0);
+  model.free_state(state);
+
+  // Per token every weight is read once (the tied embedding as the LM head).
+  double weight_bytes = double(model.num_params()) * sizeof(float);
+  double bandwidth = measure_read_bandwidth(threads);
+  nlohmann::json j = {{"bench", "decode"}, {"prompt_len", prompt_len}, {"new_tokens", new_tokens},
+                      {"seconds", decode_s}, {"tokens_per_s", new_tokens / decode_s},
+                      {"ms_per_token", 1e3 * decode_s / new_tokens},
+                      {"prompt_seconds", prefill_s},
+                      {"weight_bytes_per_token", weight_bytes},
+                      {"read_bandwidth_GBps", bandwidth / 1e9},
+                      {"bandwidth_bound_tokens_per_s", bandwidth / weight_bytes}};
+  j["model"] = describe(cfg, model, threads);
+  return j;
+}
+
+nlohmann::json bench_prefill(const ModelConfig& cfg, int threads, int prompt_len) {
+  check(threads > 0 && prompt_len > 0, "bench prefill: threads and prompt length must be positive");
+  omp_set_num_threads(threads);
+  auto backend = make_cpu_backend();
+  MambaLM model(cfg, *backend);
+  model.init_params(1234);
+  std::vector<float> logits(cfg.vocab_size);  // (1, V)
+  DecodeState state = model.new_state(1);
+  std::vector<int32_t> prompt = random_ids(prompt_len, cfg.vocab_size);
+
+  model.prefill(state, prompt.data(), prompt_len, logits.data());  // warm-up: plans, faults pages
+  model.reset_state(state);
+  auto t0 = Clock::now();
+  model.prefill(state, prompt.data(), prompt_len, logits.data());
+  double sec = seconds_since(t0);
+  model.free_state(state);
+
+  nlohmann::json j = {{"bench", "prefill"}, {"prompt_len", prompt_len}, {"seconds", sec},
+                      {"tokens_per_s", prompt_len / sec}};
+  j["model"] = describe(cfg, model, threads);
+  return j;
+}
+
+}  // namespace bhasa

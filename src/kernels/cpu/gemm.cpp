@@ -1,0 +1,24 @@
+// GEMM through OpenBLAS. The model's matmuls (in_proj, x_proj, dt_proj, out_proj,
+// lm_head and their backward) are all this one call.
+#include <cblas.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace bhasa::cpu {
+
+// torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
+template <>
+void gemm<float>(bool ta, bool tb, int M, int N, int K, const float* A, int lda,
+                 const float* B, int ldb, float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <>
+void gemm<double>(bool ta, bool tb, int M, int N, int K, const double* A, int lda,
+                  const double* B, int ldb, double beta, double* C, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace bhasa::cpu

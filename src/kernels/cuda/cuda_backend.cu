@@ -1,0 +1,199 @@
+// The CUDA backend: device memory (cudaMalloc), one stream that every kernel, copy
+// and GEMM runs on, a cuBLASLt handle with a workspace allocated once, and grow-once
+// scratch for the kernels' partial sums. Storage is fp32, as the interface passes.
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/gemm.cuh"
+
+namespace bhasa {
+
+namespace {
+
+using namespace bhasa::cuda;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaOptions& opt) {
+    BHASA_CUDA_CHECK(cudaSetDevice(0));
+    BHASA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    BHASA_CUDA_CHECK(cudaMallocHost(&host_result_, 4 * sizeof(double)));
+    ctx_.stream = stream_;
+    ctx_.scratch = &scratch_;
+    ctx_.host_result = host_result_;
+    gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.tf32);
+    cudaDeviceProp prop{};
+    BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    name_ = std::string("cuda (") + prop.name + (opt.tf32 ? ", tf32 gemm)" : ", fp32 gemm)");
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    gemm_.reset();
+    cudaFreeHost(host_result_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // ---- memory -------------------------------------------------------------
+  float* alloc(size_t n) override { return static_cast<float*>(alloc_bytes(n * sizeof(float))); }
+  int32_t* alloc_i32(size_t n) override {
+    return static_cast<int32_t*>(alloc_bytes(n * sizeof(int32_t)));
+  }
+  void free(void* p) override {
+    if (!p) return;
+    BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    BHASA_CUDA_CHECK(cudaFree(p));
+  }
+  void upload(float* dst, const float* src, size_t n) override { to_device(dst, src, n * sizeof(float)); }
+  void upload_i32(int32_t* dst, const int32_t* src, size_t n) override {
+    to_device(dst, src, n * sizeof(int32_t));
+  }
+  void download(float* dst, const float* src, size_t n) override {
+    if (n == 0) return;
+    BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void zero(float* p, size_t n) override {
+    if (n) BHASA_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+  }
+  void copy(float* dst, const float* src, size_t n) override {
+    if (n && dst != src)
+      BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void synchronize() override { BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- kernels --------------------------------------------------------------
+  void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
+            int ldb, float beta, float* C, int ldc) override {
+    gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  }
+  void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
+    cuda::embedding_forward(ctx_, T, D, ids, table, out);
+  }
+  void embedding_backward(int T, int D, int V, const int32_t* ids, const float* dout,
+                          float* dtable) override {
+    cuda::embedding_backward(ctx_, T, D, V, ids, dout, dtable);
+  }
+  void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
+                    const float* b, float* out, float* mean, float* rstd) override {
+    cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd);
+  }
+  void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
+                     const float* mean, const float* rstd, float* dx, float* dw, float* db) override {
+    cuda::norm_backward(ctx_, T, D, rms, dout, x, w, mean, rstd, dx, dw, db);
+  }
+  void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
+                           const float* bias, float* out) override {
+    cuda::conv1d_silu_forward(ctx_, B, L, E, K, x, ldx, w, bias, out);
+  }
+  void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
+                            const float* bias, const float* dout, float* dx, float* dw,
+                            float* dbias) override {
+    cuda::conv1d_silu_backward(ctx_, B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias);
+  }
+  void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx, const float* w,
+                              const float* bias, float* state, float* out) override {
+    cuda::conv1d_silu_with_state(ctx_, B, L, E, K, x, ldx, w, bias, state, out);
+  }
+  void scan_forward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
+                    const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
+                    int ld_bc, const float* D, const float* z, int ldz, float* out,
+                    float* chunk_states, const float* h0, float* h_last) override {
+    cuda::scan_forward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out,
+                       chunk_states, h0, h_last);
+  }
+  void scan_backward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
+                     const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
+                     int ld_bc, const float* D, const float* z, int ldz, const float* chunk_states,
+                     const float* dout, float* du, float* ddt, float* dBm, float* dCm, float* dz,
+                     float* dA_log, float* dD, float* ddt_bias) override {
+    cuda::scan_backward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+                        chunk_states, dout, du, ddt, dBm, dCm, dz, dA_log, dD, ddt_bias);
+  }
+  void swiglu_forward(int T, int I, const float* f, float* out) override {
+    cuda::swiglu_forward(ctx_, T, I, f, out);
+  }
+  void swiglu_backward(int T, int I, const float* f, const float* dout, float* df) override {
+    cuda::swiglu_backward(ctx_, T, I, f, dout, df);
+  }
+  double cross_entropy(int T, int V, float* logits, int ldl, const int32_t* targets,
+                       float dlogits_scale) override {
+    return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
+  }
+  void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
+             float eps, float wd, int step, float grad_scale) override {
+    cuda::adamw(ctx_, n, p, g, m, v, lr, b1, b2, eps, wd, step, grad_scale);
+  }
+  double sum_squares(size_t n, const float* g) override { return cuda::sum_squares(ctx_, n, g); }
+  void axpy(size_t n, float alpha, const float* x, float* y) override {
+    cuda::axpy(ctx_, n, alpha, x, y);
+  }
+
+ private:
+  void* alloc_bytes(size_t bytes) {
+    void* p = nullptr;
+    const size_t b = bytes == 0 ? 16 : bytes;
+    if (cudaMalloc(&p, b) != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free allocation error
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw Error("out of GPU memory allocating " + std::to_string(bytes >> 20) + " MiB (" +
+                  std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
+                  "); use a smaller batch size, sequence length or model");
+    }
+    BHASA_CUDA_CHECK(cudaMemsetAsync(p, 0, b, stream_));
+    BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return p;
+  }
+  void to_device(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    // The host buffer may be reused as soon as we return.
+    BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  cudaStream_t stream_ = nullptr;
+  double* host_result_ = nullptr;  // pinned
+  Scratch scratch_;
+  Ctx ctx_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::string name_;
+};
+
+}  // namespace
+
+void* cuda_stream_of(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  check(cuda != nullptr, "cuda_stream_of: backend '" + backend.name() + "' is not the CUDA backend");
+  return cuda->stream();
+}
+
+bool cuda_gpu_available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
+  if (!cuda_gpu_available())
+    throw Error("no CUDA GPU found (or the driver is missing); use --device cpu");
+  return std::make_unique<CudaBackend>(options);
+}
+
+// BHASA_CUDA_GEMM=fp32 in the environment selects full-fp32 GEMMs (for debugging).
+std::unique_ptr<Backend> make_cuda_backend() {
+  CudaOptions opt;
+  const char* gemm = std::getenv("BHASA_CUDA_GEMM");
+  if (gemm && std::string(gemm) == "fp32") opt.tf32 = false;
+  return make_cuda_backend(opt);
+}
+
+}  // namespace bhasa

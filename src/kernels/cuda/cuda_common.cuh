@@ -1,0 +1,114 @@
+// Shared by the CUDA kernel files: error checking, the per-backend context (one
+// stream, grow-once scratch), and the host-side entry point of each kernel family.
+// Semantics, shapes and strides are those of kernels.h; these functions only launch.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace bhasa::cuda {
+
+// Every CUDA runtime call goes through this: a failure becomes a bhasa::Error.
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err) +
+                "; check the GPU is present and not out of memory (nvidia-smi)");
+}
+#define BHASA_CUDA_CHECK(call) ::bhasa::cuda::check_cuda((call), #call)
+// After each launch: catches bad launch configurations at once (not async faults).
+#define BHASA_LAUNCH_CHECK(name) ::bhasa::cuda::check_cuda(cudaGetLastError(), name)
+
+inline unsigned blocks_for(size_t n, unsigned threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+// Named scratch buffers that only ever grow: after the first step of a given shape,
+// no kernel family allocates again.
+enum ScratchSlot {
+  kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
+  kSortTemp, kRowLoss, kReduce, kHostResult, kNumSlots
+};
+
+class Scratch {
+ public:
+  ~Scratch() {
+    for (auto& b : bufs_) if (b.first) cudaFree(b.first);
+  }
+  // Grow-only device buffer for a slot (contents are undefined after a growth).
+  void* get(ScratchSlot slot, size_t bytes) {
+    auto& b = bufs_[slot];
+    if (b.second < bytes) {
+      if (b.first) BHASA_CUDA_CHECK(cudaFree(b.first));
+      b.first = nullptr;
+      b.second = 0;
+      if (cudaMalloc(&b.first, bytes) != cudaSuccess)
+        throw Error("out of GPU memory allocating " + std::to_string(bytes >> 20) +
+                    " MiB of kernel scratch; use a smaller batch size or sequence length");
+      b.second = bytes;
+    }
+    return b.first;
+  }
+
+ private:
+  std::vector<std::pair<void*, size_t>> bufs_ = std::vector<std::pair<void*, size_t>>(kNumSlots, {nullptr, 0});
+};
+
+struct Ctx {
+  cudaStream_t stream = nullptr;
+  Scratch* scratch = nullptr;
+  double* host_result = nullptr;  // pinned (4 doubles): reductions return through here
+};
+
+// ---- kernel families (one .cu each) -------------------------------------------
+void embedding_forward(Ctx& c, int T, int D, const int32_t* ids, const float* table, float* out);
+void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const float* dout,
+                        float* dtable);
+
+void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
+                  const float* b, float* out, float* mean, float* rstd);
+void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const float* x,
+                   const float* w, const float* mean, const float* rstd, float* dx, float* dw,
+                   float* db);
+
+void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
+                         const float* w, const float* bias, float* out);
+void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
+                          const float* w, const float* bias, const float* dout, float* dx,
+                          float* dw, float* dbias);
+void conv1d_silu_with_state(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
+                            const float* w, const float* bias, float* state, float* out);
+
+void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
+                  const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
+                  const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
+                  float* out, float* chunk_states, const float* h0, float* h_last);
+void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
+                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
+                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
+                   const float* chunk_states, const float* dout, float* du, float* ddt,
+                   float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                   float* ddt_bias);
+
+void swiglu_forward(Ctx& c, int T, int I, const float* f, float* out);
+void swiglu_backward(Ctx& c, int T, int I, const float* f, const float* dout, float* df);
+
+double cross_entropy(Ctx& c, int T, int V, float* logits, int ldl, const int32_t* targets,
+                     float dlogits_scale);
+
+void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
+           float b2, float eps, float wd, int step, float grad_scale);
+double sum_squares(Ctx& c, size_t n, const float* g);
+void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
+
+// Device-side math shared by the kernels (accurate libm versions: the tests hold
+// these kernels to 1e-5 of the CPU backend).
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+// torch: F.softplus(x) (threshold 20)
+__device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+}  // namespace bhasa::cuda

@@ -1,0 +1,368 @@
+// The Mamba LM's forward and backward passes, written once against Backend.
+// Shapes: T = B*L tokens, D = d_model, E = d_inner, N = d_state, R = dt_rank,
+// K = d_conv, I = d_intermediate, V = vocab (embedding rows), P = R + 2N.
+#include "model/mamba.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace bhasa {
+
+namespace {
+// Scan chunk length: the forward pass saves the state only every CHUNK steps, the
+// backward pass recomputes inside a chunk. 64 keeps the saved states at E*N/64
+// floats per token, well below the O(T*E) activations around them.
+constexpr int CHUNK = 64;
+}  // namespace
+
+// Every activation of one (B, L) plan. In a training plan each layer has its own
+// slice (kept for backward); in an inference plan layers share one slice
+// (layer_stride 0) since nothing is kept.
+struct MambaLM::Activations {
+  Backend& be;
+  int B, L, T;
+  bool training;
+  size_t layer_stride;  // 1 when each layer keeps its activations, 0 when they share
+  float* resid;     // (n_sub + 1, T, D): residual stream entering each sublayer, then leaving the last
+  float* normed;    // (n_sub, T, D): the pre-norm output each sublayer reads
+  float* mean;      // (n_sub + 1, T)  (LayerNorm only; the last is the final norm's)
+  float* rstd;      // (n_sub + 1, T)
+  float* xz;        // (n_layer, T, 2E): in_proj output, [x | z]
+  float* xs;        // (n_layer, T, E): SiLU(conv(x)), the scan's input u
+  float* dbc;       // (n_layer, T, P): x_proj output, [dt_low | B | C]
+  float* dt;        // (n_layer, T, E): dt_proj output (before bias and softplus)
+  float* y;         // (n_layer, T, E): gated scan output
+  float* states;    // (n_layer, B, ceil(L/CHUNK), E, N): scan state at chunk starts (training only)
+  float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
+  float* g;         // (n_layer, T, I): value * SiLU(gate)
+  float* normed_f;  // (T, D)
+  float* logits;    // (T, V); becomes dlogits after a training forward
+  int32_t* ids;     // (T)
+  int32_t* targets; // (T)
+  // backward scratch, one layer's worth, reused by every layer
+  float* d_resid;   // (T, D)
+  float* d_normed;  // (T, D)
+  float *d_xz, *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
+  std::vector<float*> owned;
+
+  Activations(Backend& backend, const ModelConfig& c, int B_, int L_, bool train)
+      : be(backend), B(B_), L(L_), T(B_ * L_), training(train), layer_stride(train ? 1 : 0) {
+    const size_t t = T, D = c.d_model, E = c.d_inner(), N = c.d_state, P = c.dt_rank + 2 * c.d_state,
+                 I = c.d_intermediate, V = c.vocab_size;
+    const size_t nl = train ? c.n_layer : 1;
+    const size_t n_sub = c.n_layer * (I > 0 ? 2 : 1), ns = train ? n_sub : 1;
+    const size_t n_chunks = (L + CHUNK - 1) / CHUNK;
+    auto take = [&](size_t n) {
+      float* p = n ? be.alloc(n) : nullptr;
+      if (p) owned.push_back(p);
+      return p;
+    };
+    resid = take((ns + 1) * t * D);
+    normed = take(ns * t * D);
+    mean = take((ns + 1) * t);
+    rstd = take((ns + 1) * t);
+    xz = take(nl * t * 2 * E);
+    xs = take(nl * t * E);
+    dbc = take(nl * t * P);
+    dt = take(nl * t * E);
+    y = take(nl * t * E);
+    states = train ? take(nl * B * n_chunks * E * N) : nullptr;
+    f = take(nl * t * 2 * I);
+    g = take(nl * t * I);
+    normed_f = take(t * D);
+    logits = take(t * V);
+    ids = be.alloc_i32(t);
+    targets = be.alloc_i32(t);
+    d_resid = d_normed = d_xz = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
+    if (train) {
+      d_resid = take(t * D);
+      d_normed = take(t * D);
+      d_xz = take(t * 2 * E);
+      d_xs = take(t * E);
+      d_dbc = take(t * P);
+      d_dt = take(t * E);
+      d_y = take(t * E);
+      d_f = take(t * 2 * I);
+      d_g = take(t * I);
+    }
+  }
+  ~Activations() {
+    for (float* p : owned) be.free(p);
+    be.free(ids);
+    be.free(targets);
+  }
+};
+
+MambaLM::MambaLM(const ModelConfig& cfg, Backend& backend) : cfg_(cfg), be_(backend), layout_(cfg) {
+  cfg_.validate();
+  params_ = be_.alloc(layout_.total);
+  grads_ = be_.alloc(layout_.total);
+}
+
+MambaLM::~MambaLM() {
+  act_.reset();
+  prefill_.reset();
+  step_.reset();
+  be_.free(params_);
+  be_.free(grads_);
+}
+
+void MambaLM::load_params(const float* host) { be_.upload(params_, host, layout_.total); }
+void MambaLM::store_params(float* host) const { be_.download(host, params_, layout_.total); }
+void MambaLM::store_grads(float* host) const { be_.download(host, grads_, layout_.total); }
+void MambaLM::zero_grads() { be_.zero(grads_, layout_.total); }
+
+void MambaLM::plan(int B, int L) {
+  check(B > 0 && L > 0, "batch size and sequence length must be positive");
+  if (act_ && B_ == B && L_ == L) return;
+  act_.reset();
+  act_ = std::make_unique<Activations>(be_, cfg_, B, L, /*train=*/true);
+  B_ = B;
+  L_ = L;
+  logits_ = act_->logits;
+}
+
+size_t MambaLM::activation_bytes() const {
+  if (!act_) return 0;
+  const ModelConfig& c = cfg_;
+  const size_t T = act_->T, D = c.d_model, E = c.d_inner(), P = c.dt_rank + 2 * c.d_state,
+               I = c.d_intermediate, n_sub = c.n_layer * (I > 0 ? 2 : 1);
+  const size_t n_chunks = (L_ + CHUNK - 1) / CHUNK;
+  size_t floats = (2 * n_sub + 2) * T * D + c.n_layer * T * (6 * E + P + 3 * I) +
+                  c.n_layer * B_ * n_chunks * E * c.d_state + T * c.vocab_size +
+                  T * (2 * D + 5 * E + P + 3 * I);
+  return floats * sizeof(float);
+}
+
+// ---------------------------------------------------------------------------
+// forward
+
+void MambaLM::forward_stack(Activations& a, DecodeState* s) {
+  const ModelConfig& c = cfg_;
+  const int B = a.B, L = a.L, T = a.T, D = c.d_model, E = c.d_inner(), N = c.d_state,
+            R = c.dt_rank, K = c.d_conv, P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;
+  const bool mlp = I > 0;
+  const float* W = params_;
+  auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : W + off; };
+  const size_t ls = a.layer_stride, TD = size_t(T) * D;
+
+  be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
+  int sub = 0;  // sublayer index: mixer, then MLP when present
+  for (int l = 0; l < c.n_layer; l++) {
+    const LayerParams& p = layout_.layers[l];
+    float* x_in = a.resid + sub * ls * TD;   // (T, D)
+    float* x_out = x_in + ls * TD;           // (T, D)
+    float* h = a.normed + sub * ls * TD;     // (T, D)
+    float* xz = a.xz + l * ls * T * 2 * E;   // (T, 2E)
+    float* xs = a.xs + l * ls * T * E;       // (T, E)
+    float* dbc = a.dbc + l * ls * T * P;     // (T, P)
+    float* dt = a.dt + l * ls * T * E;       // (T, E)
+    float* y = a.y + l * ls * T * E;         // (T, E)
+
+    // h = norm(x)
+    be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_in, W + p.norm_w, opt(p.norm_b), h,
+                     a.mean + sub * ls * T, a.rstd + sub * ls * T);
+    // xz = h @ in_proj^T
+    be_.gemm(false, true, T, 2 * E, D, h, D, W + p.in_proj, D, 0.f, xz, 2 * E);
+    // xs = silu(causal_conv1d(x))
+    if (s) {
+      float* conv_state = s->conv + size_t(l) * B * (K - 1) * E;  // (B, K-1, E)
+      be_.conv1d_silu_with_state(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), conv_state, xs);
+    } else {
+      be_.conv1d_silu_forward(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), xs);
+    }
+    // dbc = xs @ x_proj^T;  dt = dbc[:, :R] @ dt_proj^T
+    be_.gemm(false, true, T, P, E, xs, E, W + p.x_proj, E, 0.f, dbc, P);
+    be_.gemm(false, true, T, E, R, dbc, P, W + p.dt_proj_w, R, 0.f, dt, E);
+    // y = selective_scan(...) * silu(z)
+    float* h_state = s ? s->ssm + size_t(l) * B * E * N : nullptr;  // (B, E, N)
+    be_.scan_forward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N,
+                     P, W + p.D, xz + E, 2 * E, y, a.training ? a.states + l * B * ((L + CHUNK - 1) / CHUNK) * size_t(E) * N : nullptr,
+                     h_state, h_state);
+    // x_out = x_in + y @ out_proj^T  (the residual add rides on GEMM's beta)
+    if (x_out != x_in) be_.copy(x_out, x_in, TD);
+    be_.gemm(false, true, T, D, E, y, E, W + p.out_proj, E, 1.f, x_out, D);
+    sub++;
+
+    if (mlp) {
+      float* m_in = a.resid + sub * ls * TD;
+      float* m_out = m_in + ls * TD;
+      float* h2 = a.normed + sub * ls * TD;
+      float* f = a.f + l * ls * T * 2 * I;  // (T, 2I)
+      float* g = a.g + l * ls * T * I;      // (T, I)
+      be_.norm_forward(T, D, c.rms_norm, c.norm_eps, m_in, W + p.norm2_w, opt(p.norm2_b), h2,
+                       a.mean + sub * ls * T, a.rstd + sub * ls * T);
+      be_.gemm(false, true, T, 2 * I, D, h2, D, W + p.fc1, D, 0.f, f, 2 * I);
+      be_.swiglu_forward(T, I, f, g);
+      if (m_out != m_in) be_.copy(m_out, m_in, TD);
+      be_.gemm(false, true, T, D, I, g, I, W + p.fc2, I, 1.f, m_out, D);
+      sub++;
+    }
+  }
+  // final norm, then logits = normed_f @ embedding^T (the tied head)
+  float* x_last = a.resid + sub * ls * TD;
+  const size_t nf = sub * ls;  // the final norm's slot in mean/rstd
+  be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_last, W + layout_.norm_f_w, opt(layout_.norm_f_b),
+                   a.normed_f, a.mean + nf * T, a.rstd + nf * T);
+  be_.gemm(false, true, T, V, D, a.normed_f, D, W + layout_.embedding, D, 0.f, a.logits, V);
+}
+
+double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_backward) {
+  check(act_ != nullptr, "MambaLM::forward called before plan(B, L)");
+  Activations& a = *act_;
+  const int V = cfg_.vocab_size;
+  int n_valid = 0;
+  for (int t = 0; t < a.T; t++) {
+    check(ids[t] >= 0 && ids[t] < V, "token id " + std::to_string(ids[t]) + " is outside the model's vocabulary of " + std::to_string(V));
+    check(targets[t] < V, "target id " + std::to_string(targets[t]) + " is outside the model's vocabulary of " + std::to_string(V));
+    n_valid += targets[t] >= 0;
+  }
+  be_.upload_i32(a.ids, ids, a.T);
+  be_.upload_i32(a.targets, targets, a.T);
+  forward_stack(a, nullptr);
+  if (n_valid == 0) return 0.0;
+  const float scale = need_backward ? 1.0f / n_valid : 0.0f;
+  const double loss_sum = be_.cross_entropy(a.T, V, a.logits, V, a.targets, scale);
+  return loss_sum / n_valid;
+}
+
+// ---------------------------------------------------------------------------
+// backward: the same walk in reverse. d_resid carries d loss / d(residual stream).
+
+void MambaLM::backward() {
+  check(act_ != nullptr, "MambaLM::backward called before plan(B, L) and forward");
+  Activations& a = *act_;
+  const ModelConfig& c = cfg_;
+  const int B = a.B, L = a.L, T = a.T, D = c.d_model, E = c.d_inner(), N = c.d_state,
+            R = c.dt_rank, K = c.d_conv, P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;
+  const bool mlp = I > 0;
+  const float* W = params_;
+  float* G = grads_;
+  auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : W + off; };
+  auto gopt = [&](size_t off) { return off == SIZE_MAX ? nullptr : G + off; };
+  const size_t TD = size_t(T) * D;
+  int sub = c.n_layer * (mlp ? 2 : 1);
+
+  // head: logits = normed_f @ emb^T, a.logits now holds dlogits
+  be_.gemm(false, false, T, D, V, a.logits, V, W + layout_.embedding, D, 0.f, a.d_normed, D);
+  be_.gemm(true, false, V, D, T, a.logits, V, a.normed_f, D, 1.f, G + layout_.embedding, D);
+  be_.zero(a.d_resid, TD);
+  be_.norm_backward(T, D, c.rms_norm, a.d_normed, a.resid + sub * TD, W + layout_.norm_f_w,
+                    a.mean + sub * T, a.rstd + sub * T, a.d_resid, G + layout_.norm_f_w,
+                    gopt(layout_.norm_f_b));
+
+  for (int l = c.n_layer - 1; l >= 0; l--) {
+    const LayerParams& p = layout_.layers[l];
+    if (mlp) {
+      sub--;
+      const float* m_in = a.resid + sub * TD;
+      const float* h2 = a.normed + sub * TD;
+      const float* f = a.f + size_t(l) * T * 2 * I;
+      const float* g = a.g + size_t(l) * T * I;
+      // m_out = m_in + g @ fc2^T
+      be_.gemm(false, false, T, I, D, a.d_resid, D, W + p.fc2, I, 0.f, a.d_g, I);
+      be_.gemm(true, false, D, I, T, a.d_resid, D, g, I, 1.f, G + p.fc2, I);
+      be_.swiglu_backward(T, I, f, a.d_g, a.d_f);
+      // f = h2 @ fc1^T
+      be_.gemm(false, false, T, D, 2 * I, a.d_f, 2 * I, W + p.fc1, D, 0.f, a.d_normed, D);
+      be_.gemm(true, false, 2 * I, D, T, a.d_f, 2 * I, h2, D, 1.f, G + p.fc1, D);
+      be_.norm_backward(T, D, c.rms_norm, a.d_normed, m_in, W + p.norm2_w, a.mean + sub * T,
+                        a.rstd + sub * T, a.d_resid, G + p.norm2_w, gopt(p.norm2_b));
+    }
+    sub--;
+    const float* x_in = a.resid + sub * TD;
+    const float* h = a.normed + sub * TD;
+    const float* xz = a.xz + size_t(l) * T * 2 * E;
+    const float* xs = a.xs + size_t(l) * T * E;
+    const float* dbc = a.dbc + size_t(l) * T * P;
+    const float* dt = a.dt + size_t(l) * T * E;
+    const float* y = a.y + size_t(l) * T * E;
+    const float* states = a.states + size_t(l) * B * ((L + CHUNK - 1) / CHUNK) * E * N;
+    // x_out = x_in + y @ out_proj^T
+    be_.gemm(false, false, T, E, D, a.d_resid, D, W + p.out_proj, E, 0.f, a.d_y, E);
+    be_.gemm(true, false, D, E, T, a.d_resid, D, y, E, 1.f, G + p.out_proj, E);
+    // the scan: d_y -> d_xs, d_dt, dB, dC (into d_dbc), dz (into d_xz's second half)
+    be_.scan_backward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,
+                      W + p.D, xz + E, 2 * E, states, a.d_y, a.d_xs, a.d_dt, a.d_dbc + R,
+                      a.d_dbc + R + N, a.d_xz + E, G + p.A_log, G + p.D, G + p.dt_proj_b);
+    // dt = dbc[:, :R] @ dt_proj^T
+    be_.gemm(false, false, T, R, E, a.d_dt, E, W + p.dt_proj_w, R, 0.f, a.d_dbc, P);
+    be_.gemm(true, false, E, R, T, a.d_dt, E, dbc, P, 1.f, G + p.dt_proj_w, R);
+    // dbc = xs @ x_proj^T
+    be_.gemm(false, false, T, E, P, a.d_dbc, P, W + p.x_proj, E, 1.f, a.d_xs, E);
+    be_.gemm(true, false, P, E, T, a.d_dbc, P, xs, E, 1.f, G + p.x_proj, E);
+    // xs = silu(conv(x)): d_xs -> d_x (first half of d_xz)
+    be_.conv1d_silu_backward(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), a.d_xs, a.d_xz,
+                             G + p.conv_w, gopt(p.conv_b));
+    // xz = h @ in_proj^T
+    be_.gemm(false, false, T, D, 2 * E, a.d_xz, 2 * E, W + p.in_proj, D, 0.f, a.d_normed, D);
+    be_.gemm(true, false, 2 * E, D, T, a.d_xz, 2 * E, h, D, 1.f, G + p.in_proj, D);
+    be_.norm_backward(T, D, c.rms_norm, a.d_normed, x_in, W + p.norm_w, a.mean + sub * T,
+                      a.rstd + sub * T, a.d_resid, G + p.norm_w, gopt(p.norm_b));
+  }
+  be_.embedding_backward(T, D, V, a.ids, a.d_resid, G + layout_.embedding);
+}
+
+// ---------------------------------------------------------------------------
+// inference: prefill with the chunked scan, then one recurrent step per token
+
+MambaLM::Activations& MambaLM::inference_buffers(std::unique_ptr<Activations>& slot, int B, int L) {
+  if (!slot || slot->B != B || slot->L != L) {
+    slot.reset();
+    slot = std::make_unique<Activations>(be_, cfg_, B, L, /*train=*/false);
+  }
+  return *slot;
+}
+
+DecodeState MambaLM::new_state(int batch) {
+  check(batch > 0, "batch size must be positive");
+  DecodeState s;
+  s.batch = batch;
+  s.conv_size = size_t(cfg_.n_layer) * batch * (cfg_.d_conv - 1) * cfg_.d_inner();
+  s.ssm_size = size_t(cfg_.n_layer) * batch * cfg_.d_inner() * cfg_.d_state;
+  s.conv = be_.alloc(s.conv_size);
+  s.ssm = be_.alloc(s.ssm_size);
+  inference_buffers(step_, batch, 1);  // so that step() allocates nothing
+  return s;
+}
+
+void MambaLM::free_state(DecodeState& s) {
+  be_.free(s.conv);
+  be_.free(s.ssm);
+  s = DecodeState{};
+}
+
+void MambaLM::reset_state(DecodeState& s) {
+  be_.zero(s.conv, s.conv_size);
+  be_.zero(s.ssm, s.ssm_size);
+}
+
+static void check_ids(const int32_t* ids, size_t n, int V) {
+  for (size_t i = 0; i < n; i++)
+    check(ids[i] >= 0 && ids[i] < V, "token id " + std::to_string(ids[i]) +
+                                         " is outside the model's vocabulary of " + std::to_string(V));
+}
+
+void MambaLM::prefill(DecodeState& s, const int32_t* ids, int L, float* last_logits) {
+  check(L > 0, "the prompt is empty: give at least one token");
+  const int B = s.batch, V = cfg_.vocab_size;
+  check_ids(ids, size_t(B) * L, V);
+  Activations& a = inference_buffers(prefill_, B, L);
+  be_.upload_i32(a.ids, ids, a.T);
+  forward_stack(a, &s);
+  for (int b = 0; b < B; b++)
+    be_.download(last_logits + size_t(b) * V, a.logits + (size_t(b) * L + L - 1) * V, V);
+}
+
+void MambaLM::step(DecodeState& s, const int32_t* ids, float* logits) {
+  const int B = s.batch, V = cfg_.vocab_size;
+  check_ids(ids, B, V);
+  Activations& a = inference_buffers(step_, B, 1);
+  be_.upload_i32(a.ids, ids, B);
+  forward_stack(a, &s);
+  be_.download(logits, a.logits, size_t(B) * V);
+}
+
+}  // namespace bhasa

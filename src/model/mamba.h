@@ -1,0 +1,94 @@
+// The Mamba-1 language model, written once against the Backend kernel interface:
+// embedding -> n_layer x [pre-norm Mamba mixer (+ pre-norm gated MLP)] -> final norm
+// -> LM head tied to the embedding. Forward and backward for training, and a
+// prefill + per-token recurrent step for inference.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace bhasa {
+
+// Recurrent state of a batch of sequences: everything a new token needs from the past.
+// Its size does not depend on how many tokens came before.
+struct DecodeState {
+  int batch = 0;
+  float* conv = nullptr;  // (n_layer, B, d_conv - 1, d_inner): the last d_conv-1 conv inputs, oldest first
+  float* ssm = nullptr;   // (n_layer, B, d_inner, d_state)
+  size_t conv_size = 0, ssm_size = 0;  // floats
+};
+
+class MambaLM {
+ public:
+  MambaLM(const ModelConfig& cfg, Backend& backend);
+  ~MambaLM();
+  MambaLM(const MambaLM&) = delete;
+  MambaLM& operator=(const MambaLM&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  Backend& backend() { return be_; }
+  size_t num_params() const { return layout_.total; }
+
+  // Flat parameter and gradient buffers (layout().total floats, backend memory).
+  float* params() { return params_; }
+  float* grads() { return grads_; }
+  void load_params(const float* host);   // host (total) -> params
+  void store_params(float* host) const;  // params -> host (total)
+  void store_grads(float* host) const;   // grads -> host (total)
+  void zero_grads();
+  // The official initialisation (mamba_simple.py / MambaLMHeadModel._init_weights).
+  void init_params(uint64_t seed);
+
+  // ---- training and evaluation -----------------------------------------------
+  // Plans every activation for batches of (B, L) once; forward/backward then
+  // allocate nothing. Calling plan again with another shape re-plans.
+  void plan(int B, int L);
+  int planned_batch() const { return B_; }
+  int planned_seq_len() const { return L_; }
+  // ids, targets: (B, L) host int32; targets < 0 are ignored. Returns the mean
+  // cross-entropy over valid targets (0 when none). With need_backward the
+  // logits buffer is turned into dlogits, ready for backward().
+  double forward(const int32_t* ids, const int32_t* targets, bool need_backward);
+  // grads += d(mean loss)/d(params), for the batch of the last forward(..., true).
+  void backward();
+  // (B, L, V) backend memory; valid after forward(..., need_backward=false).
+  const float* logits() const { return logits_; }
+  // The activation bytes the plan holds (for reporting memory use).
+  size_t activation_bytes() const;
+
+  // ---- inference -------------------------------------------------------------
+  DecodeState new_state(int batch);
+  void free_state(DecodeState& s);
+  void reset_state(DecodeState& s);
+  // Runs the prompt ids (B, L) through the chunked scan, leaves the final conv and
+  // SSM states in s (which must have batch B), and writes the last position's
+  // logits to last_logits (B, V) host. s may hold an earlier state to continue from.
+  void prefill(DecodeState& s, const int32_t* ids, int L, float* last_logits);
+  // One token per sequence: ids (B) host; logits (B, V) host. Allocates nothing.
+  void step(DecodeState& s, const int32_t* ids, float* logits);
+
+ private:
+  struct Activations;
+  // embedding -> layers -> final norm -> logits (B*L, V) into a.logits, for ids already in a.ids.
+  // With a state, the conv and scan continue from it and leave their final states in it.
+  void forward_stack(Activations& a, DecodeState* s);
+  Activations& inference_buffers(std::unique_ptr<Activations>& slot, int B, int L);
+
+  ModelConfig cfg_;
+  Backend& be_;
+  ParamLayout layout_;
+  float* params_ = nullptr;  // (total)
+  float* grads_ = nullptr;   // (total)
+  int B_ = 0, L_ = 0;
+  std::unique_ptr<Activations> act_;      // training / evaluation plan
+  std::unique_ptr<Activations> prefill_;  // inference, (B, L) of the last prefill
+  std::unique_ptr<Activations> step_;     // inference, (B, 1)
+  float* logits_ = nullptr;
+};
+
+}  // namespace bhasa

@@ -1,0 +1,78 @@
+// Helpers for the CUDA tests: the GPU backend next to the CPU reference, device
+// buffers made from host vectors, and the relative error ||out - ref|| / ||ref||.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/kernels.h"
+
+namespace bhasa::test {
+
+// The GPU backend, or null when this machine has no GPU (the test then skips).
+inline std::unique_ptr<Backend> gpu_or_null(bool tf32 = true) {
+  if (!cuda_gpu_available()) return nullptr;
+  CudaOptions opt;
+  opt.tf32 = tf32;
+  return make_cuda_backend(opt);
+}
+
+#define BHASA_REQUIRE_GPU(var, ...)                              \
+  auto var = ::bhasa::test::gpu_or_null(__VA_ARGS__);            \
+  if (!var) GTEST_SKIP() << "no CUDA GPU on this machine";
+
+// ||out - ref||_2 / ||ref||_2 in double; infinity when out has a NaN or inf.
+inline double rel_l2(const std::vector<float>& out, const std::vector<float>& ref) {
+  if (out.size() != ref.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) return INFINITY;
+    const double d = double(out[i]) - ref[i];
+    num += d * d;
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+inline std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f, float mean = 0.0f) {
+  std::normal_distribution<float> dist(mean, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// A device buffer holding a copy of a host vector, freed with the backend.
+struct DevBuf {
+  Backend* be = nullptr;
+  float* p = nullptr;
+  size_t n = 0;
+  DevBuf(Backend& b, const std::vector<float>& host) : be(&b), n(host.size()) {
+    p = b.alloc(n);
+    b.upload(p, host.data(), n);
+  }
+  DevBuf(Backend& b, size_t count) : be(&b), n(count) { p = b.alloc(n); }
+  ~DevBuf() { be->free(p); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  std::vector<float> host() const {
+    std::vector<float> v(n);
+    be->download(v.data(), p, n);
+    return v;
+  }
+};
+
+struct DevIds {
+  Backend* be;
+  int32_t* p;
+  DevIds(Backend& b, const std::vector<int32_t>& host) : be(&b) {
+    p = b.alloc_i32(host.size());
+    b.upload_i32(p, host.data(), host.size());
+  }
+  ~DevIds() { be->free(p); }
+};
+
+}  // namespace bhasa::test

@@ -1,0 +1,347 @@
+// Every CUDA kernel against the CPU backend on random data:
+// ||out - ref|| / ||ref|| <= 1e-5 for fp32 arithmetic, 2e-3 for the TF32 GEMM.
+// "=" outputs are poisoned with NaN on the GPU first, so an unwritten element fails.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cuda_test_util.h"
+
+using namespace bhasa;
+using namespace bhasa::test;
+
+namespace {
+
+constexpr double kTol = 1e-5;
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> nans(size_t n) { return std::vector<float>(n, kNaN); }
+
+TEST(CudaKernels, GemmAllTransposesTf32) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(1);
+  const int M = 67, N = 45, K = 131;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (float beta : {0.0f, 1.0f, 0.5f}) {
+        const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 5;
+        auto A = randn(size_t(ta ? K : M) * lda + 1, rng);
+        auto Bv = randn(size_t(tb ? N : K) * ldb + 1, rng);
+        auto C = randn(size_t(M) * ldc, rng);
+        // Offset by one float: the GEMM must not assume 16-byte alignment.
+        DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, C);
+        gpu->gemm(ta, tb, M, N, K, dA.p + 1, lda, dB.p + 1, ldb, beta, dC.p, ldc);
+        std::vector<float> ref = C;
+        cpu->gemm(ta, tb, M, N, K, A.data() + 1, lda, Bv.data() + 1, ldb, beta, ref.data(), ldc);
+        const double err = rel_l2(dC.host(), ref);
+        EXPECT_LE(err, 2e-3) << "ta=" << ta << " tb=" << tb << " beta=" << beta;
+      }
+}
+
+TEST(CudaKernels, GemmFp32IsTight) {
+  BHASA_REQUIRE_GPU(gpu, false);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(2);
+  const int M = 64, N = 96, K = 200;
+  auto A = randn(size_t(M) * K, rng), Bv = randn(size_t(N) * K, rng);
+  DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, nans(size_t(M) * N));
+  gpu->gemm(false, true, M, N, K, dA.p, K, dB.p, K, 0.0f, dC.p, N);
+  std::vector<float> ref(size_t(M) * N);
+  cpu->gemm(false, true, M, N, K, A.data(), K, Bv.data(), K, 0.0f, ref.data(), N);
+  EXPECT_LE(rel_l2(dC.host(), ref), kTol);
+}
+
+TEST(CudaKernels, Embedding) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(3);
+  const int T = 500, D = 72, V = 37;  // many repeated ids
+  std::vector<int32_t> ids(T);
+  for (auto& i : ids) i = int32_t(rng() % V);
+  auto table = randn(size_t(V) * D, rng), dout = randn(size_t(T) * D, rng);
+  DevIds dids(*gpu, ids);
+  DevBuf dtab(*gpu, table), dout_d(*gpu, dout), out(*gpu, nans(size_t(T) * D));
+  gpu->embedding_forward(T, D, dids.p, dtab.p, out.p);
+  std::vector<float> ref(size_t(T) * D);
+  cpu->embedding_forward(T, D, ids.data(), table.data(), ref.data());
+  EXPECT_EQ(rel_l2(out.host(), ref), 0.0);
+  // backward accumulates onto what is there
+  std::vector<float> dref = table;
+  gpu->embedding_backward(T, D, V, dids.p, dout_d.p, dtab.p);
+  cpu->embedding_backward(T, D, V, ids.data(), dout.data(), dref.data());
+  EXPECT_LE(rel_l2(dtab.host(), dref), kTol);
+}
+
+class CudaNorm : public ::testing::TestWithParam<std::tuple<bool, int>> {};
+
+TEST_P(CudaNorm, ForwardBackward) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  const auto [rms, D] = GetParam();
+  std::mt19937 rng(4 + D);
+  const int T = 333;
+  auto x = randn(size_t(T) * D, rng, 2.0f, 0.5f), w = randn(D, rng, 0.5f, 1.0f),
+       b = randn(D, rng), dout = randn(size_t(T) * D, rng), dx0 = randn(size_t(T) * D, rng),
+       dw0 = randn(D, rng), db0 = randn(D, rng);
+  DevBuf dX(*gpu, x), dW(*gpu, w), dBias(*gpu, b), dOut(*gpu, nans(size_t(T) * D)),
+      dMean(*gpu, nans(T)), dRstd(*gpu, nans(T));
+  const float* bptr = rms ? nullptr : dBias.p;
+  gpu->norm_forward(T, D, rms, 1e-5f, dX.p, dW.p, bptr, dOut.p, rms ? nullptr : dMean.p, dRstd.p);
+  std::vector<float> out(size_t(T) * D), mean(T), rstd(T);
+  cpu->norm_forward(T, D, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), out.data(),
+                    rms ? nullptr : mean.data(), rstd.data());
+  EXPECT_LE(rel_l2(dOut.host(), out), kTol);
+  EXPECT_LE(rel_l2(dRstd.host(), rstd), kTol);
+  if (!rms) EXPECT_LE(rel_l2(dMean.host(), mean), kTol);
+
+  DevBuf dDout(*gpu, dout), dDx(*gpu, dx0), dDw(*gpu, dw0), dDb(*gpu, db0);
+  gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx.p, dDw.p,
+                     rms ? nullptr : dDb.p);
+  std::vector<float> dx = dx0, dw = dw0, db = db0;
+  cpu->norm_backward(T, D, rms, dout.data(), x.data(), w.data(), rms ? nullptr : mean.data(),
+                     rstd.data(), dx.data(), dw.data(), rms ? nullptr : db.data());
+  EXPECT_LE(rel_l2(dDx.host(), dx), kTol);
+  EXPECT_LE(rel_l2(dDw.host(), dw), kTol);
+  EXPECT_LE(rel_l2(dDb.host(), db), kTol);  // untouched for rms: db0 on both sides
+}
+INSTANTIATE_TEST_SUITE_P(RmsAndLayer, CudaNorm,
+                         ::testing::Combine(::testing::Bool(), ::testing::Values(50, 96, 768)));
+
+class CudaConv : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaConv, ForwardBackwardAndWithState) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  const bool with_bias = GetParam();
+  std::mt19937 rng(5);
+  const int B = 3, L = 37, E = 80, K = 4, ldx = 2 * E;
+  auto x = randn(size_t(B) * L * ldx, rng), w = randn(size_t(E) * K, rng, 0.5f),
+       bias = randn(E, rng), dout = randn(size_t(B) * L * E, rng), dw0 = randn(size_t(E) * K, rng),
+       db0 = randn(E, rng), dx0 = randn(size_t(B) * L * ldx, rng);
+  DevBuf dX(*gpu, x), dW(*gpu, w), dBias(*gpu, bias), out(*gpu, nans(size_t(B) * L * E));
+  const float* bp = with_bias ? dBias.p : nullptr;
+  const float* bh = with_bias ? bias.data() : nullptr;
+  gpu->conv1d_silu_forward(B, L, E, K, dX.p, ldx, dW.p, bp, out.p);
+  std::vector<float> ref(size_t(B) * L * E);
+  cpu->conv1d_silu_forward(B, L, E, K, x.data(), ldx, w.data(), bh, ref.data());
+  EXPECT_LE(rel_l2(out.host(), ref), kTol);
+
+  // dx is "=" on its columns (stride ldx); the other columns keep dx0 on both sides.
+  DevBuf dDout(*gpu, dout), dDx(*gpu, dx0), dDw(*gpu, dw0), dDb(*gpu, db0);
+  for (int r = 0; r < B * L; ++r)  // poison the columns the kernel must write
+    gpu->upload(dDx.p + size_t(r) * ldx, nans(E).data(), E);
+  gpu->conv1d_silu_backward(B, L, E, K, dX.p, ldx, dW.p, bp, dDout.p, dDx.p, dDw.p,
+                            with_bias ? dDb.p : nullptr);
+  std::vector<float> dx = dx0, dw = dw0, db = db0;
+  cpu->conv1d_silu_backward(B, L, E, K, x.data(), ldx, w.data(), bh, dout.data(), dx.data(),
+                            dw.data(), with_bias ? db.data() : nullptr);
+  EXPECT_LE(rel_l2(dDx.host(), dx), kTol);
+  EXPECT_LE(rel_l2(dDw.host(), dw), kTol);
+  EXPECT_LE(rel_l2(dDb.host(), db), kTol);
+
+  // with state: two pieces (L1 then L - L1) continue exactly like the CPU
+  const int L1 = 5, L2 = L - L1;
+  std::vector<float> state(size_t(B) * (K - 1) * E, 0.0f);
+  DevBuf dState(*gpu, state), o1(*gpu, nans(size_t(B) * L1 * E)), o2(*gpu, nans(size_t(B) * L2 * E));
+  std::vector<float> x1(size_t(B) * L1 * ldx), x2(size_t(B) * L2 * ldx);
+  for (int b = 0; b < B; ++b) {
+    std::copy_n(x.begin() + size_t(b) * L * ldx, size_t(L1) * ldx, x1.begin() + size_t(b) * L1 * ldx);
+    std::copy_n(x.begin() + (size_t(b) * L + L1) * ldx, size_t(L2) * ldx, x2.begin() + size_t(b) * L2 * ldx);
+  }
+  DevBuf dX1(*gpu, x1), dX2(*gpu, x2);
+  gpu->conv1d_silu_with_state(B, L1, E, K, dX1.p, ldx, dW.p, bp, dState.p, o1.p);
+  gpu->conv1d_silu_with_state(B, L2, E, K, dX2.p, ldx, dW.p, bp, dState.p, o2.p);
+  std::vector<float> r1(size_t(B) * L1 * E), r2(size_t(B) * L2 * E);
+  cpu->conv1d_silu_with_state(B, L1, E, K, x1.data(), ldx, w.data(), bh, state.data(), r1.data());
+  cpu->conv1d_silu_with_state(B, L2, E, K, x2.data(), ldx, w.data(), bh, state.data(), r2.data());
+  EXPECT_LE(rel_l2(o1.host(), r1), kTol);
+  EXPECT_LE(rel_l2(o2.host(), r2), kTol);
+  EXPECT_LE(rel_l2(dState.host(), state), kTol);
+}
+INSTANTIATE_TEST_SUITE_P(Bias, CudaConv, ::testing::Bool());
+
+// (B, L, E, N, chunk, with h0)
+class CudaScan : public ::testing::TestWithParam<std::tuple<int, int, int, int, int, bool>> {};
+
+TEST_P(CudaScan, ForwardBackward) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  const auto [B, L, E, N, chunk, with_h0] = GetParam();
+  std::mt19937 rng(6 + L + N);
+  const int R = 3, P = R + 2 * N, ldz = 2 * E;
+  const int n_chunks = (L + chunk - 1) / chunk;
+  auto u = randn(size_t(B) * L * E, rng), dt = randn(size_t(B) * L * E, rng, 1.0f, -1.0f),
+       dt_bias = randn(E, rng, 0.5f), A_log = randn(size_t(E) * N, rng, 0.5f, 0.5f),
+       bc = randn(size_t(B) * L * P, rng), D = randn(E, rng), z = randn(size_t(B) * L * ldz, rng),
+       h0 = randn(size_t(B) * E * N, rng), dout = randn(size_t(B) * L * E, rng);
+  DevBuf du_(*gpu, u), ddt_(*gpu, dt), dbias_(*gpu, dt_bias), dAlog(*gpu, A_log), dbc(*gpu, bc),
+      dD(*gpu, D), dz_(*gpu, z), dh0(*gpu, h0), out(*gpu, nans(size_t(B) * L * E)),
+      states(*gpu, nans(size_t(B) * n_chunks * E * N)), hlast(*gpu, nans(size_t(B) * E * N));
+  gpu->scan_forward(B, L, E, N, chunk, du_.p, ddt_.p, dbias_.p, dAlog.p, dbc.p + R, dbc.p + R + N, P,
+                    dD.p, dz_.p + E, ldz, out.p, states.p, with_h0 ? dh0.p : nullptr, hlast.p);
+  std::vector<float> rout(size_t(B) * L * E), rstates(size_t(B) * n_chunks * E * N), rlast(size_t(B) * E * N);
+  cpu->scan_forward(B, L, E, N, chunk, u.data(), dt.data(), dt_bias.data(), A_log.data(), bc.data() + R,
+                    bc.data() + R + N, P, D.data(), z.data() + E, ldz, rout.data(), rstates.data(),
+                    with_h0 ? h0.data() : nullptr, rlast.data());
+  EXPECT_LE(rel_l2(out.host(), rout), kTol);
+  EXPECT_LE(rel_l2(states.host(), rstates), kTol);
+  EXPECT_LE(rel_l2(hlast.host(), rlast), kTol);
+
+  // backward: "=" outputs poisoned (dB, dC columns of a (T, P) buffer; dz the second half)
+  auto dbc0 = randn(size_t(B) * L * P, rng), dz0 = randn(size_t(B) * L * ldz, rng),
+       dA0 = randn(size_t(E) * N, rng), dD0 = randn(E, rng), dbias0 = randn(E, rng);
+  DevBuf gout(*gpu, dout), gdu(*gpu, nans(size_t(B) * L * E)), gddt(*gpu, nans(size_t(B) * L * E)),
+      gdbc(*gpu, dbc0), gdz(*gpu, dz0), gdA(*gpu, dA0), gdD(*gpu, dD0), gdbias(*gpu, dbias0);
+  gpu->scan_backward(B, L, E, N, chunk, du_.p, ddt_.p, dbias_.p, dAlog.p, dbc.p + R, dbc.p + R + N, P,
+                     dD.p, dz_.p + E, ldz, states.p, gout.p, gdu.p, gddt.p, gdbc.p + R, gdbc.p + R + N,
+                     gdz.p + E, gdA.p, gdD.p, gdbias.p);
+  std::vector<float> rdu(size_t(B) * L * E), rddt(size_t(B) * L * E), rdbc = dbc0, rdz = dz0,
+                     rdA = dA0, rdD = dD0, rdbias = dbias0;
+  cpu->scan_backward(B, L, E, N, chunk, u.data(), dt.data(), dt_bias.data(), A_log.data(), bc.data() + R,
+                     bc.data() + R + N, P, D.data(), z.data() + E, ldz, rstates.data(), dout.data(),
+                     rdu.data(), rddt.data(), rdbc.data() + R, rdbc.data() + R + N, rdz.data() + E,
+                     rdA.data(), rdD.data(), rdbias.data());
+  EXPECT_LE(rel_l2(gdu.host(), rdu), kTol) << "du";
+  EXPECT_LE(rel_l2(gddt.host(), rddt), kTol) << "ddt";
+  EXPECT_LE(rel_l2(gdbc.host(), rdbc), kTol) << "dB, dC";
+  EXPECT_LE(rel_l2(gdz.host(), rdz), kTol) << "dz";
+  EXPECT_LE(rel_l2(gdA.host(), rdA), kTol) << "dA_log";
+  EXPECT_LE(rel_l2(gdD.host(), rdD), kTol) << "dD";
+  EXPECT_LE(rel_l2(gdbias.host(), rdbias), kTol) << "ddt_bias";
+}
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaScan,
+    ::testing::Values(std::make_tuple(2, 100, 48, 16, 64, false),   // L not a multiple of chunk, E not of 32
+                      std::make_tuple(2, 128, 64, 8, 64, true),
+                      std::make_tuple(1, 77, 96, 16, 16, true),
+                      std::make_tuple(3, 50, 40, 5, 64, false),    // N padded to 8
+                      std::make_tuple(1, 33, 32, 32, 8, true),
+                      std::make_tuple(2, 1, 64, 4, 64, true)));    // one step, as in decoding
+
+TEST(CudaKernels, ScanDecodeInPlaceState) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(7);
+  const int B = 4, E = 64, N = 16, P = 2 * N, steps = 5;
+  auto dt_bias = randn(E, rng, 0.5f), A_log = randn(size_t(E) * N, rng, 0.5f, 0.5f), D = randn(E, rng);
+  std::vector<float> h(size_t(B) * E * N, 0.0f);
+  DevBuf dbias(*gpu, dt_bias), dA(*gpu, A_log), dD(*gpu, D), dh(*gpu, h);
+  for (int s = 0; s < steps; ++s) {
+    auto u = randn(size_t(B) * E, rng), dt = randn(size_t(B) * E, rng), bc = randn(size_t(B) * P, rng),
+         z = randn(size_t(B) * E, rng);
+    DevBuf du(*gpu, u), ddt(*gpu, dt), dbc(*gpu, bc), dz(*gpu, z), out(*gpu, nans(size_t(B) * E));
+    gpu->scan_forward(B, 1, E, N, 64, du.p, ddt.p, dbias.p, dA.p, dbc.p, dbc.p + N, P, dD.p, dz.p, E, out.p,
+                      nullptr, dh.p, dh.p);
+    std::vector<float> ref(size_t(B) * E);
+    cpu->scan_forward(B, 1, E, N, 64, u.data(), dt.data(), dt_bias.data(), A_log.data(), bc.data(),
+                      bc.data() + N, P, D.data(), z.data(), E, ref.data(), nullptr, h.data(), h.data());
+    EXPECT_LE(rel_l2(out.host(), ref), kTol) << "step " << s;
+  }
+  EXPECT_LE(rel_l2(dh.host(), h), kTol);
+}
+
+TEST(CudaKernels, Swiglu) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(8);
+  const int T = 77, I = 130;
+  auto f = randn(size_t(T) * 2 * I, rng, 2.0f), dout = randn(size_t(T) * I, rng);
+  DevBuf df_(*gpu, f), dd(*gpu, dout), out(*gpu, nans(size_t(T) * I)), gdf(*gpu, nans(size_t(T) * 2 * I));
+  gpu->swiglu_forward(T, I, df_.p, out.p);
+  gpu->swiglu_backward(T, I, df_.p, dd.p, gdf.p);
+  std::vector<float> ref(size_t(T) * I), rdf(size_t(T) * 2 * I);
+  cpu->swiglu_forward(T, I, f.data(), ref.data());
+  cpu->swiglu_backward(T, I, f.data(), dout.data(), rdf.data());
+  EXPECT_LE(rel_l2(out.host(), ref), kTol);
+  EXPECT_LE(rel_l2(gdf.host(), rdf), kTol);
+}
+
+TEST(CudaKernels, CrossEntropy) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(9);
+  for (int V : {72, 1000, 50280}) {
+    const int T = 37, ldl = V + 3;
+    auto logits = randn(size_t(T) * ldl, rng, 3.0f);
+    std::vector<int32_t> targets(T);
+    for (int t = 0; t < T; ++t) targets[t] = t % 7 == 3 ? -100 : int32_t(rng() % V);
+    DevIds dt(*gpu, targets);
+    // loss only
+    DevBuf dl(*gpu, logits);
+    const double loss = gpu->cross_entropy(T, V, dl.p, ldl, dt.p, 0.0f);
+    std::vector<float> ref = logits;
+    const double rloss = cpu->cross_entropy(T, V, ref.data(), ldl, targets.data(), 0.0f);
+    EXPECT_LE(std::fabs(loss - rloss) / rloss, kTol) << "V=" << V;
+    EXPECT_LE(rel_l2(dl.host(), logits), 0.0) << "logits must be untouched when scale is 0";
+    // loss and in-place gradient
+    const double loss2 = gpu->cross_entropy(T, V, dl.p, ldl, dt.p, 0.25f);
+    const double rloss2 = cpu->cross_entropy(T, V, ref.data(), ldl, targets.data(), 0.25f);
+    EXPECT_LE(std::fabs(loss2 - rloss2) / rloss2, kTol);
+    EXPECT_LE(rel_l2(dl.host(), ref), kTol) << "V=" << V;
+  }
+}
+
+TEST(CudaKernels, CrossEntropyRejectsTargetOutsideVocab) {
+  BHASA_REQUIRE_GPU(gpu);
+  const int T = 4, V = 10;
+  std::vector<float> logits(size_t(T) * V, 0.5f);
+  std::vector<int32_t> targets = {1, 2, 10, 3};
+  DevBuf dl(*gpu, logits);
+  DevIds dt(*gpu, targets);
+  EXPECT_THROW(gpu->cross_entropy(T, V, dl.p, V, dt.p, 1.0f), Error);
+}
+
+TEST(CudaKernels, AdamwSumSquaresAxpy) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(10);
+  const size_t n = 100003;
+  auto p = randn(n, rng), g = randn(n, rng), m = randn(n, rng, 0.1f), v = randn(n, rng, 0.1f);
+  for (auto& x : v) x = std::fabs(x);
+  DevBuf dp(*gpu, p), dg(*gpu, g), dm(*gpu, m), dv(*gpu, v);
+  for (int step = 1; step <= 3; ++step) {
+    gpu->adamw(n, dp.p, dg.p, dm.p, dv.p, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f);
+    cpu->adamw(n, p.data(), g.data(), m.data(), v.data(), 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f);
+  }
+  EXPECT_LE(rel_l2(dp.host(), p), kTol);
+  EXPECT_LE(rel_l2(dm.host(), m), kTol);
+  EXPECT_LE(rel_l2(dv.host(), v), kTol);
+
+  const double ss = gpu->sum_squares(n, dg.p), rss = cpu->sum_squares(n, g.data());
+  EXPECT_LE(std::fabs(ss - rss) / rss, 1e-9);
+  EXPECT_EQ(ss, gpu->sum_squares(n, dg.p)) << "sum_squares must be deterministic";
+
+  gpu->axpy(n, -0.3f, dg.p, dp.p);
+  cpu->axpy(n, -0.3f, g.data(), p.data());
+  EXPECT_LE(rel_l2(dp.host(), p), kTol);
+}
+
+TEST(CudaKernels, NormAndScanBackwardAreDeterministic) {
+  BHASA_REQUIRE_GPU(gpu);
+  std::mt19937 rng(11);
+  const int B = 2, L = 130, E = 64, N = 16, P = 2 * N, chunk = 64, n_chunks = 3;
+  auto u = randn(size_t(B) * L * E, rng), dt = randn(size_t(B) * L * E, rng), bias = randn(E, rng),
+       A_log = randn(size_t(E) * N, rng, 0.5f), bc = randn(size_t(B) * L * P, rng), D = randn(E, rng),
+       z = randn(size_t(B) * L * E, rng), dout = randn(size_t(B) * L * E, rng);
+  DevBuf du(*gpu, u), ddt(*gpu, dt), dbias(*gpu, bias), dA(*gpu, A_log), dbc(*gpu, bc), dD(*gpu, D),
+      dz(*gpu, z), dout_d(*gpu, dout), out(*gpu, size_t(B) * L * E), st(*gpu, size_t(B) * n_chunks * E * N);
+  gpu->scan_forward(B, L, E, N, chunk, du.p, ddt.p, dbias.p, dA.p, dbc.p, dbc.p + N, P, dD.p, dz.p, E, out.p,
+                    st.p, nullptr, nullptr);
+  std::vector<float> first;
+  for (int rep = 0; rep < 2; ++rep) {
+    DevBuf g1(*gpu, size_t(B) * L * E), g2(*gpu, size_t(B) * L * E), g3(*gpu, size_t(B) * L * P),
+        g4(*gpu, size_t(B) * L * E), gA(*gpu, size_t(E) * N), gD(*gpu, E), gb(*gpu, E);
+    gpu->scan_backward(B, L, E, N, chunk, du.p, ddt.p, dbias.p, dA.p, dbc.p, dbc.p + N, P, dD.p, dz.p, E, st.p,
+                       dout_d.p, g1.p, g2.p, g3.p, g3.p + N, g4.p, gA.p, gD.p, gb.p);
+    auto h = g3.host();
+    auto a = gA.host();
+    h.insert(h.end(), a.begin(), a.end());
+    if (rep == 0) first = h;
+    else EXPECT_EQ(h, first);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,144 @@
+// The whole model on the CUDA backend: the fixtures' reference logits, loss and
+// gradients, and a short AdamW run whose loss curve tracks the CPU run.
+//
+// Tolerances (max |a - b| / max |b|, as tests/model/test_fixtures.cpp):
+// - with full-fp32 GEMMs: the CPU fixture test's own, 1e-5 (logits, loss) and 1e-4 (grads);
+// - with TF32 GEMMs (10-bit mantissa products): 1e-2 for logits and loss, 5e-2 for grads.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "cuda_test_util.h"
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "model/mamba.h"
+
+using namespace bhasa;
+using namespace bhasa::test;
+
+namespace {
+
+double rel_max(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num = std::max(num, std::fabs(double(a[i]) - b[i]));
+    den = std::max(den, std::fabs(double(b[i])));
+  }
+  return num / std::max(den, 1e-30);
+}
+
+// (case, tf32)
+class CudaFixture : public ::testing::TestWithParam<std::tuple<const char*, bool>> {};
+
+TEST_P(CudaFixture, LogitsLossAndGradientsMatchReference) {
+  const auto [name, tf32] = GetParam();
+  BHASA_REQUIRE_GPU(gpu, tf32);
+  const double tol_logits = tf32 ? 1e-2 : 1e-5, tol_grad = tf32 ? 5e-2 : 1e-4;
+  const std::string dir = std::string(BHASA_TEST_DATA) + "/" + name;
+  ModelFiles files = load_model_dir(dir);
+  auto ref = read_tensors(dir + "/reference.safetensors");
+  const TensorData& in = ref.at("input_ids");
+  const int B = int(in.shape[0]), L = int(in.shape[1]), V = files.cfg.vocab_size;
+  std::vector<int32_t> ids(size_t(B) * L), targets(size_t(B) * L);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < L; t++) {
+      ids[b * L + t] = int32_t(in.i64[b * L + t]);
+      targets[b * L + t] = t + 1 < L ? int32_t(in.i64[b * L + t + 1]) : -1;
+    }
+  MambaLM model(files.cfg, *gpu);
+  model.load_params(files.params.data());
+  model.plan(B, L);
+  const double loss = model.forward(ids.data(), targets.data(), false);
+  std::vector<float> logits(size_t(B) * L * V);
+  gpu->download(logits.data(), model.logits(), logits.size());
+  const double logit_err = rel_max(logits.data(), ref.at("logits").f32.data(), logits.size());
+  const double ref_loss = ref.at("loss").f32[0];
+  const double loss_err = std::fabs(loss - ref_loss) / std::fabs(ref_loss);
+  std::printf("[%s %s] logits rel err %.3g, loss rel err %.3g\n", name, tf32 ? "tf32" : "fp32",
+              logit_err, loss_err);
+  EXPECT_LE(logit_err, tol_logits);
+  EXPECT_LE(loss_err, tol_logits);
+
+  model.zero_grads();
+  model.forward(ids.data(), targets.data(), true);
+  model.backward();
+  std::vector<float> grads(model.num_params());
+  model.store_grads(grads.data());
+  double worst = 0;
+  std::string worst_name;
+  for (const ParamTensor& t : model.layout().tensors) {
+    auto it = ref.find("grad." + t.name);
+    ASSERT_NE(it, ref.end()) << "reference has no grad." << t.name;
+    const double e = rel_max(grads.data() + t.offset, it->second.f32.data(), t.numel);
+    EXPECT_LE(e, tol_grad) << "grad." << t.name;
+    if (e > worst) worst = e, worst_name = t.name;
+  }
+  std::printf("[%s %s] worst gradient rel err %.3g (%s)\n", name, tf32 ? "tf32" : "fp32", worst,
+              worst_name.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllCases, CudaFixture,
+                         ::testing::Combine(::testing::Values("hf-tiny", "hf-small", "ssm-mlp-layernorm"),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           std::string s = std::get<0>(info.param);
+                           for (char& ch : s) if (ch == '-') ch = '_';
+                           return s + (std::get<1>(info.param) ? "_tf32" : "_fp32");
+                         });
+
+// 30 AdamW steps on one fixed random batch (so the loss falls), CPU and GPU from
+// the same initial weights. The GPU's loss must stay within 3% of the CPU's at every step.
+std::vector<double> train_curve(Backend& be, const ModelConfig& cfg, const std::vector<int32_t>& ids,
+                                const std::vector<int32_t>& targets, int B, int L, int steps) {
+  MambaLM model(cfg, be);
+  model.init_params(1234);
+  model.plan(B, L);
+  const size_t n = model.num_params();
+  float* m = be.alloc(n);
+  float* v = be.alloc(n);
+  std::vector<double> losses;
+  for (int step = 1; step <= steps; ++step) {
+    model.zero_grads();
+    losses.push_back(model.forward(ids.data(), targets.data(), true));
+    model.backward();
+    const double norm = std::sqrt(be.sum_squares(n, model.grads()));
+    const float scale = norm > 1.0 ? float(1.0 / norm) : 1.0f;
+    be.adamw(n, model.params(), model.grads(), m, v, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, step, scale);
+  }
+  be.free(m);
+  be.free(v);
+  return losses;
+}
+
+TEST(CudaTraining, LossCurveTracksCpu) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  ModelConfig cfg;
+  cfg.d_model = 64;
+  cfg.n_layer = 2;
+  cfg.vocab_size = 96;
+  cfg.d_state = 16;
+  cfg.dt_rank = 4;
+  const int B = 4, L = 64, steps = 30;
+  std::mt19937 rng(42);
+  std::vector<int32_t> ids(size_t(B) * L), targets(size_t(B) * L);
+  for (auto& i : ids) i = int32_t(rng() % cfg.vocab_size);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < L; ++t) targets[b * L + t] = t + 1 < L ? ids[b * L + t + 1] : -1;
+  const auto c = train_curve(*cpu, cfg, ids, targets, B, L, steps);
+  const auto g = train_curve(*gpu, cfg, ids, targets, B, L, steps);
+  double worst = 0;
+  for (int s = 0; s < steps; ++s) {
+    const double rel = std::fabs(g[s] - c[s]) / c[s];
+    worst = std::max(worst, rel);
+    EXPECT_LE(rel, 0.03) << "step " << s + 1 << ": gpu " << g[s] << " cpu " << c[s];
+  }
+  std::printf("[training] loss cpu %.4f -> %.4f, gpu %.4f -> %.4f, worst step rel diff %.3g\n", c[0],
+              c.back(), g[0], g.back(), worst);
+  EXPECT_LT(c.back(), c[0] - 0.5) << "the fixed batch should be partly memorised";
+}
+
+}  // namespace
