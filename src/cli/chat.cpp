@@ -143,7 +143,7 @@ class Chat {
 
 void run_terminal(Chat& chat, const LoadedModel& m) {
   std::string hist = history_path();
-  if (!hist.empty()) read_history(hist.c_str());
+  if (!hist.empty() && read_history(hist.c_str()) != 0) write_history(hist.c_str());  // creates it
   std::printf("bhasa chat: %s (%zu parameters, %s tokenizer). /help for commands, Ctrl+D to exit.\n",
               m.dir.c_str(), m.model->num_params(), m.tokenizer->kind().c_str());
   for (;;) {

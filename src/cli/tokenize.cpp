@@ -62,7 +62,11 @@ void add_tokenize_command(CLI::App& app) {
       std::string text = tokenizer->decode(parse_ids(input));
       std::fwrite(text.data(), 1, text.size(), stdout);
     } else {
-      std::string out = nlohmann::json(tokenizer->encode(input)).dump() + "\n";
+      // Written by hand: a nlohmann array of a 100 MB corpus's ids would take GBs.
+      std::vector<int32_t> ids = tokenizer->encode(input);
+      std::string out = "[";
+      for (size_t i = 0; i < ids.size(); i++) (out += i ? "," : "") += std::to_string(ids[i]);
+      out += "]\n";
       std::fwrite(out.data(), 1, out.size(), stdout);
     }
     std::fflush(stdout);

@@ -23,8 +23,8 @@ LoadedModel load_model(const std::string& dir, const std::string& device, int th
   check(threads >= 0, "--threads must be >= 0 (0: all cores), got " + std::to_string(threads));
   std::error_code ec;
   check(fs::is_directory(dir, ec),
-        "model directory '" + dir + "' does not exist or is not a directory: pass --model DIR "
-        "holding config.json, model.safetensors and (for text) tokenizer.json");
+        "model directory '" + dir + "' does not exist or is not a directory (a model directory "
+        "holds config.json, model.safetensors and, for text, tokenizer.json)");
   check(fs::exists(fs::path(dir) / "config.json", ec),
         "'" + dir + "' is not a model directory: it has no config.json (a model directory holds "
         "config.json, model.safetensors and, for text, tokenizer.json)");

@@ -36,6 +36,8 @@ ModelConfig load_config(const std::string& path) {
     return ModelConfig::from_json(j);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
+  } catch (const json::exception& e) {  // safety net: a value shape the typed getters missed
+    throw Error(path + ": bad value: " + e.what());
   }
 }
 

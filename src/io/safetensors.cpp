@@ -171,6 +171,10 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
       prev = &t;
     }
     for (size_t i = 0; i < tensors_.size(); i++) index_[tensors_[i].name] = i;
+  } catch (const json::exception& e) {  // safety net: a header shape the checks above missed
+    ::munmap(map_, map_size_);
+    map_ = nullptr;
+    throw Error(P + ": malformed safetensors header: " + e.what());
   } catch (...) {
     ::munmap(map_, map_size_);
     map_ = nullptr;

@@ -90,7 +90,11 @@ BpeTokenizer::BpeTokenizer(std::unordered_map<std::string, int32_t> vocab, std::
 template <class Emit>
 void BpeTokenizer::split_added(std::string_view text, bool normalized_pass, Emit&& emit) const {
   auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
-  auto is_word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || static_cast<unsigned char>(c) >= 0x80; };
+  // single_word's notion of a word character (HF: alphanumeric or '_'); any
+  // non-ASCII byte counts as one, an approximation for non-ASCII punctuation.
+  auto is_word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || static_cast<unsigned char>(c) >= 0x80;
+  };
   bool any = false;
   for (const auto& a : added_) any |= a.normalized == normalized_pass;
   if (!any) {

@@ -99,7 +99,8 @@ static void run_steps(const std::vector<PreTokenizer::Step>& steps, size_t k, st
   const auto& step = steps[k];
   auto next = [&](std::string_view p) { run_steps(steps, k + 1, p, emit); };
   if (step.kind == PreTokenizer::Step::ByteLevel && step.add_prefix_space && !piece.empty() && piece[0] != ' ') {
-    std::string spaced = " " + std::string(piece);
+    std::string spaced(1, ' ');
+    spaced.append(piece);
     if (step.regex) step.regex->split_isolated(spaced, next);
     else next(spaced);
     return;

@@ -61,7 +61,7 @@ void check_utf8_text(const std::string& bytes, const std::string& name) {
     else bad(i);  // stray continuation byte, overlong 2-byte lead (C0/C1) or > U+10FFFF
     if (i + len > n) bad(i);
     for (int k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) bad(i + k);
+      if ((s[i + k] & 0xC0) != 0x80) bad(i);  // the offset of the character that is broken
       cp = (cp << 6) | (s[i + k] & 0x3F);
     }
     // Overlong encodings, UTF-16 surrogates and code points past U+10FFFF.
@@ -208,10 +208,9 @@ Response http_get(const Url& u) {
 // so no chunked encoding or keep-alive is involved.
 Response http_get(const Url& u) {
   Response r;
-  if (u.scheme == "https") {
-    r.error = "this build of bhasa has no HTTPS support (it needs libcpp-httplib with OpenSSL)";
-    return r;
-  }
+  if (u.scheme == "https")
+    throw Error("cannot download https://" + u.host + u.path + ": this build of bhasa has no HTTPS support "
+                "(it needs libcpp-httplib with OpenSSL); download the file yourself and pass it with --data FILE");
   addrinfo hints{}, *addrs = nullptr;
   hints.ai_socktype = SOCK_STREAM;
   if (int rc = ::getaddrinfo(u.host.c_str(), std::to_string(u.port).c_str(), &hints, &addrs); rc != 0) {

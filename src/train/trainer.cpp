@@ -1,7 +1,12 @@
 #include "train/trainer.h"
 
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <cmath>
@@ -154,6 +159,8 @@ void apply_train_overrides(const json& keys, const std::string& source, ModelCon
     }
     if (!value.is_null()) it->second(value, key);
   }
+  // Asking for epochs means "not the preset's step count".
+  if (keys.contains("epochs") && !keys.contains("max_steps")) h.max_steps = 0;
 }
 
 // ---- data ------------------------------------------------------------------------
@@ -234,7 +241,9 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec, const std::st
 std::string config_diff(const ModelConfig& a, const ModelConfig& b) {
   std::string d;
   auto f = [&](const char* name, double x, double y) {
-    if (x != y) d += std::string(d.empty() ? "" : ", ") + name + " " + std::to_string(x) + " -> " + std::to_string(y);
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "%s%s %g -> %g", d.empty() ? "" : ", ", name, x, y);
+    if (x != y) d += buf;
   };
   f("d_model", a.d_model, b.d_model);
   f("n_layer", a.n_layer, b.n_layer);
@@ -289,6 +298,11 @@ int train(const TrainOptions& opts) {
   std::error_code ec;
   fs::create_directories(out, ec);
   check(!ec, "cannot create the run directory " + out + ": " + ec.message());
+  // One trainer per run directory: a second one would fight over the checkpoints.
+  const int lock_fd = ::open((out + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  check(lock_fd >= 0, "cannot create " + out + "/.lock: " + std::strerror(errno));
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+    throw Error("another `bhasa train` is already running in " + out + "; wait for it or use another --out");
   recover_checkpoint_dirs(ckpt_dir);
   if (opts.restart) {
     fs::remove_all(ckpt_dir, ec);
@@ -457,10 +471,15 @@ int train(const TrainOptions& opts) {
     ++steps_since;
     const double eta = step_seconds * static_cast<double>(total_steps - st.step);
     if (tty) {
-      std::printf("\r\033[Kstep %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
-                  static_cast<long long>(st.step), static_cast<long long>(total_steps),
-                  static_cast<double>(st.step) / steps_per_epoch, loss, lr, tokens_per_s, format_duration(eta).c_str());
-      std::fflush(stdout);
+      // Redrawn at most ~10 times a second, with the smoothed rate.
+      if (std::chrono::duration<double>(clock::now() - t_last).count() > 0.1 || st.step == total_steps) {
+        std::printf("\r\033[Kstep %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
+                    static_cast<long long>(st.step), static_cast<long long>(total_steps),
+                    static_cast<double>(st.step) / steps_per_epoch, loss, lr, tokens_per_step / step_seconds,
+                    format_duration(eta).c_str());
+        std::fflush(stdout);
+        t_last = clock::now();
+      }
     } else if (st.step % h.log_every == 0 || st.step == total_steps || st.step == 1) {
       const double el = std::chrono::duration<double>(clock::now() - t_last).count();
       std::printf("step %lld/%lld epoch %.2f loss %.4f lr %.2e tok/s %.0f grad_norm %.3f eta %s\n",

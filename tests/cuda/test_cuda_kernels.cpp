@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/error.h"
 #include "cuda_test_util.h"
 
 using namespace bhasa;
@@ -311,7 +312,9 @@ TEST(CudaKernels, AdamwSumSquaresAxpy) {
   EXPECT_LE(rel_l2(dv.host(), v), kTol);
 
   const double ss = gpu->sum_squares(n, dg.p), rss = cpu->sum_squares(n, g.data());
-  EXPECT_LE(std::fabs(ss - rss) / rss, 1e-9);
+  // The GPU sums each square in double; the CPU adds float blocks of 1024 into a
+  // double, so the two differ by float rounding of the blocks (seen: 4e-9).
+  EXPECT_LE(std::fabs(ss - rss) / rss, 1e-6);
   EXPECT_EQ(ss, gpu->sum_squares(n, dg.p)) << "sum_squares must be deterministic";
 
   gpu->axpy(n, -0.3f, dg.p, dp.p);

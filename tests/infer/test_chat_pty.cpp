@@ -131,6 +131,7 @@ TEST_F(ChatPty, SaveAndLoadBetweenTurnsGiveTheSameContinuation) {
     EXPECT_EQ(chat.wait_exit(), 0);
   }
   ASSERT_FALSE(reply2.empty());
+  std::printf("turn 1 reply: [%s]\nturn 2 reply: [%s]\n", reply1.c_str(), reply2.c_str());
   {
     PtyChat chat(args_, dir_);
     ASSERT_TRUE(chat.wait_prompts(1)) << chat.clean();

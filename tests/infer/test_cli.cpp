@@ -49,7 +49,7 @@ TEST(Cli, ClearMessagesForBadInput) {
 // --format ids --temperature 0 prints exactly the library's greedy continuation.
 TEST(Cli, GenerateIdsMatchesLibraryGreedy) {
   const std::string dir = test::fixture_dir("hf-small");
-  test::RunResult r = run_bhasa("generate --model '" + dir +
+  test::RunResult r = run_bhasa("generate --threads 1 --model '" + dir +
                                     "' --prompt-ids 3,1,4,1,5 --format ids --temperature 0 --max-new-tokens 12",
                                 false);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -70,7 +70,7 @@ TEST(Cli, GenerateIdsMatchesLibraryGreedy) {
 
 // Text output is exactly the library's text; the prompt can come from stdin; stop strings cut.
 TEST(Cli, GenerateTextFromArgumentAndStdin) {
-  const std::string args = "generate --model '" + tiny_dir() + "' --temperature 0.9 --seed 11 --max-new-tokens 50";
+  const std::string args = "generate --threads 1 --model '" + tiny_dir() + "' --temperature 0.9 --seed 11 --max-new-tokens 50";
   test::RunResult a = run_bhasa(args + " --prompt 'ROMEO:'", false);
   test::RunResult b = run_bhasa(args, false, "ROMEO:");
   ASSERT_EQ(a.status, 0) << a.output;
@@ -100,7 +100,7 @@ TEST(Cli, EvalMatchesLibraryAndReportsBitsPerChar) {
   std::fwrite(text.data(), 1, text.size(), f);
   std::fclose(f);
 
-  test::RunResult r = run_bhasa("eval --model '" + tiny_dir() + "' --data '" + data + "' --seq-len 64 --batch 3 --json", false);
+  test::RunResult r = run_bhasa("eval --threads 1 --model '" + tiny_dir() + "' --data '" + data + "' --seq-len 64 --batch 3 --json", false);
   ASSERT_EQ(r.status, 0) << r.output;
   nlohmann::json j = nlohmann::json::parse(r.output);
   LoadedModel m = load_model(tiny_dir());
@@ -123,7 +123,7 @@ TEST(Cli, EvalMatchesLibraryAndReportsBitsPerChar) {
     separate += evaluate_ids(*m.model, all.subspan(start, len), 3, 1).first;
   EXPECT_NEAR(nats, separate, 1e-4 * separate);
 
-  test::RunResult human = run_bhasa("eval --model '" + tiny_dir() + "' --data '" + data + "' --max-tokens 100", false);
+  test::RunResult human = run_bhasa("eval --threads 1 --model '" + tiny_dir() + "' --data '" + data + "' --max-tokens 100", false);
   ASSERT_EQ(human.status, 0);
   EXPECT_NE(human.output.find("99 tokens"), std::string::npos) << human.output;
   EXPECT_NE(human.output.find("bits per char"), std::string::npos) << human.output;
@@ -131,7 +131,7 @@ TEST(Cli, EvalMatchesLibraryAndReportsBitsPerChar) {
 
 // Piped chat: one line per turn, replies separated by a blank line; state is kept.
 TEST(Cli, ChatWithoutTerminalForScripts) {
-  const std::string args = "chat --model '" + tiny_dir() + "' --temperature 0 --max-reply-tokens 20";
+  const std::string args = "chat --threads 1 --model '" + tiny_dir() + "' --temperature 0 --max-reply-tokens 20";
   test::RunResult r = run_bhasa(args, false, "Hello.\nHow are you?\n");
   ASSERT_EQ(r.status, 0) << r.output;
   LoadedModel m = load_model(tiny_dir());

@@ -243,3 +243,33 @@ TEST_F(BrokenSsm, VocabPaddedPastFile) {
   edit_config([](json& j) { j["vocab_size"] = 70; });  // pads to 72: loads
   EXPECT_EQ(load_model_dir(dir).cfg.vocab_size, 72);
 }
+
+// Every truncation and many single-byte corruptions of a real file: an Error or a
+// successful load, never a crash (run under the sanitizer build to mean something).
+TEST_F(Broken, TruncationsAndByteFlipsNeverCrash) {
+  const std::string good = read_bytes(weights());
+  uint64_t header_len;
+  std::memcpy(&header_len, good.data(), 8);
+  for (size_t cut = 0; cut < good.size(); cut += 211) {
+    write_bytes(weights(), good.substr(0, cut));
+    expect_error([&] { load_model_dir(dir); }, {"model.safetensors"});
+  }
+  uint32_t rng = 12345;
+  int loaded = 0, errors = 0;
+  for (int trial = 0; trial < 300; trial++) {
+    std::string bad = good;
+    rng = rng * 1664525u + 1013904223u;
+    size_t pos = (rng >> 8) % (8 + header_len);  // the length field or the JSON header
+    rng = rng * 1664525u + 1013904223u;
+    bad[pos] = char(rng >> 24);
+    write_bytes(weights(), bad);
+    try {
+      load_model_dir(dir);
+      loaded++;
+    } catch (const bhasa::Error&) {
+      errors++;
+    }
+  }
+  EXPECT_EQ(loaded + errors, 300);
+  EXPECT_GT(errors, 100);
+}

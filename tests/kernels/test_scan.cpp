@@ -135,8 +135,8 @@ Grads<T> run_backward(const ScanCase& c, const Buffers<T>& in, int chunk, bool u
 }  // namespace
 
 TEST(Scan, FloatForwardMatchesFloat64Recurrence) {
-  // E = 37: two full channel blocks and a ragged one; L not a multiple of chunk.
-  const ScanCase c = make_case(2, 37, 37, 16, 16 + 5, 37 + 7, 100);
+  // E = 75: two full 32-channel blocks and a ragged one; L not a multiple of chunk.
+  const ScanCase c = make_case(2, 37, 75, 16, 16 + 5, 75 + 7, 100);
   const int chunk = 8;
   Buffers<float> in(c);
   std::vector<float> states, h_last;
@@ -224,9 +224,9 @@ TEST(Scan, HalvesChainedThroughStateEqualTheFullScan) {
 }
 
 TEST(Scan, BackwardMatchesFiniteDifferencesInFloat64) {
-  // E = 19: a full channel block plus a ragged one. ld_bc > N, ldz > E, chunk < L and
-  // L not a multiple of it, h0 non-null, B > 1.
-  ScanCase c = make_case(2, 7, 19, 3, 3 + 2, 19 + 3, 500);
+  // E = 37: a full 32-channel block plus a ragged one. ld_bc > N, ldz > E, chunk < L
+  // and L not a multiple of it, h0 non-null, B > 1.
+  ScanCase c = make_case(2, 7, 37, 3, 3 + 2, 37 + 3, 500);
   const int chunk = 3;
   const Vec G = randn(static_cast<size_t>(c.B) * c.L * c.E, 501);  // d loss / d out
   auto loss = [&]() {

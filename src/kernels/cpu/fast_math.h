@@ -21,12 +21,12 @@ inline float select_(bool c, float a, float b) {
 
 // exp(x) in float, relative error < 2e-7. Cody-Waite range reduction x = k ln2 + r
 // with |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, and 2^k assembled from
-// exponent bits. Below -87.3 it returns 0 (exactly what the scan wants for decayed
-// state); above 88 it saturates at ~1.65e38 instead of overflowing to inf.
+// exponent bits. x is clamped to [-88, 88]: at the bottom k = -127 makes 2^k's bits
+// all zero, so results that would be subnormal (x < -87.7) come out exactly 0 (no
+// slow subnormal arithmetic downstream); above 88 it saturates at ~1.65e38.
 inline float fast_expf(float x) {
-  const bool underflow = x < -87.3365448f;
   x = select_(x > 88.0f, 88.0f, x);
-  x = select_(underflow, -87.3365448f, x);
+  x = select_(x < -88.0f, -88.0f, x);
   // Adding 1.5 * 2^23 rounds to the nearest integer (round-to-nearest mode).
   const float shifter = 12582912.0f;
   const float k = (x * 1.44269504088896341f + shifter) - shifter;
@@ -40,7 +40,7 @@ inline float fast_expf(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const float two_k = std::bit_cast<float>((static_cast<int32_t>(k) + 127) << 23);
-  return select_(underflow, 0.0f, p * two_k);
+  return p * two_k;
 }
 
 // log(x) for positive normal float x (Cephes logf), relative error ~1e-7.

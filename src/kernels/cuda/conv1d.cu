@@ -66,6 +66,7 @@ __global__ void conv_backward_dw_partials(int B, int L, int E, int K, const floa
   float acc[kMaxK + 1];
   for (int k = 0; k <= kMaxK; ++k) acc[k] = 0.0f;
   const int r0 = p * rows_per_group, r1 = min(B * L, r0 + rows_per_group);
+#pragma unroll 4
   for (int row = r0; row < r1; ++row) {
     const float dp = conv_dpre(L, K, x, ldx, w, bias, dout, E, row, e);
     const int t = row % L;

@@ -25,6 +25,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kFwdThreads = 128;  // channels per forward block
 constexpr int kFwdTile = 32;      // time steps of B, C staged per forward tile
+constexpr int kFwdAhead = 16;     // forward steps whose loads are issued together
 constexpr int kBwdThreads = 32;   // channels per backward block (one warp)
 constexpr int kSub = 8;           // backward sub-chunk length (steps kept in shared memory)
 
@@ -64,26 +65,39 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     }
     __syncthreads();
     const int tn = min(kFwdTile, L - t0);
-#pragma unroll 2
-    for (int tt = 0; tt < tn; ++tt) {
-      const int t = t0 + tt;
-      if (chunk_states && valid && t % chunk == 0) {
-        float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
+    // Sub-tiles of kFwdAhead steps: all their loads are issued before the first use,
+    // so one memory latency covers kFwdAhead steps (a block has few warps to hide it).
+    for (int s0 = 0; s0 < tn; s0 += kFwdAhead) {
+      float ru[kFwdAhead], rdt[kFwdAhead], rz[kFwdAhead];
 #pragma unroll
-        for (int n = 0; n < NMAX; ++n)
-          if (n < N) cs[n] = h[n];
+      for (int j = 0; j < kFwdAhead; ++j) {
+        const bool ok = s0 + j < tn;
+        const size_t row = size_t(b) * L + t0 + s0 + (ok ? j : 0);
+        ru[j] = ok ? u[row * E + ec] : 0.0f;
+        rdt[j] = ok ? dt[row * E + ec] : 0.0f;
+        rz[j] = ok ? z[row * ldz + ec] : 0.0f;
       }
-      const size_t row = size_t(b) * L + t;
-      const float uu = u[row * E + ec], zz = z[row * ldz + ec];
-      const float delta = softplusf_(dt[row * E + ec] + bias);
-      const float du = delta * uu;
-      float y = Dv * uu;
 #pragma unroll
-      for (int n = 0; n < NMAX; ++n) {
-        h[n] = exp2f(delta * A2[n]) * h[n] + du * sB[tt][n];
-        y += sC[tt][n] * h[n];
+      for (int j = 0; j < kFwdAhead; ++j) {
+        if (s0 + j >= tn) break;
+        const int tt = s0 + j, t = t0 + tt;
+        if (chunk_states && valid && t % chunk == 0) {
+          float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
+#pragma unroll
+          for (int n = 0; n < NMAX; ++n)
+            if (n < N) cs[n] = h[n];
+        }
+        const float uu = ru[j], zz = rz[j];
+        const float delta = softplusf_(rdt[j] + bias);
+        const float du = delta * uu;
+        float y = Dv * uu;
+#pragma unroll
+        for (int n = 0; n < NMAX; ++n) {
+          h[n] = exp2f(delta * A2[n]) * h[n] + du * sB[tt][n];
+          y += sC[tt][n] * h[n];
+        }
+        if (valid) out[(size_t(b) * L + t) * E + e] = y * zz * sigmoidf_(zz);
       }
-      if (valid) out[row * E + e] = y * zz * sigmoidf_(zz);
     }
   }
   // h0 may alias h_last: each thread read its own slice above and writes it here.
@@ -140,7 +154,9 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
   float* hist = sBC + kSub * 2 * NMAX;              // (kSub, NMAX, T): h after each step
   float* starts = hist + kSub * NMAX * T;           // (n_sub_max, NMAX, T): h at sub-chunk starts
   float* sdt = starts + size_t(n_sub_max) * NMAX * T;  // (kSub, T): raw dt
-  float* su = sdt + kSub * T;                       // (kSub, T): u
+  float* su = sdt + kSub * T;                       // (kSub, T): u (0 on padding lanes)
+  float* sz = su + kSub * T;                        // (kSub, T): z
+  float* sdo = sz + kSub * T;                       // (kSub, T): dout (0 on padding lanes)
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
@@ -160,14 +176,39 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
   const float bias = dt_bias[ec], Dv = Dp[ec];
   float dD_acc = 0.0f, dbias_acc = 0.0f;
 
-  // Stages B[t, :], C[t, :] for t in [t0, t0 + len) into sBC.
-  auto stage_bc = [&](int t0, int len) {
-    __syncwarp();
-    for (int i = lane; i < kSub * 2 * NMAX; i += T) {
+  // Loads one sub-chunk [s0, s0 + len): B, C into sBC and u, dt (and z, dout when
+  // `all`) into shared memory. Every global load is issued before the first store,
+  // so the sub-chunk pays one memory latency, not one per step.
+  constexpr int kBC = (kSub * 2 * NMAX + T - 1) / T;  // B/C values per lane
+  auto load_sub = [&](int s0, int len, bool all) {
+    float rbc[kBC], ru[kSub], rdt[kSub], rz[kSub], rdo[kSub];
+#pragma unroll
+    for (int j = 0; j < kBC; ++j) {
+      const int i = lane + j * T;
       const int tt = i / (2 * NMAX), k = i % (2 * NMAX), n = k % NMAX;
-      const size_t row = size_t(b) * L + t0 + tt;
-      const float* src = k < NMAX ? Bm : Cm;
-      sBC[i] = (tt < len && n < N) ? src[row * ld_bc + n] : 0.0f;
+      const bool ok = i < kSub * 2 * NMAX && tt < len && n < N;
+      const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
+      rbc[j] = ok ? (k < NMAX ? Bm : Cm)[row * ld_bc + n] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      const bool ok = j < len;
+      const size_t row = size_t(b) * L + s0 + (ok ? j : 0);
+      ru[j] = ok && valid ? u[row * E + ec] : 0.0f;
+      rdt[j] = ok ? dt[row * E + ec] : 0.0f;
+      rz[j] = ok && all ? z[row * ldz + ec] : 0.0f;
+      rdo[j] = ok && all && valid ? dout[row * E + ec] : 0.0f;
+    }
+    __syncwarp();  // the previous sub-chunk's readers are done
+#pragma unroll
+    for (int j = 0; j < kBC; ++j)
+      if (lane + j * T < kSub * 2 * NMAX) sBC[lane + j * T] = rbc[j];
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      su[j * T + lane] = ru[j];
+      sdt[j * T + lane] = rdt[j];
+      sz[j * T + lane] = rz[j];
+      sdo[j * T + lane] = rdo[j];
     }
     __syncwarp();
   };
@@ -184,11 +225,10 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
 #pragma unroll
       for (int n = 0; n < NMAX; ++n) starts[(k * NMAX + n) * T + lane] = h[n];
       if (k == n_sub - 1) break;  // the last sub-chunk's end state is never needed
-      stage_bc(s0, len);
+      load_sub(s0, len, false);
       for (int i = 0; i < len; ++i) {
-        const size_t row = size_t(b) * L + s0 + i;
-        const float uu = u[row * E + ec];
-        const float delta = softplusf_(dt[row * E + ec] + bias);
+        const float uu = su[i * T + lane];
+        const float delta = softplusf_(sdt[i * T + lane] + bias);
         const float dlu = delta * uu;
 #pragma unroll
         for (int n = 0; n < NMAX; ++n) h[n] = exp2f(delta * A2[n]) * h[n] + dlu * sBC[i * 2 * NMAX + n];
@@ -197,15 +237,11 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     // (2) sub-chunks last to first
     for (int k = n_sub - 1; k >= 0; --k) {
       const int s0 = t0 + k * kSub, len = min(kSub, t1 - s0);
-      stage_bc(s0, len);
+      load_sub(s0, len, true);
 #pragma unroll
       for (int n = 0; n < NMAX; ++n) h[n] = starts[(k * NMAX + n) * T + lane];
       for (int i = 0; i < len; ++i) {
-        const size_t row = size_t(b) * L + s0 + i;
-        const float uu = valid ? u[row * E + ec] : 0.0f;
-        const float dtv = dt[row * E + ec];
-        sdt[i * T + lane] = dtv;
-        su[i * T + lane] = uu;
+        const float uu = su[i * T + lane], dtv = sdt[i * T + lane];
         const float delta = softplusf_(dtv + bias);
         const float dlu = delta * uu;
 #pragma unroll
@@ -219,8 +255,7 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
         const size_t row = size_t(b) * L + t;
         const float uu = su[i * T + lane], dtv = sdt[i * T + lane];
         const float delta = softplusf_(dtv + bias);
-        const float zz = z[row * ldz + ec];
-        const float go = valid ? dout[row * E + ec] : 0.0f;
+        const float zz = sz[i * T + lane], go = sdo[i * T + lane];
         const float* Bt = sBC + i * 2 * NMAX;
         const float* Ct = Bt + NMAX;
         const float* hcur = hist + i * NMAX * T + lane;
@@ -328,7 +363,7 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
       c.scratch->get(kScanParamPartials, size_t(B) * E * (NMAX + 2) * sizeof(float)));
   const int n_sub_max = (chunk + kSub - 1) / kSub;
   const size_t smem = (size_t(kSub) * 2 * NMAX + size_t(kSub) * NMAX * kBwdThreads +
-                       size_t(n_sub_max) * NMAX * kBwdThreads + 2 * size_t(kSub) * kBwdThreads) *
+                       size_t(n_sub_max) * NMAX * kBwdThreads + 4 * size_t(kSub) * kBwdThreads) *
                       sizeof(float);
   check(smem <= 200 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
                                 " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
