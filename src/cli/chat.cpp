@@ -211,6 +211,11 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option("--max-reply-tokens", a->max_reply_tokens, "tokens per reply at most")
       ->capture_default_str();
   cmd->add_option("--stop", a->stop, "a reply ends at this text (repeatable; \\n is a newline; default a blank line)");
+  cmd->footer(
+      "Each line you type (+ newline) is fed to the model, which replies until a stop string or\n"
+      "--max-reply-tokens. The state is kept between turns. Commands:\n" + std::string(kHelp) +
+      "Piped stdin (no terminal): one line per turn; stdout holds only the replies, each followed\n"
+      "by a blank line; command messages go to stderr.");
   cmd->callback([a] { run_chat(*a); });
 }
 

@@ -57,6 +57,7 @@ void Generator::remember(int32_t id) {
 
 void Generator::feed(std::span<const int32_t> ids) {
   check(!ids.empty(), "the prompt is empty: give at least one token");
+  // Checked up front (prefill checks too) so a bad id cannot leave a half-fed state.
   const int V = model_.config().vocab_size;
   for (int32_t id : ids)
     check(id >= 0 && id < V, "token id " + std::to_string(id) + " is outside the model's vocabulary [0, " +
