@@ -36,7 +36,7 @@ namespace {
 
 struct ChatArgs : RunArgs {
   int max_reply_tokens = 256;
-  std::vector<std::string> stop = {"\n\n"};
+  std::vector<std::string> stop;  // empty: a blank line ("\n\n")
 };
 
 std::atomic<bool> g_interrupted{false};
@@ -69,7 +69,7 @@ class Chat {
   Chat(ChatArgs& a, LoadedModel& m, bool tty)
       : a_(a), gen_(*m.model, m.tokenizer.get(), a.sampling), tty_(tty) {
     opts_.max_new_tokens = a.max_reply_tokens;
-    opts_.stop = unescape_all(a.stop);
+    opts_.stop = a.stop.empty() ? std::vector<std::string>{"\n\n"} : unescape_all(a.stop);
     opts_.validate();
   }
 

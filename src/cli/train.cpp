@@ -81,6 +81,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--restart", o.restart, "delete the run's checkpoints and start over");
+  cmd->add_option("--max-minutes", o.max_minutes, "stop after this many minutes of training and write final/")
+      ->check(CLI::NonNegativeNumber);
   add("--max-steps", "max_steps", f->max_steps, "optimizer steps (default from the preset)");
   add("--epochs", "epochs", f->epochs, "train for this many epochs instead of --max-steps");
   add("--batch", "batch", f->batch, "sequences per micro-batch");

@@ -14,6 +14,8 @@
 #include <memory>
 #include <string>
 
+#include "core/error.h"
+
 namespace bhasa {
 
 class Backend {
@@ -123,6 +125,33 @@ class Backend {
   virtual double sum_squares(size_t n, const float* g) = 0;
   // y += alpha * x  (used for residual adds where GEMM's beta cannot be used)
   virtual void axpy(size_t n, float alpha, const float* x, float* y) = 0;
+
+  // ---- decoding on the device (optional; see supports_graphs) -------------------
+  // The sampling rule (kernels/sampling.h): per row b, ids[b] = argmax_v of logits[b, v]
+  // when temperature <= 0, else of logits[b, v] / temperature + gumbel(seed, step, b, v)
+  // (Gumbel-max: a draw from softmax(logits / temperature)), step = *counter.
+  // ids (B) "="; history (capacity, B) gets row step; then *counter += 1.
+  // logits (B, V) dense; counter (1) and history in backend memory.
+  virtual void sample_tokens(int B, int V, const float* logits, float temperature, uint64_t seed,
+                             int32_t* counter, int32_t* ids, int32_t* history, int capacity) {
+    unsupported("sample_tokens");
+  }
+  virtual void download_i32(int32_t* dst, const int32_t* src, size_t n) {  // backend -> host
+    unsupported("download_i32");
+  }
+  // CUDA graphs: every call between begin and end is recorded instead of run; replay
+  // runs the recording again on the same buffers. Only where supports_graphs().
+  virtual bool supports_graphs() const { return false; }
+  virtual void graph_begin_capture() { unsupported("graph capture"); }
+  virtual int graph_end_capture() { unsupported("graph capture"); return -1; }  // a handle for graph_replay
+  virtual void graph_replay(int graph) { unsupported("graph replay"); }
+  virtual void graph_destroy(int graph) {}
+
+ private:
+  [[noreturn]] void unsupported(const char* what) const {
+    throw Error(std::string(what) + " is not supported by the " + name() +
+                " backend; call it only where supports_graphs() is true");
+  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

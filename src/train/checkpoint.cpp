@@ -26,7 +26,7 @@ nlohmann::json TrainerState::to_json() const {
           {"schedule", {{"lr", lr}, {"min_lr", min_lr}, {"warmup_steps", warmup_steps}, {"total_steps", total_steps}}},
           {"config_hash", config_hash},
           {"data_hash", data_hash},
-          {"best_val_loss", best_val_loss}};
+          {"best_val_loss", best_val_loss}, {"train_seconds", train_seconds}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string& source) {
@@ -45,6 +45,7 @@ TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string&
     s.config_hash = j.at("config_hash").get<std::string>();
     s.data_hash = j.at("data_hash").get<std::string>();
     s.best_val_loss = j.value("best_val_loss", 0.0);
+    s.train_seconds = j.value("train_seconds", 0.0);
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw Error(source + ": damaged trainer state (" + e.what() + "); start over with --restart");

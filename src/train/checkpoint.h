@@ -30,6 +30,7 @@ struct TrainerState {
   std::string config_hash;      // ModelConfig::layout_hash() of the model
   std::string data_hash;        // fingerprint of the training text
   double best_val_loss = 0;     // 0 when never evaluated
+  double train_seconds = 0;     // wall time spent training (evaluations included), over all resumes
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& j, const std::string& source);
 };

@@ -428,7 +428,13 @@ int train(const TrainOptions& opts) {
   };
 
   bool ran_steps = false;
-  while (st.step < total_steps && !stop_requested()) {
+  const auto t_start = clock::now();
+  const double seconds_before = st.train_seconds;
+  auto out_of_time = [&] {
+    return opts.max_minutes > 0 &&
+           std::chrono::duration<double>(clock::now() - t_start).count() >= opts.max_minutes * 60;
+  };
+  while (st.step < total_steps && !stop_requested() && !out_of_time()) {
     ran_steps = true;
     const auto t0 = clock::now();
     model.zero_grads();
@@ -465,6 +471,8 @@ int train(const TrainOptions& opts) {
       line["bpc"] = bpc;
       if (st.best_val_loss == 0 || val_loss < st.best_val_loss) st.best_val_loss = val_loss;
     }
+    st.train_seconds = seconds_before + std::chrono::duration<double>(clock::now() - t_start).count();
+    line["time_s"] = std::round(st.train_seconds * 10) / 10;
     metrics.write(line);
 
     // Feedback: a live line on a terminal, plain lines otherwise.

@@ -49,6 +49,7 @@ struct TrainOptions {
   std::string device = "cpu";
   int threads = 0;              // 0: OpenMP's default
   bool restart = false;         // delete checkpoints and start over
+  double max_minutes = 0;       // > 0: stop after this much training wall time in this run and write final/
   std::string command_line;     // printed after an interruption: how to resume
 };
 

@@ -2,19 +2,22 @@
 // forward pass saves the state at the start of each chunk, the backward pass
 // recomputes the states inside a chunk from it. The state stays fp32.
 //
-// Layout. One thread owns one (b, e) channel and keeps its N states in registers
-// (templated on NMAX >= N; padding states have A = B = C = 0 and stay 0). Threads
-// of a warp are 32 consecutive channels, so u, dt, z, out rows are read and
-// written coalesced; B[t, :] and C[t, :] are the same for the whole block and are
-// staged in shared memory.
+// Layout. A group of kLanes = 4 consecutive lanes owns one (b, e) channel; lane k of
+// the group keeps states n = k*NPL .. k*NPL + NPL - 1 in registers (templated on NPL,
+// states per lane; padding states have A = B = C = 0 and stay 0). A block of 128
+// threads is 32 channels, so B*E*4 threads keep the chip busy (one thread per channel
+// left it latency-bound at ~6 warps per SM). Sums over n (y, ddelta, du) are warp
+// shuffles inside the group; B[t, :] and C[t, :] are the same for the whole block and
+// are staged in shared memory.
 //
 // Backward, per chunk (walked last to first): (1) replay the chunk from its saved
 // start state, keeping the state at every sub-chunk start (kSub steps) in shared
-// memory; (2) for each sub-chunk, last first, replay it keeping every step's state,
-// then walk it backwards carrying dh. dB and dC sum over channels: a warp
-// reduce-scatter leaves lane k with the warp's sum of value k, written to per-warp
-// partials that a second kernel adds in warp order (deterministic, no atomics).
-// dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
+// memory; (2) for each sub-chunk, last first, replay it keeping every step's state and
+// decay exp(delta A) in registers (fully unrolled), then walk it backwards carrying dh:
+// two exps per (t, e, n) in all. dB and dC sum over channels: a warp reduce-scatter
+// over the 8 channels of a warp, then the block's 4 warps in shared memory, give one
+// partial per block that a second kernel adds in block order (deterministic, no
+// atomics). dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace bhasa::cuda {
@@ -23,96 +26,21 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kFwdThreads = 128;  // channels per forward block
-constexpr int kFwdTile = 32;      // time steps of B, C staged per forward tile
-constexpr int kFwdAhead = 16;     // forward steps whose loads are issued together
-constexpr int kBwdThreads = 32;   // channels per backward block (one warp)
-constexpr int kSub = 8;           // backward sub-chunk length (steps kept in shared memory)
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kLanes = 4;                      // lanes per channel
+constexpr int kThreads = 128;                  // threads per block (both passes)
+constexpr int kChannels = kThreads / kLanes;   // channels per block
+constexpr int kWarps = kThreads / 32;
+constexpr int kFwdTile = 32;  // time steps of B, C staged per forward tile
+constexpr int kAhead = 16;    // forward steps whose loads are issued together
+constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
+static_assert(kFwdTile % kAhead == 0 && kAhead % kLanes == 0, "tile sizes");
 
-// delta = F.softplus(dt + dt_bias); A = -torch.exp(A_log)
-// for t: h = torch.exp(delta[t, :, None] * A) * h + (delta[t] * u[t])[:, None] * Bm[t]
-//        out[t] = (h @ Cm[t] + D * u[t]) * F.silu(z[t])
-template <int NMAX>
-__global__ void __launch_bounds__(kFwdThreads)
-scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
-                    const float* __restrict__ dt, const float* __restrict__ dt_bias,
-                    const float* __restrict__ A_log, const float* __restrict__ Bm,
-                    const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
-                    const float* __restrict__ z, int ldz, float* __restrict__ out,
-                    float* __restrict__ chunk_states, const float* h0, float* h_last) {
-  __shared__ __align__(16) float sB[kFwdTile][NMAX];
-  __shared__ __align__(16) float sC[kFwdTile][NMAX];
-  const int b = blockIdx.y;
-  const int e = blockIdx.x * kFwdThreads + threadIdx.x;
-  const bool valid = e < E;
-  const int ec = valid ? e : E - 1;  // padding lanes compute on a real channel, store nothing
-  const int n_chunks = (L + chunk - 1) / chunk;
-  float A2[NMAX], h[NMAX];  // A * log2(e), state
-  const size_t state_off = (size_t(b) * E + ec) * N;
-#pragma unroll
-  for (int n = 0; n < NMAX; ++n) {
-    A2[n] = n < N ? -expf(A_log[size_t(ec) * N + n]) * kLog2e : 0.0f;
-    h[n] = (h0 && n < N) ? h0[state_off + n] : 0.0f;
-  }
-  const float bias = dt_bias[ec], Dv = Dp[ec];
-  for (int t0 = 0; t0 < L; t0 += kFwdTile) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < kFwdTile * NMAX; i += kFwdThreads) {
-      const int tt = i / NMAX, n = i % NMAX, t = t0 + tt;
-      const size_t row = size_t(b) * L + t;
-      sB[tt][n] = (t < L && n < N) ? Bm[row * ld_bc + n] : 0.0f;
-      sC[tt][n] = (t < L && n < N) ? Cm[row * ld_bc + n] : 0.0f;
-    }
-    __syncthreads();
-    const int tn = min(kFwdTile, L - t0);
-    // Sub-tiles of kFwdAhead steps: all their loads are issued before the first use,
-    // so one memory latency covers kFwdAhead steps (a block has few warps to hide it).
-    for (int s0 = 0; s0 < tn; s0 += kFwdAhead) {
-      float ru[kFwdAhead], rdt[kFwdAhead], rz[kFwdAhead];
-#pragma unroll
-      for (int j = 0; j < kFwdAhead; ++j) {
-        const bool ok = s0 + j < tn;
-        const size_t row = size_t(b) * L + t0 + s0 + (ok ? j : 0);
-        ru[j] = ok ? u[row * E + ec] : 0.0f;
-        rdt[j] = ok ? dt[row * E + ec] : 0.0f;
-        rz[j] = ok ? z[row * ldz + ec] : 0.0f;
-      }
-#pragma unroll
-      for (int j = 0; j < kFwdAhead; ++j) {
-        if (s0 + j >= tn) break;
-        const int tt = s0 + j, t = t0 + tt;
-        if (chunk_states && valid && t % chunk == 0) {
-          float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
-#pragma unroll
-          for (int n = 0; n < NMAX; ++n)
-            if (n < N) cs[n] = h[n];
-        }
-        const float uu = ru[j], zz = rz[j];
-        const float delta = softplusf_(rdt[j] + bias);
-        const float du = delta * uu;
-        float y = Dv * uu;
-#pragma unroll
-        for (int n = 0; n < NMAX; ++n) {
-          h[n] = exp2f(delta * A2[n]) * h[n] + du * sB[tt][n];
-          y += sC[tt][n] * h[n];
-        }
-        if (valid) out[(size_t(b) * L + t) * E + e] = y * zz * sigmoidf_(zz);
-      }
-    }
-  }
-  // h0 may alias h_last: each thread read its own slice above and writes it here.
-  if (h_last && valid) {
-#pragma unroll
-    for (int n = 0; n < NMAX; ++n)
-      if (n < N) h_last[state_off + n] = h[n];
-  }
-}
-
-// Warp reduce-scatter of V values per lane: afterwards lane holds, in v[0 .. max(1,
-// V/32) - 1], the sum over the warp of values first .. first + count - 1.
-// Each level sends half the remaining values to the partner lane and keeps the
-// other half; once one value is left the remaining levels are plain butterflies.
-template <int O, int COUNT, int V>
+// Warp reduce-scatter of V values per lane over the lane bits O, O/2, .., OMIN: each
+// level sends half the remaining values to the partner lane and keeps the other half;
+// once one value is left the remaining levels are plain butterflies. Afterwards v[0 ..
+// max(1, V / (2O/OMIN)) - 1] hold the sums of values first .. over those lanes.
+template <int O, int OMIN, int COUNT, int V>
 __device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane, int& first) {
   if constexpr (COUNT >= 2) {
     constexpr int half = COUNT / 2;
@@ -121,13 +49,145 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane, int& fir
     for (int j = 0; j < half; ++j) {
       const float send = upper ? v[j] : v[j + half];
       const float keep = upper ? v[j + half] : v[j];
-      v[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+      v[j] = keep + __shfl_xor_sync(kFull, send, O);
     }
     if (upper) first += half;
   } else {
-    v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+    v[0] += __shfl_xor_sync(kFull, v[0], O);
   }
-  if constexpr (O > 1) reduce_scatter<O / 2, (COUNT >= 2 ? COUNT / 2 : 1), V>(v, lane, first);
+  if constexpr (O / 2 >= OMIN) reduce_scatter<O / 2, OMIN, (COUNT >= 2 ? COUNT / 2 : 1), V>(v, lane, first);
+}
+
+// Sums v over the 4 lanes of a channel group; lane k of the group gets the sum of v[k].
+__device__ __forceinline__ float group_sum_scatter(float (&v)[kLanes], int lane) {
+  int first = 0;
+  reduce_scatter<2, 1, kLanes, kLanes>(v, lane, first);
+  return v[0];
+}
+
+// x[k] with k a run-time lane index, without dynamic register indexing (local memory).
+template <int S>
+__device__ __forceinline__ float pick(const float (&x)[S], int base, int k) {
+  float r = x[base];
+#pragma unroll
+  for (int j = 1; j < kLanes; ++j)
+    if (k == j) r = x[base + j];
+  return r;
+}
+
+// NPL consecutive floats from shared memory (16-byte loads when they line up).
+template <int NPL>
+__device__ __forceinline__ void load_states(const float* p, float (&v)[NPL]) {
+  if constexpr (NPL % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < NPL / 4; ++q) {
+      const float4 f = reinterpret_cast<const float4*>(p)[q];
+      v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) v[i] = p[i];
+  }
+}
+
+// delta = F.softplus(dt + dt_bias); A = -torch.exp(A_log)
+// for t: h = torch.exp(delta[t, :, None] * A) * h + (delta[t] * u[t])[:, None] * Bm[t]
+//        out[t] = (h @ Cm[t] + D * u[t]) * F.silu(z[t])
+template <int NPL>
+__global__ void __launch_bounds__(kThreads)
+scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
+                    const float* __restrict__ dt, const float* __restrict__ dt_bias,
+                    const float* __restrict__ A_log, const float* __restrict__ Bm,
+                    const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
+                    const float* __restrict__ z, int ldz, float* __restrict__ out,
+                    float* __restrict__ chunk_states, const float* h0, float* h_last) {
+  constexpr int NMAX = kLanes * NPL;
+  __shared__ __align__(16) float sB[kFwdTile][NMAX];
+  __shared__ __align__(16) float sC[kFwdTile][NMAX];
+  const int b = blockIdx.y;
+  const int lane = threadIdx.x % 32, k = lane % kLanes, group0 = lane - k;
+  const int e = blockIdx.x * kChannels + threadIdx.x / kLanes;
+  const bool valid = e < E;
+  const int ec = valid ? e : E - 1;  // padding channels compute on a real channel, store nothing
+  const int n0 = k * NPL;
+  const int n_chunks = (L + chunk - 1) / chunk;
+  float A2[NPL], h[NPL];  // A * log2(e), state
+  const size_t state_off = (size_t(b) * E + ec) * N;
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) {
+    const int n = n0 + i;
+    A2[i] = n < N ? -expf(A_log[size_t(ec) * N + n]) * kLog2e : 0.0f;
+    h[i] = (h0 && n < N) ? h0[state_off + n] : 0.0f;
+  }
+  const float bias = dt_bias[ec], Dv = Dp[ec];
+  for (int t0 = 0; t0 < L; t0 += kFwdTile) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kFwdTile * NMAX; i += kThreads) {
+      const int tt = i / NMAX, n = i % NMAX, t = t0 + tt;
+      const size_t row = size_t(b) * L + t;
+      sB[tt][n] = (t < L && n < N) ? Bm[row * ld_bc + n] : 0.0f;
+      sC[tt][n] = (t < L && n < N) ? Cm[row * ld_bc + n] : 0.0f;
+    }
+    __syncthreads();
+    const int tn = min(kFwdTile, L - t0);
+    // kAhead steps' loads are issued before the first use: one memory latency per
+    // kAhead steps.
+    for (int s0 = 0; s0 < tn; s0 += kAhead) {
+      float ru[kAhead], rdt[kAhead], rz[kAhead];
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) {
+        const bool ok = s0 + j < tn;
+        const size_t row = size_t(b) * L + t0 + s0 + (ok ? j : 0);
+        ru[j] = ok ? u[row * E + ec] : 0.0f;
+        rdt[j] = ok ? dt[row * E + ec] : 0.0f;
+        rz[j] = ok ? z[row * ldz + ec] : 0.0f;
+      }
+#pragma unroll
+      for (int g = 0; g < kAhead; g += kLanes) {  // groups of 4 steps: lane k finishes step g + k
+        if (s0 + g >= tn) break;
+        // each lane computes one step's softplus; the group shares them by shuffles
+        const float my_delta = softplusf_(pick(rdt, g, k) + bias);
+        float ypart[kLanes];
+#pragma unroll
+        for (int j = 0; j < kLanes; ++j) {
+          const int tt = s0 + g + j, t = t0 + tt;
+          const float delta = __shfl_sync(kFull, my_delta, group0 + j);
+          ypart[j] = 0.0f;
+          if (tt < tn) {  // uniform over the block
+            if (chunk_states && valid && t % chunk == 0) {
+              float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
+#pragma unroll
+              for (int i = 0; i < NPL; ++i)
+                if (n0 + i < N) cs[n0 + i] = h[i];
+            }
+            const float dlu = delta * ru[g + j];
+            float Bt[NPL], Ct[NPL];
+            load_states<NPL>(&sB[tt][n0], Bt);
+            load_states<NPL>(&sC[tt][n0], Ct);
+            float y = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPL; ++i) {
+              h[i] = exp2f(delta * A2[i]) * h[i] + dlu * Bt[i];
+              y += Ct[i] * h[i];
+            }
+            ypart[j] = y;
+          }
+        }
+        const float y = group_sum_scatter(ypart, lane);
+        const int tt = s0 + g + k;
+        if (valid && tt < tn) {
+          const float uu = pick(ru, g, k), zz = pick(rz, g, k);
+          out[(size_t(b) * L + t0 + tt) * E + e] = (y + Dv * uu) * zz * sigmoidf_(zz);
+        }
+      }
+    }
+  }
+  // h0 may alias h_last: each thread read its own slice above and writes it here.
+  if (h_last && valid) {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
+      if (n0 + i < N) h_last[state_off + n0 + i] = h[i];
+  }
 }
 
 // Reverse-mode through the recurrence (the CPU's scan_backward, same formulas):
@@ -135,8 +195,8 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane, int& fir
 //   g_n = dh_n + dy * C_n;  ddelta = sum_n g_n (A_n a_n h_{t-1,n} + B_n u);  dB[t, n] = sum_e g_n delta u
 //   du = dy D + sum_n g_n delta B_n;  dA_log_n += g_n a_n h_{t-1,n} delta A_n;  dh_{t-1} = g a
 //   ddt = ddelta * sigmoid(dt + dt_bias);  ddt_bias += ddt        (a_n = exp(delta A_n))
-template <int NMAX>
-__global__ void __launch_bounds__(kBwdThreads)
+template <int NPL>
+__global__ void __launch_bounds__(kThreads)
 scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                      const float* __restrict__ dt, const float* __restrict__ dt_bias,
                      const float* __restrict__ A_log, const float* __restrict__ Bm,
@@ -144,171 +204,202 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
                      const float* __restrict__ z, int ldz, const float* __restrict__ chunk_states,
                      const float* __restrict__ dout, float* __restrict__ du_out,
                      float* __restrict__ ddt_out, float* __restrict__ dz_out,
-                     float* __restrict__ bc_partials,     // (E/32, B, L, 2*NMAX)
+                     float* __restrict__ bc_partials,     // (E/32 blocks, B, L, 2*NMAX)
                      float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
+  constexpr int NMAX = kLanes * NPL;
+  constexpr int C = kChannels;
   extern __shared__ __align__(16) float smem[];
-  constexpr int T = kBwdThreads;
-  const int n_sub_max = (chunk + kSub - 1) / kSub;
-  float* sBC = smem;                                // (kSub, 2*NMAX): B then C of one sub-chunk
-  float* hist = sBC + kSub * 2 * NMAX;              // (kSub, NMAX, T): h after each step
-  float* starts = hist + kSub * NMAX * T;           // (n_sub_max, NMAX, T): h at sub-chunk starts
-  float* sdt = starts + size_t(n_sub_max) * NMAX * T;  // (kSub, T): raw dt
-  float* su = sdt + kSub * T;                       // (kSub, T): u (0 on padding lanes)
-  float* sz = su + kSub * T;                        // (kSub, T): z
-  float* sdo = sz + kSub * T;                       // (kSub, T): dout (0 on padding lanes)
+  float* sBC = smem;                         // (kSub, 2*NMAX): B then C of one sub-chunk
+  float* sred = sBC + kSub * 2 * NMAX;       // (kWarps, kSub, 2*NMAX): per-warp dB | dC
+  float* sdelta = sred + kWarps * kSub * 2 * NMAX;  // (kSub, C): softplus(dt + bias), 0 past the end
+  float* ssig = sdelta + kSub * C;           // (kSub, C): sigmoid(dt + bias), 0 past the end
+  float* su = ssig + kSub * C;               // (kSub, C): u (0 past the end and on padding channels)
+  float* sz = su + kSub * C;                 // (kSub, C): z
+  float* sdo = sz + kSub * C;                // (kSub, C): dout (0 past the end and on padding channels)
+  float* starts = sdo + kSub * C;            // (n_sub_max, NPL, kThreads): h at sub-chunk starts
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
-  const int lane = threadIdx.x;
-  const int e = blockIdx.x * T + lane;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, k = lane % kLanes;
+  const int c = tid / kLanes;  // channel within the block
+  const int e = blockIdx.x * C + c;
   const bool valid = e < E;
   const int ec = valid ? e : E - 1;
+  const int n0 = k * NPL;
   const int n_chunks = (L + chunk - 1) / chunk;
 
-  float A2[NMAX], h[NMAX], dh[NMAX], dal[NMAX];
+  float A2[NPL], dh[NPL], dal[NPL];
 #pragma unroll
-  for (int n = 0; n < NMAX; ++n) {
-    A2[n] = n < N ? -expf(A_log[size_t(ec) * N + n]) * kLog2e : 0.0f;
-    dh[n] = 0.0f;
-    dal[n] = 0.0f;
+  for (int i = 0; i < NPL; ++i) {
+    const int n = n0 + i;
+    A2[i] = n < N ? -expf(A_log[size_t(ec) * N + n]) * kLog2e : 0.0f;
+    dh[i] = 0.0f;
+    dal[i] = 0.0f;
   }
-  const float bias = dt_bias[ec], Dv = Dp[ec];
+  const float Dv = Dp[ec];
   float dD_acc = 0.0f, dbias_acc = 0.0f;
 
-  // Loads one sub-chunk [s0, s0 + len): B, C into sBC and u, dt (and z, dout when
-  // `all`) into shared memory. Every global load is issued before the first store,
-  // so the sub-chunk pays one memory latency, not one per step.
-  constexpr int kBC = (kSub * 2 * NMAX + T - 1) / T;  // B/C values per lane
+  // Stages one sub-chunk [s0, s0 + len) for the whole block (B, C, and per channel
+  // delta, sigmoid, u, and with `all` z and dout). Steps past len are zeros, which
+  // make them exact no-ops (delta = 0: decay 1, no input; dout = 0: no gradient).
+  constexpr int kBC = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
+  constexpr int kCh = (kSub * C) / kThreads;
+  static_assert((kSub * C) % kThreads == 0, "staging split");
   auto load_sub = [&](int s0, int len, bool all) {
-    float rbc[kBC], ru[kSub], rdt[kSub], rz[kSub], rdo[kSub];
+    float rbc[kBC], rdt[kCh], rbias[kCh], ru[kCh], rz[kCh], rdo[kCh];
 #pragma unroll
     for (int j = 0; j < kBC; ++j) {
-      const int i = lane + j * T;
-      const int tt = i / (2 * NMAX), k = i % (2 * NMAX), n = k % NMAX;
+      const int i = tid + j * kThreads;
+      const int tt = i / (2 * NMAX), kk = i % (2 * NMAX), n = kk % NMAX;
       const bool ok = i < kSub * 2 * NMAX && tt < len && n < N;
       const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
-      rbc[j] = ok ? (k < NMAX ? Bm : Cm)[row * ld_bc + n] : 0.0f;
+      rbc[j] = ok ? (kk < NMAX ? Bm : Cm)[row * ld_bc + n] : 0.0f;
     }
 #pragma unroll
-    for (int j = 0; j < kSub; ++j) {
-      const bool ok = j < len;
-      const size_t row = size_t(b) * L + s0 + (ok ? j : 0);
-      ru[j] = ok && valid ? u[row * E + ec] : 0.0f;
-      rdt[j] = ok ? dt[row * E + ec] : 0.0f;
-      rz[j] = ok && all ? z[row * ldz + ec] : 0.0f;
-      rdo[j] = ok && all && valid ? dout[row * E + ec] : 0.0f;
+    for (int j = 0; j < kCh; ++j) {
+      const int i = tid + j * kThreads, tt = i / C, ci = i % C;
+      const int ei = blockIdx.x * C + ci, eci = ei < E ? ei : E - 1;
+      const bool ok = tt < len, real = ok && ei < E;
+      const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
+      rdt[j] = dt[row * E + eci];
+      rbias[j] = dt_bias[eci];
+      ru[j] = real ? u[row * E + eci] : 0.0f;
+      rz[j] = ok && all ? z[row * ldz + eci] : 0.0f;
+      rdo[j] = real && all ? dout[row * E + eci] : 0.0f;
     }
-    __syncwarp();  // the previous sub-chunk's readers are done
+    __syncthreads();  // the previous sub-chunk's readers are done
 #pragma unroll
     for (int j = 0; j < kBC; ++j)
-      if (lane + j * T < kSub * 2 * NMAX) sBC[lane + j * T] = rbc[j];
+      if (tid + j * kThreads < kSub * 2 * NMAX) sBC[tid + j * kThreads] = rbc[j];
 #pragma unroll
-    for (int j = 0; j < kSub; ++j) {
-      su[j * T + lane] = ru[j];
-      sdt[j * T + lane] = rdt[j];
-      sz[j * T + lane] = rz[j];
-      sdo[j * T + lane] = rdo[j];
+    for (int j = 0; j < kCh; ++j) {
+      const int i = tid + j * kThreads, tt = i / C;
+      const bool ok = tt < len;
+      const float x = rdt[j] + rbias[j];
+      sdelta[i] = ok ? softplusf_(x) : 0.0f;
+      ssig[i] = ok ? sigmoidf_(x) : 0.0f;
+      su[i] = ru[j];
+      sz[i] = rz[j];
+      sdo[i] = rdo[j];
     }
-    __syncwarp();
+    __syncthreads();
   };
 
-  for (int c = n_chunks - 1; c >= 0; --c) {
-    const int t0 = c * chunk, t1 = min(L, t0 + chunk);
+  for (int ch = n_chunks - 1; ch >= 0; --ch) {
+    const int t0 = ch * chunk, t1 = min(L, t0 + chunk);
     const int n_sub = (t1 - t0 + kSub - 1) / kSub;
     // (1) replay the chunk, keeping the state at each sub-chunk start
-    const float* cs = chunk_states + ((size_t(b) * n_chunks + c) * E + ec) * N;
+    {
+      float h[NPL];
+      const float* cs = chunk_states + ((size_t(b) * n_chunks + ch) * E + ec) * N;
 #pragma unroll
-    for (int n = 0; n < NMAX; ++n) h[n] = n < N ? cs[n] : 0.0f;
-    for (int k = 0; k < n_sub; ++k) {
-      const int s0 = t0 + k * kSub, len = min(kSub, t1 - s0);
+      for (int i = 0; i < NPL; ++i) h[i] = n0 + i < N ? cs[n0 + i] : 0.0f;
+      for (int kk = 0; kk < n_sub; ++kk) {
+        const int s0 = t0 + kk * kSub, len = min(kSub, t1 - s0);
 #pragma unroll
-      for (int n = 0; n < NMAX; ++n) starts[(k * NMAX + n) * T + lane] = h[n];
-      if (k == n_sub - 1) break;  // the last sub-chunk's end state is never needed
-      load_sub(s0, len, false);
-      for (int i = 0; i < len; ++i) {
-        const float uu = su[i * T + lane];
-        const float delta = softplusf_(sdt[i * T + lane] + bias);
-        const float dlu = delta * uu;
+        for (int i = 0; i < NPL; ++i) starts[(kk * NPL + i) * kThreads + tid] = h[i];
+        if (kk == n_sub - 1) break;  // the last sub-chunk's end state is never needed
+        load_sub(s0, len, false);
 #pragma unroll
-        for (int n = 0; n < NMAX; ++n) h[n] = exp2f(delta * A2[n]) * h[n] + dlu * sBC[i * 2 * NMAX + n];
+        for (int ii = 0; ii < kSub; ++ii) {
+          const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
+          float Bt[NPL];
+          load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+#pragma unroll
+          for (int i = 0; i < NPL; ++i) h[i] = exp2f(delta * A2[i]) * h[i] + dlu * Bt[i];
+        }
       }
     }
     // (2) sub-chunks last to first
-    for (int k = n_sub - 1; k >= 0; --k) {
-      const int s0 = t0 + k * kSub, len = min(kSub, t1 - s0);
+    for (int kk = n_sub - 1; kk >= 0; --kk) {
+      const int s0 = t0 + kk * kSub, len = min(kSub, t1 - s0);
       load_sub(s0, len, true);
+      float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
 #pragma unroll
-      for (int n = 0; n < NMAX; ++n) h[n] = starts[(k * NMAX + n) * T + lane];
-      for (int i = 0; i < len; ++i) {
-        const float uu = su[i * T + lane], dtv = sdt[i * T + lane];
-        const float delta = softplusf_(dtv + bias);
-        const float dlu = delta * uu;
+      for (int i = 0; i < NPL; ++i) h_start[i] = starts[(kk * NPL + i) * kThreads + tid];
 #pragma unroll
-        for (int n = 0; n < NMAX; ++n) {
-          h[n] = exp2f(delta * A2[n]) * h[n] + dlu * sBC[i * 2 * NMAX + n];
-          hist[(i * NMAX + n) * T + lane] = h[n];
+      for (int ii = 0; ii < kSub; ++ii) {
+        const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
+        float Bt[NPL];
+        load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) {
+          as[ii][i] = exp2f(delta * A2[i]);
+          hs[ii][i] = as[ii][i] * (ii > 0 ? hs[ii - 1][i] : h_start[i]) + dlu * Bt[i];
         }
       }
-      for (int i = len - 1; i >= 0; --i) {
-        const int t = s0 + i;
-        const size_t row = size_t(b) * L + t;
-        const float uu = su[i * T + lane], dtv = sdt[i * T + lane];
-        const float delta = softplusf_(dtv + bias);
-        const float zz = sz[i * T + lane], go = sdo[i * T + lane];
-        const float* Bt = sBC + i * 2 * NMAX;
-        const float* Ct = Bt + NMAX;
-        const float* hcur = hist + i * NMAX * T + lane;
-        const float* hprev = i > 0 ? hist + (i - 1) * NMAX * T + lane : starts + k * NMAX * T + lane;
-        float y = Dv * uu;
 #pragma unroll
-        for (int n = 0; n < NMAX; ++n) y += Ct[n] * hcur[n * T];
+      for (int ii = kSub - 1; ii >= 0; --ii) {
+        const int t = s0 + ii;
+        const float uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
+        const float zz = sz[ii * C + c], go = sdo[ii * C + c];
+        float Bt[NPL], Ct[NPL];
+        load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+        load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
         const float s = sigmoidf_(zz);
         const float dy = go * zz * s;
-        const float dzv = go * y * s * (1.0f + zz * (1.0f - s));
         dD_acc += dy * uu;
-        float dus = dy * Dv, acc_qA = 0.0f, acc_gB = 0.0f;
-        float v[2 * NMAX];  // [dB partial | dC partial] of this channel
+        float ypart = 0.0f, qA = 0.0f, gB = 0.0f, dus = 0.0f;
+        float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
 #pragma unroll
-        for (int n = 0; n < NMAX; ++n) {
-          const float a = exp2f(delta * A2[n]);
-          const float g = dh[n] + dy * Ct[n];
-          const float q = g * a * hprev[n * T];
+        for (int i = 0; i < NPL; ++i) {
+          const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
+          ypart += Ct[i] * hs[ii][i];
+          const float g = dh[i] + dy * Ct[i];
+          const float q = g * as[ii][i] * hprev;
           const float gd = g * delta;
-          acc_qA += q * A2[n];
-          acc_gB += g * Bt[n];
-          v[n] = gd * uu;
-          dus += gd * Bt[n];
-          dal[n] += q * delta;
-          dh[n] = g * a;
-          v[NMAX + n] = dy * hcur[n * T];
+          qA += q * A2[i];
+          gB += g * Bt[i];
+          dus += gd * Bt[i];
+          dal[i] += q * delta;
+          dh[i] = g * as[ii][i];
+          v[i] = gd * uu;
+          v[NPL + i] = dy * hs[ii][i];
         }
-        const float ddt = (acc_qA * kLn2 + acc_gB * uu) * sigmoidf_(dtv + bias);
-        dbias_acc += ddt;
-        if (valid) {
-          ddt_out[row * E + e] = ddt;
-          du_out[row * E + e] = dus;
-          dz_out[row * ldz + e] = dzv;
+        // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 du
+        float r[kLanes] = {ypart, qA * kLn2 + gB * uu, dus, 0.0f};
+        const float red = group_sum_scatter(r, lane);
+        if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
+        if (valid && ii < len) {
+          const size_t row = size_t(b) * L + t;
+          if (k == 0) dz_out[row * ldz + e] = go * (red + Dv * uu) * s * (1.0f + zz * (1.0f - s));
+          else if (k == 1) ddt_out[row * E + e] = red * sig;
+          else if (k == 2) du_out[row * E + e] = red + dy * Dv;
         }
+        // dB, dC: sum over the warp's 8 channels (lanes with the same k)
         int first = 0;
-        reduce_scatter<16, 2 * NMAX, 2 * NMAX>(v, lane, first);
-        constexpr int kPerLane = (2 * NMAX) / 32 > 0 ? (2 * NMAX) / 32 : 1;
-        float* dst = bc_partials + ((size_t(blockIdx.x) * B + b) * L + t) * (2 * NMAX) + first;
+        reduce_scatter<16, kLanes, 2 * NPL, 2 * NPL>(v, lane, first);
+        constexpr int kKeep = (2 * NPL) / 8 > 0 ? (2 * NPL) / 8 : 1;
 #pragma unroll
-        for (int j = 0; j < kPerLane; ++j) dst[j] = v[j];
+        for (int j = 0; j < kKeep; ++j) {
+          const int idx = first + j, is_c = idx / NPL, n = n0 + idx % NPL;
+          sred[(warp * kSub + ii) * 2 * NMAX + is_c * NMAX + n] = v[j];
+        }
       }
+      __syncthreads();
+      // the block's sum over its 4 warps, one partial per (block, row)
+      for (int i = tid; i < kSub * 2 * NMAX; i += kThreads) {
+        const int ii = i / (2 * NMAX), kk2 = i % (2 * NMAX);
+        if (ii >= len) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += sred[(w * kSub + ii) * 2 * NMAX + kk2];
+        bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + ii) * (2 * NMAX) + kk2] = sum;
+      }
+      // load_sub's first barrier keeps the next sub-chunk from overwriting sred early
     }
   }
   if (valid) {
     float* pp = param_partials + (size_t(b) * E + e) * (NMAX + 2);
 #pragma unroll
-    for (int n = 0; n < NMAX; ++n) pp[n] = dal[n] * A2[n] * kLn2;  // times A = A2 ln2
-    pp[NMAX] = dD_acc;
-    pp[NMAX + 1] = dbias_acc;
+    for (int i = 0; i < NPL; ++i) pp[n0 + i] = dal[i] * A2[i] * kLn2;  // times A = A2 ln2
+    if (k == 0) pp[NMAX] = dD_acc;
+    if (k == 1) pp[NMAX + 1] = dbias_acc;
   }
 }
 
-// dB[row, n] = sum_w partials[w][row][n], dC likewise ("=", row stride ld_bc)
+// dB[row, n] = sum_w partials[w][row][n] (w: the backward kernel's blocks), dC likewise ("=", row stride ld_bc)
 template <int NMAX>
 __global__ void scan_bc_finish(int rows, int N, int n_warps, const float* partials, float* dBm,
                                float* dCm, int ld_bc) {
@@ -337,49 +428,49 @@ __global__ void scan_param_finish(int B, int E, int N, const float* partials, fl
   else ddt_bias[e] += s;
 }
 
-template <int NMAX>
+template <int NPL>
 void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                     const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                     float* out, float* chunk_states, const float* h0, float* h_last) {
-  dim3 grid(blocks_for(E, kFwdThreads), B);
-  scan_forward_kernel<NMAX><<<grid, kFwdThreads, 0, c.stream>>>(
+  dim3 grid(blocks_for(E, kChannels), B);
+  scan_forward_kernel<NPL><<<grid, kThreads, 0, c.stream>>>(
       L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
-template <int NMAX>
+template <int NPL>
 void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                      const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                      const float* chunk_states, const float* dout, float* du, float* ddt,
                      float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
                      float* ddt_bias) {
-  const int n_warps = int(blocks_for(E, kBwdThreads));
+  constexpr int NMAX = kLanes * NPL;
+  const int n_blocks = int(blocks_for(E, kChannels));
   const size_t rows = size_t(B) * L;
   auto* bc_part = static_cast<float*>(
-      c.scratch->get(kScanPartials, size_t(n_warps) * rows * 2 * NMAX * sizeof(float)));
+      c.scratch->get(kScanPartials, size_t(n_blocks) * rows * 2 * NMAX * sizeof(float)));
   auto* param_part = static_cast<float*>(
       c.scratch->get(kScanParamPartials, size_t(B) * E * (NMAX + 2) * sizeof(float)));
   const int n_sub_max = (chunk + kSub - 1) / kSub;
-  const size_t smem = (size_t(kSub) * 2 * NMAX + size_t(kSub) * NMAX * kBwdThreads +
-                       size_t(n_sub_max) * NMAX * kBwdThreads + 4 * size_t(kSub) * kBwdThreads) *
-                      sizeof(float);
+  const size_t smem = (size_t(kSub) * 2 * NMAX * (1 + kWarps) + 5 * size_t(kSub) * kChannels +
+                       size_t(n_sub_max) * NPL * kThreads) * sizeof(float);
   check(smem <= 200 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
                                 " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
-    BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NMAX>,
+    BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
     attr_set = true;
   }
-  dim3 grid(n_warps, B);
-  scan_backward_kernel<NMAX><<<grid, kBwdThreads, smem, c.stream>>>(
+  dim3 grid(n_blocks, B);
+  scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
       L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
       dz, bc_part, param_part);
   BHASA_LAUNCH_CHECK("scan_backward");
   scan_bc_finish<NMAX><<<blocks_for(rows * 2 * NMAX, 256), 256, 0, c.stream>>>(
-      int(rows), N, n_warps, bc_part, dBm, dCm, ld_bc);
+      int(rows), N, n_blocks, bc_part, dBm, dCm, ld_bc);
   BHASA_LAUNCH_CHECK("scan_bc_finish");
   scan_param_finish<NMAX><<<blocks_for(size_t(E) * (NMAX + 2), 256), 256, 0, c.stream>>>(
       B, E, N, param_part, dA_log, dD, ddt_bias);
@@ -402,10 +493,10 @@ void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
   if (B == 0 || E == 0) return;
 #define BHASA_SCAN_FWD(NM) \
   launch_forward<NM>(c, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last)
-  if (N <= 4) BHASA_SCAN_FWD(4);
-  else if (N <= 8) BHASA_SCAN_FWD(8);
-  else if (N <= 16) BHASA_SCAN_FWD(16);
-  else BHASA_SCAN_FWD(32);
+  if (N <= 4) BHASA_SCAN_FWD(1);
+  else if (N <= 8) BHASA_SCAN_FWD(2);
+  else if (N <= 16) BHASA_SCAN_FWD(4);
+  else BHASA_SCAN_FWD(8);
 #undef BHASA_SCAN_FWD
 }
 
@@ -420,10 +511,10 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u
 #define BHASA_SCAN_BWD(NM)                                                                      \
   launch_backward<NM>(c, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, \
                       chunk_states, dout, du, ddt, dBm, dCm, dz, dA_log, dD, ddt_bias)
-  if (N <= 4) BHASA_SCAN_BWD(4);
-  else if (N <= 8) BHASA_SCAN_BWD(8);
-  else if (N <= 16) BHASA_SCAN_BWD(16);
-  else BHASA_SCAN_BWD(32);
+  if (N <= 4) BHASA_SCAN_BWD(1);
+  else if (N <= 8) BHASA_SCAN_BWD(2);
+  else if (N <= 16) BHASA_SCAN_BWD(4);
+  else BHASA_SCAN_BWD(8);
 #undef BHASA_SCAN_BWD
 }
 
