@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Builds the CUDA kernel lab against a CUDA build of libbhasa (cmake --preset cuda
-# && cmake --build --preset cuda) and runs it: one check and one timing per kernel,
-# then a table. BUILD=<build dir> picks another build (default build/cuda).
+# Builds the CUDA kernel lab and the decode benchmark against a CUDA build of
+# libbhasa (cmake --preset cuda && cmake --build --preset cuda) and runs them: one
+# check and one timing per kernel, then a table; then decode tokens/s.
+# BUILD=<build dir> picks another build (default build/cuda); LAB_BIN / DECODE_BIN
+# run prebuilt binaries (e.g. carried to a machine without the dev packages).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD:-$root/build/cuda}
-bin=${LAB_BIN:-$build/cuda_lab}
-if [[ ! -x $bin || $root/bench/cuda_lab/lab.cpp -nt $bin || $build/libbhasa.a -nt $bin ]]; then
-  cuda=${CUDA_HOME:-/usr/local/cuda}
-  g++ -O2 -std=c++20 -fopenmp -I"$root/src" -I"$cuda/include" "$root/bench/cuda_lab/lab.cpp" \
-    "$build/libbhasa.a" -L"$cuda/lib64" -lcublasLt -lcublas -lcudart -lopenblas -lpcre2-8 -lreadline \
-    -o "$bin"
-fi
-exec "$bin"
+cuda=${CUDA_HOME:-/usr/local/cuda}
+build_one() {  # build_one <source> <binary>
+  if [[ ! -x $2 || $1 -nt $2 || $build/libbhasa.a -nt $2 ]]; then
+    g++ -O2 -std=c++20 -fopenmp -I"$root/src" -I"$cuda/include" "$1" \
+      "$build/libbhasa.a" -L"$cuda/lib64" -lcublasLt -lcublas -lcudart -lopenblas -lpcre2-8 -lreadline \
+      $(pkg-config --libs cpp-httplib 2>/dev/null || true) -o "$2"
+  fi
+}
+lab=${LAB_BIN:-$build/cuda_lab}
+decode=${DECODE_BIN:-$build/cuda_decode}
+[[ -n ${LAB_BIN:-} ]] || build_one "$root/bench/cuda_lab/lab.cpp" "$lab"
+[[ -n ${DECODE_BIN:-} ]] || build_one "$root/bench/cuda_lab/decode.cpp" "$decode"
+"$lab"
+"$decode"

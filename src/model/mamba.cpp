@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/sampling.h"
 
 namespace bhasa {
 
@@ -101,7 +102,33 @@ MambaLM::MambaLM(const ModelConfig& cfg, Backend& backend) : cfg_(cfg), be_(back
   grads_ = be_.alloc(layout_.total);
 }
 
+// The captured token step and what it was captured with: replaying it is only
+// valid while all of these stay the same.
+struct MambaLM::DecodeGraph {
+  Backend& be;
+  int handle = -1;
+  const int32_t* ids = nullptr;  // the step plan's ids buffer
+  const float* conv = nullptr;   // the DecodeState's buffers
+  const float* ssm = nullptr;
+  float temperature = 0.0f;
+  uint64_t seed = 0;
+  int32_t* counter = nullptr;  // (1): the step index the sampler reads and advances
+  int32_t* history = nullptr;  // (capacity, B): every step's sampled ids
+  int capacity = 0, batch = 0;
+  explicit DecodeGraph(Backend& b) : be(b) {}
+  ~DecodeGraph() {
+    release_graph();
+    be.free(counter);
+    be.free(history);
+  }
+  void release_graph() {
+    if (handle >= 0) be.graph_destroy(handle);
+    handle = -1;
+  }
+};
+
 MambaLM::~MambaLM() {
+  graph_.reset();
   act_.reset();
   prefill_.reset();
   step_.reset();
@@ -363,6 +390,74 @@ void MambaLM::step(DecodeState& s, const int32_t* ids, float* logits) {
   be_.upload_i32(a.ids, ids, B);
   forward_stack(a, &s);
   be_.download(logits, a.logits, size_t(B) * V);
+}
+
+void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_new, int32_t* out_ids,
+                              float temperature, uint64_t seed) {
+  check(n_new >= 0, "the number of tokens to generate must not be negative");
+  const int B = s.batch, V = cfg_.vocab_size;
+  check_ids(first_ids, B, V);
+  if (n_new == 0) return;
+  if (!be_.supports_graphs()) {
+    std::vector<int32_t> ids(first_ids, first_ids + B);  // (B)
+    std::vector<float> logits(size_t(B) * V);            // (B, V)
+    for (int i = 0; i < n_new; i++) {
+      step(s, ids.data(), logits.data());
+      for (int b = 0; b < B; b++) {
+        const float* row = logits.data() + size_t(b) * V;
+        int best = 0;
+        float best_score = sample_score(row[0], temperature, seed, i, b, 0);
+        for (int v = 1; v < V; v++) {
+          const float sc = sample_score(row[v], temperature, seed, i, b, v);
+          if (sc > best_score) best_score = sc, best = v;
+        }
+        ids[b] = best;
+        out_ids[size_t(b) * n_new + i] = best;
+      }
+    }
+    return;
+  }
+  Activations& a = inference_buffers(step_, B, 1);
+  if (!graph_) graph_ = std::make_unique<DecodeGraph>(be_);
+  DecodeGraph& g = *graph_;
+  if (g.capacity < n_new || g.batch != B) {
+    g.release_graph();
+    be_.free(g.history);
+    g.capacity = std::max(n_new, 256);
+    g.batch = B;
+    g.history = be_.alloc_i32(size_t(g.capacity) * B);
+  }
+  if (!g.counter) g.counter = be_.alloc_i32(1);
+  const int32_t zero = 0;
+  be_.upload_i32(g.counter, &zero, 1);
+  be_.upload_i32(a.ids, first_ids, B);
+  auto token_step = [&] {
+    forward_stack(a, &s);
+    be_.sample_tokens(B, V, a.logits, temperature, seed, g.counter, a.ids, g.history, g.capacity);
+  };
+  // The first token runs eagerly: it also sizes every scratch buffer and picks every
+  // GEMM algorithm, so the capture below allocates nothing.
+  token_step();
+  if (n_new > 1) {
+    if (g.handle < 0 || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm ||
+        g.temperature != temperature || g.seed != seed) {
+      g.release_graph();
+      be_.graph_begin_capture();
+      try {
+        token_step();
+      } catch (...) {
+        try { be_.graph_end_capture(); } catch (...) {}
+        throw;
+      }
+      g.handle = be_.graph_end_capture();
+      g.ids = a.ids, g.conv = s.conv, g.ssm = s.ssm, g.temperature = temperature, g.seed = seed;
+    }
+    for (int i = 1; i < n_new; i++) be_.graph_replay(g.handle);
+  }
+  std::vector<int32_t> history(size_t(n_new) * B);  // (n_new, B)
+  be_.download_i32(history.data(), g.history, history.size());
+  for (int i = 0; i < n_new; i++)
+    for (int b = 0; b < B; b++) out_ids[size_t(b) * n_new + i] = history[size_t(i) * B + b];
 }
 
 }  // namespace bhasa

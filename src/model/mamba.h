@@ -71,6 +71,14 @@ class MambaLM {
   void prefill(DecodeState& s, const int32_t* ids, int L, float* last_logits);
   // One token per sequence: ids (B) host; logits (B, V) host. Allocates nothing.
   void step(DecodeState& s, const int32_t* ids, float* logits);
+  // Generates n_new tokens per sequence, continuing from s (e.g. after prefill):
+  // first_ids (B) host go in first, then each generated id is fed back as the next
+  // input; out_ids (B, n_new) host. temperature <= 0 is greedy, otherwise a draw by
+  // kernels/sampling.h's rule keyed by seed (the same tokens on every backend).
+  // Where the backend supports graphs, the whole token step (all layers and the
+  // sampling) is captured once and replayed; otherwise it is a loop of step().
+  void generate_tokens(DecodeState& s, const int32_t* first_ids, int n_new, int32_t* out_ids,
+                       float temperature, uint64_t seed);
 
  private:
   struct Activations;
@@ -88,6 +96,8 @@ class MambaLM {
   std::unique_ptr<Activations> act_;      // training / evaluation plan
   std::unique_ptr<Activations> prefill_;  // inference, (B, L) of the last prefill
   std::unique_ptr<Activations> step_;     // inference, (B, 1)
+  struct DecodeGraph;
+  std::unique_ptr<DecodeGraph> graph_;    // the captured token step, when the backend has graphs
   float* logits_ = nullptr;
 };
 

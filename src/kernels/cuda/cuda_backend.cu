@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
@@ -31,6 +32,8 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    for (cudaGraphExec_t g : graphs_)
+      if (g) cudaGraphExecDestroy(g);
     gemm_.reset();
     cudaFreeHost(host_result_);
     cudaStreamDestroy(stream_);
@@ -134,6 +137,42 @@ class CudaBackend final : public Backend {
     cuda::axpy(ctx_, n, alpha, x, y);
   }
 
+  // ---- decoding -------------------------------------------------------------
+  void sample_tokens(int B, int V, const float* logits, float temperature, uint64_t seed,
+                     int32_t* counter, int32_t* ids, int32_t* history, int capacity) override {
+    cuda::sample_tokens(ctx_, B, V, logits, temperature, seed, counter, ids, history, capacity);
+  }
+  void download_i32(int32_t* dst, const int32_t* src, size_t n) override {
+    if (n == 0) return;
+    BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  bool supports_graphs() const override { return true; }
+  // Thread-local capture: only this thread's calls on our stream are recorded; any
+  // call that would synchronise (upload, download, alloc) fails the capture loudly.
+  void graph_begin_capture() override {
+    BHASA_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  }
+  int graph_end_capture() override {
+    cudaGraph_t graph = nullptr;
+    BHASA_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    BHASA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    BHASA_CUDA_CHECK(cudaGraphDestroy(graph));
+    graphs_.push_back(exec);
+    return int(graphs_.size()) - 1;
+  }
+  void graph_replay(int graph) override {
+    check(graph >= 0 && graph < int(graphs_.size()) && graphs_[graph], "graph_replay: no such graph");
+    BHASA_CUDA_CHECK(cudaGraphLaunch(graphs_[graph], stream_));
+  }
+  void graph_destroy(int graph) override {
+    if (graph < 0 || graph >= int(graphs_.size()) || !graphs_[graph]) return;
+    BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    BHASA_CUDA_CHECK(cudaGraphExecDestroy(graphs_[graph]));
+    graphs_[graph] = nullptr;
+  }
+
  private:
   void* alloc_bytes(size_t bytes) {
     void* p = nullptr;
@@ -162,6 +201,7 @@ class CudaBackend final : public Backend {
   Scratch scratch_;
   Ctx ctx_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   std::string name_;
 };
 

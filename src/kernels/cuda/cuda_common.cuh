@@ -105,6 +105,9 @@ void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float
 double sum_squares(Ctx& c, size_t n, const float* g);
 void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
 
+void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
+                   int32_t* counter, int32_t* ids, int32_t* history, int capacity);
+
 // Device-side math shared by the kernels (accurate libm versions: the tests hold
 // these kernels to 1e-5 of the CPU backend).
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }

@@ -1,0 +1,39 @@
+// The token-sampling rule shared by every backend, so the CPU loop and the GPU's
+// graph draw the same tokens: Gumbel-max with a counter-based hash.
+//   greedy (temperature <= 0): id = argmax_v logits[v]
+//   otherwise:                 id = argmax_v logits[v] / temperature + gumbel(seed, step, b, v)
+// which is a draw from softmax(logits / temperature). Ties go to the smallest v.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define BHASA_HOST_DEVICE __host__ __device__
+#else
+#define BHASA_HOST_DEVICE
+#endif
+
+namespace bhasa {
+
+// splitmix64's finaliser: a well-mixed 64-bit hash of a counter.
+BHASA_HOST_DEVICE inline uint64_t mix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// -log(-log(U)), U uniform in (0, 1) from the hash of (seed, step, b, v).
+BHASA_HOST_DEVICE inline float gumbel_noise(uint64_t seed, uint32_t step, uint32_t b, uint32_t v) {
+  const uint64_t h = mix64(mix64(seed ^ (uint64_t(step) << 32 | b)) ^ v);
+  const float uni = (float(h >> 40) + 0.5f) * (1.0f / 16777216.0f);  // 24 bits, never 0 or 1
+  return -logf(-logf(uni));
+}
+
+// The score whose argmax is the sampled token.
+BHASA_HOST_DEVICE inline float sample_score(float logit, float temperature, uint64_t seed,
+                                            uint32_t step, uint32_t b, uint32_t v) {
+  return temperature <= 0.0f ? logit : logit / temperature + gumbel_noise(seed, step, b, v);
+}
+
+}  // namespace bhasa
