@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 ref=${BHASA_REF_MAMBA:-../shared/tools/ref_mamba.py}
-bhasa=$(./build/release/bhasa bench train --preset seed --batch 4 --seq-len 256 --threads "$threads" --steps 3)
+bhasa=$(${BHASA_BIN:-./build/release/bhasa} bench train --preset seed --batch 4 --seq-len 256 --threads "$threads" --steps 3)
 echo "$bhasa"
-torch=$(/usr/bin/python3 "$ref" bench --preset seed --batch 4 --seq 256 --steps 2 --threads "$threads" | tail -1)
+torch=$(/usr/bin/python3 "$ref" bench --preset seed --batch 4 --seq 256 --steps 1 --threads "$threads" | tail -1)
 echo "$torch"
 python3 - "$bhasa" "$torch" <<'PY'
 import json, sys

@@ -119,7 +119,14 @@ void gemm_rows(Lab& lab) {
   const G gs[] = {{"gemm in_proj fwd (T,3072,768)", false, true, T, 2 * E, Dm},
                   {"gemm in_proj dW (3072,768,T)", true, false, 2 * E, Dm, T},
                   {"gemm out_proj fwd (T,768,1536)", false, true, T, Dm, E},
-                  {"gemm lm_head fwd (8192,50280,768)", false, true, 8192, V, Dm}};
+                  {"gemm lm_head fwd (8192,50280,768)", false, true, 8192, V, Dm},
+                  // decode shapes: one token per sequence, batch 1 and 64 (weight-read bound)
+                  {"gemm decode in_proj (1,3072,768)", false, true, 1, 2 * E, Dm},
+                  {"gemm decode x_proj (1,80,1536)", false, true, 1, P, E},
+                  {"gemm decode out_proj (1,768,1536)", false, true, 1, Dm, E},
+                  {"gemm decode lm_head (1,50280,768)", false, true, 1, V, Dm},
+                  {"gemm decode in_proj (64,3072,768)", false, true, 64, 2 * E, Dm},
+                  {"gemm decode lm_head (64,50280,768)", false, true, 64, V, Dm}};
   for (const G& g : gs) {
     const int lda = g.ta ? g.M : g.K, ldb = g.tb ? g.K : g.N;
     auto A = randn(size_t(g.ta ? g.K : g.M) * lda), Bv = randn(size_t(g.tb ? g.N : g.K) * ldb);
@@ -129,7 +136,7 @@ void gemm_rows(Lab& lab) {
     auto run = [&] { lab.gpu.gemm(g.ta, g.tb, g.M, g.N, g.K, dA, lda, dB, ldb, 0.0f, dC, g.N); };
     const double ms = lab.time_ms(run);
     // check the first 16 rows of C against the CPU
-    const int rows = 16;
+    const int rows = std::min(16, g.M);
     std::vector<float> ref(size_t(rows) * g.N);
     if (!g.ta) {
       lab.cpu.gemm(false, g.tb, rows, g.N, g.K, A.data(), lda, Bv.data(), ldb, 0.0f, ref.data(), g.N);

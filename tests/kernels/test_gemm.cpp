@@ -9,7 +9,9 @@ using namespace bhasa;
 using namespace bhasa::test;
 
 TEST(Gemm, AllTransposesWithPaddedStridesAndBeta) {
-  const int M = 7, N = 9, K = 5;
+  // M = 1 takes the sgemv path (decoding one sequence); M = 7 the sgemm path.
+  for (const int M : {7, 1}) {
+  const int N = 9, K = 5;
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb) {
       // op(A) (M, K): stored (M, K) or (K, M); each with 3 extra columns.
@@ -43,4 +45,5 @@ TEST(Gemm, AllTransposesWithPaddedStridesAndBeta) {
       be->gemm(ta, tb, M, N, K, Af.data(), lda, Bf.data(), ldb, float(beta), Cb.data(), ldc);
       EXPECT_EQ(Cb, Cf);
     }
+  }
 }
