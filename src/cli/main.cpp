@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   bhasa::cli::add_chat_command(app);
   bhasa::cli::add_eval_command(app);
   bhasa::cli::add_tokenize_command(app);
+  bhasa::cli::add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -76,7 +76,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--preset", o.preset, "model size and training defaults: " + presets)->capture_default_str();
   cmd->add_option("--config", o.config_path,
                   "JSON file overriding any model or training setting (d_model, n_layer, d_state, lr, batch, ...)");
-  cmd->add_option("--tokenizer", o.tokenizer, "char (vocabulary from the corpus) or a tokenizer.json path")
+  cmd->add_option("--tokenizer", o.tokenizer, "char (vocabulary from the corpus), bpe:N (train a byte-level BPE of N tokens first) or a tokenizer.json path")
       ->capture_default_str();
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);

@@ -23,6 +23,7 @@
 #include "kernels/kernels.h"
 #include "model/mamba.h"
 #include "model/presets.h"
+#include "text/bpe_train.h"
 #include "text/char_tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/corpus.h"
@@ -227,12 +228,38 @@ std::string generate_sample(MambaLM& model, const Tokenizer& tok, int32_t first,
   return tok.decode(ids);
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec, const std::string& text) {
+// "bpe:N" trains a byte-level BPE of N tokens on the corpus once and keeps it as
+// <run dir>/tokenizer.json; a rerun before the first checkpoint loads that file
+// instead of training again (checkpoints carry their own copy for resuming).
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec, const std::string& text,
+                                          const std::string& run_dir) {
   if (spec == "char") return std::make_unique<CharTokenizer>(CharTokenizer::from_corpus(text));
-  if (spec.rfind("bpe:", 0) == 0)
-    throw Error("--tokenizer " + spec + ": training a BPE tokenizer here is not available yet; "
-                "train one with `bhasa tokenizer train` and pass its tokenizer.json");
   std::error_code ec;
+  if (spec.rfind("bpe:", 0) == 0) {
+    int n = 0;
+    try {
+      size_t used = 0;
+      n = std::stoi(spec.substr(4), &used);
+      if (used != spec.size() - 4) n = 0;
+    } catch (const std::exception&) {
+    }
+    check(n > 0, "--tokenizer " + spec + ": expected bpe:N with N the vocabulary size, e.g. bpe:4096");
+    const std::string saved = run_dir + "/tokenizer.json";
+    if (fs::exists(saved, ec)) {
+      auto tok = load_tokenizer(saved);
+      if (tok->kind() == "bpe" && tok->vocab_size() == n) {
+        std::printf("tokenizer: reusing %s (byte-level BPE, %d tokens)\n", saved.c_str(), tok->vocab_size());
+        return tok;
+      }
+    }
+    std::printf("tokenizer: training a byte-level BPE with %d tokens on %zu bytes\n", n, text.size());
+    std::fflush(stdout);
+    BpeTrainOptions bo;
+    bo.vocab_size = n;
+    auto tok = std::make_unique<BpeTokenizer>(train_bpe(text, bo));
+    tok->save(saved);
+    return tok;
+  }
   check(fs::exists(spec, ec), "--tokenizer " + spec + ": expected char, bpe:N or a tokenizer.json path");
   return load_tokenizer(spec);
 }
@@ -307,6 +334,7 @@ int train(const TrainOptions& opts) {
   if (opts.restart) {
     fs::remove_all(ckpt_dir, ec);
     fs::remove_all(out + "/final", ec);
+    fs::remove(out + "/tokenizer.json", ec);  // bpe:N trains afresh
   }
   const bool resume = fs::exists(latest, ec);
 
@@ -319,7 +347,7 @@ int train(const TrainOptions& opts) {
     ck = load_checkpoint(latest);
     tok = std::move(ck.tokenizer);
   } else {
-    tok = make_tokenizer(opts.tokenizer, corpus.text);
+    tok = make_tokenizer(opts.tokenizer, corpus.text, out);
   }
   const std::vector<int32_t> tokens = tok->encode(corpus.text);
   TokenSplit split = split_tokens(tokens, h.val_fraction);

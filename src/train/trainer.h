@@ -45,7 +45,7 @@ struct TrainOptions {
   std::string preset = "tiny";
   std::string config_path;      // --config FILE.json: model and training keys
   nlohmann::json overrides = nlohmann::json::object();  // command-line flags, same keys
-  std::string tokenizer = "char";  // "char" or a tokenizer.json path ("bpe:N" is a later hook)
+  std::string tokenizer = "char";  // "char", "bpe:N" (train N tokens into <out>/tokenizer.json) or a tokenizer.json path
   std::string device = "cpu";
   int threads = 0;              // 0: OpenMP's default
   bool restart = false;         // delete checkpoints and start over
