@@ -239,7 +239,10 @@ json ModelConfig::to_json() const {
     j["norm_epsilon"] = clean(norm_eps);
     j["residual_in_fp32"] = true;
     j["fused_add_norm"] = false;
-    j["pad_vocab_size_multiple"] = pad_vocab_size_multiple;
+    // vocab_size is already the row count; a multiple that does not divide it (an
+    // unpadded HF vocab) would make readers pad it again, so write 1 then.
+    const int m = pad_vocab_size_multiple > 0 ? pad_vocab_size_multiple : 1;
+    j["pad_vocab_size_multiple"] = vocab_size % m == 0 ? m : 1;
     j["tie_embeddings"] = true;
     j["initializer_range"] = clean(initializer_range);
   }

@@ -44,7 +44,8 @@ BpeTokenizer::BpeTokenizer(std::unordered_map<std::string, int32_t> vocab, std::
   }
 
   for (size_t rank = 0; rank < merges_.size(); rank++) {
-    const auto& [a, b] = merges_[rank];
+    const std::string& a = merges_[rank].first;  // not a structured binding: clang 14 cannot capture those
+    const std::string& b = merges_[rank].second;
     auto name = [&] { return "merge " + std::to_string(rank) + " ('" + a + "', '" + b + "')"; };
     auto ia = vocab_.find(a), ib = vocab_.find(b), iab = vocab_.find(a + b);
     check(ia != vocab_.end(), name() + " refers to '" + a + "', which is not in the vocabulary");

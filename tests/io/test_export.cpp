@@ -7,6 +7,7 @@
 #include "io/export.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "model/params.h"
 #include "io_test_util.h"
 #include "text/char_tokenizer.h"
 #include "text/tokenizer.h"
@@ -104,6 +105,23 @@ TEST(Export, ForcedMambaSsmAndBackToHfGiveTheSameBytes) {
   expect_same_floats(load_model_dir(data_dir("hf-tiny")).params, load_model_dir(t.str("ssm")).params);
   export_model_dir(t.str("ssm"), t.str("hf2"), ExportFormat::HF);
   EXPECT_EQ(read_bytes(t.str("hf2/model.safetensors")), read_bytes(t.str("hf1/model.safetensors")));
+}
+
+// An HF model's vocab_size need not be a multiple of 8 (transformers does not pad);
+// the mamba_ssm config must then not claim a padding its weights do not have.
+// (Found by fuzzing the config round trip.)
+TEST(Export, UnpaddedHfVocabToMambaSsm) {
+  TempDir t;
+  ModelConfig cfg = load_config(data_dir("hf-tiny/config.json"));
+  cfg.vocab_size = 73;
+  std::vector<float> params(ParamLayout(cfg).total);
+  for (size_t i = 0; i < params.size(); i++) params[i] = 0.001f * float(i % 997) - 0.3f;
+  save_model_dir(t.str("hf"), cfg, params.data());
+  ExportResult r = export_model_dir(t.str("hf"), t.str("ssm"), ExportFormat::MambaSSM);
+  EXPECT_EQ(r.written, ExportFormat::MambaSSM);
+  ModelFiles b = load_model_dir(t.str("ssm"));
+  EXPECT_EQ(b.cfg.vocab_size, 73);
+  expect_same_floats(params, b.params);
 }
 
 TEST(Export, ClearErrors) {
