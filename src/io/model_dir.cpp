@@ -29,7 +29,7 @@ ModelConfig load_config(const std::string& path) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     throw Error(path + ": invalid JSON: " + e.what());
   }
   try {
@@ -74,7 +74,7 @@ Weights open_weights(const std::string& dir) {
   json j;
   try {
     j = json::parse(read_text_file(index));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(index + ": invalid JSON: " + e.what());
   }
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())

@@ -22,7 +22,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_from_string(const std::string& text, c
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     throw Error(source + " is not valid JSON (" + e.what() + "): expected a Hugging Face tokenizer.json");
   }
   check(j.is_object(), source + " is not a JSON object: expected a Hugging Face tokenizer.json");

@@ -10,18 +10,11 @@
 #include <cstdlib>
 #include <filesystem>
 
-// Debian's cpp-httplib is a compiled library (libcpp-httplib, with OpenSSL): it is
-// used when the build links it (BHASA_HTTPLIB). Without it, plain http:// still works
-// through the small socket client below, and https:// says what is missing.
-#ifdef BHASA_HTTPLIB
+// Debian's cpp-httplib (a compiled library, built with OpenSSL for https).
 #include <httplib.h>
-#else
-#include <netdb.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#endif
 
 #include "core/error.h"
+#include "text/utf8.h"
 #include "core/files.h"
 
 namespace fs = std::filesystem;
@@ -39,37 +32,15 @@ static std::string hex_byte(unsigned char c) {
 
 void check_utf8_text(const std::string& bytes, const std::string& name) {
   check(!bytes.empty(), name + ": the file is empty; give a text file with some content to train on");
-  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
-  auto bad = [&](size_t at) {
-    throw Error(name + ": invalid UTF-8 at byte offset " + std::to_string(at) + " (byte " +
-                hex_byte(s[at]) + "); bhasa trains on UTF-8 text, convert the file first " +
-                "(e.g. iconv -f LATIN1 -t UTF-8)");
-  };
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = s[i];
-    if (c == 0)
-      throw Error(name + ": NUL byte at byte offset " + std::to_string(i) +
-                  "; this looks like a binary file, not text");
-    if (c < 0x80) { ++i; continue; }
-    int len;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
-    else bad(i);  // stray continuation byte, overlong 2-byte lead (C0/C1) or > U+10FFFF
-    if (i + len > n) bad(i);
-    for (int k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) bad(i);  // the offset of the character that is broken
-      cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    // Overlong encodings, UTF-16 surrogates and code points past U+10FFFF.
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) ||
-        cp > 0x10FFFF)
-      bad(i);
-    i += len;
-  }
+  const size_t nul = bytes.find('\0');
+  const size_t bad = utf8::find_invalid(bytes);
+  if (nul != std::string::npos && nul <= bad)
+    throw Error(name + ": NUL byte at byte offset " + std::to_string(nul) +
+                "; this looks like a binary file, not text");
+  if (bad != std::string::npos)
+    throw Error(name + ": invalid UTF-8 at byte offset " + std::to_string(bad) + " (byte " +
+                hex_byte(static_cast<unsigned char>(bytes[bad])) +
+                "); bhasa trains on UTF-8 text, convert the file first (e.g. iconv -f LATIN1 -t UTF-8)");
 }
 
 Corpus read_corpus(const std::string& path) {
@@ -178,7 +149,6 @@ struct Response {
   std::string body;
 };
 
-#ifdef BHASA_HTTPLIB
 Response http_get(const Url& u) {
   auto fetch = [&](auto& cli) {
     cli.set_connection_timeout(10);
@@ -203,69 +173,6 @@ Response http_get(const Url& u) {
   r.body = std::move(res->body);
   return r;
 }
-#else
-// HTTP/1.0 GET over a plain socket: the server closes the connection after the body,
-// so no chunked encoding or keep-alive is involved.
-Response http_get(const Url& u) {
-  Response r;
-  if (u.scheme == "https")
-    throw Error("cannot download https://" + u.host + u.path + ": this build of bhasa has no HTTPS support "
-                "(it needs libcpp-httplib with OpenSSL); download the file yourself and pass it with --data FILE");
-  addrinfo hints{}, *addrs = nullptr;
-  hints.ai_socktype = SOCK_STREAM;
-  if (int rc = ::getaddrinfo(u.host.c_str(), std::to_string(u.port).c_str(), &hints, &addrs); rc != 0) {
-    r.error = std::string("cannot resolve ") + u.host + ": " + gai_strerror(rc);
-    return r;
-  }
-  int fd = -1;
-  for (addrinfo* a = addrs; a && fd < 0; a = a->ai_next) {
-    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    timeval tv{30, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      ::close(fd);
-      fd = -1;
-    }
-  }
-  ::freeaddrinfo(addrs);
-  if (fd < 0) {
-    r.error = "cannot connect to " + u.host + ":" + std::to_string(u.port);
-    return r;
-  }
-  const std::string req = "GET " + u.path + " HTTP/1.0\r\nHost: " + u.host + "\r\nUser-Agent: bhasa\r\n\r\n";
-  std::string resp;
-  bool ok = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size());
-  char buf[1 << 16];
-  ssize_t got;
-  while (ok && (got = ::recv(fd, buf, sizeof buf, 0)) != 0) {
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      ok = false;
-      break;
-    }
-    resp.append(buf, static_cast<size_t>(got));
-  }
-  ::close(fd);
-  const size_t head_end = resp.find("\r\n\r\n");
-  if (!ok || head_end == std::string::npos || resp.compare(0, 5, "HTTP/") != 0) {
-    r.error = "no valid HTTP response from " + u.host;
-    return r;
-  }
-  r.status = std::atoi(resp.c_str() + resp.find(' ') + 1);
-  const std::string head = resp.substr(0, head_end);
-  for (size_t at = head.find("\r\n"); at != std::string::npos; at = head.find("\r\n", at + 2)) {
-    if (strncasecmp(head.c_str() + at + 2, "Location:", 9) == 0) {
-      size_t b = at + 11, e = head.find("\r\n", b);
-      while (b < head.size() && head[b] == ' ') ++b;
-      r.location = head.substr(b, e == std::string::npos ? std::string::npos : e - b);
-    }
-  }
-  r.body = resp.substr(head_end + 4);
-  return r;
-}
-#endif
 
 }  // namespace
 

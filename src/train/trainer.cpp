@@ -310,7 +310,7 @@ int train(const TrainOptions& opts) {
     json j;
     try {
       j = json::parse(read_text_file(opts.config_path));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       throw Error(opts.config_path + ": not valid JSON (" + e.what() + ")");
     }
     apply_train_overrides(j, opts.config_path, cfg, h);
