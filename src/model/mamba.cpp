@@ -7,125 +7,15 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "kernels/sampling.h"
+#include "model/buffers.h"
 
 namespace bhasa {
-
-namespace {
-// Scan chunk length: the forward pass saves the state only every CHUNK steps, the
-// backward pass recomputes inside a chunk. 64 keeps the saved states at E*N/64
-// floats per token, well below the O(T*E) activations around them.
-constexpr int CHUNK = 64;
-}  // namespace
-
-// Every activation of one (B, L) plan. In a training plan each layer has its own
-// slice (kept for backward); in an inference plan layers share one slice
-// (layer_stride 0) since nothing is kept.
-struct MambaLM::Activations {
-  Backend& be;
-  int B, L, T;
-  bool training;
-  size_t layer_stride;  // 1 when each layer keeps its activations, 0 when they share
-  float* resid;     // (n_sub + 1, T, D): residual stream entering each sublayer, then leaving the last
-  float* normed;    // (n_sub, T, D): the pre-norm output each sublayer reads
-  float* mean;      // (n_sub + 1, T)  (LayerNorm only; the last is the final norm's)
-  float* rstd;      // (n_sub + 1, T)
-  float* xz;        // (n_layer, T, 2E): in_proj output, [x | z]
-  float* xs;        // (n_layer, T, E): SiLU(conv(x)), the scan's input u
-  float* dbc;       // (n_layer, T, P): x_proj output, [dt_low | B | C]
-  float* dt;        // (n_layer, T, E): dt_proj output (before bias and softplus)
-  float* y;         // (n_layer, T, E): gated scan output
-  float* states;    // (n_layer, B, ceil(L/CHUNK), E, N): scan state at chunk starts (training only)
-  float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
-  float* g;         // (n_layer, T, I): value * SiLU(gate)
-  float* normed_f;  // (T, D)
-  float* logits;    // (T, V); becomes dlogits after a training forward
-  int32_t* ids;     // (T)
-  int32_t* targets; // (T)
-  // backward scratch, one layer's worth, reused by every layer
-  float* d_resid;   // (T, D)
-  float* d_normed;  // (T, D)
-  float *d_xz, *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
-  std::vector<float*> owned;
-
-  Activations(Backend& backend, const ModelConfig& c, int B_, int L_, bool train)
-      : be(backend), B(B_), L(L_), T(B_ * L_), training(train), layer_stride(train ? 1 : 0) {
-    const size_t t = T, D = c.d_model, E = c.d_inner(), N = c.d_state, P = c.dt_rank + 2 * c.d_state,
-                 I = c.d_intermediate, V = c.vocab_size;
-    const size_t nl = train ? c.n_layer : 1;
-    const size_t n_sub = c.n_layer * (I > 0 ? 2 : 1), ns = train ? n_sub : 1;
-    const size_t n_chunks = (L + CHUNK - 1) / CHUNK;
-    auto take = [&](size_t n) {
-      float* p = n ? be.alloc(n) : nullptr;
-      if (p) owned.push_back(p);
-      return p;
-    };
-    resid = take((ns + 1) * t * D);
-    normed = take(ns * t * D);
-    mean = take((ns + 1) * t);
-    rstd = take((ns + 1) * t);
-    xz = take(nl * t * 2 * E);
-    xs = take(nl * t * E);
-    dbc = take(nl * t * P);
-    dt = take(nl * t * E);
-    y = take(nl * t * E);
-    states = train ? take(nl * B * n_chunks * E * N) : nullptr;
-    f = take(nl * t * 2 * I);
-    g = take(nl * t * I);
-    normed_f = take(t * D);
-    logits = take(t * V);
-    ids = be.alloc_i32(t);
-    targets = be.alloc_i32(t);
-    d_resid = d_normed = d_xz = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
-    if (train) {
-      d_resid = take(t * D);
-      d_normed = take(t * D);
-      d_xz = take(t * 2 * E);
-      d_xs = take(t * E);
-      d_dbc = take(t * P);
-      d_dt = take(t * E);
-      d_y = take(t * E);
-      d_f = take(t * 2 * I);
-      d_g = take(t * I);
-    }
-  }
-  ~Activations() {
-    for (float* p : owned) be.free(p);
-    be.free(ids);
-    be.free(targets);
-  }
-};
 
 MambaLM::MambaLM(const ModelConfig& cfg, Backend& backend) : cfg_(cfg), be_(backend), layout_(cfg) {
   cfg_.validate();
   params_ = be_.alloc(layout_.total);
   grads_ = be_.alloc(layout_.total);
 }
-
-// The captured token step and what it was captured with: replaying it is only
-// valid while all of these stay the same.
-struct MambaLM::DecodeGraph {
-  Backend& be;
-  int handle = -1;
-  const int32_t* ids = nullptr;  // the step plan's ids buffer
-  const float* conv = nullptr;   // the DecodeState's buffers
-  const float* ssm = nullptr;
-  float temperature = 0.0f;
-  uint64_t seed = 0;
-  int32_t* counter = nullptr;  // (1): the step index the sampler reads and advances
-  int32_t* history = nullptr;  // (capacity, B): every step's sampled ids
-  int capacity = 0, batch = 0;
-  explicit DecodeGraph(Backend& b) : be(b) {}
-  ~DecodeGraph() {
-    release_graph();
-    be.free(counter);
-    be.free(history);
-  }
-  void release_graph() {
-    if (handle >= 0) be.graph_destroy(handle);
-    handle = -1;
-  }
-};
 
 MambaLM::~MambaLM() {
   graph_.reset();
@@ -206,7 +96,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s) {
     // y = selective_scan(...) * silu(z)
     float* h_state = s ? s->ssm + size_t(l) * B * E * N : nullptr;  // (B, E, N)
     be_.scan_forward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N,
-                     P, W + p.D, xz + E, 2 * E, y, a.training ? a.states + l * B * ((L + CHUNK - 1) / CHUNK) * size_t(E) * N : nullptr,
+                     P, W + p.D, xz + E, 2 * E, y, a.layer_states(l),
                      h_state, h_state);
     // x_out = x_in + y @ out_proj^T  (the residual add rides on GEMM's beta)
     if (x_out != x_in) be_.copy(x_out, x_in, TD);
@@ -306,7 +196,7 @@ void MambaLM::backward() {
     const float* dbc = a.dbc + size_t(l) * T * P;
     const float* dt = a.dt + size_t(l) * T * E;
     const float* y = a.y + size_t(l) * T * E;
-    const float* states = a.states + size_t(l) * B * ((L + CHUNK - 1) / CHUNK) * E * N;
+    const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T
     be_.gemm(false, false, T, E, D, a.d_resid, D, W + p.out_proj, E, 0.f, a.d_y, E);
     be_.gemm(true, false, D, E, T, a.d_resid, D, y, E, 1.f, G + p.out_proj, E);
@@ -330,134 +220,6 @@ void MambaLM::backward() {
                       a.rstd + sub * T, a.d_resid, G + p.norm_w, gopt(p.norm_b));
   }
   be_.embedding_backward(T, D, V, a.ids, a.d_resid, G + layout_.embedding);
-}
-
-// ---------------------------------------------------------------------------
-// inference: prefill with the chunked scan, then one recurrent step per token
-
-MambaLM::Activations& MambaLM::inference_buffers(std::unique_ptr<Activations>& slot, int B, int L) {
-  if (!slot || slot->B != B || slot->L != L) {
-    slot.reset();
-    slot = std::make_unique<Activations>(be_, cfg_, B, L, /*train=*/false);
-  }
-  return *slot;
-}
-
-DecodeState MambaLM::new_state(int batch) {
-  check(batch > 0, "batch size must be positive");
-  DecodeState s;
-  s.batch = batch;
-  s.conv_size = size_t(cfg_.n_layer) * batch * (cfg_.d_conv - 1) * cfg_.d_inner();
-  s.ssm_size = size_t(cfg_.n_layer) * batch * cfg_.d_inner() * cfg_.d_state;
-  s.conv = be_.alloc(s.conv_size);
-  s.ssm = be_.alloc(s.ssm_size);
-  inference_buffers(step_, batch, 1);  // so that step() allocates nothing
-  return s;
-}
-
-void MambaLM::free_state(DecodeState& s) {
-  be_.free(s.conv);
-  be_.free(s.ssm);
-  s = DecodeState{};
-}
-
-void MambaLM::reset_state(DecodeState& s) {
-  be_.zero(s.conv, s.conv_size);
-  be_.zero(s.ssm, s.ssm_size);
-}
-
-static void check_ids(const int32_t* ids, size_t n, int V) {
-  for (size_t i = 0; i < n; i++)
-    check(ids[i] >= 0 && ids[i] < V, "token id " + std::to_string(ids[i]) +
-                                         " is outside the model's vocabulary of " + std::to_string(V));
-}
-
-void MambaLM::prefill(DecodeState& s, const int32_t* ids, int L, float* last_logits) {
-  check(L > 0, "the prompt is empty: give at least one token");
-  const int B = s.batch, V = cfg_.vocab_size;
-  check_ids(ids, size_t(B) * L, V);
-  Activations& a = inference_buffers(prefill_, B, L);
-  be_.upload_i32(a.ids, ids, a.T);
-  forward_stack(a, &s);
-  for (int b = 0; b < B; b++)
-    be_.download(last_logits + size_t(b) * V, a.logits + (size_t(b) * L + L - 1) * V, V);
-}
-
-void MambaLM::step(DecodeState& s, const int32_t* ids, float* logits) {
-  const int B = s.batch, V = cfg_.vocab_size;
-  check_ids(ids, B, V);
-  Activations& a = inference_buffers(step_, B, 1);
-  be_.upload_i32(a.ids, ids, B);
-  forward_stack(a, &s);
-  be_.download(logits, a.logits, size_t(B) * V);
-}
-
-void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_new, int32_t* out_ids,
-                              float temperature, uint64_t seed) {
-  check(n_new >= 0, "the number of tokens to generate must not be negative");
-  const int B = s.batch, V = cfg_.vocab_size;
-  check_ids(first_ids, B, V);
-  if (n_new == 0) return;
-  if (!be_.supports_graphs()) {
-    std::vector<int32_t> ids(first_ids, first_ids + B);  // (B)
-    std::vector<float> logits(size_t(B) * V);            // (B, V)
-    for (int i = 0; i < n_new; i++) {
-      step(s, ids.data(), logits.data());
-      for (int b = 0; b < B; b++) {
-        const float* row = logits.data() + size_t(b) * V;
-        int best = 0;
-        float best_score = sample_score(row[0], temperature, seed, i, b, 0);
-        for (int v = 1; v < V; v++) {
-          const float sc = sample_score(row[v], temperature, seed, i, b, v);
-          if (sc > best_score) best_score = sc, best = v;
-        }
-        ids[b] = best;
-        out_ids[size_t(b) * n_new + i] = best;
-      }
-    }
-    return;
-  }
-  Activations& a = inference_buffers(step_, B, 1);
-  if (!graph_) graph_ = std::make_unique<DecodeGraph>(be_);
-  DecodeGraph& g = *graph_;
-  if (g.capacity < n_new || g.batch != B) {
-    g.release_graph();
-    be_.free(g.history);
-    g.capacity = std::max(n_new, 256);
-    g.batch = B;
-    g.history = be_.alloc_i32(size_t(g.capacity) * B);
-  }
-  if (!g.counter) g.counter = be_.alloc_i32(1);
-  const int32_t zero = 0;
-  be_.upload_i32(g.counter, &zero, 1);
-  be_.upload_i32(a.ids, first_ids, B);
-  auto token_step = [&] {
-    forward_stack(a, &s);
-    be_.sample_tokens(B, V, a.logits, temperature, seed, g.counter, a.ids, g.history, g.capacity);
-  };
-  // The first token runs eagerly: it also sizes every scratch buffer and picks every
-  // GEMM algorithm, so the capture below allocates nothing.
-  token_step();
-  if (n_new > 1) {
-    if (g.handle < 0 || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm ||
-        g.temperature != temperature || g.seed != seed) {
-      g.release_graph();
-      be_.graph_begin_capture();
-      try {
-        token_step();
-      } catch (...) {
-        try { be_.graph_end_capture(); } catch (...) {}
-        throw;
-      }
-      g.handle = be_.graph_end_capture();
-      g.ids = a.ids, g.conv = s.conv, g.ssm = s.ssm, g.temperature = temperature, g.seed = seed;
-    }
-    for (int i = 1; i < n_new; i++) be_.graph_replay(g.handle);
-  }
-  std::vector<int32_t> history(size_t(n_new) * B);  // (n_new, B)
-  be_.download_i32(history.data(), g.history, history.size());
-  for (int i = 0; i < n_new; i++)
-    for (int b = 0; b < B; b++) out_ids[size_t(b) * n_new + i] = history[size_t(i) * B + b];
 }
 
 }  // namespace bhasa

@@ -1,0 +1,121 @@
+// What the model allocates besides its parameters: the activation plan of a
+// (B, L) batch, and the captured decode step. Private to src/model/.
+#pragma once
+#include <vector>
+
+#include "model/mamba.h"
+
+namespace bhasa {
+
+// Scan chunk length: the forward pass saves the state only every CHUNK steps, the
+// backward pass recomputes inside a chunk. 64 keeps the saved states at E*N/64
+// floats per token, well below the O(T*E) activations around them.
+constexpr int CHUNK = 64;
+
+// Every activation of one (B, L) plan. In a training plan each layer has its own
+// slice (kept for backward); in an inference plan layers share one slice
+// (layer_stride 0) since nothing is kept.
+struct MambaLM::Activations {
+  Backend& be;
+  int B, L, T;
+  bool training;
+  size_t layer_stride;  // 1 when each layer keeps its activations, 0 when they share
+  float* resid;     // (n_sub + 1, T, D): residual stream entering each sublayer, then leaving the last
+  float* normed;    // (n_sub, T, D): the pre-norm output each sublayer reads
+  float* mean;      // (n_sub + 1, T)  (LayerNorm only; the last is the final norm's)
+  float* rstd;      // (n_sub + 1, T)
+  float* xz;        // (n_layer, T, 2E): in_proj output, [x | z]
+  float* xs;        // (n_layer, T, E): SiLU(conv(x)), the scan's input u
+  float* dbc;       // (n_layer, T, P): x_proj output, [dt_low | B | C]
+  float* dt;        // (n_layer, T, E): dt_proj output (before bias and softplus)
+  float* y;         // (n_layer, T, E): gated scan output
+  float* states;    // (n_layer, B, ceil(L/CHUNK), E, N): scan state at chunk starts (training only)
+  size_t states_per_layer;
+  float* layer_states(int l) const { return states ? states + l * states_per_layer : nullptr; }
+  float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
+  float* g;         // (n_layer, T, I): value * SiLU(gate)
+  float* normed_f;  // (T, D)
+  float* logits;    // (T, V); becomes dlogits after a training forward
+  int32_t* ids;     // (T)
+  int32_t* targets; // (T)
+  // backward scratch, one layer's worth, reused by every layer
+  float* d_resid;   // (T, D)
+  float* d_normed;  // (T, D)
+  float *d_xz, *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
+  std::vector<float*> owned;
+
+  Activations(Backend& backend, const ModelConfig& c, int B_, int L_, bool train)
+      : be(backend), B(B_), L(L_), T(B_ * L_), training(train), layer_stride(train ? 1 : 0) {
+    const size_t t = T, D = c.d_model, E = c.d_inner(), N = c.d_state, P = c.dt_rank + 2 * c.d_state,
+                 I = c.d_intermediate, V = c.vocab_size;
+    const size_t nl = train ? c.n_layer : 1;
+    const size_t n_sub = c.n_layer * (I > 0 ? 2 : 1), ns = train ? n_sub : 1;
+    const size_t n_chunks = (L + CHUNK - 1) / CHUNK;
+    auto take = [&](size_t n) {
+      float* p = n ? be.alloc(n) : nullptr;
+      if (p) owned.push_back(p);
+      return p;
+    };
+    resid = take((ns + 1) * t * D);
+    normed = take(ns * t * D);
+    mean = take((ns + 1) * t);
+    rstd = take((ns + 1) * t);
+    xz = take(nl * t * 2 * E);
+    xs = take(nl * t * E);
+    dbc = take(nl * t * P);
+    dt = take(nl * t * E);
+    y = take(nl * t * E);
+    states_per_layer = B * n_chunks * E * N;
+    states = train ? take(nl * states_per_layer) : nullptr;
+    f = take(nl * t * 2 * I);
+    g = take(nl * t * I);
+    normed_f = take(t * D);
+    logits = take(t * V);
+    ids = be.alloc_i32(t);
+    targets = be.alloc_i32(t);
+    d_resid = d_normed = d_xz = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
+    if (train) {
+      d_resid = take(t * D);
+      d_normed = take(t * D);
+      d_xz = take(t * 2 * E);
+      d_xs = take(t * E);
+      d_dbc = take(t * P);
+      d_dt = take(t * E);
+      d_y = take(t * E);
+      d_f = take(t * 2 * I);
+      d_g = take(t * I);
+    }
+  }
+  ~Activations() {
+    for (float* p : owned) be.free(p);
+    be.free(ids);
+    be.free(targets);
+  }
+};
+
+// The captured token step and what it was captured with: replaying it is only
+// valid while all of these stay the same.
+struct MambaLM::DecodeGraph {
+  Backend& be;
+  int handle = -1;
+  const int32_t* ids = nullptr;  // the step plan's ids buffer
+  const float* conv = nullptr;   // the DecodeState's buffers
+  const float* ssm = nullptr;
+  float temperature = 0.0f;
+  uint64_t seed = 0;
+  int32_t* counter = nullptr;  // (1): the step index the sampler reads and advances
+  int32_t* history = nullptr;  // (capacity, B): every step's sampled ids
+  int capacity = 0, batch = 0;
+  explicit DecodeGraph(Backend& b) : be(b) {}
+  ~DecodeGraph() {
+    release_graph();
+    be.free(counter);
+    be.free(history);
+  }
+  void release_graph() {
+    if (handle >= 0) be.graph_destroy(handle);
+    handle = -1;
+  }
+};
+
+}  // namespace bhasa
