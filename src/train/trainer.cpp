@@ -562,7 +562,8 @@ int train(const TrainOptions& opts) {
                 static_cast<long long>(st.step), static_cast<long long>(total_steps), latest.c_str(),
                 opts.command_line.empty() ? "bhasa train ..." : opts.command_line.c_str());
     std::fflush(stdout);
-    remove_stop_handlers();
+    // The handlers stay until the process exits, so a second Ctrl+C arriving now
+    // still gets the "second interrupt" exit rather than the default action.
     return 0;
   }
 

@@ -17,7 +17,9 @@ struct Run {
 
 // Runs `bhasa <args>` with `input` on stdin; returns the exit status and stdout+stderr.
 static Run run_bhasa(const std::string& args, const std::string& input) {
-  std::string in_path = ::testing::TempDir() + "/bhasa_cli_stdin.txt";
+  // One file per test: ctest runs the tests of this binary in parallel.
+  std::string in_path = ::testing::TempDir() + "/bhasa_cli_stdin_" +
+                        ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".txt";
   std::ofstream(in_path, std::ios::binary) << input;
   std::string cmd = std::string(BHASA_BIN) + " " + args + " < " + in_path + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
