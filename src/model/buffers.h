@@ -35,7 +35,7 @@ struct MambaLM::Activations {
   float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
   float* g;         // (n_layer, T, I): value * SiLU(gate)
   float* normed_f;  // (T, D)
-  float* logits;    // (T, V); becomes dlogits after a training forward
+  float* logits;    // (T, V); becomes dlogits after a training forward. Inference: (B, V), last positions
   int32_t* ids;     // (T)
   int32_t* targets; // (T)
   // backward scratch, one layer's worth, reused by every layer
@@ -70,7 +70,7 @@ struct MambaLM::Activations {
     f = take(nl * t * 2 * I);
     g = take(nl * t * I);
     normed_f = take(t * D);
-    logits = take(t * V);
+    logits = take((train ? t : size_t(B)) * V);  // inference keeps the last position's only
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
     d_resid = d_normed = d_xz = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;

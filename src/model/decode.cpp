@@ -56,7 +56,7 @@ void MambaLM::prefill(DecodeState& s, const int32_t* ids, int L, float* last_log
   be_.upload_i32(a.ids, ids, a.T);
   forward_stack(a, &s);
   for (int b = 0; b < B; b++)
-    be_.download(last_logits + size_t(b) * V, a.logits + (size_t(b) * L + L - 1) * V, V);
+    be_.download(last_logits + size_t(b) * V, a.logits + size_t(b) * V, V);
 }
 
 void MambaLM::step(DecodeState& s, const int32_t* ids, float* logits) {

@@ -123,7 +123,15 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s) {
   const size_t nf = sub * ls;  // the final norm's slot in mean/rstd
   be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_last, W + layout_.norm_f_w, opt(layout_.norm_f_b),
                    a.normed_f, a.mean + nf * T, a.rstd + nf * T);
-  be_.gemm(false, true, T, V, D, a.normed_f, D, W + layout_.embedding, D, 0.f, a.logits, V);
+  if (a.training) {
+    be_.gemm(false, true, T, V, D, a.normed_f, D, W + layout_.embedding, D, 0.f, a.logits, V);
+  } else {
+    // Inference needs only each sequence's last position: rows L-1, 2L-1, ... of
+    // normed_f, one GEMM with a row stride of L*D. For a 512-token prompt on the
+    // mamba-130m shape this skips 30% of the prefill's FLOPs.
+    be_.gemm(false, true, a.B, V, D, a.normed_f + size_t(a.L - 1) * D, a.L * D, W + layout_.embedding, D,
+             0.f, a.logits, V);
+  }
 }
 
 double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_backward) {
