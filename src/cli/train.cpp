@@ -93,7 +93,7 @@ void add_train_command(CLI::App& app) {
   add("--weight-decay", "weight_decay", f->weight_decay, "AdamW decoupled weight decay (not on A_log, D, dt bias, norms, biases)");
   add("--grad-clip", "grad_clip", f->grad_clip, "global gradient-norm clip (0: off; default 1.0)");
   add("--grad-accum", "grad_accum", f->grad_accum, "micro-batches per optimizer step");
-  add("--dropout", "dropout", f->dropout, "dropout probability (only 0 is supported)");
+  add("--dropout", "dropout", f->dropout, "dropout probability in [0, 1) on each mixer's and MLP's output (default 0)");
   add("--save-every", "save_every", f->save_every, "steps between checkpoints (default 100)");
   add("--eval-every", "eval_every", f->eval_every, "steps between validation losses");
   add("--eval-batches", "eval_batches", f->eval_batches, "batches per validation");

@@ -126,6 +126,13 @@ class Backend {
   // y += alpha * x  (used for residual adds where GEMM's beta cannot be used)
   virtual void axpy(size_t n, float alpha, const float* x, float* y) = 0;
 
+  // ---- dropout --------------------------------------------------------------
+  // torch: x = F.dropout(x, p, training=True), in place, with the mask a pure function of
+  // (seed, i) (kernels/dropout.h): x[i] *= keep(seed, i) ? 1 / (1 - p) : 0. The same seed
+  // gives the same mask on every backend, so backward re-applies it to the gradient.
+  // x (n) dense; p in [0, 1); p = 0 leaves x untouched.
+  virtual void dropout(size_t n, float* x, float p, uint64_t seed) = 0;
+
   // ---- decoding on the device (optional; see supports_graphs) -------------------
   // The sampling rule (kernels/sampling.h): per row b, ids[b] = argmax_v of logits[b, v]
   // when temperature <= 0, else of logits[b, v] / temperature + gumbel(seed, step, b, v)

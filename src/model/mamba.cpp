@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/dropout.h"
 #include "model/buffers.h"
 
 namespace bhasa {
@@ -30,6 +31,17 @@ void MambaLM::load_params(const float* host) { be_.upload(params_, host, layout_
 void MambaLM::store_params(float* host) const { be_.download(host, params_, layout_.total); }
 void MambaLM::store_grads(float* host) const { be_.download(host, grads_, layout_.total); }
 void MambaLM::zero_grads() { be_.zero(grads_, layout_.total); }
+
+void MambaLM::set_dropout(float p, uint64_t seed) {
+  check(p >= 0.0f && p < 1.0f, "dropout must be in [0, 1), got " + std::to_string(p));
+  dropout_p_ = p;
+  dropout_seed_ = seed;
+}
+
+// Each layer's mixer (sublayer 0) and MLP (sublayer 1) draws its own mask.
+static uint64_t layer_drop_seed(uint64_t seed, int layer, int sublayer) {
+  return dropout_seed(seed, uint64_t(layer), uint64_t(sublayer));
+}
 
 void MambaLM::plan(int B, int L) {
   check(B > 0 && L > 0, "batch size and sequence length must be positive");
@@ -56,7 +68,7 @@ size_t MambaLM::activation_bytes() const {
 // ---------------------------------------------------------------------------
 // forward
 
-void MambaLM::forward_stack(Activations& a, DecodeState* s) {
+void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64_t drop_seed) {
   const ModelConfig& c = cfg_;
   const int B = a.B, L = a.L, T = a.T, D = c.d_model, E = c.d_inner(), N = c.d_state,
             R = c.dt_rank, K = c.d_conv, P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;
@@ -98,6 +110,8 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s) {
     be_.scan_forward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N,
                      P, W + p.D, xz + E, 2 * E, y, a.layer_states(l),
                      h_state, h_state);
+    // y = dropout(y): the saved y is the dropped one, which out_proj's weight gradient needs
+    if (drop_p > 0) be_.dropout(size_t(T) * E, y, drop_p, layer_drop_seed(drop_seed, l, 0));
     // x_out = x_in + y @ out_proj^T  (the residual add rides on GEMM's beta)
     if (x_out != x_in) be_.copy(x_out, x_in, TD);
     be_.gemm(false, true, T, D, E, y, E, W + p.out_proj, E, 1.f, x_out, D);
@@ -113,6 +127,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s) {
                        a.mean + sub * ls * T, a.rstd + sub * ls * T);
       be_.gemm(false, true, T, 2 * I, D, h2, D, W + p.fc1, D, 0.f, f, 2 * I);
       be_.swiglu_forward(T, I, f, g);
+      if (drop_p > 0) be_.dropout(size_t(T) * I, g, drop_p, layer_drop_seed(drop_seed, l, 1));
       if (m_out != m_in) be_.copy(m_out, m_in, TD);
       be_.gemm(false, true, T, D, I, g, I, W + p.fc2, I, 1.f, m_out, D);
       sub++;
@@ -146,7 +161,10 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
   }
   be_.upload_i32(a.ids, ids, a.T);
   be_.upload_i32(a.targets, targets, a.T);
-  forward_stack(a, nullptr);
+  // Only training forwards drop; evaluation sees the whole network.
+  last_drop_p_ = need_backward ? dropout_p_ : 0.0f;
+  last_drop_seed_ = dropout_seed_;
+  forward_stack(a, nullptr, last_drop_p_, last_drop_seed_);
   if (n_valid == 0) return 0.0;
   const float scale = need_backward ? 1.0f / n_valid : 0.0f;
   const double loss_sum = be_.cross_entropy(a.T, V, a.logits, V, a.targets, scale);
@@ -169,6 +187,7 @@ void MambaLM::backward() {
   auto gopt = [&](size_t off) { return off == SIZE_MAX ? nullptr : G + off; };
   const size_t TD = size_t(T) * D;
   int sub = c.n_layer * (mlp ? 2 : 1);
+  const float drop_p = last_drop_p_;  // the masks of the forward: same seeds, same elements
 
   // head: logits = normed_f @ emb^T, a.logits now holds dlogits
   be_.gemm(false, false, T, D, V, a.logits, V, W + layout_.embedding, D, 0.f, a.d_normed, D);
@@ -188,6 +207,7 @@ void MambaLM::backward() {
       const float* g = a.g + size_t(l) * T * I;
       // m_out = m_in + g @ fc2^T
       be_.gemm(false, false, T, I, D, a.d_resid, D, W + p.fc2, I, 0.f, a.d_g, I);
+      if (drop_p > 0) be_.dropout(size_t(T) * I, a.d_g, drop_p, layer_drop_seed(last_drop_seed_, l, 1));
       be_.gemm(true, false, D, I, T, a.d_resid, D, g, I, 1.f, G + p.fc2, I);
       be_.swiglu_backward(T, I, f, a.d_g, a.d_f);
       // f = h2 @ fc1^T
@@ -207,6 +227,7 @@ void MambaLM::backward() {
     const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T
     be_.gemm(false, false, T, E, D, a.d_resid, D, W + p.out_proj, E, 0.f, a.d_y, E);
+    if (drop_p > 0) be_.dropout(size_t(T) * E, a.d_y, drop_p, layer_drop_seed(last_drop_seed_, l, 0));
     be_.gemm(true, false, D, E, T, a.d_resid, D, y, E, 1.f, G + p.out_proj, E);
     // the scan: d_y -> d_xs, d_dt, dB, dC (into d_dbc), dz (into d_xz's second half)
     be_.scan_backward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,

@@ -56,6 +56,13 @@ class MambaLM {
   double forward(const int32_t* ids, const int32_t* targets, bool need_backward);
   // grads += d(mean loss)/d(params), for the batch of the last forward(..., true).
   void backward();
+  // Dropout for the training forwards that follow (need_backward = true): each mixer's
+  // gated scan output y (T, E) before out_proj and each MLP's g (T, I) before fc2, with
+  // masks that are a pure function of (seed, layer, sublayer) (kernels/dropout.h), so
+  // backward() regenerates them. Set a new seed per step and micro-batch. Evaluation
+  // forwards, prefill and step never drop; p = 0 (the default) runs no dropout kernel.
+  void set_dropout(float p, uint64_t seed);
+  float dropout() const { return dropout_p_; }
   // (B, L, V) backend memory; valid after forward(..., need_backward=false).
   const float* logits() const { return logits_; }
   // The activation bytes the plan holds (for reporting memory use).
@@ -84,7 +91,8 @@ class MambaLM {
   struct Activations;
   // embedding -> layers -> final norm -> logits (B*L, V) into a.logits, for ids already in a.ids.
   // With a state, the conv and scan continue from it and leave their final states in it.
-  void forward_stack(Activations& a, DecodeState* s);
+  // drop_p > 0 (training forwards only): dropout on y and g with masks from drop_seed.
+  void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f, uint64_t drop_seed = 0);
   Activations& inference_buffers(std::unique_ptr<Activations>& slot, int B, int L);
 
   ModelConfig cfg_;
@@ -99,6 +107,10 @@ class MambaLM {
   struct DecodeGraph;
   std::unique_ptr<DecodeGraph> graph_;    // the captured token step, when the backend has graphs
   float* logits_ = nullptr;
+  float dropout_p_ = 0.0f;  // set_dropout's
+  uint64_t dropout_seed_ = 0;
+  float last_drop_p_ = 0.0f;  // what the last forward(..., true) applied, for backward()
+  uint64_t last_drop_seed_ = 0;
 };
 
 }  // namespace bhasa

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "infer/sampler.h"
+#include "kernels/dropout.h"
 #include "kernels/kernels.h"
 #include "model/mamba.h"
 #include "model/presets.h"
@@ -75,7 +76,6 @@ void TrainHyper::validate() const {
   check(eval_every >= 0 && sample_every_epochs >= 0 && keep_epochs >= 0 && sample_tokens >= 0,
         "--eval-every, --sample-every-epochs, --keep-epochs and sample_tokens must be >= 0");
   check(dropout >= 0 && dropout < 1, "--dropout must be in [0, 1)");
-  check(dropout == 0, "--dropout > 0 is not supported yet (Mamba trains without dropout); use 0");
   check(val_fraction >= 0 && val_fraction < 1, "--val-fraction must be in [0, 1)");
 }
 
@@ -469,6 +469,9 @@ int train(const TrainOptions& opts) {
     double loss = 0;
     for (int a = 0; a < h.grad_accum; ++a) {
       windows.draw(B, L, ids.data(), targets.data());
+      // The masks depend only on (run seed, step, micro-batch), so a resumed run drops
+      // exactly what the uninterrupted one would have.
+      if (h.dropout > 0) model.set_dropout(h.dropout, dropout_seed(h.seed, uint64_t(st.step), uint64_t(a)));
       loss += model.forward(ids.data(), targets.data(), true);
       model.backward();
     }

@@ -25,7 +25,7 @@ struct TrainHyper {
   float grad_clip = 1.0f;       // global-norm clipping; 0: off
   float beta1 = 0.9f, beta2 = 0.95f;
   int grad_accum = 1;           // micro-batches per update
-  float dropout = 0;            // not supported (> 0 is an Error)
+  float dropout = 0;            // in [0, 1): on each mixer's y and MLP's g in training forwards
   int64_t save_every = 100;     // steps between checkpoints/latest
   int64_t eval_every = 200;     // steps between validation losses; 0: only at the end
   int eval_batches = 20;        // batches of (batch, seq_len) per validation

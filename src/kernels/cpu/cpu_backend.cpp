@@ -125,6 +125,9 @@ class CpuBackend final : public Backend {
   void axpy(size_t n, float alpha, const float* x, float* y) override {
     cpu::axpy<float>(n, alpha, x, y);
   }
+  void dropout(size_t n, float* x, float p, uint64_t seed) override {
+    cpu::dropout<float>(n, x, p, seed);
+  }
 };
 
 }  // namespace

@@ -88,4 +88,8 @@ double sum_squares(size_t n, const T* g);
 template <class T>
 void axpy(size_t n, T alpha, const T* x, T* y);
 
+// x[i] *= keep(seed, i) ? 1/(1-p) : 0 in place (kernels/dropout.h's mask); p = 0: no-op.
+template <class T>
+void dropout(size_t n, T* x, float p, uint64_t seed);
+
 }  // namespace bhasa::cpu

@@ -136,6 +136,9 @@ class CudaBackend final : public Backend {
   void axpy(size_t n, float alpha, const float* x, float* y) override {
     cuda::axpy(ctx_, n, alpha, x, y);
   }
+  void dropout(size_t n, float* x, float p, uint64_t seed) override {
+    cuda::dropout(ctx_, n, x, p, seed);
+  }
 
   // ---- decoding -------------------------------------------------------------
   void sample_tokens(int B, int V, const float* logits, float temperature, uint64_t seed,

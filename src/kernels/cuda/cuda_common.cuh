@@ -104,6 +104,7 @@ void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float
            float b2, float eps, float wd, int step, float grad_scale);
 double sum_squares(Ctx& c, size_t n, const float* g);
 void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
+void dropout(Ctx& c, size_t n, float* x, float p, uint64_t seed);
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);
