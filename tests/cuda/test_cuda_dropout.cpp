@@ -3,6 +3,8 @@
 // pass with dropout whose loss and gradients match the CPU's under fp32 GEMMs.
 #include <gtest/gtest.h>
 
+#include "fixture_util.h"
+
 #include <cmath>
 #include <cstring>
 
@@ -43,17 +45,12 @@ TEST(CudaDropout, BitwiseEqualsCpu) {
 
 TEST(CudaDropout, ModelTrainingPassMatchesCpu) {
   BHASA_REQUIRE_GPU(gpu, false);  // fp32 GEMMs: compare tightly
-  const std::string dir = std::string(BHASA_TEST_DATA) + "/ssm-mlp-layernorm";
+  const std::string dir = test::fixture_dir("ssm-mlp-layernorm");
   ModelFiles files = load_model_dir(dir);
-  auto ref = read_tensors(dir + "/reference.safetensors");
-  const TensorData& in = ref.at("input_ids");
-  const int B = int(in.shape[0]), L = int(in.shape[1]);
-  std::vector<int32_t> ids(size_t(B) * L), targets(size_t(B) * L);
-  for (int b = 0; b < B; b++)
-    for (int t = 0; t < L; t++) {
-      ids[b * L + t] = int32_t(in.i64[b * L + t]);
-      targets[b * L + t] = t + 1 < L ? int32_t(in.i64[b * L + t + 1]) : -1;
-    }
+  const test::ReferenceBatch batch = test::reference_batch(read_tensors(dir + "/reference.safetensors").at("input_ids"));
+  const int B = batch.B, L = batch.L;
+  const std::vector<int32_t>& ids = batch.ids;
+  const std::vector<int32_t>& targets = batch.targets;
   auto cpu = make_cpu_backend();
   std::vector<float> grads[2];
   double loss[2], loss_plain = 0;

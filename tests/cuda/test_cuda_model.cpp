@@ -11,6 +11,7 @@
 #include <cstdio>
 
 #include "cuda_test_util.h"
+#include "fixture_util.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "model/mamba.h"
@@ -20,16 +21,6 @@ using namespace bhasa::test;
 
 namespace {
 
-double rel_max(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
-
 // (case, tf32)
 class CudaFixture : public ::testing::TestWithParam<std::tuple<const char*, bool>> {};
 
@@ -37,24 +28,20 @@ TEST_P(CudaFixture, LogitsLossAndGradientsMatchReference) {
   const auto [name, tf32] = GetParam();
   BHASA_REQUIRE_GPU(gpu, tf32);
   const double tol_logits = tf32 ? 1e-2 : 1e-5, tol_grad = tf32 ? 5e-2 : 1e-4;
-  const std::string dir = std::string(BHASA_TEST_DATA) + "/" + name;
+  const std::string dir = fixture_dir(name);
   ModelFiles files = load_model_dir(dir);
   auto ref = read_tensors(dir + "/reference.safetensors");
-  const TensorData& in = ref.at("input_ids");
-  const int B = int(in.shape[0]), L = int(in.shape[1]), V = files.cfg.vocab_size;
-  std::vector<int32_t> ids(size_t(B) * L), targets(size_t(B) * L);
-  for (int b = 0; b < B; b++)
-    for (int t = 0; t < L; t++) {
-      ids[b * L + t] = int32_t(in.i64[b * L + t]);
-      targets[b * L + t] = t + 1 < L ? int32_t(in.i64[b * L + t + 1]) : -1;
-    }
+  const ReferenceBatch batch = reference_batch(ref.at("input_ids"));
+  const int B = batch.B, L = batch.L, V = files.cfg.vocab_size;
+  const std::vector<int32_t>& ids = batch.ids;
+  const std::vector<int32_t>& targets = batch.targets;
   MambaLM model(files.cfg, *gpu);
   model.load_params(files.params.data());
   model.plan(B, L);
   const double loss = model.forward(ids.data(), targets.data(), false);
   std::vector<float> logits(size_t(B) * L * V);
   gpu->download(logits.data(), model.logits(), logits.size());
-  const double logit_err = rel_max(logits.data(), ref.at("logits").f32.data(), logits.size());
+  const double logit_err = rel_err(logits.data(), ref.at("logits").f32.data(), logits.size());
   const double ref_loss = ref.at("loss").f32[0];
   const double loss_err = std::fabs(loss - ref_loss) / std::fabs(ref_loss);
   std::printf("[%s %s] logits rel err %.3g, loss rel err %.3g\n", name, tf32 ? "tf32" : "fp32",
@@ -72,7 +59,7 @@ TEST_P(CudaFixture, LogitsLossAndGradientsMatchReference) {
   for (const ParamTensor& t : model.layout().tensors) {
     auto it = ref.find("grad." + t.name);
     ASSERT_NE(it, ref.end()) << "reference has no grad." << t.name;
-    const double e = rel_max(grads.data() + t.offset, it->second.f32.data(), t.numel);
+    const double e = rel_err(grads.data() + t.offset, it->second.f32.data(), t.numel);
     EXPECT_LE(e, tol_grad) << "grad." << t.name;
     if (e > worst) worst = e, worst_name = t.name;
   }

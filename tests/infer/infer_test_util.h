@@ -9,25 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "fixture_util.h"
 #include "io/model_dir.h"
 #include "kernels/kernels.h"
 #include "model/mamba.h"
 #include "text/char_tokenizer.h"
 
 namespace bhasa::test {
-
-// max |a - b| / max |b|: the "relative" error.
-inline double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
-
-inline std::string fixture_dir(const std::string& name) { return std::string(BHASA_TEST_DATA) + "/" + name; }
 
 inline std::string temp_dir(const std::string& name) {
   auto d = std::filesystem::temp_directory_path() / ("bhasa_infer_" + name + "_" + std::to_string(::getpid()));

@@ -4,6 +4,8 @@
 // (and differs from the no-dropout gradient, so the check can tell them apart).
 #include <gtest/gtest.h>
 
+#include "fixture_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -21,19 +23,13 @@ struct Case {
   std::vector<int32_t> ids, targets;  // (B, L)
   int B = 0, L = 0;
   explicit Case(const std::string& name) {
-    const std::string dir = std::string(BHASA_TEST_DATA) + "/" + name;
+    const std::string dir = test::fixture_dir(name);
     files = load_model_dir(dir);
-    auto ref = read_tensors(dir + "/reference.safetensors");
-    const TensorData& in = ref.at("input_ids");
-    B = int(in.shape[0]);
-    L = int(in.shape[1]);
-    ids.resize(size_t(B) * L);
-    targets.resize(ids.size());
-    for (int b = 0; b < B; b++)
-      for (int t = 0; t < L; t++) {
-        ids[b * L + t] = int32_t(in.i64[b * L + t]);
-        targets[b * L + t] = t + 1 < L ? int32_t(in.i64[b * L + t + 1]) : -1;
-      }
+    test::ReferenceBatch batch = test::reference_batch(read_tensors(dir + "/reference.safetensors").at("input_ids"));
+    B = batch.B;
+    L = batch.L;
+    ids = std::move(batch.ids);
+    targets = std::move(batch.targets);
   }
 };
 

@@ -6,36 +6,23 @@
 
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "fixture_util.h"
 #include "model/mamba.h"
 
 using namespace bhasa;
+using bhasa::test::rel_err;
 
 namespace {
-// max |a - b| / max |b|: the "relative" error.
-double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
-
 class Fixture : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(Fixture, LogitsLossAndGradientsMatchReference) {
-  const std::string dir = std::string(BHASA_TEST_DATA) + "/" + GetParam();
+  const std::string dir = test::fixture_dir(GetParam());
   ModelFiles files = load_model_dir(dir);
   auto ref = read_tensors(dir + "/reference.safetensors");
-  const TensorData& in = ref.at("input_ids");
-  const int B = int(in.shape[0]), L = int(in.shape[1]), V = files.cfg.vocab_size;
-  std::vector<int32_t> ids(size_t(B) * L), targets(size_t(B) * L);
-  for (int b = 0; b < B; b++)
-    for (int t = 0; t < L; t++) {
-      ids[b * L + t] = int32_t(in.i64[b * L + t]);
-      targets[b * L + t] = t + 1 < L ? int32_t(in.i64[b * L + t + 1]) : -1;
-    }
+  const test::ReferenceBatch batch = test::reference_batch(ref.at("input_ids"));
+  const int B = batch.B, L = batch.L, V = files.cfg.vocab_size;
+  const std::vector<int32_t>& ids = batch.ids;
+  const std::vector<int32_t>& targets = batch.targets;
   auto backend = make_cpu_backend();
   MambaLM model(files.cfg, *backend);
   model.load_params(files.params.data());
