@@ -189,6 +189,9 @@ TEST_F(ChatPty, CtrlCStopsTheReplyAndKeepsTheChat) {
   ASSERT_TRUE(chat.wait_prompts(3));
   chat.type("/help\r");
   ASSERT_TRUE(chat.wait_text("/save FILE")) << chat.clean();
+  // Ctrl+D only once readline is reading again: typed earlier, the terminal is still
+  // in canonical mode and the end-of-file it makes there is lost.
+  ASSERT_TRUE(chat.wait_prompts(4)) << chat.clean();
   chat.type("\x04");
   EXPECT_EQ(chat.wait_exit(), 0);
 }

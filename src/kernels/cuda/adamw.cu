@@ -41,18 +41,6 @@ __global__ void sum_squares_partials(size_t n, const float* g, double* partials)
   if (threadIdx.x == 0) partials[blockIdx.x] = part[0];
 }
 
-__global__ void sum_partials(int count, const double* partials, double* out) {
-  __shared__ double part[kThreads];
-  double acc = 0.0;
-  for (int i = threadIdx.x; i < count; i += kThreads) acc += partials[i];
-  part[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = kThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[0] = part[0];
-}
 
 // torch: y += alpha * x
 __global__ void axpy_kernel(size_t n, float alpha, const float* x, float* y) {
@@ -79,7 +67,7 @@ double sum_squares(Ctx& c, size_t n, const float* g) {
   auto* partials = static_cast<double*>(c.scratch->get(kReduce, (kSumBlocks + 1) * sizeof(double)));
   sum_squares_partials<<<kSumBlocks, kThreads, 0, c.stream>>>(n, g, partials);
   BHASA_LAUNCH_CHECK("sum_squares");
-  sum_partials<<<1, kThreads, 0, c.stream>>>(kSumBlocks, partials, partials + kSumBlocks);
+  sum_doubles_in_order<kThreads><<<1, kThreads, 0, c.stream>>>(kSumBlocks, partials, partials + kSumBlocks);
   BHASA_LAUNCH_CHECK("sum_squares_total");
   BHASA_CUDA_CHECK(cudaMemcpyAsync(c.host_result, partials + kSumBlocks, sizeof(double),
                                    cudaMemcpyDeviceToHost, c.stream));

@@ -115,4 +115,20 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf
 // torch: F.softplus(x) (threshold 20)
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+// out[0] = sum(x[0:n]) in a fixed order (one block: strided partials, then a
+// tree), so reductions are bitwise repeatable. Launch as <<<1, kThreads>>>.
+template <int kThreads>
+__global__ void sum_doubles_in_order(int n, const double* x, double* out) {
+  __shared__ double part[kThreads];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < n; i += kThreads) acc += x[i];
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (int o = kThreads / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = part[0];
+}
+
 }  // namespace bhasa::cuda

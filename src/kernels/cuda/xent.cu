@@ -73,19 +73,6 @@ xent_kernel(int V, float* logits, int ldl, const int32_t* targets, float scale,
   }
 }
 
-// out[0] = sum of row_loss in a fixed order (one block, strided partials then a tree).
-__global__ void sum_rows_kernel(int T, const double* row_loss, double* out) {
-  __shared__ double part[kThreads];
-  double acc = 0.0;
-  for (int i = threadIdx.x; i < T; i += kThreads) acc += row_loss[i];
-  part[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = kThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[0] = part[0];
-}
 
 }  // namespace
 
@@ -98,7 +85,7 @@ double cross_entropy(Ctx& c, int T, int V, float* logits, int ldl, const int32_t
   BHASA_CUDA_CHECK(cudaMemsetAsync(flags, 0, sizeof(int), c.stream));
   xent_kernel<<<T, kThreads, 0, c.stream>>>(V, logits, ldl, targets, dlogits_scale, row_loss, flags);
   BHASA_LAUNCH_CHECK("cross_entropy");
-  sum_rows_kernel<<<1, kThreads, 0, c.stream>>>(T, row_loss, result);
+  sum_doubles_in_order<kThreads><<<1, kThreads, 0, c.stream>>>(T, row_loss, result);
   BHASA_LAUNCH_CHECK("cross_entropy_sum");
   BHASA_CUDA_CHECK(cudaMemcpyAsync(c.host_result, result, 2 * sizeof(double), cudaMemcpyDeviceToHost, c.stream));
   BHASA_CUDA_CHECK(cudaStreamSynchronize(c.stream));
