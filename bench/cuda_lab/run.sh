@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the CUDA kernel lab and the decode benchmark against a CUDA build of
 # libbhasa (cmake --preset cuda && cmake --build --preset cuda) and runs them: one
-# check and one timing per kernel, then a table; then decode tokens/s.
+# check and one timing per kernel, then a table; then every GEMM of a training step
+# under each GEMM math (gemm_math.cpp); then decode tokens/s.
 # BUILD=<build dir> picks another build (default build/cuda); LAB_BIN / DECODE_BIN
-# run prebuilt binaries (e.g. carried to a machine without the dev packages).
+# / GEMM_MATH_BIN run prebuilt binaries (e.g. carried to a machine without the dev packages).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD:-$root/build/cuda}
@@ -16,8 +17,11 @@ build_one() {  # build_one <source> <binary>
   fi
 }
 lab=${LAB_BIN:-$build/cuda_lab}
+gemm_math=${GEMM_MATH_BIN:-$build/cuda_gemm_math}
 decode=${DECODE_BIN:-$build/cuda_decode}
 [[ -n ${LAB_BIN:-} ]] || build_one "$root/bench/cuda_lab/lab.cpp" "$lab"
+[[ -n ${GEMM_MATH_BIN:-} ]] || build_one "$root/bench/cuda_lab/gemm_math.cpp" "$gemm_math"
 [[ -n ${DECODE_BIN:-} ]] || build_one "$root/bench/cuda_lab/decode.cpp" "$decode"
 "$lab"
+"$gemm_math"
 "$decode"

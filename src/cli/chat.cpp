@@ -182,7 +182,7 @@ void run_script(Chat& chat) {
 
 void run_chat(ChatArgs& a) {
   a.sampling.validate();
-  LoadedModel m = load_model(a.model_dir, a.runtime.device, a.runtime.threads);
+  LoadedModel m = load_model(a.model_dir, a.runtime.device_spec(), a.runtime.threads);
   check(m.tokenizer != nullptr,
         a.model_dir + " has no tokenizer.json: chat needs one to turn text into tokens");
   bool tty = isatty(STDIN_FILENO);

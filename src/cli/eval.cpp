@@ -30,7 +30,7 @@ void run_eval(const EvalArgs& a) {
   check(a.seq_len > 0, "--seq-len must be > 0, got " + std::to_string(a.seq_len));
   check(a.batch > 0, "--batch must be > 0, got " + std::to_string(a.batch));
   check(a.max_tokens >= 0, "--max-tokens must be >= 0 (0: all), got " + std::to_string(a.max_tokens));
-  LoadedModel m = load_model(a.model_dir, a.runtime.device, a.runtime.threads);
+  LoadedModel m = load_model(a.model_dir, a.runtime.device_spec(), a.runtime.threads);
   check(m.tokenizer != nullptr, a.model_dir + " has no tokenizer.json: eval needs it to tokenize " + a.data);
   std::string text = read_text_file(a.data);
   check(!text.empty(), a.data + " is empty: give a text file to evaluate on");

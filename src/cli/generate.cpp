@@ -64,7 +64,7 @@ void run_generate(GenerateArgs& a) {
   check(a.format == "text" || a.format == "ids", "--format must be text or ids, got '" + a.format + "'");
   check(!(a.prompt_given && !a.prompt_ids.empty()), "give either --prompt or --prompt-ids, not both");
 
-  LoadedModel m = load_model(a.model_dir, a.runtime.device, a.runtime.threads);
+  LoadedModel m = load_model(a.model_dir, a.runtime.device_spec(), a.runtime.threads);
   check(a.format == "ids" || m.tokenizer,
         a.model_dir + " has no tokenizer.json, so text cannot be printed: use --format ids");
   Generator gen(*m.model, m.tokenizer.get(), a.sampling);

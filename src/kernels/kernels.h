@@ -9,6 +9,7 @@
 //   matrix, e.g. x and z are the two halves of in_proj's (T, 2*d_inner) output.
 // - Kernels are deterministic for a fixed thread count (no atomics in reductions).
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -154,7 +155,27 @@ class Backend {
   virtual void graph_replay(int graph) { unsupported("graph replay"); }
   virtual void graph_destroy(int graph) {}
 
+  // ---- timing ---------------------------------------------------------------
+  // mark(k) stamps the point the backend's work has reached (CUDA: an event recorded
+  // on the stream, so no synchronisation; CPU: the host clock). seconds(a, b) waits for
+  // mark b and returns the time from mark a to it. Slots 0..kTimerSlots-1.
+  static constexpr int kTimerSlots = 8;
+  virtual void mark(int slot) {
+    check_slot(slot);
+    host_marks_[slot] = std::chrono::steady_clock::now();
+  }
+  virtual double seconds(int from, int to) {
+    check_slot(from), check_slot(to);
+    return std::chrono::duration<double>(host_marks_[to] - host_marks_[from]).count();
+  }
+
+ protected:
+  void check_slot(int slot) const {
+    if (slot < 0 || slot >= kTimerSlots) throw Error("timer slot " + std::to_string(slot) + " out of range");
+  }
+
  private:
+  std::chrono::steady_clock::time_point host_marks_[kTimerSlots];
   [[noreturn]] void unsupported(const char* what) const {
     throw Error(std::string(what) + " is not supported by the " + name() +
                 " backend; call it only where supports_graphs() is true");
@@ -162,7 +183,9 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
-// Throws Error when the build has no CUDA or no GPU is present.
+// device: "cpu", "cuda", or "cuda:<gemm math>" with math fp32 | tf32 | bf16 (the
+// products' precision; storage and accumulation stay fp32). Throws Error when the build
+// has no CUDA, no GPU is present, or the name is unknown.
 std::unique_ptr<Backend> make_backend(const std::string& device);
 
 }  // namespace bhasa

@@ -47,6 +47,7 @@ struct TrainOptions {
   nlohmann::json overrides = nlohmann::json::object();  // command-line flags, same keys
   std::string tokenizer = "char";  // "char", "bpe:N" (train N tokens into <out>/tokenizer.json) or a tokenizer.json path
   std::string device = "cpu";
+  std::string precision;        // CUDA GEMM math (bf16, tf32, fp32); "" for the default
   int threads = 0;              // 0: OpenMP's default
   bool restart = false;         // delete checkpoints and start over
   double max_minutes = 0;       // > 0: stop after this much training wall time in this run and write final/

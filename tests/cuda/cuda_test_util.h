@@ -14,11 +14,14 @@
 namespace bhasa::test {
 
 // The GPU backend, or null when this machine has no GPU (the test then skips).
-inline std::unique_ptr<Backend> gpu_or_null(bool tf32 = true) {
+inline std::unique_ptr<Backend> gpu_or_null(GemmMath math) {
   if (!cuda_gpu_available()) return nullptr;
   CudaOptions opt;
-  opt.tf32 = tf32;
+  opt.gemm = math;
   return make_cuda_backend(opt);
+}
+inline std::unique_ptr<Backend> gpu_or_null(bool tf32 = true) {
+  return gpu_or_null(tf32 ? GemmMath::tf32 : GemmMath::fp32);
 }
 
 #define BHASA_REQUIRE_GPU(var, ...)                              \

@@ -42,6 +42,43 @@ TEST(CudaKernels, GemmAllTransposesTf32) {
       }
 }
 
+// bf16 operands (a dense bf16 copy of each, then bf16 tensor cores) and cuBLASLt's
+// FAST_16BF: within the bf16 band, on strided, unaligned operands, every transpose.
+TEST(CudaKernels, GemmAllTransposesBf16) {
+  for (GemmMath math : {GemmMath::bf16, GemmMath::bf16_fast}) {
+    BHASA_REQUIRE_GPU(gpu, math);
+    auto cpu = make_cpu_backend();
+    std::mt19937 rng(11);
+    const int M = 131, N = 129, K = 67;  // min(M, N) >= 128: the bf16 path, not the thin-GEMM TF32 one
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (float beta : {0.0f, 1.0f}) {
+          const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 5;
+          auto A = randn(size_t(ta ? K : M) * lda + 1, rng);
+          auto Bv = randn(size_t(tb ? N : K) * ldb + 1, rng);
+          auto C = randn(size_t(M) * ldc, rng);
+          DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, C);
+          gpu->gemm(ta, tb, M, N, K, dA.p + 1, lda, dB.p + 1, ldb, beta, dC.p, ldc);
+          std::vector<float> ref = C;
+          cpu->gemm(ta, tb, M, N, K, A.data() + 1, lda, Bv.data() + 1, ldb, beta, ref.data(), ldc);
+          const double err = rel_l2(dC.host(), ref);
+          EXPECT_LE(err, 1e-2) << gemm_math_name(math) << " ta=" << ta << " tb=" << tb << " beta=" << beta;
+        }
+    // The aligned, dense case takes the 4-wide conversion path.
+    const int M2 = 128, N2 = 160, K2 = 256;
+    auto A = randn(size_t(M2) * K2, rng), Bv = randn(size_t(N2) * K2, rng);
+    DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, nans(size_t(M2) * N2));
+    gpu->gemm(false, true, M2, N2, K2, dA.p, K2, dB.p, K2, 0.0f, dC.p, N2);
+    std::vector<float> ref(size_t(M2) * N2);
+    cpu->gemm(false, true, M2, N2, K2, A.data(), K2, Bv.data(), K2, 0.0f, ref.data(), N2);
+    const double err = rel_l2(dC.host(), ref);
+    std::printf("[%s] dense GEMM rel err %.3g\n", gemm_math_name(math), err);
+    EXPECT_LE(err, 1e-2);
+    // bf16 rounding of the operands shows (~2e-3): the products really were bf16.
+    if (math == GemmMath::bf16) EXPECT_GE(err, 3e-4);
+  }
+}
+
 TEST(CudaKernels, GemmFp32IsTight) {
   BHASA_REQUIRE_GPU(gpu, false);
   auto cpu = make_cpu_backend();

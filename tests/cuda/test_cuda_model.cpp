@@ -3,7 +3,8 @@
 //
 // Tolerances (max |a - b| / max |b|, as tests/model/test_fixtures.cpp):
 // - with full-fp32 GEMMs: the CPU fixture test's own, 1e-5 (logits, loss) and 1e-4 (grads);
-// - with TF32 GEMMs (10-bit mantissa products): 1e-2 for logits and loss, 5e-2 for grads.
+// - with TF32 GEMMs (10-bit mantissa products): 1e-2 for logits and loss, 5e-2 for grads;
+// - with bf16 GEMM operands (8-bit mantissas): 3e-2 for logits and loss, 1e-1 for grads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,13 +22,15 @@ using namespace bhasa::test;
 
 namespace {
 
-// (case, tf32)
-class CudaFixture : public ::testing::TestWithParam<std::tuple<const char*, bool>> {};
+// (case, GEMM math)
+class CudaFixture : public ::testing::TestWithParam<std::tuple<const char*, GemmMath>> {};
 
 TEST_P(CudaFixture, LogitsLossAndGradientsMatchReference) {
-  const auto [name, tf32] = GetParam();
-  BHASA_REQUIRE_GPU(gpu, tf32);
-  const double tol_logits = tf32 ? 1e-2 : 1e-5, tol_grad = tf32 ? 5e-2 : 1e-4;
+  const auto [name, math] = GetParam();
+  BHASA_REQUIRE_GPU(gpu, math);
+  const char* math_name = gemm_math_name(math);
+  const double tol_logits = math == GemmMath::fp32 ? 1e-5 : math == GemmMath::tf32 ? 1e-2 : 3e-2;
+  const double tol_grad = math == GemmMath::fp32 ? 1e-4 : math == GemmMath::tf32 ? 5e-2 : 1e-1;
   const std::string dir = fixture_dir(name);
   ModelFiles files = load_model_dir(dir);
   auto ref = read_tensors(dir + "/reference.safetensors");
@@ -44,7 +47,7 @@ TEST_P(CudaFixture, LogitsLossAndGradientsMatchReference) {
   const double logit_err = rel_err(logits.data(), ref.at("logits").f32.data(), logits.size());
   const double ref_loss = ref.at("loss").f32[0];
   const double loss_err = std::fabs(loss - ref_loss) / std::fabs(ref_loss);
-  std::printf("[%s %s] logits rel err %.3g, loss rel err %.3g\n", name, tf32 ? "tf32" : "fp32",
+  std::printf("[%s %s] logits rel err %.3g, loss rel err %.3g\n", name, math_name,
               logit_err, loss_err);
   EXPECT_LE(logit_err, tol_logits);
   EXPECT_LE(loss_err, tol_logits);
@@ -63,17 +66,17 @@ TEST_P(CudaFixture, LogitsLossAndGradientsMatchReference) {
     EXPECT_LE(e, tol_grad) << "grad." << t.name;
     if (e > worst) worst = e, worst_name = t.name;
   }
-  std::printf("[%s %s] worst gradient rel err %.3g (%s)\n", name, tf32 ? "tf32" : "fp32", worst,
+  std::printf("[%s %s] worst gradient rel err %.3g (%s)\n", name, math_name, worst,
               worst_name.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(AllCases, CudaFixture,
                          ::testing::Combine(::testing::Values("hf-tiny", "hf-small", "ssm-mlp-layernorm"),
-                                            ::testing::Bool()),
+                                            ::testing::Values(GemmMath::fp32, GemmMath::tf32, GemmMath::bf16)),
                          [](const auto& info) {
                            std::string s = std::get<0>(info.param);
                            for (char& ch : s) if (ch == '-') ch = '_';
-                           return s + (std::get<1>(info.param) ? "_tf32" : "_fp32");
+                           return s + "_" + gemm_math_name(std::get<1>(info.param));
                          });
 
 // 30 AdamW steps on one fixed random batch (so the loss falls), CPU and GPU from
@@ -100,8 +103,10 @@ std::vector<double> train_curve(Backend& be, const ModelConfig& cfg, const std::
   return losses;
 }
 
-TEST(CudaTraining, LossCurveTracksCpu) {
-  BHASA_REQUIRE_GPU(gpu);
+class CudaTraining : public ::testing::TestWithParam<GemmMath> {};
+
+TEST_P(CudaTraining, LossCurveTracksCpu) {
+  BHASA_REQUIRE_GPU(gpu, GetParam());
   auto cpu = make_cpu_backend();
   ModelConfig cfg;
   cfg.d_model = 64;
@@ -123,9 +128,12 @@ TEST(CudaTraining, LossCurveTracksCpu) {
     worst = std::max(worst, rel);
     EXPECT_LE(rel, 0.03) << "step " << s + 1 << ": gpu " << g[s] << " cpu " << c[s];
   }
-  std::printf("[training] loss cpu %.4f -> %.4f, gpu %.4f -> %.4f, worst step rel diff %.3g\n", c[0],
-              c.back(), g[0], g.back(), worst);
+  std::printf("[training %s] loss cpu %.4f -> %.4f, gpu %.4f -> %.4f, worst step rel diff %.3g\n",
+              gemm_math_name(GetParam()), c[0], c.back(), g[0], g.back(), worst);
   EXPECT_LT(c.back(), c[0] - 0.5) << "the fixed batch should be partly memorised";
 }
+
+INSTANTIATE_TEST_SUITE_P(Math, CudaTraining, ::testing::Values(GemmMath::tf32, GemmMath::bf16),
+                         [](const auto& info) { return std::string(gemm_math_name(info.param)); });
 
 }  // namespace

@@ -11,7 +11,7 @@
 namespace bhasa {
 
 #ifdef BHASA_CUDA
-std::unique_ptr<Backend> make_cuda_backend();
+std::unique_ptr<Backend> make_cuda_backend(const std::string& gemm_math);
 #endif
 
 namespace {
@@ -134,11 +134,14 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
 
+// device: "cpu", "cuda", or "cuda:<gemm math>" (fp32, tf32, bf16; see cuda_backend.h).
 std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return make_cpu_backend();
-  if (device == "cuda") {
+  if (device == "cpu" || device == "cpu:fp32") return make_cpu_backend();
+  if (device.rfind("cpu:", 0) == 0)
+    throw Error("the CPU backend computes in fp32 only; drop --precision or use --device cuda");
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
 #ifdef BHASA_CUDA
-    return make_cuda_backend();
+    return make_cuda_backend(device == "cuda" ? std::string() : device.substr(5));
 #else
     throw Error("this bhasa was built without CUDA; rebuild with the cuda preset "
                 "(cmake --preset cuda && cmake --build --preset cuda) or use --device cpu");

@@ -22,19 +22,21 @@ class CudaBackend final : public Backend {
     BHASA_CUDA_CHECK(cudaSetDevice(0));
     BHASA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     BHASA_CUDA_CHECK(cudaMallocHost(&host_result_, 4 * sizeof(double)));
+    for (cudaEvent_t& e : events_) BHASA_CUDA_CHECK(cudaEventCreate(&e));
     ctx_.stream = stream_;
     ctx_.scratch = &scratch_;
     ctx_.host_result = host_result_;
-    gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.tf32);
+    gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.gemm);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    name_ = std::string("cuda (") + prop.name + (opt.tf32 ? ", tf32 gemm)" : ", fp32 gemm)");
+    name_ = std::string("cuda (") + prop.name + ", " + gemm_math_name(opt.gemm) + " gemm)";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     for (cudaGraphExec_t g : graphs_)
       if (g) cudaGraphExecDestroy(g);
     gemm_.reset();
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cudaFreeHost(host_result_);
     cudaStreamDestroy(stream_);
   }
@@ -176,6 +178,19 @@ class CudaBackend final : public Backend {
     graphs_[graph] = nullptr;
   }
 
+  // ---- timing: CUDA events on the stream --------------------------------------
+  void mark(int slot) override {
+    check_slot(slot);
+    BHASA_CUDA_CHECK(cudaEventRecord(events_[slot], stream_));
+  }
+  double seconds(int from, int to) override {
+    check_slot(from), check_slot(to);
+    BHASA_CUDA_CHECK(cudaEventSynchronize(events_[to]));
+    float ms = 0;
+    BHASA_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[from], events_[to]));
+    return ms / 1e3;
+  }
+
  private:
   void* alloc_bytes(size_t bytes) {
     void* p = nullptr;
@@ -205,6 +220,7 @@ class CudaBackend final : public Backend {
   Ctx ctx_;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
+  cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
 };
 
@@ -231,11 +247,18 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
   return std::make_unique<CudaBackend>(options);
 }
 
-// BHASA_CUDA_GEMM=fp32 in the environment selects full-fp32 GEMMs (for debugging).
+// BHASA_CUDA_GEMM=fp32|tf32|bf16|bf16_fast in the environment picks the GEMM math.
 std::unique_ptr<Backend> make_cuda_backend() {
   CudaOptions opt;
-  const char* gemm = std::getenv("BHASA_CUDA_GEMM");
-  if (gemm && std::string(gemm) == "fp32") opt.tf32 = false;
+  if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
+  return make_cuda_backend(opt);
+}
+
+// gemm_math: a GemmMath name, or empty for the default above.
+std::unique_ptr<Backend> make_cuda_backend(const std::string& gemm_math) {
+  if (gemm_math.empty()) return make_cuda_backend();
+  CudaOptions opt;
+  opt.gemm = parse_gemm_math(gemm_math);
   return make_cuda_backend(opt);
 }
 

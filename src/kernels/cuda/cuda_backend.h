@@ -2,20 +2,32 @@
 // headers). make_backend("cuda") calls make_cuda_backend() with default options.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "kernels/kernels.h"
 
 namespace bhasa {
 
+// How GEMMs multiply. Storage is fp32 in every mode; accumulation is always fp32.
+enum class GemmMath {
+  fp32,       // full fp32 products: for tests that compare with the CPU tightly
+  tf32,       // TF32 tensor cores (10-bit mantissa products)
+  bf16,       // operands rounded to bf16 (dense copies made per call), bf16 tensor cores
+  bf16_fast,  // cuBLASLt's CUBLAS_COMPUTE_32F_FAST_16BF: fp32 operands, bf16 tensor cores
+};
+const char* gemm_math_name(GemmMath m);
+// "fp32" | "tf32" | "bf16" | "bf16_fast"; throws Error naming the choices otherwise.
+GemmMath parse_gemm_math(const std::string& s);
+
 struct CudaOptions {
-  // GEMM math: TF32 tensor cores (fp32 storage, 10-bit mantissa products, fp32
-  // accumulation). false: full fp32 GEMMs, for tests that compare with the CPU tightly.
-  bool tf32 = true;
+  GemmMath gemm = GemmMath::bf16;  // the default: as accurate as TF32 in training (bench/results), faster
 };
 
 // Throws Error when no CUDA GPU is usable.
 std::unique_ptr<Backend> make_cuda_backend();
 std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options);
+// gemm_math: "fp32" | "tf32" | "bf16" | "bf16_fast", or "" for the default.
+std::unique_ptr<Backend> make_cuda_backend(const std::string& gemm_math);
 // True when a CUDA GPU is present (never throws).
 bool cuda_gpu_available();
 // The cudaStream_t (as void*) every call of a CUDA backend runs on, for timing with

@@ -1,10 +1,15 @@
-// GEMM: cuBLASLt with TF32 tensor-core math (fp32 storage and accumulation).
-// bf16 operand storage is the next milestone (issue 6).
+// GEMM: cuBLASLt on the tensor cores, fp32 storage and fp32 accumulation; the products
+// are TF32 or bf16 (GemmMath, cuda_backend.h). In bf16 mode each operand is first
+// rounded into a dense bf16 copy (one elementwise pass), then multiplied by a bf16 x bf16
+// -> fp32 cuBLASLt kernel at about twice TF32's rate.
 //
 // Row-major to cuBLAS's column-major: a row-major (R, C) matrix with row stride ld
 // is a column-major (C, R) matrix with the same ld, so
 //   C (M, N) = op(A) @ op(B)  row-major   <=>   C^T (N, M) = op(B)^T @ op(A)^T  column-major,
 // i.e. one column-major GEMM with the operands swapped: m = N, n = M, first operand B.
+#include <cuda_bf16.h>
+
+#include <algorithm>
 #include <string>
 
 #include "core/error.h"
@@ -23,9 +28,56 @@ int alignment_of(const void* p) {
   const auto v = reinterpret_cast<uintptr_t>(p);
   return v % 16 == 0 ? 16 : v % 8 == 0 ? 8 : 4;
 }
+
+// torch: dst = src[:rows, :cols].to(torch.bfloat16).contiguous()
+// src (rows, ld) fp32 with cols <= ld; dst (rows, cols) bf16. Four elements per
+// thread when rows are 16-byte aligned, so the pass runs at copy bandwidth.
+__global__ void to_bf16_kernel(const float* __restrict__ src, int rows, int cols, int ld,
+                               __nv_bfloat16* __restrict__ dst, bool vec4) {
+  const size_t n = size_t(rows) * cols;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  if (vec4) {
+    const int cols4 = cols / 4;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n / 4; i += stride) {
+      const size_t r = i / cols4, c = (i % cols4) * 4;
+      const float4 v = *reinterpret_cast<const float4*>(src + r * ld + c);
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(dst + r * cols + c);
+      out[0] = __floats2bfloat162_rn(v.x, v.y);
+      out[1] = __floats2bfloat162_rn(v.z, v.w);
+    }
+  } else {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+      const size_t r = i / cols, c = i % cols;
+      dst[i] = __float2bfloat16_rn(src[r * ld + c]);
+    }
+  }
+}
 }  // namespace
 
-Gemm::Gemm(cudaStream_t stream, bool tf32) : stream_(stream), tf32_(tf32) {
+const void* Gemm::to_bf16(const float* src, int rows, int cols, int ld, int slot) {
+  const size_t bytes = size_t(rows) * cols * sizeof(__nv_bfloat16);
+  if (bytes > bf16_bytes_[slot]) {  // grows during warm-up only; steady state allocates nothing
+    if (bf16_[slot]) BHASA_CUDA_CHECK(cudaFree(bf16_[slot]));
+    bf16_[slot] = nullptr;
+    if (cudaMalloc(&bf16_[slot], bytes) != cudaSuccess) {
+      cudaGetLastError();
+      bf16_bytes_[slot] = 0;
+      throw Error("out of GPU memory for a " + std::to_string(bytes >> 20) +
+                  " MiB bf16 GEMM operand; use a smaller batch or --precision tf32");
+    }
+    bf16_bytes_[slot] = bytes;
+  }
+  auto* dst = static_cast<__nv_bfloat16*>(bf16_[slot]);
+  const bool vec4 = cols % 4 == 0 && ld % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  const size_t work = vec4 ? size_t(rows) * cols / 4 : size_t(rows) * cols;
+  const int threads = 256;
+  const int blocks = int(std::min<size_t>((work + threads - 1) / threads, 132 * 16));
+  to_bf16_kernel<<<blocks, threads, 0, stream_>>>(src, rows, cols, ld, dst, vec4);
+  BHASA_CUDA_CHECK(cudaGetLastError());
+  return dst;
+}
+
+Gemm::Gemm(cudaStream_t stream, GemmMath math) : stream_(stream), math_(math) {
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
   if (cudaMalloc(&workspace_, workspace_bytes_) != cudaSuccess)
     throw Error("out of GPU memory allocating the 32 MiB GEMM workspace");
@@ -38,6 +90,8 @@ Gemm::~Gemm() {
     cublasLtMatrixLayoutDestroy(p.c);
     cublasLtMatmulDescDestroy(p.desc);
   }
+  for (void* p : bf16_)
+    if (p) cudaFree(p);
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(handle_);
 }
@@ -45,9 +99,13 @@ Gemm::~Gemm() {
 const Gemm::Plan& Gemm::plan(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c] = key;
+  const auto [math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c] = key;
   Plan p;
-  const cublasComputeType_t compute = tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute = math == GemmMath::tf32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                      : math == GemmMath::bf16_fast ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                    : CUBLAS_COMPUTE_32F;
+  // bf16 mode multiplies the dense bf16 copies (the key's lda/ldb are theirs); C stays fp32.
+  const cudaDataType_t operand = math == GemmMath::bf16 ? CUDA_R_16BF : CUDA_R_32F;
   check_lt(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F), "MatmulDescCreate");
   // Column-major view: first operand is B (op = tb), second is A (op = ta).
   const cublasOperation_t op1 = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -57,8 +115,8 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
   // Stored shapes (column-major rows x cols) of the two operands and of C^T.
   const uint64_t r1 = tb ? K : N, c1 = tb ? N : K;  // B
   const uint64_t r2 = ta ? M : K, c2 = ta ? K : M;  // A
-  check_lt(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, r1, c1, ldb), "layout B");
-  check_lt(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, r2, c2, lda), "layout A");
+  check_lt(cublasLtMatrixLayoutCreate(&p.b, operand, r1, c1, ldb), "layout B");
+  check_lt(cublasLtMatrixLayoutCreate(&p.a, operand, r2, c2, lda), "layout A");
   check_lt(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, N, M, ldc), "layout C");
 
   cublasLtMatmulPreference_t pref;
@@ -94,11 +152,45 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, c
     }
     if (beta == 1.0f) return;
   }
-  const Plan& p = plan(Key{ta, tb, M, N, K, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(C)});
+  const void* a = A;
+  const void* b = B;
+  int align_a = alignment_of(A), align_b = alignment_of(B);
+  // A thin output (x_proj's 80 columns, dt_proj's 48, their weight gradients) is
+  // bound by reading the operands, not by the products: there the bf16 copies cost
+  // more than bf16 saves (measured in bench/cuda_lab/gemm_math.cpp), so TF32 it is.
+  const GemmMath math = math_ == GemmMath::bf16 && std::min(M, N) < 128 ? GemmMath::tf32 : math_;
+  if (math == GemmMath::bf16) {
+    // Row-major stored shapes: A is (M, K), or (K, M) when ta; B is (K, N), or (N, K) when tb.
+    a = to_bf16(A, ta ? K : M, ta ? M : K, lda, 0);
+    b = to_bf16(B, tb ? N : K, tb ? K : N, ldb, 1);
+    lda = ta ? M : K, ldb = tb ? K : N;
+    align_a = alignment_of(a), align_b = alignment_of(b);
+  }
+  const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, alignment_of(C)});
   const float alpha = 1.0f;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, C, p.c, C, p.c, &p.algo,
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.b, a, p.a, &beta, C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),
            "cublasLtMatmul");
 }
 
 }  // namespace bhasa::cuda
+
+namespace bhasa {
+
+const char* gemm_math_name(GemmMath m) {
+  switch (m) {
+    case GemmMath::fp32: return "fp32";
+    case GemmMath::tf32: return "tf32";
+    case GemmMath::bf16: return "bf16";
+    case GemmMath::bf16_fast: return "bf16_fast";
+  }
+  return "?";
+}
+
+GemmMath parse_gemm_math(const std::string& s) {
+  for (GemmMath m : {GemmMath::fp32, GemmMath::tf32, GemmMath::bf16, GemmMath::bf16_fast})
+    if (s == gemm_math_name(m)) return m;
+  throw Error("unknown GEMM precision '" + s + "': use fp32, tf32, bf16 or bf16_fast");
+}
+
+}  // namespace bhasa

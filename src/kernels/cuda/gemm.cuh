@@ -7,15 +7,18 @@
 #include <map>
 #include <tuple>
 
+#include "kernels/cuda/cuda_backend.h"
+
 namespace bhasa::cuda {
 
 class Gemm {
  public:
-  Gemm(cudaStream_t stream, bool tf32);
+  Gemm(cudaStream_t stream, GemmMath math);
   ~Gemm();
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C   (row-major, as kernels.h)
   void run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
            int ldb, float beta, float* C, int ldc);
+  GemmMath math() const { return math_; }
 
  private:
   struct Plan {
@@ -23,15 +26,19 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  // (ta, tb, M, N, K, lda, ldb, ldc, align A, align B, align C)
-  using Key = std::tuple<bool, bool, int, int, int, int, int, int, int, int, int>;
+  // (math, ta, tb, M, N, K, lda, ldb, ldc, align A, align B, align C)
+  using Key = std::tuple<GemmMath, bool, bool, int, int, int, int, int, int, int, int, int>;
   const Plan& plan(const Key& key);
+  // bf16 mode: a dense bf16 copy of a strided fp32 (rows, cols) operand, in grow-once scratch.
+  const void* to_bf16(const float* src, int rows, int cols, int ld, int slot);
 
   cudaStream_t stream_;
-  bool tf32_;
+  GemmMath math_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // allocated once
   size_t workspace_bytes_ = 32u << 20;
+  void* bf16_[2] = {nullptr, nullptr};  // operand copies (bf16 mode), grown on demand
+  size_t bf16_bytes_[2] = {0, 0};
   std::map<Key, Plan> plans_;
 };
 
