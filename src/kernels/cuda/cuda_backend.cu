@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/op_profile.h"
 
 namespace bhasa {
 
@@ -27,6 +28,7 @@ class CudaBackend final : public Backend {
     ctx_.scratch = &scratch_;
     ctx_.host_result = host_result_;
     gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.gemm);
+    profile_ = std::make_unique<cuda::OpProfile>(stream_);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     name_ = std::string("cuda (") + prop.name + ", " + gemm_math_name(opt.gemm) + " gemm)";
@@ -35,6 +37,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     for (cudaGraphExec_t g : graphs_)
       if (g) cudaGraphExecDestroy(g);
+    profile_.reset();  // prints the op profile, when on
     gemm_.reset();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cudaFreeHost(host_result_);
@@ -64,9 +67,11 @@ class CudaBackend final : public Backend {
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void zero(float* p, size_t n) override {
+    BHASA_PROFILE_OP(*profile_, "zero");
     if (n) BHASA_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
+    BHASA_PROFILE_OP(*profile_, "copy");
     if (n && dst != src)
       BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
@@ -75,40 +80,49 @@ class CudaBackend final : public Backend {
   // ---- kernels --------------------------------------------------------------
   void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc) override {
+    BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
+    BHASA_PROFILE_OP(*profile_, "embedding_forward");
     cuda::embedding_forward(ctx_, T, D, ids, table, out);
   }
   void embedding_backward(int T, int D, int V, const int32_t* ids, const float* dout,
                           float* dtable) override {
+    BHASA_PROFILE_OP(*profile_, "embedding_backward");
     cuda::embedding_backward(ctx_, T, D, V, ids, dout, dtable);
   }
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
                     const float* b, float* out, float* mean, float* rstd) override {
+    BHASA_PROFILE_OP(*profile_, "norm_forward");
     cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd);
   }
   void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
                      const float* mean, const float* rstd, float* dx, float* dw, float* db) override {
+    BHASA_PROFILE_OP(*profile_, "norm_backward");
     cuda::norm_backward(ctx_, T, D, rms, dout, x, w, mean, rstd, dx, dw, db);
   }
   void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                            const float* bias, float* out) override {
+    BHASA_PROFILE_OP(*profile_, "conv1d_silu_forward");
     cuda::conv1d_silu_forward(ctx_, B, L, E, K, x, ldx, w, bias, out);
   }
   void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                             const float* bias, const float* dout, float* dx, float* dw,
                             float* dbias) override {
+    BHASA_PROFILE_OP(*profile_, "conv1d_silu_backward");
     cuda::conv1d_silu_backward(ctx_, B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias);
   }
   void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                               const float* bias, float* state, float* out) override {
+    BHASA_PROFILE_OP(*profile_, "conv1d_silu_with_state");
     cuda::conv1d_silu_with_state(ctx_, B, L, E, K, x, ldx, w, bias, state, out);
   }
   void scan_forward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
                     const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
                     int ld_bc, const float* D, const float* z, int ldz, float* out,
                     float* chunk_states, const float* h0, float* h_last) override {
+    BHASA_PROFILE_OP(*profile_, "scan_forward");
     cuda::scan_forward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out,
                        chunk_states, h0, h_last);
   }
@@ -117,34 +131,42 @@ class CudaBackend final : public Backend {
                      int ld_bc, const float* D, const float* z, int ldz, const float* chunk_states,
                      const float* dout, float* du, float* ddt, float* dBm, float* dCm, float* dz,
                      float* dA_log, float* dD, float* ddt_bias) override {
+    BHASA_PROFILE_OP(*profile_, "scan_backward");
     cuda::scan_backward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
                         chunk_states, dout, du, ddt, dBm, dCm, dz, dA_log, dD, ddt_bias);
   }
   void swiglu_forward(int T, int I, const float* f, float* out) override {
+    BHASA_PROFILE_OP(*profile_, "swiglu_forward");
     cuda::swiglu_forward(ctx_, T, I, f, out);
   }
   void swiglu_backward(int T, int I, const float* f, const float* dout, float* df) override {
+    BHASA_PROFILE_OP(*profile_, "swiglu_backward");
     cuda::swiglu_backward(ctx_, T, I, f, dout, df);
   }
   double cross_entropy(int T, int V, float* logits, int ldl, const int32_t* targets,
                        float dlogits_scale) override {
+    BHASA_PROFILE_OP(*profile_, "cross_entropy");
     return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
   }
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
+    BHASA_PROFILE_OP(*profile_, "adamw");
     cuda::adamw(ctx_, n, p, g, m, v, lr, b1, b2, eps, wd, step, grad_scale);
   }
   double sum_squares(size_t n, const float* g) override { return cuda::sum_squares(ctx_, n, g); }
   void axpy(size_t n, float alpha, const float* x, float* y) override {
+    BHASA_PROFILE_OP(*profile_, "axpy");
     cuda::axpy(ctx_, n, alpha, x, y);
   }
   void dropout(size_t n, float* x, float p, uint64_t seed) override {
+    BHASA_PROFILE_OP(*profile_, "dropout");
     cuda::dropout(ctx_, n, x, p, seed);
   }
 
   // ---- decoding -------------------------------------------------------------
   void sample_tokens(int B, int V, const float* logits, float temperature, uint64_t seed,
                      int32_t* counter, int32_t* ids, int32_t* history, int capacity) override {
+    BHASA_PROFILE_OP(*profile_, "sample_tokens");
     cuda::sample_tokens(ctx_, B, V, logits, temperature, seed, counter, ids, history, capacity);
   }
   void download_i32(int32_t* dst, const int32_t* src, size_t n) override {
@@ -219,6 +241,7 @@ class CudaBackend final : public Backend {
   Scratch scratch_;
   Ctx ctx_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  std::unique_ptr<cuda::OpProfile> profile_;
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
