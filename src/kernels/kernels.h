@@ -41,6 +41,17 @@ class Backend {
   virtual void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda,
                     const float* B, int ldb, float beta, float* C, int ldc) = 0;
 
+  // A linear layer's backward. For Y (T, O) = X (T, I) @ W^T, W (O, I):
+  // torch: dX = beta_dx * dX + dY @ W;  dW += dY.T @ X
+  // dY (T, O) row stride ldy; W and dW (O, I) row stride ldw; X (T, I) row stride ldx;
+  // dX (T, I) row stride lddx. One call so that a backend can prepare dY once for both
+  // products (the CUDA backend's bf16 copy of it).
+  virtual void linear_backward(int T, int O, int I, const float* dY, int ldy, const float* W, int ldw,
+                               const float* X, int ldx, float beta_dx, float* dX, int lddx, float* dW) {
+    gemm(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
+    gemm(true, false, O, I, T, dY, ldy, X, ldx, 1.0f, dW, ldw);
+  }
+
   // ---- embedding ----------------------------------------------------------
   // out = table[ids]                       ids (T), table (V, D), out (T, D)
   virtual void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) = 0;

@@ -190,8 +190,8 @@ void MambaLM::backward() {
   const float drop_p = last_drop_p_;  // the masks of the forward: same seeds, same elements
 
   // head: logits = normed_f @ emb^T, a.logits now holds dlogits
-  be_.gemm(false, false, T, D, V, a.logits, V, W + layout_.embedding, D, 0.f, a.d_normed, D);
-  be_.gemm(true, false, V, D, T, a.logits, V, a.normed_f, D, 1.f, G + layout_.embedding, D);
+  be_.linear_backward(T, V, D, a.logits, V, W + layout_.embedding, D, a.normed_f, D, 0.f, a.d_normed, D,
+                      G + layout_.embedding);
   be_.zero(a.d_resid, TD);
   be_.norm_backward(T, D, c.rms_norm, a.d_normed, a.resid + sub * TD, W + layout_.norm_f_w,
                     a.mean + sub * T, a.rstd + sub * T, a.d_resid, G + layout_.norm_f_w,
@@ -206,13 +206,11 @@ void MambaLM::backward() {
       const float* f = a.f + size_t(l) * T * 2 * I;
       const float* g = a.g + size_t(l) * T * I;
       // m_out = m_in + g @ fc2^T
-      be_.gemm(false, false, T, I, D, a.d_resid, D, W + p.fc2, I, 0.f, a.d_g, I);
+      be_.linear_backward(T, D, I, a.d_resid, D, W + p.fc2, I, g, I, 0.f, a.d_g, I, G + p.fc2);
       if (drop_p > 0) be_.dropout(size_t(T) * I, a.d_g, drop_p, layer_drop_seed(last_drop_seed_, l, 1));
-      be_.gemm(true, false, D, I, T, a.d_resid, D, g, I, 1.f, G + p.fc2, I);
       be_.swiglu_backward(T, I, f, a.d_g, a.d_f);
       // f = h2 @ fc1^T
-      be_.gemm(false, false, T, D, 2 * I, a.d_f, 2 * I, W + p.fc1, D, 0.f, a.d_normed, D);
-      be_.gemm(true, false, 2 * I, D, T, a.d_f, 2 * I, h2, D, 1.f, G + p.fc1, D);
+      be_.linear_backward(T, 2 * I, D, a.d_f, 2 * I, W + p.fc1, D, h2, D, 0.f, a.d_normed, D, G + p.fc1);
       be_.norm_backward(T, D, c.rms_norm, a.d_normed, m_in, W + p.norm2_w, a.mean + sub * T,
                         a.rstd + sub * T, a.d_resid, G + p.norm2_w, gopt(p.norm2_b));
     }
@@ -226,25 +224,21 @@ void MambaLM::backward() {
     const float* y = a.y + size_t(l) * T * E;
     const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T
-    be_.gemm(false, false, T, E, D, a.d_resid, D, W + p.out_proj, E, 0.f, a.d_y, E);
+    be_.linear_backward(T, D, E, a.d_resid, D, W + p.out_proj, E, y, E, 0.f, a.d_y, E, G + p.out_proj);
     if (drop_p > 0) be_.dropout(size_t(T) * E, a.d_y, drop_p, layer_drop_seed(last_drop_seed_, l, 0));
-    be_.gemm(true, false, D, E, T, a.d_resid, D, y, E, 1.f, G + p.out_proj, E);
     // the scan: d_y -> d_xs, d_dt, dB, dC (into d_dbc), dz (into d_xz's second half)
     be_.scan_backward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,
                       W + p.D, xz + E, 2 * E, states, a.d_y, a.d_xs, a.d_dt, a.d_dbc + R,
                       a.d_dbc + R + N, a.d_xz + E, G + p.A_log, G + p.D, G + p.dt_proj_b);
     // dt = dbc[:, :R] @ dt_proj^T
-    be_.gemm(false, false, T, R, E, a.d_dt, E, W + p.dt_proj_w, R, 0.f, a.d_dbc, P);
-    be_.gemm(true, false, E, R, T, a.d_dt, E, dbc, P, 1.f, G + p.dt_proj_w, R);
+    be_.linear_backward(T, E, R, a.d_dt, E, W + p.dt_proj_w, R, dbc, P, 0.f, a.d_dbc, P, G + p.dt_proj_w);
     // dbc = xs @ x_proj^T
-    be_.gemm(false, false, T, E, P, a.d_dbc, P, W + p.x_proj, E, 1.f, a.d_xs, E);
-    be_.gemm(true, false, P, E, T, a.d_dbc, P, xs, E, 1.f, G + p.x_proj, E);
+    be_.linear_backward(T, P, E, a.d_dbc, P, W + p.x_proj, E, xs, E, 1.f, a.d_xs, E, G + p.x_proj);
     // xs = silu(conv(x)): d_xs -> d_x (first half of d_xz)
     be_.conv1d_silu_backward(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), a.d_xs, a.d_xz,
                              G + p.conv_w, gopt(p.conv_b));
     // xz = h @ in_proj^T
-    be_.gemm(false, false, T, D, 2 * E, a.d_xz, 2 * E, W + p.in_proj, D, 0.f, a.d_normed, D);
-    be_.gemm(true, false, 2 * E, D, T, a.d_xz, 2 * E, h, D, 1.f, G + p.in_proj, D);
+    be_.linear_backward(T, 2 * E, D, a.d_xz, 2 * E, W + p.in_proj, D, h, D, 0.f, a.d_normed, D, G + p.in_proj);
     be_.norm_backward(T, D, c.rms_norm, a.d_normed, x_in, W + p.norm_w, a.mean + sub * T,
                       a.rstd + sub * T, a.d_resid, G + p.norm_w, gopt(p.norm_b));
   }

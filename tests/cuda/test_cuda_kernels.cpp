@@ -79,6 +79,33 @@ TEST(CudaKernels, GemmAllTransposesBf16) {
   }
 }
 
+// A linear layer's backward (dX and dW from one dY): against the CPU in each GEMM
+// math, twice on the same buffers with new contents, so a bf16 copy of dY kept from
+// the first call would show.
+TEST(CudaKernels, LinearBackward) {
+  for (GemmMath math : {GemmMath::fp32, GemmMath::bf16}) {
+    BHASA_REQUIRE_GPU(gpu, math);
+    auto cpu = make_cpu_backend();
+    std::mt19937 rng(12);
+    const int T = 300, O = 160, I = 136, ldy = O + 4, ldx = I + 8, lddx = I;
+    DevBuf dY(*gpu, size_t(T) * ldy), W(*gpu, size_t(O) * I), X(*gpu, size_t(T) * ldx),
+        dX(*gpu, size_t(T) * lddx), dW(*gpu, size_t(O) * I);
+    for (int round = 0; round < 2; ++round) {
+      auto hY = randn(dY.n, rng), hW = randn(W.n, rng), hX = randn(X.n, rng), hdX = randn(dX.n, rng),
+           hdW = randn(dW.n, rng);
+      gpu->upload(dY.p, hY.data(), dY.n), gpu->upload(W.p, hW.data(), W.n), gpu->upload(X.p, hX.data(), X.n);
+      gpu->upload(dX.p, hdX.data(), dX.n), gpu->upload(dW.p, hdW.data(), dW.n);
+      const float beta = round ? 1.0f : 0.0f;
+      gpu->linear_backward(T, O, I, dY.p, ldy, W.p, I, X.p, ldx, beta, dX.p, lddx, dW.p);
+      cpu->gemm(false, false, T, I, O, hY.data(), ldy, hW.data(), I, beta, hdX.data(), lddx);
+      cpu->gemm(true, false, O, I, T, hY.data(), ldy, hX.data(), ldx, 1.0f, hdW.data(), I);
+      const double tol = math == GemmMath::fp32 ? kTol : 1e-2;
+      EXPECT_LE(rel_l2(dX.host(), hdX), tol) << gemm_math_name(math) << " round " << round;
+      EXPECT_LE(rel_l2(dW.host(), hdW), tol) << gemm_math_name(math) << " round " << round;
+    }
+  }
+}
+
 TEST(CudaKernels, GemmFp32IsTight) {
   BHASA_REQUIRE_GPU(gpu, false);
   auto cpu = make_cpu_backend();

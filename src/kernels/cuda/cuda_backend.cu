@@ -83,6 +83,20 @@ class CudaBackend final : public Backend {
     BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
+  // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
+  void linear_backward(int T, int O, int I, const float* dY, int ldy, const float* W, int ldw,
+                       const float* X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {
+    BHASA_PROFILE_OP(*profile_, "linear_backward " + std::to_string(T) + "x" + std::to_string(O) + "x" + std::to_string(I));
+    gemm_->pin(dY);
+    try {
+      gemm_->run(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
+      gemm_->run(true, false, O, I, T, dY, ldy, X, ldx, 1.0f, dW, ldw);
+    } catch (...) {
+      gemm_->unpin();
+      throw;
+    }
+    gemm_->unpin();
+  }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
     BHASA_PROFILE_OP(*profile_, "embedding_forward");
     cuda::embedding_forward(ctx_, T, D, ids, table, out);

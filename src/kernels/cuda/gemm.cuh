@@ -19,6 +19,14 @@ class Gemm {
   void run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
            int ldb, float beta, float* C, int ldc);
   GemmMath math() const { return math_; }
+  // While an operand is pinned, its bf16 copy is made once and reused by the following
+  // run() calls that read the same matrix (a linear layer's dX and dW products share
+  // dY). The caller guarantees the matrix does not change until unpin().
+  void pin(const float* operand) {
+    pinned_ = operand;
+    bf16_source_[0] = bf16_source_[1] = Source{};  // a copy made before the pin may be stale
+  }
+  void unpin() { pinned_ = nullptr; }
 
  private:
   struct Plan {
@@ -39,6 +47,13 @@ class Gemm {
   size_t workspace_bytes_ = 32u << 20;
   void* bf16_[2] = {nullptr, nullptr};  // operand copies (bf16 mode), grown on demand
   size_t bf16_bytes_[2] = {0, 0};
+  struct Source {  // what a slot's bf16 copy was made from
+    const float* p = nullptr;
+    int rows = 0, cols = 0, ld = 0;
+    bool operator==(const Source&) const = default;
+  };
+  Source bf16_source_[2];
+  const float* pinned_ = nullptr;
   std::map<Key, Plan> plans_;
 };
 
