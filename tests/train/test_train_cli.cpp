@@ -122,11 +122,14 @@ TEST_F(TrainCli, DropoutSigintThenResumeIsBitwiseIdentical) {
 TEST_F(TrainCli, SecondSigintExitsAtOnceLeavingACheckpoint) {
   // The tiny preset's steps are long enough (tenths of a second) for the second
   // signal to land while the step that the first one waits for is still running.
+  // Checkpoints every 2 steps, signals right after step 3 is logged: the first one
+  // then lands in step 4's compute, not in a checkpoint write between steps (where the
+  // trainer would stop before the second arrived); step 2's checkpoint is what remains.
   const std::string run = dir + "/run";
-  Child c = spawn_bhasa({"train", "--data", data, "--out", run, "--preset", "tiny", "--save-every", "1",
+  Child c = spawn_bhasa({"train", "--data", data, "--out", run, "--preset", "tiny", "--save-every", "2",
                          "--threads", "1", "--sample-every-epochs", "0"},
                         dir + "/run.log");
-  ASSERT_TRUE(wait_for_lines(c, run + "/metrics.jsonl", 2)) << slurp(dir + "/run.log");
+  ASSERT_TRUE(wait_for_lines(c, run + "/metrics.jsonl", 3)) << slurp(dir + "/run.log");
   ::kill(c.pid, SIGINT);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // two pending SIGINTs would merge into one
   ::kill(c.pid, SIGINT);
