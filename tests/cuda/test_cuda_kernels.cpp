@@ -20,11 +20,10 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 std::vector<float> nans(size_t n) { return std::vector<float>(n, kNaN); }
 
-TEST(CudaKernels, GemmAllTransposesTf32) {
-  BHASA_REQUIRE_GPU(gpu);
+// Every (ta, tb) and beta on strided operands offset by one float (the GEMM must not
+// assume 16-byte alignment), against the CPU: ||gpu - cpu|| / ||cpu|| <= tol.
+void check_gemm_all_transposes(Backend& gpu, int M, int N, int K, double tol, std::mt19937& rng) {
   auto cpu = make_cpu_backend();
-  std::mt19937 rng(1);
-  const int M = 67, N = 45, K = 131;
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb)
       for (float beta : {0.0f, 1.0f, 0.5f}) {
@@ -32,14 +31,30 @@ TEST(CudaKernels, GemmAllTransposesTf32) {
         auto A = randn(size_t(ta ? K : M) * lda + 1, rng);
         auto Bv = randn(size_t(tb ? N : K) * ldb + 1, rng);
         auto C = randn(size_t(M) * ldc, rng);
-        // Offset by one float: the GEMM must not assume 16-byte alignment.
-        DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, C);
-        gpu->gemm(ta, tb, M, N, K, dA.p + 1, lda, dB.p + 1, ldb, beta, dC.p, ldc);
+        DevBuf dA(gpu, A), dB(gpu, Bv), dC(gpu, C);
+        gpu.gemm(ta, tb, M, N, K, dA.p + 1, lda, dB.p + 1, ldb, beta, dC.p, ldc);
         std::vector<float> ref = C;
         cpu->gemm(ta, tb, M, N, K, A.data() + 1, lda, Bv.data() + 1, ldb, beta, ref.data(), ldc);
-        const double err = rel_l2(dC.host(), ref);
-        EXPECT_LE(err, 2e-3) << "ta=" << ta << " tb=" << tb << " beta=" << beta;
+        EXPECT_LE(rel_l2(dC.host(), ref), tol) << gpu.name() << " ta=" << ta << " tb=" << tb << " beta=" << beta;
       }
+}
+
+// C = A @ B^T on dense, aligned operands (C poisoned with NaN first): the relative
+// error against the CPU.
+double dense_gemm_error(Backend& gpu, int M, int N, int K, std::mt19937& rng) {
+  auto cpu = make_cpu_backend();
+  auto A = randn(size_t(M) * K, rng), Bv = randn(size_t(N) * K, rng);
+  DevBuf dA(gpu, A), dB(gpu, Bv), dC(gpu, nans(size_t(M) * N));
+  gpu.gemm(false, true, M, N, K, dA.p, K, dB.p, K, 0.0f, dC.p, N);
+  std::vector<float> ref(size_t(M) * N);
+  cpu->gemm(false, true, M, N, K, A.data(), K, Bv.data(), K, 0.0f, ref.data(), N);
+  return rel_l2(dC.host(), ref);
+}
+
+TEST(CudaKernels, GemmAllTransposesTf32) {
+  BHASA_REQUIRE_GPU(gpu);
+  std::mt19937 rng(1);
+  check_gemm_all_transposes(*gpu, 67, 45, 131, 2e-3, rng);
 }
 
 // bf16 operands (a dense bf16 copy of each, then bf16 tensor cores) and cuBLASLt's
@@ -47,31 +62,11 @@ TEST(CudaKernels, GemmAllTransposesTf32) {
 TEST(CudaKernels, GemmAllTransposesBf16) {
   for (GemmMath math : {GemmMath::bf16, GemmMath::bf16_fast}) {
     BHASA_REQUIRE_GPU(gpu, math);
-    auto cpu = make_cpu_backend();
     std::mt19937 rng(11);
-    const int M = 131, N = 129, K = 67;  // min(M, N) >= 128: the bf16 path, not the thin-GEMM TF32 one
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb)
-        for (float beta : {0.0f, 1.0f}) {
-          const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 5;
-          auto A = randn(size_t(ta ? K : M) * lda + 1, rng);
-          auto Bv = randn(size_t(tb ? N : K) * ldb + 1, rng);
-          auto C = randn(size_t(M) * ldc, rng);
-          DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, C);
-          gpu->gemm(ta, tb, M, N, K, dA.p + 1, lda, dB.p + 1, ldb, beta, dC.p, ldc);
-          std::vector<float> ref = C;
-          cpu->gemm(ta, tb, M, N, K, A.data() + 1, lda, Bv.data() + 1, ldb, beta, ref.data(), ldc);
-          const double err = rel_l2(dC.host(), ref);
-          EXPECT_LE(err, 1e-2) << gemm_math_name(math) << " ta=" << ta << " tb=" << tb << " beta=" << beta;
-        }
+    // min(M, N) >= 128: the bf16 path, not the thin-GEMM TF32 one
+    check_gemm_all_transposes(*gpu, 131, 129, 67, 1e-2, rng);
     // The aligned, dense case takes the 4-wide conversion path.
-    const int M2 = 128, N2 = 160, K2 = 256;
-    auto A = randn(size_t(M2) * K2, rng), Bv = randn(size_t(N2) * K2, rng);
-    DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, nans(size_t(M2) * N2));
-    gpu->gemm(false, true, M2, N2, K2, dA.p, K2, dB.p, K2, 0.0f, dC.p, N2);
-    std::vector<float> ref(size_t(M2) * N2);
-    cpu->gemm(false, true, M2, N2, K2, A.data(), K2, Bv.data(), K2, 0.0f, ref.data(), N2);
-    const double err = rel_l2(dC.host(), ref);
+    const double err = dense_gemm_error(*gpu, 128, 160, 256, rng);
     std::printf("[%s] dense GEMM rel err %.3g\n", gemm_math_name(math), err);
     EXPECT_LE(err, 1e-2);
     // bf16 rounding of the operands shows (~2e-3): the products really were bf16.
@@ -108,15 +103,8 @@ TEST(CudaKernels, LinearBackward) {
 
 TEST(CudaKernels, GemmFp32IsTight) {
   BHASA_REQUIRE_GPU(gpu, false);
-  auto cpu = make_cpu_backend();
   std::mt19937 rng(2);
-  const int M = 64, N = 96, K = 200;
-  auto A = randn(size_t(M) * K, rng), Bv = randn(size_t(N) * K, rng);
-  DevBuf dA(*gpu, A), dB(*gpu, Bv), dC(*gpu, nans(size_t(M) * N));
-  gpu->gemm(false, true, M, N, K, dA.p, K, dB.p, K, 0.0f, dC.p, N);
-  std::vector<float> ref(size_t(M) * N);
-  cpu->gemm(false, true, M, N, K, A.data(), K, Bv.data(), K, 0.0f, ref.data(), N);
-  EXPECT_LE(rel_l2(dC.host(), ref), kTol);
+  EXPECT_LE(dense_gemm_error(*gpu, 64, 96, 200, rng), kTol);
 }
 
 TEST(CudaKernels, Embedding) {
