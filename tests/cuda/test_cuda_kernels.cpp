@@ -220,7 +220,12 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(1, 77, 96, 16, 16, true),
                       std::make_tuple(3, 50, 40, 5, 64, false),    // N padded to 8
                       std::make_tuple(1, 33, 32, 32, 8, true),
-                      std::make_tuple(2, 1, 64, 4, 64, true)));    // one step, as in decoding
+                      std::make_tuple(2, 1, 64, 4, 64, true),      // one step, as in decoding
+                      // chunk not a multiple of the backward's 8-step sub-chunk: each chunk
+                      // ends in a 4-step sub-chunk; L ends mid forward tile (32 steps)
+                      std::make_tuple(2, 70, 40, 16, 12, true),
+                      // many chunks: the backward's copy pipeline (3 sub-chunks ahead) wraps
+                      std::make_tuple(1, 300, 64, 16, 64, false)));
 
 TEST(CudaKernels, ScanDecodeInPlaceState) {
   BHASA_REQUIRE_GPU(gpu);
