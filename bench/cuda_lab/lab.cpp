@@ -182,8 +182,7 @@ void scan_rows(Lab& lab, bool profile_only = false) {
   // the same again: the spread between two timings of one version
   const double t_f2 = lab.time_ms(fwd), t_b2 = lab.time_ms(bwd);
   std::printf("  scan repeat timing: fwd %.3f ms, bwd %.3f ms\n", t_f2, t_b2);
-  {  // chunk 8 = the backward's sub-chunk: 8x the saved states, no replay phase
-    const int c8 = 8;
+  for (const int c8 : {8, 16}) {  // chunk 8 = the backward's sub-chunk: 8x the saved states, no replay phase
     float* st8 = lab.dev(size_t(B) * ((L + c8 - 1) / c8) * E * N);
     auto f8 = [&] {
       lab.gpu.scan_forward(B, L, E, N, c8, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E, out,
@@ -194,7 +193,7 @@ void scan_rows(Lab& lab, bool profile_only = false) {
                             st8, ddout, gu, gdt, gbc + R, gbc + R + N, gxz + E, gA, gD, gb);
     };
     const double f8t = lab.time_ms(f8), b8t = lab.time_ms(b8);
-    std::printf("  scan chunk 8: fwd %.3f ms, bwd %.3f ms, total %.3f ms\n", f8t, b8t, f8t + b8t);
+    std::printf("  scan chunk %d: fwd %.3f ms, bwd %.3f ms, total %.3f ms\n", c8, f8t, b8t, f8t + b8t);
   }
   // check batch row 0 against the CPU (each batch row is independent except the parameter grads)
   const int L1 = L;

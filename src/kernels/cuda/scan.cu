@@ -10,12 +10,16 @@
 // shuffles inside the group; B[t, :] and C[t, :] are the same for the whole block and
 // are staged in shared memory.
 //
+// Inputs reach the compute loops through shared memory only: cp.async copies them a
+// tile (forward, 32 steps) or two sub-chunks (backward) ahead, so no step waits on
+// device memory; per-(t, e) functions (softplus, sigmoid) are computed once there.
+//
 // Backward, per chunk (walked last to first): (1) replay the chunk from its saved
 // start state, keeping the state at every sub-chunk start (kSub steps) in shared
 // memory; (2) for each sub-chunk, last first, replay it keeping every step's state and
 // decay exp(delta A) in registers (fully unrolled), then walk it backwards carrying dh:
-// two exps per (t, e, n) in all. dB and dC sum over channels: a warp reduce-scatter
-// over the 8 channels of a warp, then the block's 4 warps in shared memory, give one
+// two exps per (t, e, n) in all. dB and dC sum over channels: every lane puts its
+// channel's values in shared memory and the block adds its 32 channels in order, one
 // partial per block that a second kernel adds in block order (deterministic, no
 // atomics). dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
 #include "kernels/cuda/cuda_common.cuh"
@@ -30,13 +34,12 @@ constexpr unsigned kFull = 0xffffffffu;
 constexpr int kLanes = 4;                      // lanes per channel
 constexpr int kThreads = 128;                  // threads per block (both passes)
 constexpr int kChannels = kThreads / kLanes;   // channels per block
-constexpr int kWarps = kThreads / 32;
 constexpr int kFwdTile = 32;  // time steps of B, C staged per forward tile
 // Blocks per SM the forward must fit: 6 x 4 warps x 132 SMs holds the whole (16, 1536)
 // grid in one wave (at 4 blocks per SM it ran in 1.45 waves: 1.84 ms instead of 1.39).
 constexpr int kFwdMinBlocks = 6;
 constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
-constexpr int kBwdBufs = 4;   // backward staging buffers: copies run 3 sub-chunks ahead
+constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
 constexpr int kBwdMinBlocks = 3;
 static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
 
@@ -79,7 +82,10 @@ struct BwdLayout {
   static constexpr int oDO = oZ + SC;                // (kSub, C): dout
   static constexpr int oH = oDO + SC;                // (C, NMAX): the chunk's saved start state
   static constexpr int kBuf = oH + kChannels * NMAX;
-  static constexpr int kRed = kWarps * kSub * 2 * NMAX;  // per-warp dB | dC partials
+  // dB | dC of every channel, (kSub, 2, C, NMAX): the halves padded by 16 floats so the
+  // block sum's reads of dB and dC columns fall in different banks
+  static constexpr int kHalf = kChannels * NMAX + 16;
+  static constexpr int kRed = kSub * 2 * kHalf;
   static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
   static constexpr int kChPer = SC / kThreads;
   static_assert(SC % kThreads == 0 && (kChannels * NMAX) % kThreads == 0, "staging split");
@@ -139,6 +145,19 @@ __device__ __forceinline__ void load_states(const float* p, float (&v)[NPL]) {
   } else {
 #pragma unroll
     for (int i = 0; i < NPL; ++i) v[i] = p[i];
+  }
+}
+
+// NPL consecutive floats to shared memory (16-byte stores when they line up).
+template <int NPL>
+__device__ __forceinline__ void store_states(float* p, const float* v) {
+  if constexpr (NPL % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < NPL / 4; ++q)
+      reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) p[i] = v[i];
   }
 }
 
@@ -211,9 +230,10 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     cp_async_wait<1>();  // this tile landed (the next may still be in flight)
     __syncthreads();
     const float* su = sU[buf];
-    for (int s0 = 0; s0 < tn; s0 += kLanes) {  // groups of 4 steps: lane k finishes step s0 + k
+    // Four steps; lane k finishes step s0 + k. Each lane computes one step's softplus
+    // and the group shares them by shuffles.
+    auto steps4 = [&](int s0, int tn) {  // tn: the tile's length
       const int my = s0 + k;
-      // each lane computes one step's softplus; the group shares them by shuffles
       const float my_delta = softplusf_(sDT[buf][swz(my, c)] + bias);
       float ypart[kLanes];
 #pragma unroll
@@ -249,6 +269,12 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
         const float uu = su[swz(my, c)], zz = sZ[buf][swz(my, c)];
         out[(size_t(b) * L + t0 + my) * E + e] = (y + Dv * uu) * zz * sigmoid_fast(zz);
       }
+    };
+    if (tn == kFwdTile) {  // full tile: unrolled, so shared-memory offsets are constants
+#pragma unroll
+      for (int s0 = 0; s0 < kFwdTile; s0 += kLanes) steps4(s0, kFwdTile);
+    } else {
+      for (int s0 = 0; s0 < tn; s0 += kLanes) steps4(s0, tn);
     }
     __syncthreads();  // the next iteration's copies overwrite this buffer
   }
@@ -309,12 +335,12 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
   constexpr int C = kChannels;
   using Lay = BwdLayout<NPL>;
   extern __shared__ __align__(16) float smem[];
-  float* sred = smem + kBwdBufs * Lay::kBuf;   // (kWarps, kSub, 2*NMAX): per-warp dB | dC
+  float* sred = smem + kBwdBufs * Lay::kBuf;   // (kSub, 2, C, NMAX) + padding: dB | dC per channel
   float* starts = sred + Lay::kRed;            // (n_sub_max, NPL, kThreads): h at sub-chunk starts
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, k = lane % kLanes;
+  const int tid = threadIdx.x, lane = tid % 32, k = lane % kLanes;
   const int c = tid / kLanes;  // channel within the block
   const int e = blockIdx.x * C + c;
   const bool valid = e < E;
@@ -444,6 +470,10 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     const float* ssig = S + Lay::oSIG;
     const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
     const float* sdy = S + Lay::oDO;  // dout * silu(z)
+    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii at dst[ii * dst_ld])
+    const size_t row0 = size_t(b) * L + s0;
+    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
+    const int dst_ld = k == 0 ? ldz : E;
     float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
     if (cur.n_sub == 1) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
@@ -464,14 +494,14 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     }
 #pragma unroll
     for (int ii = kSub - 1; ii >= 0; --ii) {
-      const int t = s0 + ii;
       const float uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
+      const float dlu = delta * uu;
       const float dy = sdy[ii * C + c];
       float Bt[NPL], Ct[NPL];
       load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
       load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
       dD_acc += dy * uu;
-      float ypart = 0.0f, qA = 0.0f, gB = 0.0f, dus = 0.0f;
+      float ypart = 0.0f, qA = 0.0f, gB = 0.0f;
       float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
 #pragma unroll
       for (int i = 0; i < NPL; ++i) {
@@ -479,42 +509,32 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
         ypart += Ct[i] * hs[ii][i];
         const float g = dh[i] + dy * Ct[i];
         const float q = g * as[ii][i] * hprev;
-        const float gd = g * delta;
         qA += q * A2[i];
         gB += g * Bt[i];
-        dus += gd * Bt[i];
         dal[i] += q * delta;
         dh[i] = g * as[ii][i];
-        v[i] = gd * uu;
+        v[i] = g * dlu;
         v[NPL + i] = dy * hs[ii][i];
       }
-      // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 du
-      float r[kLanes] = {ypart, qA * kLn2 + gB * uu, dus, 0.0f};
+      // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 sum_n g B (-> du)
+      float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
       const float red = group_sum_scatter(r, lane);
       if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-      if (valid && ii < len && k < 3) {  // one store per lane: dz, ddt or du
-        const size_t row = size_t(b) * L + t;
-        float* dst = k == 0 ? dz_out + row * ldz : (k == 1 ? ddt_out : du_out) + row * E;
-        dst[e] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red + dy * Dv);
-      }
-      // dB, dC: sum over the warp's 8 channels (lanes with the same k)
-      int first = 0;
-      reduce_scatter<16, kLanes, 2 * NPL, 2 * NPL>(v, lane, first);
-      constexpr int kKeep = (2 * NPL) / 8 > 0 ? (2 * NPL) / 8 : 1;
-#pragma unroll
-      for (int j = 0; j < kKeep; ++j) {
-        const int idx = first + j, is_c = idx / NPL, n = n0 + idx % NPL;
-        sred[(warp * kSub + ii) * 2 * NMAX + is_c * NMAX + n] = v[j];
-      }
+      if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
+        dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+      // dB, dC of this channel; summed over the block's channels below
+      store_states<NPL>(sred + ii * 2 * Lay::kHalf + c * NMAX + n0, v);
+      store_states<NPL>(sred + ii * 2 * Lay::kHalf + Lay::kHalf + c * NMAX + n0, v + NPL);
     }
     __syncthreads();
-    // the block's sum over its 4 warps, one partial per (block, row)
+    // the block's sum over its 32 channels, in channel order: one partial per (block, row)
     for (int i = tid; i < kSub * 2 * NMAX; i += kThreads) {
       const int ii = i / (2 * NMAX), kk2 = i % (2 * NMAX);
       if (ii >= len) continue;
+      const float* p = sred + ii * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
       float sum = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += sred[(w * kSub + ii) * 2 * NMAX + kk2];
+      for (int cc = 0; cc < C; ++cc) sum += p[cc * NMAX];
       bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + ii) * (2 * NMAX) + kk2] = sum;
     }
     // the next item's first barrier keeps its writes to sred after these reads
@@ -583,12 +603,12 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
   auto* param_part = static_cast<float*>(
       c.scratch->get(kScanParamPartials, size_t(B) * E * (NMAX + 2) * sizeof(float)));
   const size_t smem = BwdLayout<NPL>::bytes(chunk);
-  check(smem <= 200 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
+  check(smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
                                 " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     attr_set = true;
   }
   dim3 grid(n_blocks, B);
