@@ -227,10 +227,9 @@ INSTANTIATE_TEST_SUITE_P(
                       // many chunks: the backward's copy pipeline (3 sub-chunks ahead) wraps
                       std::make_tuple(1, 300, 64, 16, 64, false)));
 
-// The CUDA forward also keeps the state at every 8-step sub-chunk start, tied to the
-// chunk_states buffer, so the backward need not replay. Here chunk_states and u are
-// replaced after the forward (as if they came from elsewhere): the backward must see
-// that its saved sub-chunk states no longer match chunk_states and replay instead.
+// chunk_states and u replaced after the GPU forward (as if they came from elsewhere, here
+// the CPU): the backward must use only what it is given. (A backend that keeps more of
+// the forward's states on the side, as scan v8 did, must notice they no longer match.)
 TEST(CudaKernels, ScanBackwardAfterForeignChunkStates) {
   BHASA_REQUIRE_GPU(gpu);
   auto cpu = make_cpu_backend();

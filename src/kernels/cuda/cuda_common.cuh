@@ -7,7 +7,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
@@ -39,39 +38,6 @@ class Scratch {
  public:
   ~Scratch() {
     for (auto& b : bufs_) if (b.first) cudaFree(b.first);
-    for (auto& k : keyed_) if (k.second.p) cudaFree(k.second.p);
-  }
-
-  // A grow-only device buffer tied to a caller's buffer (key), e.g. the scan's extra
-  // saved states tied to its chunk_states; sig says what was last written into it.
-  struct Keyed {
-    void* p = nullptr;
-    size_t bytes = 0;
-    uint64_t sig = 0;  // 0: nothing valid
-  };
-  // The buffer for key with at least `bytes`, or nullptr when growing it would take the
-  // keyed buffers past `budget` bytes in all or the allocation fails (callers then do
-  // without: these buffers are only ever a speed-up).
-  Keyed* keyed(const void* key, size_t bytes, size_t budget) {
-    Keyed& k = keyed_[key];
-    if (k.bytes >= bytes) return &k;
-    if (keyed_total_ - k.bytes + bytes > budget) return nullptr;
-    if (k.p) cudaFree(k.p);
-    keyed_total_ -= k.bytes;
-    k = Keyed{};
-    if (cudaMalloc(&k.p, bytes) != cudaSuccess) {
-      cudaGetLastError();  // clear the error: running without the buffer is fine
-      k.p = nullptr;
-      return nullptr;
-    }
-    k.bytes = bytes;
-    keyed_total_ += bytes;
-    return &k;
-  }
-  // The buffer for key if there is one, else nullptr.
-  Keyed* find_keyed(const void* key) {
-    auto it = keyed_.find(key);
-    return it == keyed_.end() || !it->second.p ? nullptr : &it->second;
   }
   // Grow-only device buffer for a slot (contents are undefined after a growth).
   void* get(ScratchSlot slot, size_t bytes) {
@@ -89,8 +55,6 @@ class Scratch {
   }
 
  private:
-  std::unordered_map<const void*, Keyed> keyed_;
-  size_t keyed_total_ = 0;
   std::vector<std::pair<void*, size_t>> bufs_ = std::vector<std::pair<void*, size_t>>(kNumSlots, {nullptr, 0});
 };
 

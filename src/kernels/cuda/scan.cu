@@ -166,9 +166,6 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 //        out[t] = (h @ Cm[t] + D * u[t]) * F.silu(z[t])
 // Tiles of kFwdTile steps (B, C, and u, dt, z of the block's 32 channels) are copied
 // into shared memory one tile ahead (cp.async), so no step waits on device memory.
-// sub_states (B, n_chunks * n_sub, E, N), n_sub = ceil(chunk / kSub), or null: the
-// state at every backward sub-chunk start (t = ch * chunk + kk * kSub), so that the
-// backward needs no replay pass.
 template <int NPL>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
@@ -176,8 +173,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ A_log, const float* __restrict__ Bm,
                     const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
                     const float* __restrict__ z, int ldz, float* __restrict__ out,
-                    float* __restrict__ chunk_states, float* __restrict__ sub_states,
-                    const float* h0, float* h_last) {
+                    float* __restrict__ chunk_states, const float* h0, float* h_last) {
   constexpr int NMAX = kLanes * NPL;
   constexpr int TC = kFwdTile * kChannels;
   __shared__ __align__(16) float sB[2][kFwdTile][NMAX];
@@ -227,8 +223,6 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
   const int n_tiles = (L + kFwdTile - 1) / kFwdTile;
   if (n_tiles > 0) stage(0, 0);
   int next_save = 0;  // the next chunk start
-  const int n_sub = (chunk + kSub - 1) / kSub;
-  int next_sub = 0, sub_idx = 0, sub_kk = 0;  // the next sub-chunk start, its index, its kk
   for (int it = 0; it < n_tiles; ++it) {
     const int buf = it & 1, t0 = it * kFwdTile, tn = min(kFwdTile, L - t0);
     if (it + 1 < n_tiles) stage(t0 + kFwdTile, buf ^ 1);
@@ -256,20 +250,6 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                 if (n0 + i < N) cs[n0 + i] = h[i];
             }
             next_save += chunk;
-          }
-          if (sub_states && t == next_sub) {
-            if (valid) {
-              float* ss = sub_states + ((size_t(b) * n_chunks * n_sub + sub_idx) * E + e) * N;
-#pragma unroll
-              for (int i = 0; i < NPL; ++i)
-                if (n0 + i < N) ss[n0 + i] = h[i];
-            }
-            ++sub_idx;
-            next_sub += kSub;
-            if (++sub_kk == n_sub) {  // the next chunk's start
-              sub_kk = 0;
-              next_sub = t - (n_sub - 1) * kSub + chunk;
-            }
           }
           const float dlu = delta * su[swz(tt, c)];
           float Bt[NPL], Ct[NPL];
@@ -308,20 +288,18 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
 
 // The backward pass visits, per chunk (last to first), its replay items (sub-chunks 0 ..
 // n_sub-2, forwards: the state at each sub-chunk start) and then its gradient items
-// (sub-chunks n_sub-1 .. 0); with the forward's sub-chunk states (subs), only the
-// gradient items. A cursor walks that sequence; a second cursor kBwdBufs-1 items ahead
-// issues the copies.
+// (sub-chunks n_sub-1 .. 0). A cursor walks that sequence; a second cursor kBwdBufs-1
+// items ahead issues the copies.
 struct BwdCursor {
   int ch, kk, n_sub;
-  bool replay, subs;
-  __device__ void start(int L, int chunk, bool with_subs) {
-    subs = with_subs;
+  bool replay;
+  __device__ void start(int L, int chunk) {
     ch = (L + chunk - 1) / chunk - 1;
     enter(L, chunk);
   }
   __device__ void enter(int L, int chunk) {
     n_sub = (min(L, (ch + 1) * chunk) - ch * chunk + kSub - 1) / kSub;
-    replay = !subs && n_sub > 1;
+    replay = n_sub > 1;
     kk = replay ? 0 : n_sub - 1;
   }
   __device__ void advance(int L, int chunk) {
@@ -332,8 +310,8 @@ struct BwdCursor {
     }
   }
   __device__ bool done() const { return ch < 0; }
-  // the item that needs a saved state: the chunk's start (or, with subs, its own start)
-  __device__ bool first() const { return subs || (replay ? kk == 0 : n_sub == 1); }
+  // the item that needs the chunk's saved start state
+  __device__ bool first() const { return replay ? kk == 0 : n_sub == 1; }
 };
 
 // Reverse-mode through the recurrence (the CPU's scan_backward, same formulas):
@@ -348,7 +326,6 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
                      const float* __restrict__ A_log, const float* __restrict__ Bm,
                      const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
                      const float* __restrict__ z, int ldz, const float* __restrict__ chunk_states,
-                     const float* __restrict__ sub_states,  // the forward's, or null
                      const float* __restrict__ dout, float* __restrict__ du_out,
                      float* __restrict__ ddt_out, float* __restrict__ dz_out,
                      float* __restrict__ bc_partials,     // (E/32 blocks, B, L, 2*NMAX)
@@ -386,23 +363,6 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
   const float bias_s = dt_bias[es];
   float dD_acc = 0.0f, dbias_acc = 0.0f;
 
-  // The forward's sub-chunk states are used only if their chunk starts equal
-  // chunk_states bit for bit for all of the block's channels (else, e.g. when
-  // chunk_states came from elsewhere, the block replays from chunk_states).
-  const int n_sub_max = (chunk + kSub - 1) / kSub;
-  bool subs_ok = true;
-  if (sub_states) {
-#pragma unroll 8
-    for (int ch = 0; ch < n_chunks; ++ch) {
-      const float* a = chunk_states + ((size_t(b) * n_chunks + ch) * E + ec) * N;
-      const float* s2 = sub_states + ((size_t(b) * n_chunks * n_sub_max + size_t(ch) * n_sub_max) * E + ec) * N;
-#pragma unroll
-      for (int i = 0; i < NPL; ++i)
-        if (n0 + i < N && __float_as_uint(a[n0 + i]) != __float_as_uint(s2[n0 + i])) subs_ok = false;
-    }
-  }
-  const bool use_subs = __syncthreads_and(sub_states != nullptr && subs_ok) != 0;
-
   // Copies one item's inputs into buffer buf: B (and C), dt, u (and z, dout) of the
   // sub-chunk, and on a chunk's first item its saved start state. Steps past the end
   // are zeros (u = dout = 0 also on padding channels), which make them exact no-ops.
@@ -436,15 +396,14 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
           cp_async4(S + Lay::oDO + i, dout + row * E + es, real);
         }
       }
-      if (it.first()) {  // the saved state at the chunk start, or with subs at s0
-        const float* src = it.subs ? sub_states + (size_t(b) * n_chunks * n_sub_max + size_t(it.ch) * n_sub_max + it.kk) * E * N
-                                   : chunk_states + (size_t(b) * n_chunks + it.ch) * E * N;
+      if (it.first()) {
 #pragma unroll
         for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
           const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
           const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
           const bool ok = n < N;
-          cp_async4(S + Lay::oH + i, src + (ok ? size_t(ecc) * N + n : 0), ok);
+          const size_t off = ok ? ((size_t(b) * n_chunks + it.ch) * E + ecc) * N + n : 0;
+          cp_async4(S + Lay::oH + i, chunk_states + off, ok);
         }
       }
     }
@@ -452,7 +411,7 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
   };
 
   BwdCursor cur, pf;
-  cur.start(L, chunk, use_subs);
+  cur.start(L, chunk);
   pf = cur;
 #pragma unroll
   for (int p = 0; p < kBwdBufs - 1; ++p) {
@@ -516,7 +475,7 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
     const int dst_ld = k == 0 ? ldz : E;
     float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
-    if (cur.subs || cur.n_sub == 1) {
+    if (cur.n_sub == 1) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
     } else {
 #pragma unroll
@@ -618,49 +577,14 @@ __global__ void scan_param_finish(int B, int E, int N, const float* partials, fl
   else ddt_bias[e] += s;
 }
 
-// The forward's sub-chunk states live in a scratch buffer tied to chunk_states (one per
-// layer in training: 8x the chunk states' bytes at chunk 64, e.g. 403 MB at (16, 2048,
-// 1536, 16)); all of them together may take at most a quarter of the GPU's memory,
-// past that the backward replays instead. sig ties them to the inputs they came from.
-size_t sub_states_budget() {
-  static const size_t budget = [] {
-    size_t free_b = 0, total_b = 0;
-    return cudaMemGetInfo(&free_b, &total_b) == cudaSuccess ? total_b / 4 : size_t(0);
-  }();
-  return budget;
-}
-uint64_t sub_states_sig(int B, int L, int E, int N, int chunk, int ld_bc, const float* u,
-                        const float* dt, const float* dt_bias, const float* A_log, const float* Bm) {
-  uint64_t h = 1469598103934665603ull;
-  for (uint64_t x : {uint64_t(B), uint64_t(L), uint64_t(E), uint64_t(N), uint64_t(chunk), uint64_t(ld_bc),
-                     uint64_t(uintptr_t(u)), uint64_t(uintptr_t(dt)), uint64_t(uintptr_t(dt_bias)),
-                     uint64_t(uintptr_t(A_log)), uint64_t(uintptr_t(Bm))})
-    h = (h ^ x) * 1099511628211ull;
-  return h | 1;  // 0 means "nothing valid"
-}
-size_t sub_states_bytes(int B, int L, int E, int N, int chunk) {
-  const size_t n_chunks = (L + chunk - 1) / chunk, n_sub = (chunk + kSub - 1) / kSub;
-  return size_t(B) * n_chunks * n_sub * E * N * sizeof(float);
-}
-
 template <int NPL>
 void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                     const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                     float* out, float* chunk_states, const float* h0, float* h_last) {
-  float* subs = nullptr;  // only worth it when a chunk has more than one sub-chunk
-  if (chunk_states && chunk > kSub && L > 0) {
-    auto* k = c.scratch->keyed(chunk_states, sub_states_bytes(B, L, E, N, chunk), sub_states_budget());
-    if (k) {
-      k->sig = sub_states_sig(B, L, E, N, chunk, ld_bc, u, dt, dt_bias, A_log, Bm);
-      subs = static_cast<float*>(k->p);
-    } else if (auto* old = c.scratch->find_keyed(chunk_states)) {
-      old->sig = 0;  // what it holds is no longer this chunk_states' companion
-    }
-  }
   dim3 grid(blocks_for(E, kChannels), B);
   scan_forward_kernel<NPL><<<grid, kThreads, 0, c.stream>>>(
-      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, subs, h0, h_last);
+      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
@@ -687,17 +611,10 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     attr_set = true;
   }
-  const float* subs = nullptr;
-  if (chunk > kSub) {
-    auto* k = c.scratch->find_keyed(chunk_states);
-    if (k && k->bytes >= sub_states_bytes(B, L, E, N, chunk) &&
-        k->sig == sub_states_sig(B, L, E, N, chunk, ld_bc, u, dt, dt_bias, A_log, Bm))
-      subs = static_cast<const float*>(k->p);
-  }
   dim3 grid(n_blocks, B);
   scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
-      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, subs, dout, du,
-      ddt, dz, bc_part, param_part);
+      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
+      dz, bc_part, param_part);
   BHASA_LAUNCH_CHECK("scan_backward");
   scan_bc_finish<NMAX><<<blocks_for(rows * 2 * NMAX, 256), 256, 0, c.stream>>>(
       int(rows), N, n_blocks, bc_part, dBm, dCm, ld_bc);
