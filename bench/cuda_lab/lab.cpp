@@ -151,7 +151,8 @@ void gemm_rows(Lab& lab) {
   }
 }
 
-void scan_rows(Lab& lab) {
+// profile_only: one forward and one backward, no timing or check (for ncu).
+void scan_rows(Lab& lab, bool profile_only = false) {
   const int n_chunks = (L + CHUNK - 1) / CHUNK;
   const size_t ble = size_t(B) * L * E;
   auto u = randn(ble), dt = randn(ble, 1.0f, -2.0f), bias = randn(E, 0.5f), A_log = randn(size_t(E) * N, 0.5f, 1.0f),
@@ -169,8 +170,31 @@ void scan_rows(Lab& lab) {
     lab.gpu.scan_backward(B, L, E, N, CHUNK, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E,
                           states, ddout, gu, gdt, gbc + R, gbc + R + N, gxz + E, gA, gD, gb);
   };
+  if (profile_only) {
+    fwd();
+    bwd();
+    lab.gpu.synchronize();
+    lab.release();
+    return;
+  }
   const double t_f = lab.time_ms(fwd), t_b = lab.time_ms(bwd);
   const double t_fb = lab.time_ms([&] { fwd(); bwd(); });
+  // the same again: the spread between two timings of one version
+  const double t_f2 = lab.time_ms(fwd), t_b2 = lab.time_ms(bwd);
+  std::printf("  scan repeat timing: fwd %.3f ms, bwd %.3f ms\n", t_f2, t_b2);
+  for (const int c8 : {8, 16}) {  // chunk 8 = the backward's sub-chunk: 8x the saved states, no replay phase
+    float* st8 = lab.dev(size_t(B) * ((L + c8 - 1) / c8) * E * N);
+    auto f8 = [&] {
+      lab.gpu.scan_forward(B, L, E, N, c8, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E, out,
+                           st8, nullptr, nullptr);
+    };
+    auto b8 = [&] {
+      lab.gpu.scan_backward(B, L, E, N, c8, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E,
+                            st8, ddout, gu, gdt, gbc + R, gbc + R + N, gxz + E, gA, gD, gb);
+    };
+    const double f8t = lab.time_ms(f8), b8t = lab.time_ms(b8);
+    std::printf("  scan chunk %d: fwd %.3f ms, bwd %.3f ms, total %.3f ms\n", c8, f8t, b8t, f8t + b8t);
+  }
   // check batch row 0 against the CPU (each batch row is independent except the parameter grads)
   const int L1 = L;
   std::vector<float> rout(size_t(L1) * E), rst(size_t(n_chunks) * E * N), rdu(size_t(L1) * E), rddt(size_t(L1) * E),
@@ -305,7 +329,10 @@ void elementwise_rows(Lab& lab) {
 
 }  // namespace
 
-int main() {
+// `cuda_lab scan` runs only the scan rows; `cuda_lab scanprof` one scan forward +
+// backward for a profiler.
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
   if (!cuda_gpu_available()) {
     std::printf("no CUDA GPU: nothing to measure\n");
     return 0;
@@ -314,8 +341,12 @@ int main() {
   auto cpu = make_cpu_backend();
   Lab lab{*gpu, *cpu, static_cast<cudaStream_t>(cuda_stream_of(*gpu))};
   std::printf("bhasa CUDA kernel lab on %s\n", gpu->name().c_str());
+  if (only == "scanprof") {
+    scan_rows(lab, true);
+    return 0;
+  }
   // The two ceilings: a large device copy, and (above) cuBLASLt's TF32 GEMM.
-  {
+  if (only.empty()) {
     const size_t n = size_t(1) << 30;  // 4 GiB
     float* a = lab.dev(n);
     float* b = lab.dev(n);
@@ -324,8 +355,10 @@ int main() {
     lab.release();
   }
   scan_rows(lab);
-  elementwise_rows(lab);
-  gemm_rows(lab);
+  if (only.empty()) {
+    elementwise_rows(lab);
+    gemm_rows(lab);
+  }
   std::printf("\n| kernel | ms (median) | GB/s | TFLOP/s | rel err | check |\n|---|---|---|---|---|---|\n");
   int failures = 0;
   for (const auto& r : lab.rows) {

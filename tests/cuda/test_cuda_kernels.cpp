@@ -272,7 +272,49 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(1, 77, 96, 16, 16, true),
                       std::make_tuple(3, 50, 40, 5, 64, false),    // N padded to 8
                       std::make_tuple(1, 33, 32, 32, 8, true),
-                      std::make_tuple(2, 1, 64, 4, 64, true)));    // one step, as in decoding
+                      std::make_tuple(2, 1, 64, 4, 64, true),      // one step, as in decoding
+                      // chunk not a multiple of the backward's 8-step sub-chunk: each chunk
+                      // ends in a 4-step sub-chunk; L ends mid forward tile (32 steps)
+                      std::make_tuple(2, 70, 40, 16, 12, true),
+                      // many chunks: the backward's copy pipeline (3 sub-chunks ahead) wraps
+                      std::make_tuple(1, 300, 64, 16, 64, false)));
+
+// chunk_states and u replaced after the GPU forward (as if they came from elsewhere, here
+// the CPU): the backward must use only what it is given. (A backend that keeps more of
+// the forward's states on the side, as scan v8 did, must notice they no longer match.)
+TEST(CudaKernels, ScanBackwardAfterForeignChunkStates) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(12);
+  const int B = 2, L = 100, E = 48, N = 16, P = 2 * N, chunk = 64, n_chunks = 2;
+  const size_t ble = size_t(B) * L * E;
+  auto u1 = randn(ble, rng), u2 = randn(ble, rng), dt = randn(ble, rng, 1.0f, -1.0f), bias = randn(E, rng, 0.5f),
+       A_log = randn(size_t(E) * N, rng, 0.5f, 0.5f), bc = randn(size_t(B) * L * P, rng), D = randn(E, rng),
+       z = randn(ble, rng), dout = randn(ble, rng);
+  DevBuf du(*gpu, u1), ddt(*gpu, dt), dbias(*gpu, bias), dA(*gpu, A_log), dbc(*gpu, bc), dD(*gpu, D), dz(*gpu, z),
+      dout_d(*gpu, dout), out(*gpu, ble), st(*gpu, size_t(B) * n_chunks * E * N);
+  gpu->scan_forward(B, L, E, N, chunk, du.p, ddt.p, dbias.p, dA.p, dbc.p, dbc.p + N, P, dD.p, dz.p, E, out.p, st.p,
+                    nullptr, nullptr);
+  std::vector<float> rout(ble), rst(size_t(B) * n_chunks * E * N);
+  cpu->scan_forward(B, L, E, N, chunk, u2.data(), dt.data(), bias.data(), A_log.data(), bc.data(), bc.data() + N, P,
+                    D.data(), z.data(), E, rout.data(), rst.data(), nullptr, nullptr);
+  gpu->upload(du.p, u2.data(), ble);
+  gpu->upload(st.p, rst.data(), rst.size());
+  DevBuf g1(*gpu, nans(ble)), g2(*gpu, nans(ble)), g3(*gpu, nans(size_t(B) * L * P)), g4(*gpu, nans(ble)),
+      gA(*gpu, size_t(E) * N), gD(*gpu, E), gb(*gpu, E);
+  gpu->scan_backward(B, L, E, N, chunk, du.p, ddt.p, dbias.p, dA.p, dbc.p, dbc.p + N, P, dD.p, dz.p, E, st.p,
+                     dout_d.p, g1.p, g2.p, g3.p, g3.p + N, g4.p, gA.p, gD.p, gb.p);
+  std::vector<float> r1(ble), r2(ble), r3(size_t(B) * L * P), r4(ble), rA(size_t(E) * N, 0.0f), rD(E, 0.0f),
+      rb(E, 0.0f);
+  cpu->scan_backward(B, L, E, N, chunk, u2.data(), dt.data(), bias.data(), A_log.data(), bc.data(), bc.data() + N, P,
+                     D.data(), z.data(), E, rst.data(), dout.data(), r1.data(), r2.data(), r3.data(),
+                     r3.data() + N, r4.data(), rA.data(), rD.data(), rb.data());
+  EXPECT_LE(rel_l2(g1.host(), r1), kTol) << "du";
+  EXPECT_LE(rel_l2(g2.host(), r2), kTol) << "ddt";
+  EXPECT_LE(rel_l2(g3.host(), r3), kTol) << "dB, dC";
+  EXPECT_LE(rel_l2(g4.host(), r4), kTol) << "dz";
+  EXPECT_LE(rel_l2(gA.host(), rA), kTol) << "dA_log";
+}
 
 TEST(CudaKernels, ScanDecodeInPlaceState) {
   BHASA_REQUIRE_GPU(gpu);

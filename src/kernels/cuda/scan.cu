@@ -10,12 +10,16 @@
 // shuffles inside the group; B[t, :] and C[t, :] are the same for the whole block and
 // are staged in shared memory.
 //
+// Inputs reach the compute loops through shared memory only: cp.async copies them a
+// tile (forward, 32 steps) or two sub-chunks (backward) ahead, so no step waits on
+// device memory; per-(t, e) functions (softplus, sigmoid) are computed once there.
+//
 // Backward, per chunk (walked last to first): (1) replay the chunk from its saved
 // start state, keeping the state at every sub-chunk start (kSub steps) in shared
 // memory; (2) for each sub-chunk, last first, replay it keeping every step's state and
 // decay exp(delta A) in registers (fully unrolled), then walk it backwards carrying dh:
-// two exps per (t, e, n) in all. dB and dC sum over channels: a warp reduce-scatter
-// over the 8 channels of a warp, then the block's 4 warps in shared memory, give one
+// two exps per (t, e, n) in all. dB and dC sum over channels: every lane puts its
+// channel's values in shared memory and the block adds its 32 channels in order, one
 // partial per block that a second kernel adds in block order (deterministic, no
 // atomics). dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
 #include "kernels/cuda/cuda_common.cuh"
@@ -30,14 +34,65 @@ constexpr unsigned kFull = 0xffffffffu;
 constexpr int kLanes = 4;                      // lanes per channel
 constexpr int kThreads = 128;                  // threads per block (both passes)
 constexpr int kChannels = kThreads / kLanes;   // channels per block
-constexpr int kWarps = kThreads / 32;
 constexpr int kFwdTile = 32;  // time steps of B, C staged per forward tile
-constexpr int kAhead = 8;     // forward steps whose loads are issued together
 // Blocks per SM the forward must fit: 6 x 4 warps x 132 SMs holds the whole (16, 1536)
 // grid in one wave (at 4 blocks per SM it ran in 1.45 waves: 1.84 ms instead of 1.39).
 constexpr int kFwdMinBlocks = 6;
 constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
-static_assert(kFwdTile % kAhead == 0 && kAhead % kLanes == 0, "tile sizes");
+constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
+constexpr int kBwdMinBlocks = 3;
+static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
+
+// 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
+// denormal range fix-up, ~3 instructions per decay; a decay under 2^-126 contributes
+// nothing anyway).
+__device__ __forceinline__ float ex2_(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// sigmoid(x) = 1 / (1 + exp(-x)) with the approximate divide (2 ulp; sigmoidf_'s IEEE
+// divide costs ~10 instructions more).
+__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + ex2_(-x * kLog2e)); }
+
+// Index of (step r, channel c) in a (kFwdTile, 32) shared tile, columns XOR-swizzled by
+// r % 4 so that 4 consecutive steps of 8 channels (one warp's epilogue reads) hit 32 banks.
+__device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ ((r & 3) << 3)); }
+
+// cp.async: a 4-byte copy global -> shared that bypasses registers; ok = false writes 0.
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool ok) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// waits until at most P of this thread's committed groups are still in flight
+template <int P>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(P) : "memory"); }
+
+// One backward staging buffer (floats), and the rest of the backward's shared memory.
+template <int NPL>
+struct BwdLayout {
+  static constexpr int NMAX = kLanes * NPL, SC = kSub * kChannels;
+  static constexpr int oBC = 0;                      // (kSub, 2*NMAX): B then C
+  static constexpr int oDT = oBC + kSub * 2 * NMAX;  // (kSub, C): dt, then softplus(dt + bias)
+  static constexpr int oSIG = oDT + SC;              // (kSub, C): sigmoid(dt + bias)
+  static constexpr int oU = oSIG + SC;               // (kSub, C)
+  static constexpr int oZ = oU + SC;                 // (kSub, C)
+  static constexpr int oDO = oZ + SC;                // (kSub, C): dout
+  static constexpr int oH = oDO + SC;                // (C, NMAX): the chunk's saved start state
+  static constexpr int kBuf = oH + kChannels * NMAX;
+  // dB | dC of every channel, (kSub, 2, C, NMAX): the halves padded by 16 floats so the
+  // block sum's reads of dB and dC columns fall in different banks
+  static constexpr int kHalf = kChannels * NMAX + 16;
+  static constexpr int kRed = kSub * 2 * kHalf;
+  static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
+  static constexpr int kChPer = SC / kThreads;
+  static_assert(SC % kThreads == 0 && (kChannels * NMAX) % kThreads == 0, "staging split");
+  static size_t bytes(int chunk) {  // starts: (n_sub_max, NPL, kThreads)
+    return (size_t(kBwdBufs) * kBuf + kRed + size_t((chunk + kSub - 1) / kSub) * NPL * kThreads) * sizeof(float);
+  }
+};
 
 // Warp reduce-scatter of V values per lane over the lane bits O, O/2, .., OMIN: each
 // level sends half the remaining values to the partner lane and keeps the other half;
@@ -93,9 +148,24 @@ __device__ __forceinline__ void load_states(const float* p, float (&v)[NPL]) {
   }
 }
 
+// NPL consecutive floats to shared memory (16-byte stores when they line up).
+template <int NPL>
+__device__ __forceinline__ void store_states(float* p, const float* v) {
+  if constexpr (NPL % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < NPL / 4; ++q)
+      reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) p[i] = v[i];
+  }
+}
+
 // delta = F.softplus(dt + dt_bias); A = -torch.exp(A_log)
 // for t: h = torch.exp(delta[t, :, None] * A) * h + (delta[t] * u[t])[:, None] * Bm[t]
 //        out[t] = (h @ Cm[t] + D * u[t]) * F.silu(z[t])
+// Tiles of kFwdTile steps (B, C, and u, dt, z of the block's 32 channels) are copied
+// into shared memory one tile ahead (cp.async), so no step waits on device memory.
 template <int NPL>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
@@ -105,11 +175,14 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ z, int ldz, float* __restrict__ out,
                     float* __restrict__ chunk_states, const float* h0, float* h_last) {
   constexpr int NMAX = kLanes * NPL;
-  __shared__ __align__(16) float sB[kFwdTile][NMAX];
-  __shared__ __align__(16) float sC[kFwdTile][NMAX];
-  const int b = blockIdx.y;
-  const int lane = threadIdx.x % 32, k = lane % kLanes, group0 = lane - k;
-  const int e = blockIdx.x * kChannels + threadIdx.x / kLanes;
+  constexpr int TC = kFwdTile * kChannels;
+  __shared__ __align__(16) float sB[2][kFwdTile][NMAX];
+  __shared__ __align__(16) float sC[2][kFwdTile][NMAX];
+  __shared__ float sU[2][TC], sDT[2][TC], sZ[2][TC];  // (tile step, channel), swizzled by swz
+  const int b = blockIdx.y, tid = threadIdx.x;
+  const int lane = tid % 32, k = lane % kLanes, group0 = lane - k;
+  const int c = tid / kLanes;
+  const int e = blockIdx.x * kChannels + c;
   const bool valid = e < E;
   const int ec = valid ? e : E - 1;  // padding channels compute on a real channel, store nothing
   const int n0 = k * NPL;
@@ -123,67 +196,87 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     h[i] = (h0 && n < N) ? h0[state_off + n] : 0.0f;
   }
   const float bias = dt_bias[ec], Dv = Dp[ec];
-  for (int t0 = 0; t0 < L; t0 += kFwdTile) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < kFwdTile * NMAX; i += kThreads) {
-      const int tt = i / NMAX, n = i % NMAX, t = t0 + tt;
-      const size_t row = size_t(b) * L + t;
-      sB[tt][n] = (t < L && n < N) ? Bm[row * ld_bc + n] : 0.0f;
-      sC[tt][n] = (t < L && n < N) ? Cm[row * ld_bc + n] : 0.0f;
+
+  // Copies tile [t0, t0 + kFwdTile) into buffer buf; steps past L and states past N are zeros.
+  auto stage = [&](int t0, int buf) {
+    const int cc = tid % kChannels, ecc = min(int(blockIdx.x) * kChannels + cc, E - 1);
+#pragma unroll
+    for (int j = 0; j < TC / kThreads; ++j) {
+      const int r = tid / kChannels + j * (kThreads / kChannels), t = t0 + r;
+      const bool ok = t < L;
+      const size_t row = size_t(b) * L + (ok ? t : 0);
+      cp_async4(&sU[buf][swz(r, cc)], u + row * E + ecc, ok);
+      cp_async4(&sDT[buf][swz(r, cc)], dt + row * E + ecc, ok);
+      cp_async4(&sZ[buf][swz(r, cc)], z + row * ldz + ecc, ok);
     }
+#pragma unroll
+    for (int j = 0; j < (kFwdTile * NMAX) / kThreads; ++j) {
+      const int i = tid + j * kThreads, tt = i / NMAX, n = i % NMAX, t = t0 + tt;
+      const bool ok = t < L && n < N;
+      const size_t off = ok ? (size_t(b) * L + t) * ld_bc + n : 0;
+      cp_async4(&sB[buf][tt][n], Bm + off, ok);
+      cp_async4(&sC[buf][tt][n], Cm + off, ok);
+    }
+    cp_async_commit();
+  };
+
+  const int n_tiles = (L + kFwdTile - 1) / kFwdTile;
+  if (n_tiles > 0) stage(0, 0);
+  int next_save = 0;  // the next chunk start
+  for (int it = 0; it < n_tiles; ++it) {
+    const int buf = it & 1, t0 = it * kFwdTile, tn = min(kFwdTile, L - t0);
+    if (it + 1 < n_tiles) stage(t0 + kFwdTile, buf ^ 1);
+    else cp_async_commit();
+    cp_async_wait<1>();  // this tile landed (the next may still be in flight)
     __syncthreads();
-    const int tn = min(kFwdTile, L - t0);
-    // kAhead steps' loads are issued before the first use: one memory latency per
-    // kAhead steps.
-    for (int s0 = 0; s0 < tn; s0 += kAhead) {
-      float ru[kAhead], rdt[kAhead], rz[kAhead];
+    const float* su = sU[buf];
+    // Four steps; lane k finishes step s0 + k. Each lane computes one step's softplus
+    // and the group shares them by shuffles.
+    auto steps4 = [&](int s0, int tn) {  // tn: the tile's length
+      const int my = s0 + k;
+      const float my_delta = softplusf_(sDT[buf][swz(my, c)] + bias);
+      float ypart[kLanes];
 #pragma unroll
-      for (int j = 0; j < kAhead; ++j) {
-        const bool ok = s0 + j < tn;
-        const size_t row = size_t(b) * L + t0 + s0 + (ok ? j : 0);
-        ru[j] = ok ? u[row * E + ec] : 0.0f;
-        rdt[j] = ok ? dt[row * E + ec] : 0.0f;
-        rz[j] = ok ? z[row * ldz + ec] : 0.0f;
-      }
-#pragma unroll
-      for (int g = 0; g < kAhead; g += kLanes) {  // groups of 4 steps: lane k finishes step g + k
-        if (s0 + g >= tn) break;
-        // each lane computes one step's softplus; the group shares them by shuffles
-        const float my_delta = softplusf_(pick(rdt, g, k) + bias);
-        float ypart[kLanes];
-#pragma unroll
-        for (int j = 0; j < kLanes; ++j) {
-          const int tt = s0 + g + j, t = t0 + tt;
-          const float delta = __shfl_sync(kFull, my_delta, group0 + j);
-          ypart[j] = 0.0f;
-          if (tt < tn) {  // uniform over the block
-            if (chunk_states && valid && t % chunk == 0) {
+      for (int j = 0; j < kLanes; ++j) {
+        const int tt = s0 + j, t = t0 + tt;
+        const float delta = __shfl_sync(kFull, my_delta, group0 + j);
+        ypart[j] = 0.0f;
+        if (tt < tn) {  // uniform over the block
+          if (chunk_states && t == next_save) {
+            if (valid) {
               float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
 #pragma unroll
               for (int i = 0; i < NPL; ++i)
                 if (n0 + i < N) cs[n0 + i] = h[i];
             }
-            const float dlu = delta * ru[g + j];
-            float Bt[NPL], Ct[NPL];
-            load_states<NPL>(&sB[tt][n0], Bt);
-            load_states<NPL>(&sC[tt][n0], Ct);
-            float y = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NPL; ++i) {
-              h[i] = exp2f(delta * A2[i]) * h[i] + dlu * Bt[i];
-              y += Ct[i] * h[i];
-            }
-            ypart[j] = y;
+            next_save += chunk;
           }
-        }
-        const float y = group_sum_scatter(ypart, lane);
-        const int tt = s0 + g + k;
-        if (valid && tt < tn) {
-          const float uu = pick(ru, g, k), zz = pick(rz, g, k);
-          out[(size_t(b) * L + t0 + tt) * E + e] = (y + Dv * uu) * zz * sigmoidf_(zz);
+          const float dlu = delta * su[swz(tt, c)];
+          float Bt[NPL], Ct[NPL];
+          load_states<NPL>(&sB[buf][tt][n0], Bt);
+          load_states<NPL>(&sC[buf][tt][n0], Ct);
+          float y = 0.0f;
+#pragma unroll
+          for (int i = 0; i < NPL; ++i) {
+            h[i] = ex2_(delta * A2[i]) * h[i] + dlu * Bt[i];
+            y += Ct[i] * h[i];
+          }
+          ypart[j] = y;
         }
       }
+      const float y = group_sum_scatter(ypart, lane);
+      if (valid && my < tn) {
+        const float uu = su[swz(my, c)], zz = sZ[buf][swz(my, c)];
+        out[(size_t(b) * L + t0 + my) * E + e] = (y + Dv * uu) * zz * sigmoid_fast(zz);
+      }
+    };
+    if (tn == kFwdTile) {  // full tile: unrolled, so shared-memory offsets are constants
+#pragma unroll
+      for (int s0 = 0; s0 < kFwdTile; s0 += kLanes) steps4(s0, kFwdTile);
+    } else {
+      for (int s0 = 0; s0 < tn; s0 += kLanes) steps4(s0, tn);
     }
+    __syncthreads();  // the next iteration's copies overwrite this buffer
   }
   // h0 may alias h_last: each thread read its own slice above and writes it here.
   if (h_last && valid) {
@@ -193,13 +286,41 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
   }
 }
 
+// The backward pass visits, per chunk (last to first), its replay items (sub-chunks 0 ..
+// n_sub-2, forwards: the state at each sub-chunk start) and then its gradient items
+// (sub-chunks n_sub-1 .. 0). A cursor walks that sequence; a second cursor kBwdBufs-1
+// items ahead issues the copies.
+struct BwdCursor {
+  int ch, kk, n_sub;
+  bool replay;
+  __device__ void start(int L, int chunk) {
+    ch = (L + chunk - 1) / chunk - 1;
+    enter(L, chunk);
+  }
+  __device__ void enter(int L, int chunk) {
+    n_sub = (min(L, (ch + 1) * chunk) - ch * chunk + kSub - 1) / kSub;
+    replay = n_sub > 1;
+    kk = replay ? 0 : n_sub - 1;
+  }
+  __device__ void advance(int L, int chunk) {
+    if (replay) {
+      if (++kk == n_sub - 1) replay = false;  // the last sub-chunk is never replayed
+    } else if (--kk < 0 && --ch >= 0) {
+      enter(L, chunk);
+    }
+  }
+  __device__ bool done() const { return ch < 0; }
+  // the item that needs the chunk's saved start state
+  __device__ bool first() const { return replay ? kk == 0 : n_sub == 1; }
+};
+
 // Reverse-mode through the recurrence (the CPU's scan_backward, same formulas):
 //   dy = dout * silu(z);  dz = dout * y * silu'(z);  dD += dy * u;  dC[t, n] = sum_e dy * h_t
 //   g_n = dh_n + dy * C_n;  ddelta = sum_n g_n (A_n a_n h_{t-1,n} + B_n u);  dB[t, n] = sum_e g_n delta u
 //   du = dy D + sum_n g_n delta B_n;  dA_log_n += g_n a_n h_{t-1,n} delta A_n;  dh_{t-1} = g a
 //   ddt = ddelta * sigmoid(dt + dt_bias);  ddt_bias += ddt        (a_n = exp(delta A_n))
 template <int NPL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBwdMinBlocks)
 scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                      const float* __restrict__ dt, const float* __restrict__ dt_bias,
                      const float* __restrict__ A_log, const float* __restrict__ Bm,
@@ -212,19 +333,14 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
 {
   constexpr int NMAX = kLanes * NPL;
   constexpr int C = kChannels;
+  using Lay = BwdLayout<NPL>;
   extern __shared__ __align__(16) float smem[];
-  float* sBC = smem;                         // (kSub, 2*NMAX): B then C of one sub-chunk
-  float* sred = sBC + kSub * 2 * NMAX;       // (kWarps, kSub, 2*NMAX): per-warp dB | dC
-  float* sdelta = sred + kWarps * kSub * 2 * NMAX;  // (kSub, C): softplus(dt + bias), 0 past the end
-  float* ssig = sdelta + kSub * C;           // (kSub, C): sigmoid(dt + bias), 0 past the end
-  float* su = ssig + kSub * C;               // (kSub, C): u (0 past the end and on padding channels)
-  float* sz = su + kSub * C;                 // (kSub, C): z
-  float* sdo = sz + kSub * C;                // (kSub, C): dout (0 past the end and on padding channels)
-  float* starts = sdo + kSub * C;            // (n_sub_max, NPL, kThreads): h at sub-chunk starts
+  float* sred = smem + kBwdBufs * Lay::kBuf;   // (kSub, 2, C, NMAX) + padding: dB | dC per channel
+  float* starts = sred + Lay::kRed;            // (n_sub_max, NPL, kThreads): h at sub-chunk starts
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, k = lane % kLanes;
+  const int tid = threadIdx.x, lane = tid % 32, k = lane % kLanes;
   const int c = tid / kLanes;  // channel within the block
   const int e = blockIdx.x * C + c;
   const bool valid = e < E;
@@ -241,157 +357,187 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     dal[i] = 0.0f;
   }
   const float Dv = Dp[ec];
+  // the channel this thread stages (and transforms) is tid % C
+  const int es = min(int(blockIdx.x) * C + tid % C, E - 1);
+  const bool es_real = int(blockIdx.x) * C + tid % C < E;
+  const float bias_s = dt_bias[es];
   float dD_acc = 0.0f, dbias_acc = 0.0f;
 
-  // Stages one sub-chunk [s0, s0 + len) for the whole block (B, C, and per channel
-  // delta, sigmoid, u, and with `all` z and dout). Steps past len are zeros, which
-  // make them exact no-ops (delta = 0: decay 1, no input; dout = 0: no gradient).
-  constexpr int kBC = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
-  constexpr int kCh = (kSub * C) / kThreads;
-  static_assert((kSub * C) % kThreads == 0, "staging split");
-  auto load_sub = [&](int s0, int len, bool all) {
-    float rbc[kBC], rdt[kCh], rbias[kCh], ru[kCh], rz[kCh], rdo[kCh];
+  // Copies one item's inputs into buffer buf: B (and C), dt, u (and z, dout) of the
+  // sub-chunk, and on a chunk's first item its saved start state. Steps past the end
+  // are zeros (u = dout = 0 also on padding channels), which make them exact no-ops.
+  // Always commits a group (empty past the last item), so the wait counts hold.
+  auto stage = [&](const BwdCursor& it, int buf) {
+    if (!it.done()) {
+      float* S = smem + buf * Lay::kBuf;
+      const int t0 = it.ch * chunk, s0 = t0 + it.kk * kSub;
+      const int len = min(kSub, min(L, t0 + chunk) - s0);
+      const bool grad = !it.replay;
 #pragma unroll
-    for (int j = 0; j < kBC; ++j) {
-      const int i = tid + j * kThreads;
-      const int tt = i / (2 * NMAX), kk = i % (2 * NMAX), n = kk % NMAX;
-      const bool ok = i < kSub * 2 * NMAX && tt < len && n < N;
-      const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
-      rbc[j] = ok ? (kk < NMAX ? Bm : Cm)[row * ld_bc + n] : 0.0f;
-    }
+      for (int j = 0; j < Lay::kBCPer; ++j) {
+        const int i = tid + j * kThreads;
+        const int tt = i / (2 * NMAX), kk2 = i % (2 * NMAX), n = kk2 % NMAX;
+        const bool is_b = kk2 < NMAX;
+        if (i < kSub * 2 * NMAX && (is_b || grad)) {
+          const bool ok = tt < len && n < N;
+          const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + n : 0;
+          cp_async4(S + Lay::oBC + i, (is_b ? Bm : Cm) + off, ok);
+        }
+      }
 #pragma unroll
-    for (int j = 0; j < kCh; ++j) {
-      const int i = tid + j * kThreads, tt = i / C, ci = i % C;
-      const int ei = blockIdx.x * C + ci, eci = ei < E ? ei : E - 1;
-      const bool ok = tt < len, real = ok && ei < E;
-      const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
-      rdt[j] = dt[row * E + eci];
-      rbias[j] = dt_bias[eci];
-      ru[j] = real ? u[row * E + eci] : 0.0f;
-      rz[j] = ok && all ? z[row * ldz + eci] : 0.0f;
-      rdo[j] = real && all ? dout[row * E + eci] : 0.0f;
-    }
-    __syncthreads();  // the previous sub-chunk's readers are done
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        const int i = tid + j * kThreads, tt = i / C;
+        const bool ok = tt < len, real = ok && es_real;
+        const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
+        cp_async4(S + Lay::oDT + i, dt + row * E + es, ok);
+        cp_async4(S + Lay::oU + i, u + row * E + es, real);
+        if (grad) {
+          cp_async4(S + Lay::oZ + i, z + row * ldz + es, ok);
+          cp_async4(S + Lay::oDO + i, dout + row * E + es, real);
+        }
+      }
+      if (it.first()) {
 #pragma unroll
-    for (int j = 0; j < kBC; ++j)
-      if (tid + j * kThreads < kSub * 2 * NMAX) sBC[tid + j * kThreads] = rbc[j];
-#pragma unroll
-    for (int j = 0; j < kCh; ++j) {
-      const int i = tid + j * kThreads, tt = i / C;
-      const bool ok = tt < len;
-      const float x = rdt[j] + rbias[j];
-      sdelta[i] = ok ? softplusf_(x) : 0.0f;
-      ssig[i] = ok ? sigmoidf_(x) : 0.0f;
-      su[i] = ru[j];
-      sz[i] = rz[j];
-      sdo[i] = rdo[j];
-    }
-    __syncthreads();
-  };
-
-  for (int ch = n_chunks - 1; ch >= 0; --ch) {
-    const int t0 = ch * chunk, t1 = min(L, t0 + chunk);
-    const int n_sub = (t1 - t0 + kSub - 1) / kSub;
-    // (1) replay the chunk, keeping the state at each sub-chunk start
-    {
-      float h[NPL];
-      const float* cs = chunk_states + ((size_t(b) * n_chunks + ch) * E + ec) * N;
-#pragma unroll
-      for (int i = 0; i < NPL; ++i) h[i] = n0 + i < N ? cs[n0 + i] : 0.0f;
-      for (int kk = 0; kk < n_sub; ++kk) {
-        const int s0 = t0 + kk * kSub, len = min(kSub, t1 - s0);
-#pragma unroll
-        for (int i = 0; i < NPL; ++i) starts[(kk * NPL + i) * kThreads + tid] = h[i];
-        if (kk == n_sub - 1) break;  // the last sub-chunk's end state is never needed
-        load_sub(s0, len, false);
-#pragma unroll
-        for (int ii = 0; ii < kSub; ++ii) {
-          const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
-          float Bt[NPL];
-          load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
-#pragma unroll
-          for (int i = 0; i < NPL; ++i) h[i] = exp2f(delta * A2[i]) * h[i] + dlu * Bt[i];
+        for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
+          const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
+          const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
+          const bool ok = n < N;
+          const size_t off = ok ? ((size_t(b) * n_chunks + it.ch) * E + ecc) * N + n : 0;
+          cp_async4(S + Lay::oH + i, chunk_states + off, ok);
         }
       }
     }
-    // (2) sub-chunks last to first
-    for (int kk = n_sub - 1; kk >= 0; --kk) {
-      const int s0 = t0 + kk * kSub, len = min(kSub, t1 - s0);
-      load_sub(s0, len, true);
-      float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
+    cp_async_commit();
+  };
+
+  BwdCursor cur, pf;
+  cur.start(L, chunk);
+  pf = cur;
 #pragma unroll
-      for (int i = 0; i < NPL; ++i) h_start[i] = starts[(kk * NPL + i) * kThreads + tid];
+  for (int p = 0; p < kBwdBufs - 1; ++p) {
+    stage(pf, p);
+    if (!pf.done()) pf.advance(L, chunk);
+  }
+  float h[NPL];  // the replayed state
+  for (int it = 0; !cur.done(); ++it, cur.advance(L, chunk)) {
+    float* S = smem + (it % kBwdBufs) * Lay::kBuf;
+    const int t0 = cur.ch * chunk, s0 = t0 + cur.kk * kSub;
+    const int len = min(kSub, min(L, t0 + chunk) - s0);
+    cp_async_wait<kBwdBufs - 2>();  // this item's copies landed
+    __syncthreads();                // ... for every thread; the previous item is finished
+    // Per (t, e) once, not once per lane of the group: dt -> softplus(dt + bias) in place
+    // and sigmoid(dt + bias) (0 past the end); z, dout -> dz / y and dy (see below).
+#pragma unroll
+    for (int j = 0; j < Lay::kChPer; ++j) {
+      const int i = tid + j * kThreads;
+      const bool ok = i / C < len;
+      const float x = S[Lay::oDT + i] + bias_s;
+      S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+      if (!cur.replay) {
+        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
+        S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
+        S[Lay::oDO + i] = go * zz * s;                        // dy
+      }
+    }
+    stage(pf, (it + kBwdBufs - 1) % kBwdBufs);  // the previous item's buffer
+    if (!pf.done()) pf.advance(L, chunk);
+    __syncthreads();
+    const float* sBC = S + Lay::oBC;
+    const float* sdelta = S + Lay::oDT;
+    const float* su = S + Lay::oU;
+    if (cur.replay) {
+      // (1) replay the sub-chunk from its start state; keep the next start
+      if (cur.kk == 0) {
+        load_states<NPL>(S + Lay::oH + c * NMAX + n0, h);
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) starts[i * kThreads + tid] = h[i];
+      }
 #pragma unroll
       for (int ii = 0; ii < kSub; ++ii) {
         const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
         float Bt[NPL];
         load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
 #pragma unroll
-        for (int i = 0; i < NPL; ++i) {
-          as[ii][i] = exp2f(delta * A2[i]);
-          hs[ii][i] = as[ii][i] * (ii > 0 ? hs[ii - 1][i] : h_start[i]) + dlu * Bt[i];
-        }
+        for (int i = 0; i < NPL; ++i) h[i] = ex2_(delta * A2[i]) * h[i] + dlu * Bt[i];
       }
 #pragma unroll
-      for (int ii = kSub - 1; ii >= 0; --ii) {
-        const int t = s0 + ii;
-        const float uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
-        const float zz = sz[ii * C + c], go = sdo[ii * C + c];
-        float Bt[NPL], Ct[NPL];
-        load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
-        load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
-        const float s = sigmoidf_(zz);
-        const float dy = go * zz * s;
-        dD_acc += dy * uu;
-        float ypart = 0.0f, qA = 0.0f, gB = 0.0f, dus = 0.0f;
-        float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
-#pragma unroll
-        for (int i = 0; i < NPL; ++i) {
-          const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
-          ypart += Ct[i] * hs[ii][i];
-          const float g = dh[i] + dy * Ct[i];
-          const float q = g * as[ii][i] * hprev;
-          const float gd = g * delta;
-          qA += q * A2[i];
-          gB += g * Bt[i];
-          dus += gd * Bt[i];
-          dal[i] += q * delta;
-          dh[i] = g * as[ii][i];
-          v[i] = gd * uu;
-          v[NPL + i] = dy * hs[ii][i];
-        }
-        // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 du
-        float r[kLanes] = {ypart, qA * kLn2 + gB * uu, dus, 0.0f};
-        const float red = group_sum_scatter(r, lane);
-        if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-        if (valid && ii < len) {
-          const size_t row = size_t(b) * L + t;
-          if (k == 0) dz_out[row * ldz + e] = go * (red + Dv * uu) * s * (1.0f + zz * (1.0f - s));
-          else if (k == 1) ddt_out[row * E + e] = red * sig;
-          else if (k == 2) du_out[row * E + e] = red + dy * Dv;
-        }
-        // dB, dC: sum over the warp's 8 channels (lanes with the same k)
-        int first = 0;
-        reduce_scatter<16, kLanes, 2 * NPL, 2 * NPL>(v, lane, first);
-        constexpr int kKeep = (2 * NPL) / 8 > 0 ? (2 * NPL) / 8 : 1;
-#pragma unroll
-        for (int j = 0; j < kKeep; ++j) {
-          const int idx = first + j, is_c = idx / NPL, n = n0 + idx % NPL;
-          sred[(warp * kSub + ii) * 2 * NMAX + is_c * NMAX + n] = v[j];
-        }
-      }
-      __syncthreads();
-      // the block's sum over its 4 warps, one partial per (block, row)
-      for (int i = tid; i < kSub * 2 * NMAX; i += kThreads) {
-        const int ii = i / (2 * NMAX), kk2 = i % (2 * NMAX);
-        if (ii >= len) continue;
-        float sum = 0.0f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) sum += sred[(w * kSub + ii) * 2 * NMAX + kk2];
-        bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + ii) * (2 * NMAX) + kk2] = sum;
-      }
-      // load_sub's first barrier keeps the next sub-chunk from overwriting sred early
+      for (int i = 0; i < NPL; ++i) starts[((cur.kk + 1) * NPL + i) * kThreads + tid] = h[i];
+      continue;
     }
+    // (2) the gradient through one sub-chunk: replay it keeping every step's state and
+    // decay exp(delta A) in registers (fully unrolled), then walk it backwards carrying dh
+    const float* ssig = S + Lay::oSIG;
+    const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
+    const float* sdy = S + Lay::oDO;  // dout * silu(z)
+    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii at dst[ii * dst_ld])
+    const size_t row0 = size_t(b) * L + s0;
+    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
+    const int dst_ld = k == 0 ? ldz : E;
+    float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
+    if (cur.n_sub == 1) {
+      load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
+    } else {
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) h_start[i] = starts[(cur.kk * NPL + i) * kThreads + tid];
+    }
+#pragma unroll
+    for (int ii = 0; ii < kSub; ++ii) {
+      const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
+      float Bt[NPL];
+      load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) {
+        as[ii][i] = ex2_(delta * A2[i]);
+        hs[ii][i] = as[ii][i] * (ii > 0 ? hs[ii - 1][i] : h_start[i]) + dlu * Bt[i];
+      }
+    }
+#pragma unroll
+    for (int ii = kSub - 1; ii >= 0; --ii) {
+      const float uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
+      const float dlu = delta * uu;
+      const float dy = sdy[ii * C + c];
+      float Bt[NPL], Ct[NPL];
+      load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+      load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
+      dD_acc += dy * uu;
+      float ypart = 0.0f, qA = 0.0f, gB = 0.0f;
+      float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) {
+        const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
+        ypart += Ct[i] * hs[ii][i];
+        const float g = dh[i] + dy * Ct[i];
+        const float q = g * as[ii][i] * hprev;
+        qA += q * A2[i];
+        gB += g * Bt[i];
+        dal[i] += q * delta;
+        dh[i] = g * as[ii][i];
+        v[i] = g * dlu;
+        v[NPL + i] = dy * hs[ii][i];
+      }
+      // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 sum_n g B (-> du)
+      float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
+      const float red = group_sum_scatter(r, lane);
+      if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
+      if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
+        dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+      // dB, dC of this channel; summed over the block's channels below
+      store_states<NPL>(sred + ii * 2 * Lay::kHalf + c * NMAX + n0, v);
+      store_states<NPL>(sred + ii * 2 * Lay::kHalf + Lay::kHalf + c * NMAX + n0, v + NPL);
+    }
+    __syncthreads();
+    // the block's sum over its 32 channels, in channel order: one partial per (block, row)
+    for (int i = tid; i < kSub * 2 * NMAX; i += kThreads) {
+      const int ii = i / (2 * NMAX), kk2 = i % (2 * NMAX);
+      if (ii >= len) continue;
+      const float* p = sred + ii * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
+      float sum = 0.0f;
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) sum += p[cc * NMAX];
+      bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + ii) * (2 * NMAX) + kk2] = sum;
+    }
+    // the next item's first barrier keeps its writes to sred after these reads
   }
   if (valid) {
     float* pp = param_partials + (size_t(b) * E + e) * (NMAX + 2);
@@ -456,15 +602,13 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
       c.scratch->get(kScanPartials, size_t(n_blocks) * rows * 2 * NMAX * sizeof(float)));
   auto* param_part = static_cast<float*>(
       c.scratch->get(kScanParamPartials, size_t(B) * E * (NMAX + 2) * sizeof(float)));
-  const int n_sub_max = (chunk + kSub - 1) / kSub;
-  const size_t smem = (size_t(kSub) * 2 * NMAX * (1 + kWarps) + 5 * size_t(kSub) * kChannels +
-                       size_t(n_sub_max) * NPL * kThreads) * sizeof(float);
-  check(smem <= 200 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
+  const size_t smem = BwdLayout<NPL>::bytes(chunk);
+  check(smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
                                 " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     attr_set = true;
   }
   dim3 grid(n_blocks, B);
