@@ -98,6 +98,9 @@ class Backend {
   // May be null (inference): then nothing is saved.
   // h0 (B, E, N) initial state or null for zeros; h_last (B, E, N) final state or null.
   // h0 and h_last may be the same buffer (decoding updates the state in place).
+  // The chunk length this backend's scan runs best at: a shorter chunk saves more
+  // states (B * ceil(L / chunk) * E * N floats per layer) and recomputes less in backward.
+  virtual int scan_chunk() const { return 64; }
   virtual void scan_forward(int B, int L, int E, int N, int chunk, const float* u,
                             const float* dt, const float* dt_bias, const float* A_log,
                             const float* Bm, const float* Cm, int ld_bc, const float* D,

@@ -7,10 +7,6 @@
 
 namespace bhasa {
 
-// Scan chunk length: the forward pass saves the state only every CHUNK steps, the
-// backward pass recomputes inside a chunk. 64 keeps the saved states at E*N/64
-// floats per token, well below the O(T*E) activations around them.
-constexpr int CHUNK = 64;
 
 // Every activation of one (B, L) plan. In a training plan each layer has its own
 // slice (kept for backward); in an inference plan layers share one slice
@@ -29,7 +25,11 @@ struct MambaLM::Activations {
   float* dbc;       // (n_layer, T, P): x_proj output, [dt_low | B | C]
   float* dt;        // (n_layer, T, E): dt_proj output (before bias and softplus)
   float* y;         // (n_layer, T, E): gated scan output
-  float* states;    // (n_layer, B, ceil(L/CHUNK), E, N): scan state at chunk starts (training only)
+  // The scan's chunk (Backend::scan_chunk): the forward pass saves the state only every
+  // chunk steps, the backward pass recomputes inside a chunk. 64 (CPU) keeps the saved
+  // states at E*N/64 floats per token; 8 (CUDA) at E*N/8 = 2E for N = 16, still O(T*E).
+  int chunk;
+  float* states;    // (n_layer, B, ceil(L/chunk), E, N): scan state at chunk starts (training only)
   size_t states_per_layer;
   float* layer_states(int l) const { return states ? states + l * states_per_layer : nullptr; }
   float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
@@ -45,12 +45,13 @@ struct MambaLM::Activations {
   std::vector<float*> owned;
 
   Activations(Backend& backend, const ModelConfig& c, int B_, int L_, bool train)
-      : be(backend), B(B_), L(L_), T(B_ * L_), training(train), layer_stride(train ? 1 : 0) {
+      : be(backend), B(B_), L(L_), T(B_ * L_), training(train), layer_stride(train ? 1 : 0),
+        chunk(backend.scan_chunk()) {
     const size_t t = T, D = c.d_model, E = c.d_inner(), N = c.d_state, P = c.dt_rank + 2 * c.d_state,
                  I = c.d_intermediate, V = c.vocab_size;
     const size_t nl = train ? c.n_layer : 1;
     const size_t n_sub = c.n_layer * (I > 0 ? 2 : 1), ns = train ? n_sub : 1;
-    const size_t n_chunks = (L + CHUNK - 1) / CHUNK;
+    const size_t n_chunks = (L + chunk - 1) / chunk;
     auto take = [&](size_t n) {
       float* p = n ? be.alloc(n) : nullptr;
       if (p) owned.push_back(p);

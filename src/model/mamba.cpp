@@ -58,7 +58,7 @@ size_t MambaLM::activation_bytes() const {
   const ModelConfig& c = cfg_;
   const size_t T = act_->T, D = c.d_model, E = c.d_inner(), P = c.dt_rank + 2 * c.d_state,
                I = c.d_intermediate, n_sub = c.n_layer * (I > 0 ? 2 : 1);
-  const size_t n_chunks = (L_ + CHUNK - 1) / CHUNK;
+  const size_t n_chunks = (L_ + act_->chunk - 1) / act_->chunk;
   size_t floats = (2 * n_sub + 2) * T * D + c.n_layer * T * (6 * E + P + 3 * I) +
                   c.n_layer * B_ * n_chunks * E * c.d_state + T * c.vocab_size +
                   T * (2 * D + 5 * E + P + 3 * I);
@@ -107,7 +107,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     be_.gemm(false, true, T, E, R, dbc, P, W + p.dt_proj_w, R, 0.f, dt, E);
     // y = selective_scan(...) * silu(z)
     float* h_state = s ? s->ssm + size_t(l) * B * E * N : nullptr;  // (B, E, N)
-    be_.scan_forward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N,
+    be_.scan_forward(B, L, E, N, a.chunk, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N,
                      P, W + p.D, xz + E, 2 * E, y, a.layer_states(l),
                      h_state, h_state);
     // y = dropout(y): the saved y is the dropped one, which out_proj's weight gradient needs
@@ -227,7 +227,7 @@ void MambaLM::backward() {
     be_.linear_backward(T, D, E, a.d_resid, D, W + p.out_proj, E, y, E, 0.f, a.d_y, E, G + p.out_proj);
     if (drop_p > 0) be_.dropout(size_t(T) * E, a.d_y, drop_p, layer_drop_seed(last_drop_seed_, l, 0));
     // the scan: d_y -> d_xs, d_dt, dB, dC (into d_dbc), dz (into d_xz's second half)
-    be_.scan_backward(B, L, E, N, CHUNK, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,
+    be_.scan_backward(B, L, E, N, a.chunk, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,
                       W + p.D, xz + E, 2 * E, states, a.d_y, a.d_xs, a.d_dt, a.d_dbc + R,
                       a.d_dbc + R + N, a.d_xz + E, G + p.A_log, G + p.D, G + p.dt_proj_b);
     // dt = dbc[:, :R] @ dt_proj^T
