@@ -107,25 +107,33 @@ TEST(CudaKernels, GemmFp32IsTight) {
   EXPECT_LE(dense_gemm_error(*gpu, 64, 96, 200, rng), kTol);
 }
 
+// (T, D, V): many repeated ids (runs across the backward's chunks of 16 sorted
+// positions), a few ids (runs over many chunks; D % 4 != 0: the scalar forward),
+// and mostly distinct ids.
 TEST(CudaKernels, Embedding) {
   BHASA_REQUIRE_GPU(gpu);
   auto cpu = make_cpu_backend();
   std::mt19937 rng(3);
-  const int T = 500, D = 72, V = 37;  // many repeated ids
-  std::vector<int32_t> ids(T);
-  for (auto& i : ids) i = int32_t(rng() % V);
-  auto table = randn(size_t(V) * D, rng), dout = randn(size_t(T) * D, rng);
-  DevIds dids(*gpu, ids);
-  DevBuf dtab(*gpu, table), dout_d(*gpu, dout), out(*gpu, nans(size_t(T) * D));
-  gpu->embedding_forward(T, D, dids.p, dtab.p, out.p);
-  std::vector<float> ref(size_t(T) * D);
-  cpu->embedding_forward(T, D, ids.data(), table.data(), ref.data());
-  EXPECT_EQ(rel_l2(out.host(), ref), 0.0);
-  // backward accumulates onto what is there
-  std::vector<float> dref = table;
-  gpu->embedding_backward(T, D, V, dids.p, dout_d.p, dtab.p);
-  cpu->embedding_backward(T, D, V, ids.data(), dout.data(), dref.data());
-  EXPECT_LE(rel_l2(dtab.host(), dref), kTol);
+  for (auto [T, D, V] : {std::tuple{500, 72, 37}, std::tuple{1000, 70, 3}, std::tuple{67, 8, 1000}}) {
+    std::vector<int32_t> ids(T);
+    for (auto& i : ids) i = int32_t(rng() % V);
+    auto table = randn(size_t(V) * D, rng), dout = randn(size_t(T) * D, rng);
+    DevIds dids(*gpu, ids);
+    DevBuf dtab(*gpu, table), dout_d(*gpu, dout), out(*gpu, nans(size_t(T) * D));
+    gpu->embedding_forward(T, D, dids.p, dtab.p, out.p);
+    std::vector<float> ref(size_t(T) * D);
+    cpu->embedding_forward(T, D, ids.data(), table.data(), ref.data());
+    EXPECT_EQ(rel_l2(out.host(), ref), 0.0) << "T=" << T << " D=" << D << " V=" << V;
+    // backward accumulates onto what is there
+    std::vector<float> dref = table;
+    gpu->embedding_backward(T, D, V, dids.p, dout_d.p, dtab.p);
+    cpu->embedding_backward(T, D, V, ids.data(), dout.data(), dref.data());
+    EXPECT_LE(rel_l2(dtab.host(), dref), kTol) << "T=" << T << " D=" << D << " V=" << V;
+    // bitwise repeatable
+    DevBuf dtab2(*gpu, table);
+    gpu->embedding_backward(T, D, V, dids.p, dout_d.p, dtab2.p);
+    EXPECT_EQ(dtab2.host(), dtab.host());
+  }
 }
 
 class CudaNorm : public ::testing::TestWithParam<std::tuple<bool, int>> {};
@@ -159,41 +167,61 @@ TEST_P(CudaNorm, ForwardBackward) {
   EXPECT_LE(rel_l2(dDx.host(), dx), kTol);
   EXPECT_LE(rel_l2(dDw.host(), dw), kTol);
   EXPECT_LE(rel_l2(dDb.host(), db), kTol);  // untouched for rms: db0 on both sides
+  // bitwise repeatable
+  DevBuf dDx2(*gpu, dx0), dDw2(*gpu, dw0), dDb2(*gpu, db0);
+  gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx2.p, dDw2.p,
+                     rms ? nullptr : dDb2.p);
+  EXPECT_EQ(dDx2.host(), dDx.host());
+  EXPECT_EQ(dDw2.host(), dDw.host());
+  EXPECT_EQ(dDb2.host(), dDb.host());
 }
+// D = 50 takes the plain kernels, 96 / 768 / 1024 the register-resident fast path
 INSTANTIATE_TEST_SUITE_P(RmsAndLayer, CudaNorm,
-                         ::testing::Combine(::testing::Bool(), ::testing::Values(50, 96, 768)));
+                         ::testing::Combine(::testing::Bool(), ::testing::Values(50, 96, 768, 1024)));
 
-class CudaConv : public ::testing::TestWithParam<bool> {};
+// (with bias, B, L, E, K, ldx - 2E, x offset in floats): an even E and ldx take the
+// forward's 2-channel (8-byte) path, an odd E or offset the scalar one; L = 300 spans
+// two blocks of time (256 each); K from 1 to 6.
+class CudaConv : public ::testing::TestWithParam<std::tuple<bool, int, int, int, int, int, int>> {};
 
 TEST_P(CudaConv, ForwardBackwardAndWithState) {
   BHASA_REQUIRE_GPU(gpu);
   auto cpu = make_cpu_backend();
-  const bool with_bias = GetParam();
-  std::mt19937 rng(5);
-  const int B = 3, L = 37, E = 80, K = 4, ldx = 2 * E;
-  auto x = randn(size_t(B) * L * ldx, rng), w = randn(size_t(E) * K, rng, 0.5f),
+  const auto [with_bias, B, L, E, K, pad, off] = GetParam();
+  std::mt19937 rng(5 + E + L + K);
+  const int ldx = 2 * E + pad;
+  auto x = randn(size_t(B) * L * ldx + off, rng), w = randn(size_t(E) * K, rng, 0.5f),
        bias = randn(E, rng), dout = randn(size_t(B) * L * E, rng), dw0 = randn(size_t(E) * K, rng),
-       db0 = randn(E, rng), dx0 = randn(size_t(B) * L * ldx, rng);
+       db0 = randn(E, rng), dx0 = randn(size_t(B) * L * ldx + off, rng);
   DevBuf dX(*gpu, x), dW(*gpu, w), dBias(*gpu, bias), out(*gpu, nans(size_t(B) * L * E));
   const float* bp = with_bias ? dBias.p : nullptr;
   const float* bh = with_bias ? bias.data() : nullptr;
-  gpu->conv1d_silu_forward(B, L, E, K, dX.p, ldx, dW.p, bp, out.p);
+  gpu->conv1d_silu_forward(B, L, E, K, dX.p + off, ldx, dW.p, bp, out.p);
   std::vector<float> ref(size_t(B) * L * E);
-  cpu->conv1d_silu_forward(B, L, E, K, x.data(), ldx, w.data(), bh, ref.data());
+  cpu->conv1d_silu_forward(B, L, E, K, x.data() + off, ldx, w.data(), bh, ref.data());
   EXPECT_LE(rel_l2(out.host(), ref), kTol);
 
   // dx is "=" on its columns (stride ldx); the other columns keep dx0 on both sides.
   DevBuf dDout(*gpu, dout), dDx(*gpu, dx0), dDw(*gpu, dw0), dDb(*gpu, db0);
   for (int r = 0; r < B * L; ++r)  // poison the columns the kernel must write
-    gpu->upload(dDx.p + size_t(r) * ldx, nans(E).data(), E);
-  gpu->conv1d_silu_backward(B, L, E, K, dX.p, ldx, dW.p, bp, dDout.p, dDx.p, dDw.p,
+    gpu->upload(dDx.p + off + size_t(r) * ldx, nans(E).data(), E);
+  gpu->conv1d_silu_backward(B, L, E, K, dX.p + off, ldx, dW.p, bp, dDout.p, dDx.p + off, dDw.p,
                             with_bias ? dDb.p : nullptr);
   std::vector<float> dx = dx0, dw = dw0, db = db0;
-  cpu->conv1d_silu_backward(B, L, E, K, x.data(), ldx, w.data(), bh, dout.data(), dx.data(),
+  cpu->conv1d_silu_backward(B, L, E, K, x.data() + off, ldx, w.data(), bh, dout.data(), dx.data() + off,
                             dw.data(), with_bias ? db.data() : nullptr);
   EXPECT_LE(rel_l2(dDx.host(), dx), kTol);
   EXPECT_LE(rel_l2(dDw.host(), dw), kTol);
   EXPECT_LE(rel_l2(dDb.host(), db), kTol);
+  // bitwise repeatable: a second backward onto fresh copies gives the same bits
+  {
+    DevBuf dDx2(*gpu, dx0), dDw2(*gpu, dw0), dDb2(*gpu, db0);
+    gpu->conv1d_silu_backward(B, L, E, K, dX.p + off, ldx, dW.p, bp, dDout.p, dDx2.p + off, dDw2.p,
+                              with_bias ? dDb2.p : nullptr);
+    EXPECT_EQ(dDx2.host(), dDx.host());
+    EXPECT_EQ(dDw2.host(), dDw.host());
+    EXPECT_EQ(dDb2.host(), dDb.host());
+  }
 
   // with state: two pieces (L1 then L - L1) continue exactly like the CPU
   const int L1 = 5, L2 = L - L1;
@@ -201,8 +229,8 @@ TEST_P(CudaConv, ForwardBackwardAndWithState) {
   DevBuf dState(*gpu, state), o1(*gpu, nans(size_t(B) * L1 * E)), o2(*gpu, nans(size_t(B) * L2 * E));
   std::vector<float> x1(size_t(B) * L1 * ldx), x2(size_t(B) * L2 * ldx);
   for (int b = 0; b < B; ++b) {
-    std::copy_n(x.begin() + size_t(b) * L * ldx, size_t(L1) * ldx, x1.begin() + size_t(b) * L1 * ldx);
-    std::copy_n(x.begin() + (size_t(b) * L + L1) * ldx, size_t(L2) * ldx, x2.begin() + size_t(b) * L2 * ldx);
+    std::copy_n(x.begin() + off + size_t(b) * L * ldx, size_t(L1) * ldx, x1.begin() + size_t(b) * L1 * ldx);
+    std::copy_n(x.begin() + off + (size_t(b) * L + L1) * ldx, size_t(L2) * ldx, x2.begin() + size_t(b) * L2 * ldx);
   }
   DevBuf dX1(*gpu, x1), dX2(*gpu, x2);
   gpu->conv1d_silu_with_state(B, L1, E, K, dX1.p, ldx, dW.p, bp, dState.p, o1.p);
@@ -214,7 +242,13 @@ TEST_P(CudaConv, ForwardBackwardAndWithState) {
   EXPECT_LE(rel_l2(o2.host(), r2), kTol);
   EXPECT_LE(rel_l2(dState.host(), state), kTol);
 }
-INSTANTIATE_TEST_SUITE_P(Bias, CudaConv, ::testing::Bool());
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaConv,
+    ::testing::Values(std::make_tuple(true, 3, 37, 80, 4, 0, 0), std::make_tuple(false, 3, 37, 80, 4, 0, 0),
+                      std::make_tuple(true, 2, 300, 200, 4, 0, 0), std::make_tuple(true, 2, 300, 66, 4, 0, 0),
+                      std::make_tuple(true, 2, 70, 33, 3, 1, 0), std::make_tuple(true, 2, 70, 80, 4, 0, 1),
+                      std::make_tuple(false, 2, 41, 40, 2, 0, 0), std::make_tuple(true, 2, 41, 24, 6, 0, 0),
+                      std::make_tuple(true, 1, 8, 16, 1, 0, 0)));
 
 // (B, L, E, N, chunk, with h0)
 class CudaScan : public ::testing::TestWithParam<std::tuple<int, int, int, int, int, bool>> {};
@@ -358,8 +392,10 @@ TEST(CudaKernels, CrossEntropy) {
   BHASA_REQUIRE_GPU(gpu);
   auto cpu = make_cpu_backend();
   std::mt19937 rng(9);
+  // ldl = V + 3: the two-pass kernel; ldl = V (V % 4 == 0): the gradient through shared memory
+  for (int pad : {3, 0})
   for (int V : {72, 1000, 50280}) {
-    const int T = 37, ldl = V + 3;
+    const int T = 37, ldl = V + pad;
     auto logits = randn(size_t(T) * ldl, rng, 3.0f);
     std::vector<int32_t> targets(T);
     for (int t = 0; t < T; ++t) targets[t] = t % 7 == 3 ? -100 : int32_t(rng() % V);
@@ -375,7 +411,7 @@ TEST(CudaKernels, CrossEntropy) {
     const double loss2 = gpu->cross_entropy(T, V, dl.p, ldl, dt.p, 0.25f);
     const double rloss2 = cpu->cross_entropy(T, V, ref.data(), ldl, targets.data(), 0.25f);
     EXPECT_LE(std::fabs(loss2 - rloss2) / rloss2, kTol);
-    EXPECT_LE(rel_l2(dl.host(), ref), kTol) << "V=" << V;
+    EXPECT_LE(rel_l2(dl.host(), ref), kTol) << "V=" << V << " ldl=" << ldl;
   }
 }
 
@@ -397,9 +433,13 @@ TEST(CudaKernels, AdamwSumSquaresAxpy) {
   auto p = randn(n, rng), g = randn(n, rng), m = randn(n, rng, 0.1f), v = randn(n, rng, 0.1f);
   for (auto& x : v) x = std::fabs(x);
   DevBuf dp(*gpu, p), dg(*gpu, g), dm(*gpu, m), dv(*gpu, v);
+  // n % 4 == 3: the 16-byte kernel and its scalar tail; step 3 starts one float in
+  // (unaligned: the scalar kernel)
   for (int step = 1; step <= 3; ++step) {
-    gpu->adamw(n, dp.p, dg.p, dm.p, dv.p, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f);
-    cpu->adamw(n, p.data(), g.data(), m.data(), v.data(), 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f);
+    const size_t o = step == 3 ? 1 : 0;
+    gpu->adamw(n - o, dp.p + o, dg.p + o, dm.p + o, dv.p + o, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f);
+    cpu->adamw(n - o, p.data() + o, g.data() + o, m.data() + o, v.data() + o, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f,
+               step, 0.7f);
   }
   EXPECT_LE(rel_l2(dp.host(), p), kTol);
   EXPECT_LE(rel_l2(dm.host(), m), kTol);

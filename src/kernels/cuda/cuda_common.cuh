@@ -131,4 +131,29 @@ __global__ void sum_doubles_in_order(int n, const double* x, double* out) {
   if (threadIdx.x == 0) out[0] = part[0];
 }
 
+// Column sums of part (groups, n) in a fixed order, for reductions over per-block
+// partials (dw of norm and conv1d). Launch with dim3(kColSumLanes, kColSumRows)
+// threads and blocks_for(n, kColSumLanes) blocks: thread (x, y) adds rows y,
+// y + kColSumRows, ... of column blockIdx.x * kColSumLanes + x in row order, then
+// the threads with y == 0 add those kColSumRows sums in y order and get the total
+// (the others get 0). Several loads per column in flight instead of one chain.
+// Every thread of the block must call it (it has barriers).
+constexpr int kColSumLanes = 32, kColSumRows = 8;
+__device__ __forceinline__ float column_sum_in_order(int n, int groups, const float* part) {
+  __shared__ float rows[kColSumRows][kColSumLanes];
+  __syncthreads();  // a previous call's readers are done with rows
+  const int i = blockIdx.x * kColSumLanes + threadIdx.x;
+  float acc = 0.0f;
+  if (i < n) {
+#pragma unroll 4
+    for (int g = threadIdx.y; g < groups; g += kColSumRows) acc += part[size_t(g) * n + i];
+  }
+  rows[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  float total = 0.0f;
+  if (threadIdx.y == 0)
+    for (int y = 0; y < kColSumRows; ++y) total += rows[y][threadIdx.x];
+  return total;
+}
+
 }  // namespace bhasa::cuda

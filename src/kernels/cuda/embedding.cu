@@ -1,4 +1,15 @@
 // Token embedding lookup and its deterministic scatter-add backward.
+//
+// Backward: the token positions are sorted by id (a stable radix sort, so equal ids
+// keep time order), then cut into chunks of kChunk sorted positions. A block sums
+// each run of equal ids inside its chunk in order: a run that starts and ends in the
+// chunk is added to its table row at once; the pieces of a run that crosses a chunk
+// edge go to per-chunk scratch (head: the piece that began in an earlier chunk, or
+// the whole chunk; tail: the piece that continues into the next), and a second
+// kernel adds each crossing run's pieces in chunk order. Every table row has one
+// writer and a fixed summation order, so the result is bitwise repeatable; and a
+// frequent id (a few % of the tokens in text) is summed by many chunks in parallel,
+// not by one thread walking thousands of rows.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -6,6 +17,9 @@
 namespace bhasa::cuda {
 
 namespace {
+
+constexpr int kChunk = 16;     // sorted positions per block of the first kernel
+constexpr int kThreads = 256;  // threads over the columns
 
 // torch: out = table[ids]        ids (T), table (V, D), out (T, D)
 __global__ void embedding_forward_kernel(int T, int D, const int32_t* ids, const float* table,
@@ -16,28 +30,94 @@ __global__ void embedding_forward_kernel(int T, int D, const int32_t* ids, const
   out[i] = table[size_t(ids[t]) * D + d];
 }
 
+// The same with 16-byte accesses (D % 4 == 0, aligned): 4 columns per thread.
+__global__ void embedding_forward_vec(int T, int D, const int32_t* ids, const float* table, float* out) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;  // float4 index
+  const int D4 = D / 4;
+  if (i >= size_t(T) * D4) return;
+  const size_t t = i / D4, c = i % D4;
+  reinterpret_cast<float4*>(out)[i] = reinterpret_cast<const float4*>(table)[size_t(ids[t]) * D4 + c];
+}
+
 __global__ void iota_kernel(int n, int32_t* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = i;
 }
 
 // torch: dtable.index_add_(0, ids, dout)      dtable (V, D) +=
-// Tokens come sorted by id (a stable radix sort, so equal ids keep time order).
-// The thread for (run start i, column d) adds the whole run of equal ids in time
-// order: every sum has one owner and a fixed order, so the result is deterministic
-// and equals the CPU's sequential loop.
-__global__ void embedding_backward_kernel(int T, int D, int V, const int32_t* sorted_ids,
-                                          const int32_t* positions, const float* dout,
-                                          float* dtable) {
-  const int i = blockIdx.x;  // position in the sorted order
-  const int d = blockIdx.y * blockDim.x + threadIdx.x;
-  if (d >= D) return;
-  const int id = sorted_ids[i];
-  if (i > 0 && sorted_ids[i - 1] == id) return;  // not the start of a run
-  if (id < 0 || id >= V) return;                 // the host validated ids; never write out of bounds
-  float acc = dtable[size_t(id) * D + d];
-  for (int j = i; j < T && sorted_ids[j] == id; ++j) acc += dout[size_t(positions[j]) * D + d];
-  dtable[size_t(id) * D + d] = acc;
+// Chunk c = blockIdx.x holds sorted positions [c * kChunk, ...). For each run piece
+// [a, b] in the chunk, s = sum of dout rows in order, then:
+//   run inside the chunk:                 dtable[id] += s
+//   run began before the chunk:           head[c] = s  (the whole chunk if it also continues)
+//   run began here and continues after:   tail[c] = s
+__global__ void __launch_bounds__(kThreads)
+embedding_backward_chunks(int T, int D, int V, const int32_t* sorted_ids, const int32_t* positions,
+                          const float* __restrict__ dout, float* dtable, float* head, float* tail) {
+  __shared__ int32_t id_s[kChunk + 2], pos_s[kChunk];  // id_s[0]: the id before; [kChunk+1]: after
+  const int c = blockIdx.x, p0 = c * kChunk, n = min(kChunk, T - p0);
+  for (int j = threadIdx.x; j < kChunk + 2; j += blockDim.x) {
+    const int p = p0 - 1 + j;
+    id_s[j] = p >= 0 && p < T && j <= n + 1 ? sorted_ids[p] : -1;
+  }
+  for (int j = threadIdx.x; j < n; j += blockDim.x) pos_s[j] = positions[p0 + j];
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    // dout rows, and the table entry of each position's id, all loaded up front: the
+    // table is read before any write of this block (only this block writes these ids),
+    // so the read-modify-writes below are not a chain of dependent round trips.
+    float v[kChunk], tv[kChunk];
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      const int id = id_s[j + 1];
+      v[j] = j < n ? dout[size_t(pos_s[j]) * D + d] : 0.0f;
+      const bool run_ends = j + 1 >= n || id_s[j + 2] != id;
+      tv[j] = j < n && run_ends && id >= 0 && id < V ? dtable[size_t(id) * D + d] : 0.0f;
+    }
+    float s = 0.0f;
+    int a = 0;  // start of the current piece
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      if (j >= n) break;
+      s += v[j];
+      const int id = id_s[j + 1];
+      if (j + 1 < n && id_s[j + 2] == id) continue;  // the run goes on in this chunk
+      const bool before = a == 0 && id_s[0] == id;
+      const bool after = j + 1 == n && id_s[n + 1] == id;
+      if (before) head[size_t(c) * D + d] = s;
+      else if (after) tail[size_t(c) * D + d] = s;
+      else if (id >= 0 && id < V) dtable[size_t(id) * D + d] = tv[j] + s;  // ids were validated on the host
+      s = 0.0f;
+      a = j + 1;
+    }
+  }
+}
+
+// The runs that cross chunk edges: the chunk where such a run begins adds
+// tail[c] + head[c+1] + ... + head[last chunk of the run], in that order.
+__global__ void __launch_bounds__(kThreads)
+embedding_backward_crossing(int T, int D, int V, int n_chunks, const int32_t* sorted_ids,
+                            const float* head, const float* tail, float* dtable) {
+  const int c = blockIdx.x;
+  const int last = min(T, (c + 1) * kChunk) - 1;  // the chunk's last sorted position
+  if (last + 1 >= T) return;
+  const int id = sorted_ids[last];
+  if (sorted_ids[last + 1] != id) return;                           // no run crosses the end
+  if (c > 0 && sorted_ids[c * kChunk] == id && sorted_ids[c * kChunk - 1] == id) return;  // began earlier
+  if (id < 0 || id >= V) return;
+  // the run's last position: binary search in the sorted ids (same in every thread)
+  int lo = last + 1, hi = T - 1;  // sorted_ids[lo] == id
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (sorted_ids[mid] == id) lo = mid;
+    else hi = mid - 1;
+  }
+  const int c_end = lo / kChunk;  // the chunk where the run ends
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float s = tail[size_t(c) * D + d];
+#pragma unroll 8
+    for (int k = c + 1; k <= c_end; ++k) s += head[size_t(k) * D + d];
+    dtable[size_t(id) * D + d] += s;
+  }
 }
 
 int bits_for(int V) {
@@ -51,7 +131,10 @@ int bits_for(int V) {
 void embedding_forward(Ctx& c, int T, int D, const int32_t* ids, const float* table, float* out) {
   const size_t n = size_t(T) * D;
   if (n == 0) return;
-  embedding_forward_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(T, D, ids, table, out);
+  if (D % 4 == 0 && reinterpret_cast<uintptr_t>(table) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0)
+    embedding_forward_vec<<<blocks_for(n / 4, 256), 256, 0, c.stream>>>(T, D, ids, table, out);
+  else
+    embedding_forward_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(T, D, ids, table, out);
   BHASA_LAUNCH_CHECK("embedding_forward");
 }
 
@@ -69,13 +152,20 @@ void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const f
   const int end_bit = bits_for(V);
   BHASA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, ids, sorted_ids, positions_in,
                                                    positions, T, 0, end_bit, c.stream));
-  void* temp = c.scratch->get(kSortTemp, temp_bytes);
-  BHASA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, ids, sorted_ids, positions_in,
+  const int n_chunks = int(blocks_for(T, kChunk));
+  const size_t piece_bytes = size_t(n_chunks) * D * sizeof(float);  // head, then tail
+  const size_t temp_at = (2 * piece_bytes + 255) / 256 * 256;
+  auto* temp = static_cast<char*>(c.scratch->get(kSortTemp, temp_at + temp_bytes));
+  float* head = reinterpret_cast<float*>(temp);
+  float* tail = head + size_t(n_chunks) * D;
+  BHASA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp + temp_at, temp_bytes, ids, sorted_ids, positions_in,
                                                    positions, T, 0, end_bit, c.stream));
-  const int threads = D >= 256 ? 256 : ((D + 31) / 32) * 32;
-  dim3 grid(T, blocks_for(D, threads));
-  embedding_backward_kernel<<<grid, threads, 0, c.stream>>>(T, D, V, sorted_ids, positions, dout, dtable);
-  BHASA_LAUNCH_CHECK("embedding_backward");
+  embedding_backward_chunks<<<n_chunks, kThreads, 0, c.stream>>>(T, D, V, sorted_ids, positions, dout, dtable,
+                                                                 head, tail);
+  BHASA_LAUNCH_CHECK("embedding_backward_chunks");
+  embedding_backward_crossing<<<n_chunks, kThreads, 0, c.stream>>>(T, D, V, n_chunks, sorted_ids, head, tail,
+                                                                   dtable);
+  BHASA_LAUNCH_CHECK("embedding_backward_crossing");
 }
 
 }  // namespace bhasa::cuda

@@ -1,5 +1,11 @@
-// RMSNorm and LayerNorm, forward and backward: one warp per row, and the weight
-// gradients through per-row-group partials summed in a fixed order (no atomics).
+// RMSNorm and LayerNorm, forward and backward: one warp per row.
+// Fast path (D % 4 == 0, D <= 1024, 16-byte aligned rows): a lane keeps its
+// NV = ceil(D / 128) float4s of the row in registers, so x (and dout) are read once;
+// the backward also accumulates dw/db in registers over a fixed group of rows and
+// writes one partial per group (block), summed over groups in a fixed order: no
+// atomics, no second pass over dout and x. Other shapes take the plain kernels.
+#include <cstdint>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace bhasa::cuda {
@@ -8,6 +14,7 @@ namespace {
 
 constexpr int kRowsPerBlock = 8;  // warps per block, one row each
 constexpr int kRowGroups = 256;   // partial sums of dw/db per column
+constexpr int kMaxVec = 8;        // float4s per lane on the fast path: D <= 1024
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -16,6 +23,140 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // rms:   torch: out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 // layer: torch: out = F.layer_norm(x, (D,), w, b, eps)
+// x (T, D), w (D), b (D) or null, out (T, D), mean (T) (layer only), rstd (T)
+template <int NV>
+__global__ void __launch_bounds__(32 * kRowsPerBlock)
+norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float* w,
+                 const float* b, float* out, float* mean, float* rstd) {
+  const int t = blockIdx.x * kRowsPerBlock + threadIdx.y;
+  const int lane = threadIdx.x, D4 = D / 4;
+  if (t >= T) return;
+  const float4* xt = reinterpret_cast<const float4*>(x + size_t(t) * D);
+  float4 xv[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int c = lane + 32 * j;
+    xv[j] = c < D4 ? xt[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float mu = 0.0f;
+  if (!rms) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) s += (xv[j].x + xv[j].y) + (xv[j].z + xv[j].w);
+    mu = warp_sum(s) / D;
+  }
+  float ss = 0.0f;  // sum of squares about mu
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (lane + 32 * j < D4) {
+      const float a = xv[j].x - mu, bb = xv[j].y - mu, c = xv[j].z - mu, d = xv[j].w - mu;
+      ss += (a * a + bb * bb) + (c * c + d * d);
+    }
+  const float r = 1.0f / sqrtf(warp_sum(ss) / D + eps);
+  float4* ot = reinterpret_cast<float4*>(out + size_t(t) * D);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  const float4* b4 = reinterpret_cast<const float4*>(b);
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int c = lane + 32 * j;
+    if (c >= D4) continue;
+    const float4 wv = w4[c], bv = b ? b4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    ot[c] = make_float4((xv[j].x - mu) * r * wv.x + bv.x, (xv[j].y - mu) * r * wv.y + bv.y,
+                        (xv[j].z - mu) * r * wv.z + bv.z, (xv[j].w - mu) * r * wv.w + bv.w);
+  }
+  if (lane == 0) {
+    if (mean) mean[t] = mu;
+    rstd[t] = r;
+  }
+}
+
+// dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * w,  xhat = (x - mean) * rstd
+// (mean(g) term only for LayerNorm). Block g walks rows [g * rows_per_group, ...): warp y
+// takes rows y, y + 8, ...; pdw[g][d] = sum over those rows of dout * xhat (pdb: of dout),
+// the 8 warps added in order through shared memory. w is re-read per row (L1 hits) and dx
+// loaded only where it is updated: at D = 768 that keeps 2 blocks (16 warps) per SM, so the
+// 256 groups run in one wave.
+template <int NV, bool RMS>
+__global__ void __launch_bounds__(32 * kRowsPerBlock, 2)
+norm_backward_vec(int T, int D, const float* dout, const float* x, const float* w,
+                  const float* mean, const float* rstd, float* dx, int rows_per_group,
+                  float* pdw, float* pdb) {
+  __shared__ float4 red[kRowsPerBlock][32 * NV];
+  const int lane = threadIdx.x, D4 = D / 4;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4 aw[NV], ab[RMS ? 1 : NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) aw[j] = zero;
+#pragma unroll
+  for (int j = 0; j < (RMS ? 1 : NV); ++j) ab[j] = zero;
+  const int t1 = min(T, (blockIdx.x + 1) * rows_per_group);
+  for (int t = blockIdx.x * rows_per_group + threadIdx.y; t < t1; t += kRowsPerBlock) {
+    const float4* xt = reinterpret_cast<const float4*>(x + size_t(t) * D);
+    const float4* gt = reinterpret_cast<const float4*>(dout + size_t(t) * D);
+    float4* dxt = reinterpret_cast<float4*>(dx + size_t(t) * D);
+    float4 xv[NV], gv[NV];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int c = lane + 32 * j;
+      xv[j] = c < D4 ? xt[c] : zero;
+      gv[j] = c < D4 ? gt[c] : zero;
+    }
+    const float mu = RMS ? 0.0f : mean[t];
+    const float r = rstd[t];
+    float sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int c = lane + 32 * j;
+      const float4 wv = c < D4 ? __ldg(w4 + c) : zero;
+      const float4 g = make_float4(gv[j].x * wv.x, gv[j].y * wv.y, gv[j].z * wv.z, gv[j].w * wv.w);
+      sg += (g.x + g.y) + (g.z + g.w);
+      sgx += (g.x * (xv[j].x - mu) * r + g.y * (xv[j].y - mu) * r) +
+             (g.z * (xv[j].z - mu) * r + g.w * (xv[j].w - mu) * r);
+    }
+    const float mean_g = RMS ? 0.0f : warp_sum(sg) / D;
+    const float mean_gx = warp_sum(sgx) / D;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= D4) continue;
+      float4 dv = dxt[c];
+      const float4 wv = __ldg(w4 + c);
+      const float* xs = &xv[j].x;
+      const float* gs = &gv[j].x;
+      const float* ws = &wv.x;
+      float* ds = &dv.x;
+      float* as = &aw[j].x;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float xhat = (xs[q] - mu) * r;
+        ds[q] += r * (gs[q] * ws[q] - mean_g - xhat * mean_gx);
+        as[q] += gs[q] * xhat;
+        if constexpr (!RMS) (&ab[j].x)[q] += gs[q];
+      }
+      dxt[c] = dv;
+    }
+  }
+  // partials of this group: the 8 warps in order
+#pragma unroll
+  for (int pass = 0; pass < (RMS ? 1 : 2); ++pass) {
+    float* part = (pass ? pdb : pdw) + size_t(blockIdx.x) * D;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) red[threadIdx.y][lane + 32 * j] = pass ? ab[RMS ? 0 : j] : aw[j];
+    __syncthreads();
+    for (int c = threadIdx.y * 32 + lane; c < D4; c += 32 * kRowsPerBlock) {
+      float4 s = red[0][c];
+      for (int y = 1; y < kRowsPerBlock; ++y) {
+        const float4 v = red[y][c];
+        s = make_float4(s.x + v.x, s.y + v.y, s.z + v.z, s.w + v.w);
+      }
+      reinterpret_cast<float4*>(part)[c] = s;
+    }
+    __syncthreads();
+  }
+}
+
+// The plain kernels, for any D and alignment.
 __global__ void norm_forward_kernel(int T, int D, bool rms, float eps, const float* x,
                                     const float* w, const float* b, float* out, float* mean,
                                     float* rstd) {
@@ -40,8 +181,6 @@ __global__ void norm_forward_kernel(int T, int D, bool rms, float eps, const flo
   }
 }
 
-// dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * w,  xhat = (x - mean) * rstd
-// (mean(g) term only for LayerNorm)
 __global__ void norm_backward_dx_kernel(int T, int D, bool rms, const float* dout,
                                         const float* x, const float* w, const float* mean,
                                         const float* rstd, float* dx) {
@@ -68,7 +207,6 @@ __global__ void norm_backward_dx_kernel(int T, int D, bool rms, const float* dou
 }
 
 // partial[p][d] = sum over rows of group p of dout * xhat (and of dout for db).
-// One thread per column; rows walked in order.
 __global__ void norm_backward_dw_partials(int T, int D, bool rms, const float* dout,
                                           const float* x, const float* mean, const float* rstd,
                                           int rows_per_group, float* pdw, float* pdb) {
@@ -77,6 +215,7 @@ __global__ void norm_backward_dw_partials(int T, int D, bool rms, const float* d
   if (d >= D) return;
   const int t0 = p * rows_per_group, t1 = min(T, t0 + rows_per_group);
   float sw = 0.0f, sb = 0.0f;
+#pragma unroll 4
   for (int t = t0; t < t1; ++t) {
     const float g = dout[size_t(t) * D + d];
     const float mu = rms ? 0.0f : mean[t];
@@ -88,17 +227,32 @@ __global__ void norm_backward_dw_partials(int T, int D, bool rms, const float* d
 }
 
 // dw[d] += sum_p pdw[p][d] (in p order); likewise db.
-__global__ void norm_backward_dw_finish(int D, int groups, const float* pdw, const float* pdb,
-                                        float* dw, float* db) {
-  const int d = blockIdx.x * blockDim.x + threadIdx.x;
-  if (d >= D) return;
-  float sw = 0.0f, sb = 0.0f;
-  for (int p = 0; p < groups; ++p) {
-    sw += pdw[size_t(p) * D + d];
-    sb += pdb[size_t(p) * D + d];
-  }
+__global__ void __launch_bounds__(kColSumLanes * kColSumRows)
+norm_backward_dw_finish(int D, int groups, const float* pdw, const float* pdb, float* dw, float* db) {
+  const int d = blockIdx.x * kColSumLanes + threadIdx.x;
+  const float sw = column_sum_in_order(D, groups, pdw);
+  const float sb = db ? column_sum_in_order(D, groups, pdb) : 0.0f;
+  if (threadIdx.y != 0 || d >= D) return;
   dw[d] += sw;
   if (db) db[d] += sb;
+}
+
+// Calls f(std::integral_constant<int, NV>) with NV >= D / 128 in {1, 2, 4, 6, 8}.
+template <class F>
+void with_vec(int D, F&& f) {
+  const int nv = (D / 4 + 31) / 32;
+  if (nv <= 1) return f(std::integral_constant<int, 1>{});
+  if (nv <= 2) return f(std::integral_constant<int, 2>{});
+  if (nv <= 4) return f(std::integral_constant<int, 4>{});
+  if (nv <= 6) return f(std::integral_constant<int, 6>{});
+  return f(std::integral_constant<int, 8>{});
+}
+
+bool fast_path(int D, std::initializer_list<const void*> ptrs) {
+  if (D % 4 != 0 || D > 128 * kMaxVec) return false;
+  for (const void* p : ptrs)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 }  // namespace
@@ -106,8 +260,16 @@ __global__ void norm_backward_dw_finish(int D, int groups, const float* pdw, con
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
                   const float* b, float* out, float* mean, float* rstd) {
   if (T == 0) return;
-  norm_forward_kernel<<<blocks_for(T, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, c.stream>>>(
-      T, D, rms, eps, x, w, b, out, mean, rstd);
+  const dim3 block(32, kRowsPerBlock);
+  if (fast_path(D, {x, w, b, out})) {
+    with_vec(D, [&](auto nv) {
+      norm_forward_vec<decltype(nv)::value><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(
+          T, D, rms, eps, x, w, b, out, mean, rstd);
+    });
+  } else {
+    norm_forward_kernel<<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, eps, x, w, b, out,
+                                                                               mean, rstd);
+  }
   BHASA_LAUNCH_CHECK("norm_forward");
 }
 
@@ -115,19 +277,33 @@ void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const floa
                    const float* w, const float* mean, const float* rstd, float* dx, float* dw,
                    float* db) {
   if (T == 0) return;
-  norm_backward_dx_kernel<<<blocks_for(T, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, c.stream>>>(
-      T, D, rms, dout, x, w, mean, rstd, dx);
-  BHASA_LAUNCH_CHECK("norm_backward_dx");
   const int rows_per_group = (T + kRowGroups - 1) / kRowGroups;
   const int groups = (T + rows_per_group - 1) / rows_per_group;
   auto* part = static_cast<float*>(c.scratch->get(kNormPartials, 2 * size_t(groups) * D * sizeof(float)));
-  float* pdw = part;                    // (groups, D)
+  float* pdw = part;                       // (groups, D)
   float* pdb = part + size_t(groups) * D;  // (groups, D)
-  dim3 grid(blocks_for(D, 128), groups);
-  norm_backward_dw_partials<<<grid, 128, 0, c.stream>>>(T, D, rms, dout, x, mean, rstd,
-                                                        rows_per_group, pdw, pdb);
-  BHASA_LAUNCH_CHECK("norm_backward_dw_partials");
-  norm_backward_dw_finish<<<blocks_for(D, 128), 128, 0, c.stream>>>(D, groups, pdw, pdb, dw, db);
+  const dim3 block(32, kRowsPerBlock);
+  if (fast_path(D, {dout, x, w, dx})) {
+    with_vec(D, [&](auto nv) {
+      constexpr int NV = decltype(nv)::value;
+      if (rms)
+        norm_backward_vec<NV, true><<<groups, block, 0, c.stream>>>(T, D, dout, x, w, mean, rstd, dx,
+                                                                    rows_per_group, pdw, pdb);
+      else
+        norm_backward_vec<NV, false><<<groups, block, 0, c.stream>>>(T, D, dout, x, w, mean, rstd, dx,
+                                                                     rows_per_group, pdw, pdb);
+    });
+    BHASA_LAUNCH_CHECK("norm_backward");
+  } else {
+    norm_backward_dx_kernel<<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, dout, x, w,
+                                                                                   mean, rstd, dx);
+    BHASA_LAUNCH_CHECK("norm_backward_dx");
+    norm_backward_dw_partials<<<dim3(blocks_for(D, 128), groups), 128, 0, c.stream>>>(
+        T, D, rms, dout, x, mean, rstd, rows_per_group, pdw, pdb);
+    BHASA_LAUNCH_CHECK("norm_backward_dw_partials");
+  }
+  norm_backward_dw_finish<<<blocks_for(D, kColSumLanes), dim3(kColSumLanes, kColSumRows), 0, c.stream>>>(
+      D, groups, pdw, pdb, dw, db);
   BHASA_LAUNCH_CHECK("norm_backward_dw_finish");
 }
 
