@@ -28,6 +28,9 @@ class CudaBackend final : public Backend {
     gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.tf32);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    ctx_.sm_count = prop.multiProcessorCount;
+    ctx_.pdl = opt.pdl;
+    gemv_ = opt.gemv;
     name_ = std::string("cuda (") + prop.name + (opt.tf32 ? ", tf32 gemm)" : ", fp32 gemm)");
   }
   ~CudaBackend() override {
@@ -73,7 +76,38 @@ class CudaBackend final : public Backend {
   // ---- kernels --------------------------------------------------------------
   void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc) override {
+    // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
+    if (gemv_ && !ta && tb && gemv_serves(M, N, K, A, lda, B, ldb, nullptr, nullptr))
+      return cuda::gemv(ctx_, M, N, K, A, lda, B, ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr);
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  }
+
+  // ---- one decode step ------------------------------------------------------
+  void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
+                 const float* b, const float* W, float* out) override {
+    if (gemv_ && gemv_serves(M, N, K, x, K, W, K, w, b))
+      return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b);
+    auto* h = static_cast<float*>(scratch_.get(kDecodeA, size_t(M) * K * sizeof(float)));
+    auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
+    cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
+    gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
+  }
+  void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,
+                     const float* conv_w, const float* conv_b, const float* x_proj,
+                     float* dbc) override {
+    if (gemv_ && cuda::ssm_decode_in_fused(B, P))
+      return cuda::ssm_decode_in(ctx_, B, E, K, P, x, ldx, conv_state, conv_w, conv_b, x_proj, dbc,
+                                 nullptr);
+    auto* xs = static_cast<float*>(scratch_.get(kDecodeA, size_t(B) * E * sizeof(float)));
+    cuda::ssm_decode_in(ctx_, B, E, K, P, x, ldx, conv_state, conv_w, conv_b, x_proj, dbc, xs);
+    gemm_->run(false, true, B, P, E, xs, E, x_proj, E, 0.f, dbc, P);
+  }
+  void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                       float* conv_state, const float* conv_w, const float* conv_b,
+                       const float* dbc, const float* dt_w, const float* dt_bias,
+                       const float* A_log, const float* D, float* h, float* y) override {
+    cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
+                          dt_bias, A_log, D, h, y);
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
     cuda::embedding_forward(ctx_, T, D, ids, table, out);
@@ -204,6 +238,7 @@ class CudaBackend final : public Backend {
   Scratch scratch_;
   Ctx ctx_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  bool gemv_ = true;  // small-M products through gemv.cu
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   std::string name_;
 };
@@ -231,11 +266,17 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
   return std::make_unique<CudaBackend>(options);
 }
 
-// BHASA_CUDA_GEMM=fp32 in the environment selects full-fp32 GEMMs (for debugging).
+// BHASA_CUDA_GEMM=fp32 in the environment selects full-fp32 GEMMs (for debugging);
+// BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0 launches
+// the decode kernels without programmatic dependent launch (both for comparisons).
 std::unique_ptr<Backend> make_cuda_backend() {
   CudaOptions opt;
   const char* gemm = std::getenv("BHASA_CUDA_GEMM");
   if (gemm && std::string(gemm) == "fp32") opt.tf32 = false;
+  const char* gemv = std::getenv("BHASA_CUDA_GEMV");
+  if (gemv && std::string(gemv) == "0") opt.gemv = false;
+  const char* pdl = std::getenv("BHASA_CUDA_PDL");
+  if (pdl && std::string(pdl) == "0") opt.pdl = false;
   return make_cuda_backend(opt);
 }
 

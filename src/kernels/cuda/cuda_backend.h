@@ -11,6 +11,10 @@ struct CudaOptions {
   // GEMM math: TF32 tensor cores (fp32 storage, 10-bit mantissa products, fp32
   // accumulation). false: full fp32 GEMMs, for tests that compare with the CPU tightly.
   bool tf32 = true;
+  // Products with at most 8 rows (decoding) through the GEMV kernels, not cuBLASLt.
+  bool gemv = true;
+  // Decode kernels launched with programmatic dependent launch (overlap with the previous kernel).
+  bool pdl = true;
 };
 
 // Throws Error when no CUDA GPU is usable.

@@ -1,0 +1,227 @@
+// One decode step (L = 1) of a Mamba mixer after in_proj, in two kernels instead of
+// five (conv, x_proj, dt_proj, scan, and their launch gaps):
+//   ssm_in:   u = silu(conv(state, x)); dbc = u @ x_proj^T      (states left untouched)
+//   ssm_step: u again; conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
+//             h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
+// ssm_in is a split-K product: block j owns channels [32 j, 32 j + 32), computes their u
+// and its partial dbc over them; the last block to finish (a counter) adds the partials
+// in block order, so the result is deterministic. Both launch with programmatic
+// dependent launch (cuda_common.cuh): the weight slice is loaded before pdl_wait.
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace bhasa::cuda {
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxK = 8;       // d_conv
+constexpr int kInThreads = 256;
+constexpr int kSlice = 32;     // channels per ssm_in block: 8 float4 per weight row
+constexpr int kMaxPI = 4;      // x_proj rows per thread: P <= 32 * kMaxPI
+constexpr int kStepThreads = 128;
+constexpr int kLanes = 4;      // ssm_step lanes per channel
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// u = silu(conv_b[e] + sum_k conv_w[e, k] [state[b, :, e], x[b, e]][k])
+__device__ __forceinline__ float conv_u(int E, int K, const float* x, int ldx, const float* state,
+                                        const float* w, const float* bias, int b, int e) {
+  const int H = K - 1;
+  const float* st = state + size_t(b) * H * E + e;
+  float p = bias ? bias[e] : 0.0f;
+  for (int j = 0; j < H; ++j) p += w[size_t(e) * K + j] * st[size_t(j) * E];
+  p += w[size_t(e) * K + H] * x[size_t(b) * ldx + e];
+  return p * sigmoidf_(p);
+}
+
+// torch: dbc = F.silu(conv_step(state, x)) @ x_proj.T   (state unchanged)   MT >= B
+template <int MT>
+__global__ void __launch_bounds__(kInThreads)
+ssm_in_kernel(int B, int E, int K, int P, const float* __restrict__ x, int ldx,
+              const float* __restrict__ state, const float* __restrict__ conv_w,
+              const float* __restrict__ conv_b, const float* __restrict__ Wx,
+              float* __restrict__ partials, unsigned* counter, float* __restrict__ dbc) {
+  __shared__ __align__(16) float su[MT][kSlice];
+  __shared__ bool s_last;
+  const int t = threadIdx.x, q = t % 8, prow = t / 8, e0 = blockIdx.x * kSlice;
+  const int e4 = e0 + 4 * q;  // this thread's 4 channels of each weight row
+  float4 wv[kMaxPI];
+#pragma unroll
+  for (int i = 0; i < kMaxPI; ++i) {
+    const int p = prow + 32 * i;
+    wv[i] = p < P && e4 < E ? *reinterpret_cast<const float4*>(Wx + size_t(p) * E + e4)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  pdl_trigger();
+  pdl_wait();
+  for (int idx = t; idx < MT * kSlice; idx += kInThreads) {
+    const int m = idx / kSlice, j = idx % kSlice, e = e0 + j;
+    su[m][j] = m < B && e < E ? conv_u(E, K, x, ldx, state, conv_w, conv_b, m, e) : 0.0f;
+  }
+  __syncthreads();
+  float acc[kMaxPI][MT];
+#pragma unroll
+  for (int i = 0; i < kMaxPI; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      acc[i][m] = dot4(wv[i], *reinterpret_cast<const float4*>(&su[m][4 * q]));
+      // the 8 threads of a weight row are 8 consecutive lanes
+      for (int o = 4; o > 0; o >>= 1) acc[i][m] += __shfl_xor_sync(kFull, acc[i][m], o);
+    }
+  if (q == 0) {
+#pragma unroll
+    for (int i = 0; i < kMaxPI; ++i) {
+      const int p = prow + 32 * i;
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (p < P && m < B) partials[(size_t(blockIdx.x) * B + m) * P + p] = acc[i][m];
+    }
+  }
+  // The last block adds every block's partials, in block order.
+  __threadfence();
+  __syncthreads();
+  if (t == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  for (int idx = t; idx < B * P; idx += kInThreads) {
+    float s = 0.0f;
+    for (int blk = 0; blk < int(gridDim.x); ++blk) s += __ldcg(partials + size_t(blk) * B * P + idx);
+    dbc[idx] = s;
+  }
+  if (t == 0) *counter = 0;  // ready for the next launch (kernels in a stream do not overlap here)
+}
+
+// xs = silu(conv_step(state, x)), state unchanged (the path for B > kGemvMaxM).
+__global__ void conv_decode_kernel(int B, int E, int K, const float* x, int ldx, const float* state,
+                                   const float* conv_w, const float* conv_b, float* xs) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  pdl_trigger();
+  pdl_wait();
+  if (i >= B * E) return;
+  xs[i] = conv_u(E, K, x, ldx, state, conv_w, conv_b, i / E, i % E);
+}
+
+// One channel (b, e) per kLanes lanes; lane k owns states n = k, k + 4, ... (J of them).
+// torch (per channel): u = silu(conv(state, x)); state = cat(state, x)[1:]
+//   delta = F.softplus(dbc[:R] @ dt_w[e] + dt_bias[e]); h = exp(delta * -exp(A_log[e])) * h + delta * B * u
+//   y = (C @ h + D[e] * u) * F.silu(z)
+template <int J>
+__global__ void __launch_bounds__(kStepThreads)
+ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
+                const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+  const int gid = blockIdx.x * kStepThreads + threadIdx.x;
+  const int k = gid % kLanes;
+  const bool valid = gid / kLanes < B * E;
+  const int ch = valid ? gid / kLanes : 0;  // inactive groups compute channel 0 and store nothing
+  const int b = ch / E, e = ch % E, H = K - 1, P = R + 2 * N;
+  pdl_trigger();
+  pdl_wait();
+  const float* db = dbc + size_t(b) * P;
+  float d = 0.0f;
+  for (int r = k; r < R; r += kLanes) d += db[r] * dt_w[size_t(e) * R + r];
+  d += __shfl_xor_sync(kFull, d, 1);
+  d += __shfl_xor_sync(kFull, d, 2);
+  const float delta = softplusf_(d + dt_bias[e]);
+
+  // conv: the window [state[b, :, e], x[b, e]], then the shifted state
+  float* st = conv_state + size_t(b) * H * E + e;
+  float win[kMaxK];
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) win[j] = j < H ? st[size_t(j) * E] : 0.0f;
+  const float xv = x[size_t(b) * ldxz + e];
+  float p = conv_b ? conv_b[e] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (j < H) p += conv_w[size_t(e) * K + j] * win[j];
+  p += conv_w[size_t(e) * K + H] * xv;
+  const float u = p * sigmoidf_(p);
+  __syncwarp();  // every lane of the group has read the old state
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (valid && j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+
+  const float du = delta * u;
+  float yp = 0.0f;
+  float* hc = h + size_t(ch) * N;
+#pragma unroll
+  for (int i = 0; i < J; ++i) {
+    const int n = k + kLanes * i;
+    if (n < N) {
+      const float a = -expf(A_log[size_t(e) * N + n]);
+      const float hv = expf(delta * a) * hc[n] + du * db[R + n];
+      if (valid) hc[n] = hv;
+      yp += db[R + N + n] * hv;
+    }
+  }
+  yp += __shfl_xor_sync(kFull, yp, 1);
+  yp += __shfl_xor_sync(kFull, yp, 2);
+  if (valid && k == 0) {
+    const float zz = z[size_t(b) * ldxz + e];
+    y[size_t(b) * E + e] = (yp + Dp[e] * u) * zz * sigmoidf_(zz);
+  }
+}
+
+void check_shapes(int E, int K) {
+  check(K >= 1 && K <= kMaxK, "decode step: d_conv = " + std::to_string(K) +
+                                  " is not supported by the CUDA backend (1.." + std::to_string(kMaxK) + ")");
+  check(E % 4 == 0, "decode step: d_inner must be a multiple of 4 on the CUDA backend");
+}
+
+}  // namespace
+
+void ssm_decode_in(Ctx& c, int B, int E, int K, int P, const float* x, int ldx,
+                   const float* conv_state, const float* conv_w, const float* conv_b,
+                   const float* x_proj, float* dbc, float* xs_scratch) {
+  check_shapes(E, K);
+  if (B == 0) return;
+  if (xs_scratch) {  // B > kGemvMaxM or P too wide: u only; the caller runs the GEMM
+    launch(conv_decode_kernel, dim3(blocks_for(size_t(B) * E, 256)), dim3(256), 0, c.stream, c.pdl,
+           B, E, K, x, ldx, conv_state, conv_w, conv_b, xs_scratch);
+    BHASA_LAUNCH_CHECK("conv_decode");
+    return;
+  }
+  check(B <= kGemvMaxM && P <= 32 * kMaxPI, "ssm_decode_in: batch or x_proj width too large");
+  const int blocks = (E + kSlice - 1) / kSlice;
+  auto* partials = static_cast<float*>(c.scratch->get(kDecodePartials, size_t(blocks) * B * P * sizeof(float)));
+  auto* counter = static_cast<unsigned*>(c.scratch->get(kDecodeCounter, sizeof(unsigned), /*zeroed=*/true));
+  auto go = [&](auto kernel) {
+    launch(kernel, dim3(blocks), dim3(kInThreads), 0, c.stream, c.pdl, B, E, K, P, x, ldx, conv_state,
+           conv_w, conv_b, x_proj, partials, counter, dbc);
+  };
+  if (B == 1) go(ssm_in_kernel<1>);
+  else if (B == 2) go(ssm_in_kernel<2>);
+  else if (B <= 4) go(ssm_in_kernel<4>);
+  else go(ssm_in_kernel<8>);
+  BHASA_LAUNCH_CHECK("ssm_decode_in");
+}
+
+bool ssm_decode_in_fused(int B, int P) { return B <= kGemvMaxM && P <= 32 * kMaxPI; }
+
+void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
+                     int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
+                     const float* dbc, const float* dt_w, const float* dt_bias,
+                     const float* A_log, const float* D, float* h, float* y) {
+  check_shapes(E, K);
+  check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
+  if (B == 0) return;
+  const unsigned blocks = blocks_for(size_t(B) * E * kLanes, kStepThreads);
+  auto go = [&](auto kernel) {
+    launch(kernel, dim3(blocks), dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz,
+           conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
+  };
+  if (N <= 4) go(ssm_step_kernel<1>);
+  else if (N <= 8) go(ssm_step_kernel<2>);
+  else if (N <= 16) go(ssm_step_kernel<4>);
+  else if (N <= 32) go(ssm_step_kernel<8>);
+  else go(ssm_step_kernel<16>);
+  BHASA_LAUNCH_CHECK("ssm_decode_step");
+}
+
+}  // namespace bhasa::cuda

@@ -1,0 +1,147 @@
+// The decode-step kernels (gemv.cu, ssm_step.cu) against the CPU backend on random
+// data, at the batch sizes each path serves (B <= 8 fused, larger B through cuBLASLt),
+// with NaN-poisoned outputs; then a whole decode step of a model, GPU vs CPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "cuda_test_util.h"
+#include "model/mamba.h"
+#include "model/presets.h"
+
+using namespace bhasa;
+using namespace bhasa::test;
+
+namespace {
+
+constexpr double kTol = 1e-5;     // fp32 arithmetic
+constexpr double kTf32 = 2e-3;    // paths through cuBLASLt's TF32 GEMM (B > 8)
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> nans(size_t n) { return std::vector<float>(n, kNaN); }
+
+}  // namespace
+
+// Small-M products through gemv.cu: every M up to 8, strided A and C, beta 0 / 1 / 0.5.
+TEST(CudaDecodeStep, GemvMatchesCpu) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(3);
+  struct Shape { int N, K; };
+  for (Shape s : {Shape{3072, 768}, Shape{768, 1536}, Shape{50, 192}, Shape{37, 2048}, Shape{5, 4}})
+    for (int M : {1, 2, 3, 5, 8})
+      for (float beta : {0.0f, 1.0f, 0.5f}) {
+        const int lda = s.K + 8, ldc = s.N + 3;
+        auto A = randn(size_t(M) * lda, rng), W = randn(size_t(s.N) * s.K, rng);
+        auto C = beta == 0.0f ? nans(size_t(M) * ldc) : randn(size_t(M) * ldc, rng);
+        DevBuf dA(*gpu, A), dW(*gpu, W), dC(*gpu, C);
+        gpu->gemm(false, true, M, s.N, s.K, dA.p, lda, dW.p, s.K, beta, dC.p, ldc);
+        auto ref = C;
+        if (beta == 0.0f) std::fill(ref.begin(), ref.end(), 0.0f);
+        cpu->gemm(false, true, M, s.N, s.K, A.data(), lda, W.data(), s.K, beta, ref.data(), ldc);
+        auto got = dC.host();
+        // gaps between rows (ldc > N) are not outputs: compare the (M, N) block
+        std::vector<float> g, r;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < s.N; ++n) g.push_back(got[size_t(m) * ldc + n]), r.push_back(ref[size_t(m) * ldc + n]);
+        const double tol = size_t(M) * s.K <= 12288 ? kTol : kTf32;  // A (M, K) must fit shared memory
+        EXPECT_LE(rel_l2(g, r), tol) << "N=" << s.N << " K=" << s.K << " M=" << M << " beta=" << beta;
+      }
+}
+
+TEST(CudaDecodeStep, NormGemmMatchesCpu) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(4);
+  const int N = 1000, K = 768;
+  for (int M : {1, 3, 8, 64})
+    for (bool rms : {true, false}) {
+      auto x = randn(size_t(M) * K, rng, 2.0f, 0.5f), w = randn(K, rng, 0.3f, 1.0f),
+           b = randn(K, rng), W = randn(size_t(N) * K, rng);
+      DevBuf dx(*gpu, x), dw(*gpu, w), db(*gpu, b), dW(*gpu, W), dout(*gpu, nans(size_t(M) * N));
+      gpu->norm_gemm(M, N, K, rms, 1e-5f, dx.p, dw.p, rms ? nullptr : db.p, dW.p, dout.p);
+      std::vector<float> ref(size_t(M) * N);
+      cpu->norm_gemm(M, N, K, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), W.data(), ref.data());
+      EXPECT_LE(rel_l2(dout.host(), ref), M <= 8 ? kTol : kTf32) << "M=" << M << " rms=" << rms;
+    }
+}
+
+// ssm_decode_in at the m130 shape (E 1536, P 80) and the tiny one (E 384, P 44); run
+// twice so that the split-K counter must have been reset by the first launch.
+TEST(CudaDecodeStep, SsmDecodeInMatchesCpu) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(5);
+  const int K = 4;
+  for (auto [E, P] : {std::pair{1536, 80}, std::pair{384, 44}})
+    for (int B : {1, 3, 8, 64}) {
+      auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
+           cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f),
+           Wx = randn(size_t(P) * E, rng, 1.0f / std::sqrt(float(E)));
+      DevBuf dxz(*gpu, xz), dst(*gpu, st), dcw(*gpu, cw), dcb(*gpu, cb), dWx(*gpu, Wx);
+      std::vector<float> ref(size_t(B) * P);
+      cpu->ssm_decode_in(B, E, K, P, xz.data(), 2 * E, st.data(), cw.data(), cb.data(), Wx.data(), ref.data());
+      for (int rep = 0; rep < 2; ++rep) {
+        DevBuf dbc(*gpu, nans(size_t(B) * P));
+        gpu->ssm_decode_in(B, E, K, P, dxz.p, 2 * E, dst.p, dcw.p, dcb.p, dWx.p, dbc.p);
+        EXPECT_LE(rel_l2(dbc.host(), ref), B <= 8 ? kTol : kTf32) << "E=" << E << " B=" << B << " rep=" << rep;
+      }
+      EXPECT_EQ(dst.host(), st);  // states untouched
+    }
+}
+
+TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(6);
+  struct Shape { int E, N, R, K; };
+  for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{384, 5, 12, 3}})
+    for (int B : {1, 5, 64}) {
+      const int E = s.E, N = s.N, R = s.R, K = s.K, P = R + 2 * N;
+      auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
+           cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f), dbc = randn(size_t(B) * P, rng),
+           dtw = randn(size_t(E) * R, rng, 0.5f / std::sqrt(float(R))), dtb = randn(E, rng, 0.3f, -1.0f),
+           Alog = randn(size_t(E) * N, rng, 0.3f), D = randn(E, rng), h = randn(size_t(B) * E * N, rng, 0.5f);
+      DevBuf dxz(*gpu, xz), dst(*gpu, st), dcw(*gpu, cw), dcb(*gpu, cb), ddbc(*gpu, dbc), ddtw(*gpu, dtw),
+          ddtb(*gpu, dtb), dA(*gpu, Alog), dD(*gpu, D), dh(*gpu, h), dy(*gpu, nans(size_t(B) * E));
+      gpu->ssm_decode_step(B, E, N, R, K, dxz.p, dxz.p + E, 2 * E, dst.p, dcw.p, dcb.p, ddbc.p, ddtw.p, ddtb.p,
+                           dA.p, dD.p, dh.p, dy.p);
+      std::vector<float> y(size_t(B) * E);
+      cpu->ssm_decode_step(B, E, N, R, K, xz.data(), xz.data() + E, 2 * E, st.data(), cw.data(), cb.data(),
+                           dbc.data(), dtw.data(), dtb.data(), Alog.data(), D.data(), h.data(), y.data());
+      EXPECT_LE(rel_l2(dy.host(), y), kTol) << "E=" << E << " N=" << N << " B=" << B;
+      EXPECT_LE(rel_l2(dh.host(), h), kTol) << "E=" << E << " N=" << N << " B=" << B;
+      EXPECT_EQ(dst.host(), st) << "E=" << E << " B=" << B;
+    }
+}
+
+// A whole decode (prefill, then steps through the fused ops) on the GPU with fp32
+// GEMMs against the CPU: the logits of every step agree.
+TEST(CudaDecodeStep, ModelStepsMatchCpu) {
+  BHASA_REQUIRE_GPU(gpu, /*tf32=*/false);
+  auto cpu = make_cpu_backend();
+  ModelConfig cfg = preset_config("tiny", 97);
+  for (int B : {1, 3, 9}) {
+    MambaLM mg(cfg, *gpu), mc(cfg, *cpu);
+    mg.init_params(7);
+    mc.init_params(7);
+    DecodeState sg = mg.new_state(B), sc = mc.new_state(B);
+    const int L = 6, V = cfg.vocab_size;
+    std::mt19937 rng(B);
+    std::vector<int32_t> prompt(size_t(B) * L), ids(B);
+    for (auto& t : prompt) t = int32_t(rng() % V);
+    std::vector<float> lg(size_t(B) * V), lc(size_t(B) * V);
+    mg.prefill(sg, prompt.data(), L, lg.data());
+    mc.prefill(sc, prompt.data(), L, lc.data());
+    EXPECT_LE(rel_l2(lg, lc), 1e-4) << "prefill B=" << B;
+    for (int i = 0; i < 4; ++i) {
+      for (auto& t : ids) t = int32_t(rng() % V);
+      mg.step(sg, ids.data(), lg.data());
+      mc.step(sc, ids.data(), lc.data());
+      EXPECT_LE(rel_l2(lg, lc), 1e-4) << "step " << i << " B=" << B;
+    }
+    mg.free_state(sg);
+    mc.free_state(sc);
+  }
+}
