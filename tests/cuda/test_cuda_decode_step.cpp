@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "cuda_test_util.h"
+#include "kernels/sampling.h"
 #include "model/mamba.h"
 #include "model/presets.h"
 
@@ -144,4 +145,49 @@ TEST(CudaDecodeStep, ModelStepsMatchCpu) {
     mg.free_state(sg);
     mc.free_state(sc);
   }
+}
+
+// sample_tokens (split rows, last block finishes) against the rule on the host: ties
+// go to the smallest index, a row of -inf gives token 0, the counter advances by one.
+TEST(CudaDecodeStep, SampleTokensMatchRule) {
+  BHASA_REQUIRE_GPU(gpu);
+  std::mt19937 rng(8);
+  for (int V : {50280, 97, 5000})
+    for (int B : {1, 3, 64})
+      for (float temp : {0.0f, 0.8f}) {
+        auto logits = randn(size_t(B) * V, rng);
+        if (B > 1) {  // row 1: a tie between two maxima; row 0 with B > 1: all -inf
+          const int a = V / 3, c = V - 2;
+          logits[size_t(1) * V + a] = logits[size_t(1) * V + c] = 100.0f;
+          std::fill(logits.begin(), logits.begin() + V, -INFINITY);
+        }
+        const int cap = 16, step0 = 5;
+        DevBuf dl(*gpu, logits);
+        DevIds counter(*gpu, {step0}), ids(*gpu, std::vector<int32_t>(B, -1)),
+            hist(*gpu, std::vector<int32_t>(size_t(cap) * B, -1));
+        for (int rep = 0; rep < 2; ++rep) {
+          gpu->sample_tokens(B, V, dl.p, temp, 42, counter.p, ids.p, hist.p, cap);
+          std::vector<int32_t> got(B), h(size_t(cap) * B), cnt(1);
+          gpu->download_i32(got.data(), ids.p, B);
+          gpu->download_i32(h.data(), hist.p, h.size());
+          gpu->download_i32(cnt.data(), counter.p, 1);
+          EXPECT_EQ(cnt[0], step0 + rep + 1);
+          for (int b = 0; b < B; ++b) {
+            int best = 0;
+            float bs = sample_score(logits[size_t(b) * V], temp, 42, step0 + rep, b, 0);
+            for (int v = 1; v < V; ++v) {
+              const float sc = sample_score(logits[size_t(b) * V + v], temp, 42, step0 + rep, b, v);
+              if (sc > bs) bs = sc, best = v;
+            }
+            if (!(bs > -INFINITY)) best = 0;
+            EXPECT_EQ(h[size_t(step0 + rep) * B + b], got[b]);
+            if (temp == 0.0f || got[b] == best || got[b] < 0 || got[b] >= V) {
+              EXPECT_EQ(got[b], best) << "V=" << V << " B=" << B << " T=" << temp << " b=" << b;
+            } else {  // device and host logf may differ in the last bit: a near-tie may flip
+              const float sc = sample_score(logits[size_t(b) * V + got[b]], temp, 42, step0 + rep, b, got[b]);
+              EXPECT_NEAR(sc, bs, 1e-5 * std::abs(bs)) << "V=" << V << " B=" << B << " b=" << b;
+            }
+          }
+        }
+      }
 }

@@ -88,8 +88,12 @@ class CudaBackend final : public Backend {
     if (gemv_ && gemv_serves(M, N, K, x, K, W, K, w, b))
       return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b);
     auto* h = static_cast<float*>(scratch_.get(kDecodeA, size_t(M) * K * sizeof(float)));
-    auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
-    cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
+    if (cuda::norm_rows_serves(K, x, w, b, h)) {
+      cuda::norm_rows(ctx_, M, K, rms, eps, x, w, b, h);
+    } else {
+      auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
+      cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
+    }
     gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
   }
   void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,

@@ -32,7 +32,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kDecodePartials,
-  kDecodeCounter, kNumSlots
+  kDecodeCounter, kSampleVal, kSampleIdx, kSampleCounter, kNumSlots
 };
 
 class Scratch {
@@ -141,6 +141,9 @@ bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, i
                  const float* nw, const float* nb);
 void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw, float beta,
           float* C, int ldc, int norm, float eps, const float* nw, const float* nb);
+bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out);
+void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
+               const float* nb, float* out);  // norm_forward without mean / rstd, one warp a row
 void ssm_decode_in(Ctx& c, int B, int E, int K, int P, const float* x, int ldx,
                    const float* conv_state, const float* conv_w, const float* conv_b,
                    const float* x_proj, float* dbc, float* xs_scratch);

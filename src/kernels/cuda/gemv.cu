@@ -5,7 +5,7 @@
 // the M activation rows applied to each weight load.
 //
 // Each block first stages A (M, K) into shared memory (normalised on the way when the
-// caller fuses the pre-norm: one warp per row m computes its mean / rstd). Before it
+// caller fuses the pre-norm: warp m holds row m in registers and computes its mean / rstd). Before it
 // waits on the previous kernel (programmatic dependent launch, pdl_wait), each warp
 // has already issued the loads of its first weight row: the weights never depend on
 // the previous kernel, so their DRAM latency overlaps the previous kernel's tail.
@@ -23,6 +23,78 @@ constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// One row (K floats as K4 float4, lane-strided) of A into out, normalised (norm 1 rms,
+// 2 layer) with the norm weights g, bb already in registers; norm 0 copies. The row
+// is loaded once, in one round trip, and reduced from registers.
+template <int CH>
+__device__ __forceinline__ void norm_row(const float4* a, float4* out, int K, int norm, float eps,
+                                         const float4 (&g)[CH], const float4 (&bb)[CH], int lane) {
+  const int K4 = K / 4;
+  float4 xv[CH];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int k4 = lane + 32 * c;
+    xv[c] = k4 < K4 ? a[k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  if (norm == 0) {
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+      if (lane + 32 * c < K4) out[lane + 32 * c] = xv[c];
+    return;
+  }
+  float mu = 0.f;
+  if (norm == 2) {
+#pragma unroll
+    for (int c = 0; c < CH; ++c) mu += (xv[c].x + xv[c].y) + (xv[c].z + xv[c].w);
+    for (int o = 16; o > 0; o >>= 1) mu += __shfl_xor_sync(kFull, mu, o);
+    mu /= K;
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    if (lane + 32 * c < K4) {  // padding lanes hold 0, which is not 0 - mu
+      const float d0 = xv[c].x - mu, d1 = xv[c].y - mu, d2 = xv[c].z - mu, d3 = xv[c].w - mu;
+      ss += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(kFull, ss, o);
+  const float r = 1.0f / sqrtf(ss / K + eps);
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int k4 = lane + 32 * c;
+    if (k4 < K4)
+      out[k4] = make_float4((xv[c].x - mu) * r * g[c].x + bb[c].x, (xv[c].y - mu) * r * g[c].y + bb[c].y,
+                            (xv[c].z - mu) * r * g[c].z + bb[c].z, (xv[c].w - mu) * r * g[c].w + bb[c].w);
+  }
+}
+
+template <int CH>
+__device__ __forceinline__ void load_norm_weights(const float* nw, const float* nb, int K4, int lane,
+                                                  float4 (&g)[CH], float4 (&bb)[CH]) {
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int k4 = lane + 32 * c;
+    g[c] = k4 < K4 ? reinterpret_cast<const float4*>(nw)[k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+    bb[c] = nb && k4 < K4 ? reinterpret_cast<const float4*>(nb)[k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+}
+
+// torch: out = F.rms_norm(x, (K,), nw, eps)  (or F.layer_norm with nb): one warp per row,
+// for the decode step at batch sizes gemv does not serve (then cuBLASLt).
+template <int CH>
+__global__ void __launch_bounds__(kThreads)
+norm_rows_kernel(int M, int K, int norm, float eps, const float* __restrict__ x,
+                 const float* __restrict__ nw, const float* __restrict__ nb, float* __restrict__ out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row = blockIdx.x * kWarps + warp;
+  float4 g[CH], bb[CH];
+  load_norm_weights<CH>(nw, nb, K / 4, lane, g, bb);
+  pdl_trigger();
+  pdl_wait();
+  if (row < M)
+    norm_row<CH>(reinterpret_cast<const float4*>(x + size_t(row) * K),
+                 reinterpret_cast<float4*>(out + size_t(row) * K), K, norm, eps, g, bb, lane);
 }
 
 // torch: C[:M] = beta * C + norm(A) @ W.T   (norm: 0 none, 1 rms, 2 layer)
@@ -45,48 +117,18 @@ gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
       w[c] = k4 < K4 ? __ldcs(wr + k4) : make_float4(0.f, 0.f, 0.f, 0.f);  // streamed once
     }
   };
+  // the norm's weights are constants too: fetch them before the wait as well
+  float4 g[CH], bb[CH];
+  if (norm && warp < M) load_norm_weights<CH>(nw, nb, K4, lane, g, bb);
   if (n < N) load_row(n);
   pdl_trigger();
   pdl_wait();
 
-  // Stage A: warp m handles rows m, m + 8, ...
-  for (int m = warp; m < M; m += kWarps) {
-    const float4* a = reinterpret_cast<const float4*>(A + size_t(m) * lda);
-    float4* s = sA + size_t(m) * K4;
-    if (norm == 0) {
-      for (int k4 = lane; k4 < K4; k4 += 32) s[k4] = a[k4];
-      continue;
-    }
-    float mu = 0.f;
-    if (norm == 2) {
-      for (int k4 = lane; k4 < K4; k4 += 32) {
-        const float4 v = a[k4];
-        mu += (v.x + v.y) + (v.z + v.w);
-      }
-      for (int o = 16; o > 0; o >>= 1) mu += __shfl_xor_sync(kFull, mu, o);
-      mu /= K;
-    }
-    float ss = 0.f;
-    for (int k4 = lane; k4 < K4; k4 += 32) {
-      const float4 v = a[k4];
-      const float d0 = v.x - mu, d1 = v.y - mu, d2 = v.z - mu, d3 = v.w - mu;
-      ss += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-    }
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(kFull, ss, o);
-    const float r = 1.0f / sqrtf(ss / K + eps);
-    const float4* w4 = reinterpret_cast<const float4*>(nw);
-    const float4* b4 = reinterpret_cast<const float4*>(nb);
-    for (int k4 = lane; k4 < K4; k4 += 32) {
-      const float4 v = a[k4], g = w4[k4];
-      float4 o = make_float4((v.x - mu) * r * g.x, (v.y - mu) * r * g.y, (v.z - mu) * r * g.z,
-                             (v.w - mu) * r * g.w);
-      if (nb) {
-        const float4 bb = b4[k4];
-        o.x += bb.x, o.y += bb.y, o.z += bb.z, o.w += bb.w;
-      }
-      s[k4] = o;
-    }
-  }
+  // Stage A: warp m loads row m (M <= kWarps) into registers in one round trip, then
+  // normalises it from there.
+  if (warp < M)
+    norm_row<CH>(reinterpret_cast<const float4*>(A + size_t(warp) * lda), sA + size_t(warp) * K4, K,
+                 norm, eps, g, bb, lane);
   __syncthreads();
 
   for (; n < N; n += stride) {
@@ -145,8 +187,29 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 
 }  // namespace
 
+bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out) {
+  return K % 4 == 0 && K <= 16 * 128 && aligned16(x) && aligned16(nw) && (!nb || aligned16(nb)) &&
+         aligned16(out);
+}
+
+void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
+               const float* nb, float* out) {
+  check(norm_rows_serves(K, x, nw, nb, out), "norm_rows: shape or alignment not served");
+  const int ch = (K / 4 + 31) / 32, blocks = (M + kWarps - 1) / kWarps, norm = rms ? 1 : 2;
+#define BHASA_NORM_CH(X)                                                                          \
+  if (ch <= X) {                                                                                 \
+    launch(norm_rows_kernel<X>, dim3(blocks), dim3(kThreads), 0, c.stream, c.pdl, M, K, norm, eps, x, \
+           nw, nb, out);                                                                         \
+    return BHASA_LAUNCH_CHECK("norm_rows");                                                      \
+  }
+  BHASA_NORM_CH(2) BHASA_NORM_CH(4) BHASA_NORM_CH(6) BHASA_NORM_CH(8) BHASA_NORM_CH(12)
+  BHASA_NORM_CH(16)
+#undef BHASA_NORM_CH
+}
+
 bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, int ldw,
                  const float* nw, const float* nb) {
+  static_assert(kGemvMaxM <= kWarps, "a warp stages each row of A");
   return M >= 1 && M <= kGemvMaxM && N >= 1 && K >= 4 && K % 4 == 0 && K <= 16 * 128 &&
          size_t(M) * K * sizeof(float) <= 48 * 1024 && lda % 4 == 0 && ldw % 4 == 0 &&
          aligned16(A) && aligned16(W) && (!nw || aligned16(nw)) && (!nb || aligned16(nb));

@@ -38,7 +38,7 @@ __device__ __forceinline__ float conv_u(int E, int K, const float* x, int ldx, c
 
 // torch: dbc = F.silu(conv_step(state, x)) @ x_proj.T   (state unchanged)   MT >= B
 template <int MT>
-__global__ void __launch_bounds__(kInThreads)
+__global__ void __launch_bounds__(kInThreads, 1)
 ssm_in_kernel(int B, int E, int K, int P, const float* __restrict__ x, int ldx,
               const float* __restrict__ state, const float* __restrict__ conv_w,
               const float* __restrict__ conv_b, const float* __restrict__ Wx,
@@ -68,6 +68,7 @@ ssm_in_kernel(int B, int E, int K, int P, const float* __restrict__ x, int ldx,
     for (int m = 0; m < MT; ++m) {
       acc[i][m] = dot4(wv[i], *reinterpret_cast<const float4*>(&su[m][4 * q]));
       // the 8 threads of a weight row are 8 consecutive lanes
+#pragma unroll
       for (int o = 4; o > 0; o >>= 1) acc[i][m] += __shfl_xor_sync(kFull, acc[i][m], o);
     }
   if (q == 0) {
@@ -86,10 +87,28 @@ ssm_in_kernel(int B, int E, int K, int P, const float* __restrict__ x, int ldx,
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  for (int idx = t; idx < B * P; idx += kInThreads) {
+  // G groups of threads each add a contiguous range of blocks (loads unrolled, so many
+  // are in flight: a serial walk over 48 partials cost ~2 us), then the G sums in order.
+  __shared__ float sred[kInThreads];
+  const int BP = B * P, nblk = gridDim.x;
+  const int G = max(1, min(kInThreads / BP, nblk)), per = (nblk + G - 1) / G;
+  auto sum_range = [&](int idx, int b0, int b1) {
     float s = 0.0f;
-    for (int blk = 0; blk < int(gridDim.x); ++blk) s += __ldcg(partials + size_t(blk) * B * P + idx);
-    dbc[idx] = s;
+#pragma unroll 8
+    for (int blk = b0; blk < b1; ++blk) s += __ldcg(partials + size_t(blk) * BP + idx);
+    return s;
+  };
+  if (G > 1) {
+    const int idx = t % BP, grp = t / BP;
+    if (grp < G) sred[t] = sum_range(idx, grp * per, min(nblk, (grp + 1) * per));
+    __syncthreads();
+    if (t < BP) {
+      float s = 0.0f;
+      for (int g2 = 0; g2 < G; ++g2) s += sred[g2 * BP + t];
+      dbc[t] = s;
+    }
+  } else {
+    for (int idx = t; idx < BP; idx += kInThreads) dbc[idx] = sum_range(idx, 0, nblk);
   }
   if (t == 0) *counter = 0;  // ready for the next launch (kernels in a stream do not overlap here)
 }
@@ -168,6 +187,106 @@ ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
   }
 }
 
+// The same with lane k owning the float4 chunks k, k + 4, ... of the channel's state
+// (N % 4 == 0; J chunks per lane): a warp's state loads are 512 contiguous bytes.
+// The constants (dt_w, A_log, conv weights, D, dt_bias) are fetched before pdl_wait,
+// the step's inputs all together after it.
+constexpr int kMaxRL = 12;  // dt_w entries per lane held in registers (R <= 48; more loop after)
+template <int J>
+__global__ void __launch_bounds__(kStepThreads)
+ssm_step4_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
+                 const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                 const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                 const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                 const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                 const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+  const int gid = blockIdx.x * kStepThreads + threadIdx.x;
+  const int k = gid % kLanes;
+  const bool valid = gid / kLanes < B * E;
+  const int ch = valid ? gid / kLanes : 0;
+  const int b = ch / E, e = ch % E, H = K - 1, P = R + 2 * N, N4 = N / 4;
+  float dtw[kMaxRL];
+#pragma unroll
+  for (int i = 0; i < kMaxRL; ++i) {
+    const int r = k + kLanes * i;
+    dtw[i] = r < R ? dt_w[size_t(e) * R + r] : 0.0f;
+  }
+  float4 a4[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = k + kLanes * j;
+    a4[j] = c < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float cw[kMaxK];
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) cw[j] = j < K ? conv_w[size_t(e) * K + j] : 0.0f;
+  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
+  pdl_trigger();
+  pdl_wait();
+
+  const float* db = dbc + size_t(b) * P;
+  float* st = conv_state + size_t(b) * H * E + e;
+  float* hc = h + size_t(ch) * N;
+  float dbr[kMaxRL], win[kMaxK];
+#pragma unroll
+  for (int i = 0; i < kMaxRL; ++i) {
+    const int r = k + kLanes * i;
+    dbr[i] = r < R ? db[r] : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) win[j] = j < H ? st[size_t(j) * E] : 0.0f;
+  const float xv = x[size_t(b) * ldxz + e], zz = z[size_t(b) * ldxz + e];
+  float4 h4[J], B4[J], C4[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = k + kLanes * j;
+    const bool in = c < N4;
+    const float* bn = db + R + 4 * c;
+    const float* cn = db + R + N + 4 * c;
+    h4[j] = in ? reinterpret_cast<const float4*>(hc)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    B4[j] = in ? make_float4(bn[0], bn[1], bn[2], bn[3]) : make_float4(0.f, 0.f, 0.f, 0.f);
+    C4[j] = in ? make_float4(cn[0], cn[1], cn[2], cn[3]) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+
+  float d = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kMaxRL; ++i) d += dbr[i] * dtw[i];
+  for (int r = k + kLanes * kMaxRL; r < R; r += kLanes) d += db[r] * dt_w[size_t(e) * R + r];
+  d += __shfl_xor_sync(kFull, d, 1);
+  d += __shfl_xor_sync(kFull, d, 2);
+  const float delta = softplusf_(d + bias);
+
+  float p = cb;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) p += cw[j] * (j < H ? win[j] : j == H ? xv : 0.0f);
+  const float u = p * sigmoidf_(p);
+  __syncwarp();  // every lane of the group has read the old state
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (valid && j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+
+  const float du = delta * u;
+  float yp = 0.0f;
+  auto upd = [&](float hv, float alog, float bv, float cv) {
+    const float hn = expf(delta * -expf(alog)) * hv + du * bv;
+    yp += cv * hn;
+    return hn;
+  };
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = k + kLanes * j;
+    float4 hn;
+    hn.x = upd(h4[j].x, a4[j].x, B4[j].x, C4[j].x);
+    hn.y = upd(h4[j].y, a4[j].y, B4[j].y, C4[j].y);
+    hn.z = upd(h4[j].z, a4[j].z, B4[j].z, C4[j].z);
+    hn.w = upd(h4[j].w, a4[j].w, B4[j].w, C4[j].w);
+    if (valid && c < N4) reinterpret_cast<float4*>(hc)[c] = hn;
+  }
+  yp += __shfl_xor_sync(kFull, yp, 1);
+  yp += __shfl_xor_sync(kFull, yp, 2);
+  if (valid && k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
+}
+
 void check_shapes(int E, int K) {
   check(K >= 1 && K <= kMaxK, "decode step: d_conv = " + std::to_string(K) +
                                   " is not supported by the CUDA backend (1.." + std::to_string(kMaxK) + ")");
@@ -212,11 +331,16 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
   check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
   if (B == 0) return;
   const unsigned blocks = blocks_for(size_t(B) * E * kLanes, kStepThreads);
+  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   auto go = [&](auto kernel) {
     launch(kernel, dim3(blocks), dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz,
            conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
   };
-  if (N <= 4) go(ssm_step_kernel<1>);
+  if (N % 4 == 0 && aligned16(A_log) && aligned16(h)) {
+    if (N <= 16) go(ssm_step4_kernel<1>);
+    else if (N <= 32) go(ssm_step4_kernel<2>);
+    else go(ssm_step4_kernel<4>);
+  } else if (N <= 4) go(ssm_step_kernel<1>);
   else if (N <= 8) go(ssm_step_kernel<2>);
   else if (N <= 16) go(ssm_step_kernel<4>);
   else if (N <= 32) go(ssm_step_kernel<8>);
