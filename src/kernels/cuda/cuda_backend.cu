@@ -99,6 +99,11 @@ class CudaBackend final : public Backend {
   void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,
                      const float* conv_w, const float* conv_b, const float* x_proj,
                      float* dbc) override {
+    if (gemv_ && cuda::conv_gemv_serves(B, E, K, P, x, ldx, conv_state, x_proj)) {
+      cuda::ConvIn cv;
+      cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
+      return cuda::gemv(ctx_, B, P, E, x, ldx, x_proj, E, 0.f, dbc, P, 0, 0.f, nullptr, nullptr, cv);
+    }
     if (gemv_ && cuda::ssm_decode_in_fused(B, P))
       return cuda::ssm_decode_in(ctx_, B, E, K, P, x, ldx, conv_state, conv_w, conv_b, x_proj, dbc,
                                  nullptr);

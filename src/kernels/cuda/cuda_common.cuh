@@ -137,10 +137,20 @@ void dropout(Ctx& c, size_t n, float* x, float p, uint64_t seed);
 // Decoding (gemv.cu, ssm_step.cu); see kernels.h. gemv: C (M, N) = norm?(A) @ W^T + beta C,
 // W (N, K) row-major; norm 0 none, 1 rms, 2 layer (nw, nb as norm_forward).
 constexpr int kGemvMaxM = 8;
+struct ConvIn {  // gemv's conv staging (ssm_decode_in): state (M, K-1, E), w (E, K), b (E) or null
+  const float* state = nullptr;
+  const float* w = nullptr;
+  const float* b = nullptr;
+  int K = 0;
+};
 bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, int ldw,
                  const float* nw, const float* nb);
 void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw, float beta,
-          float* C, int ldc, int norm, float eps, const float* nw, const float* nb);
+          float* C, int ldc, int norm, float eps, const float* nw, const float* nb,
+          const ConvIn& cv = ConvIn{});
+// ssm_decode_in as one gemv with the conv staged in front (B <= 8, d_conv 4)
+bool conv_gemv_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
+                      const float* x_proj);
 bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out);
 void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
                const float* nb, float* out);  // norm_forward without mean / rstd, one warp a row

@@ -97,13 +97,47 @@ norm_rows_kernel(int M, int K, int norm, float eps, const float* __restrict__ x,
                  reinterpret_cast<float4*>(out + size_t(row) * K), K, norm, eps, g, bb, lane);
 }
 
-// torch: C[:M] = beta * C + norm(A) @ W.T   (norm: 0 none, 1 rms, 2 layer)
+// The conv of ssm_decode_in, staged in front of x_proj: u[m, e] = silu(b[e] + sum_j
+// w[e, j] [state[m, :, e], x[m, e]][j]) with d_conv kConvK (Mamba's 4).
+constexpr int kConvK = 4;
+__device__ __forceinline__ void load_conv_weights(const ConvIn& cv, int E, int c4, float (&cw)[4 * kConvK],
+                                                  float (&cb)[4]) {
+  const bool in = 4 * c4 < E;
+#pragma unroll
+  for (int i = 0; i < 4 * kConvK; ++i) cw[i] = in ? cv.w[size_t(4 * c4) * kConvK + i] : 0.0f;  // (E, K)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) cb[i] = in && cv.b ? cv.b[4 * c4 + i] : 0.0f;
+}
+
+__device__ __forceinline__ float4 conv_u4(const ConvIn& cv, const float* x, int ldx, int E, int m, int c4,
+                                          const float (&cw)[4 * kConvK], const float (&cb)[4]) {
+  constexpr int H = kConvK - 1;
+  float4 win[kConvK];
+#pragma unroll
+  for (int j = 0; j < H; ++j) win[j] = reinterpret_cast<const float4*>(cv.state + (size_t(m) * H + j) * E)[c4];
+  win[H] = reinterpret_cast<const float4*>(x + size_t(m) * ldx)[c4];
+  float u[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float p = cb[i];
+#pragma unroll
+    for (int j = 0; j < kConvK; ++j) {
+      const float wj = cw[i * kConvK + j];
+      const float xj = i == 0 ? win[j].x : i == 1 ? win[j].y : i == 2 ? win[j].z : win[j].w;
+      p += wj * xj;
+    }
+    u[i] = p * sigmoidf_(p);
+  }
+  return make_float4(u[0], u[1], u[2], u[3]);
+}
+
+// torch: C[:M] = beta * C + norm(A) @ W.T   (CONV: C = silu(conv(state, A)) @ W.T)   (norm: 0 none, 1 rms, 2 layer)
 // MT >= M rows of A, CH >= K / 128 float4 per lane.
-template <int MT, int CH>
+template <int MT, int CH, bool CONV>
 __global__ void __launch_bounds__(kThreads)
 gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
             const float* __restrict__ W, int ldw, float beta, float* C, int ldc, int norm,
-            float eps, const float* __restrict__ nw, const float* __restrict__ nb) {
+            float eps, const float* __restrict__ nw, const float* __restrict__ nb, ConvIn cv) {
   extern __shared__ float4 sA[];  // (M, K/4)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, K4 = K / 4;
   const int stride = gridDim.x * kWarps;
@@ -119,16 +153,25 @@ gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
   };
   // the norm's weights are constants too: fetch them before the wait as well
   float4 g[CH], bb[CH];
-  if (norm && warp < M) load_norm_weights<CH>(nw, nb, K4, lane, g, bb);
+  float cw[4 * kConvK], cb[4];  // CONV: this thread's first 4 channels' conv weights
+  if (CONV) load_conv_weights(cv, K, threadIdx.x, cw, cb);
+  else if (norm && warp < M) load_norm_weights<CH>(nw, nb, K4, lane, g, bb);
   if (n < N) load_row(n);
   pdl_trigger();
   pdl_wait();
 
   // Stage A: warp m loads row m (M <= kWarps) into registers in one round trip, then
-  // normalises it from there.
-  if (warp < M)
+  // normalises it from there. CONV: the block computes u = silu(conv(state, x)) for
+  // every (m, channel), 4 channels a thread.
+  if (CONV) {
+    for (int c4 = threadIdx.x; 4 * c4 < K; c4 += kThreads) {
+      if (c4 != int(threadIdx.x)) load_conv_weights(cv, K, c4, cw, cb);
+      for (int m = 0; m < M; ++m) sA[size_t(m) * K4 + c4] = conv_u4(cv, A, lda, K, m, c4, cw, cb);
+    }
+  } else if (warp < M) {
     norm_row<CH>(reinterpret_cast<const float4*>(A + size_t(warp) * lda), sA + size_t(warp) * K4, K,
                  norm, eps, g, bb, lane);
+  }
   __syncthreads();
 
   for (; n < N; n += stride) {
@@ -164,20 +207,24 @@ gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
 template <int MT, int CH>
 void launch_gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw,
                  float beta, float* C, int ldc, int norm, float eps, const float* nw,
-                 const float* nb) {
+                 const float* nb, const ConvIn& cv) {
   const int blocks = std::min((N + kWarps - 1) / kWarps, 4 * c.sm_count);
   const size_t smem = size_t(M) * K * sizeof(float);
-  launch(gemv_kernel<MT, CH>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A, lda,
-         W, ldw, beta, C, ldc, norm, eps, nw, nb);
+  if (cv.state)
+    launch(gemv_kernel<MT, CH, true>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A,
+           lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else
+    launch(gemv_kernel<MT, CH, false>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A,
+           lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
 }
 
 template <int MT>
 void dispatch_ch(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw,
                  float beta, float* C, int ldc, int norm, float eps, const float* nw,
-                 const float* nb) {
+                 const float* nb, const ConvIn& cv) {
   const int ch = (K / 4 + 31) / 32;
 #define BHASA_GEMV_CH(X) \
-  if (ch <= X) return launch_gemv<MT, X>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb);
+  if (ch <= X) return launch_gemv<MT, X>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
   BHASA_GEMV_CH(2) BHASA_GEMV_CH(4) BHASA_GEMV_CH(6) BHASA_GEMV_CH(8) BHASA_GEMV_CH(12)
   BHASA_GEMV_CH(16)
 #undef BHASA_GEMV_CH
@@ -216,13 +263,19 @@ bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, i
 }
 
 void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw, float beta,
-          float* C, int ldc, int norm, float eps, const float* nw, const float* nb) {
+          float* C, int ldc, int norm, float eps, const float* nw, const float* nb, const ConvIn& cv) {
   check(gemv_serves(M, N, K, A, lda, W, ldw, nw, nb), "gemv: shape or alignment not served");
-  if (M == 1) dispatch_ch<1>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb);
-  else if (M == 2) dispatch_ch<2>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb);
-  else if (M <= 4) dispatch_ch<4>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb);
-  else dispatch_ch<8>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb);
+  check(!cv.state || (cv.K == kConvK && aligned16(cv.state)), "gemv: conv staging needs d_conv 4");
+  if (M == 1) dispatch_ch<1>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else if (M == 2) dispatch_ch<2>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else if (M <= 4) dispatch_ch<4>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else dispatch_ch<8>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
   BHASA_LAUNCH_CHECK("gemv");
+}
+
+bool conv_gemv_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
+                      const float* x_proj) {
+  return K == kConvK && gemv_serves(B, P, E, x, ldx, x_proj, E, nullptr, nullptr) && aligned16(state);
 }
 
 }  // namespace bhasa::cuda

@@ -54,6 +54,7 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
   const float* row = logits + size_t(b) * V;
   float best = -FLT_MAX;
   int best_v = INT_MAX;  // sentinel larger than any index
+#pragma unroll 4
   for (int v = v0 + threadIdx.x; v < v1; v += kThreads) {
     const float sc = sample_score(__ldg(row + v), temperature, seed, uint32_t(step), uint32_t(b), uint32_t(v));
     if (sc > best) { best = sc; best_v = v; }  // v rises within a thread: ties keep the first
@@ -68,20 +69,16 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // the last block: one warp per row
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int r = warp; r < B; r += kThreads / 32) {
+  // the last block: one thread per row, its S partials loaded together
+  for (int r = threadIdx.x; r < B; r += kThreads) {
     float bv = -FLT_MAX;
     int bi = INT_MAX;
-    for (int j = lane; j < S; j += 32)
+#pragma unroll 8
+    for (int j = 0; j < S; ++j)
       better(bv, bi, __ldcg(part_val + size_t(r) * S + j), __ldcg(part_idx + size_t(r) * S + j));
-    for (int o = 16; o > 0; o >>= 1)
-      better(bv, bi, __shfl_xor_sync(kFull, bv, o), __shfl_xor_sync(kFull, bi, o));
-    if (lane == 0) {
-      const int id = bi < V ? bi : 0;  // all -inf/NaN rows: token 0
-      ids[r] = id;
-      if (history && step < capacity) history[size_t(step) * B + r] = id;
-    }
+    const int id = bi < V ? bi : 0;  // all -inf/NaN rows: token 0
+    ids[r] = id;
+    if (history && step < capacity) history[size_t(step) * B + r] = id;
   }
   __syncthreads();  // every row has read step
   if (threadIdx.x == 0) {

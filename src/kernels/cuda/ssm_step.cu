@@ -191,25 +191,31 @@ ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
 // (N % 4 == 0; J chunks per lane): a warp's state loads are 512 contiguous bytes.
 // The constants (dt_w, A_log, conv weights, D, dt_bias) are fetched before pdl_wait,
 // the step's inputs all together after it.
-constexpr int kMaxRL = 12;  // dt_w entries per lane held in registers (R <= 48; more loop after)
+constexpr int kMaxR4 = 3;  // dt_w float4 per lane held in registers (R <= 48; more loop after)
+// WB = batch rows per block. WB = 1: a block is 32 channels of one row b. WB = 4: 8
+// channels of 4 rows, one row per warp, so the 4 warps read the same dt_w, A_log and
+// conv_w rows (L1 hits): at B = 64 with WB = 1 every (b, e) re-read its channel's
+// constants from L2, ~75 MB per step, and the kernel ran at ~1 TB/s.
 template <int J>
 __global__ void __launch_bounds__(kStepThreads)
-ssm_step4_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
+ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restrict__ x,
                  const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
                  const float* __restrict__ conv_w, const float* __restrict__ conv_b,
                  const float* __restrict__ dbc, const float* __restrict__ dt_w,
                  const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                  const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
-  const int gid = blockIdx.x * kStepThreads + threadIdx.x;
-  const int k = gid % kLanes;
-  const bool valid = gid / kLanes < B * E;
-  const int ch = valid ? gid / kLanes : 0;
-  const int b = ch / E, e = ch % E, H = K - 1, P = R + 2 * N, N4 = N / 4;
-  float dtw[kMaxRL];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = lane % kLanes, cg = lane / kLanes;
+  const int cpb = kStepThreads / kLanes / WB;  // channels per block
+  const int e_raw = blockIdx.x * cpb + (WB == 1 ? warp * 8 : 0) + cg;
+  const int b_raw = blockIdx.y * WB + (WB == 1 ? 0 : warp);
+  const bool valid = e_raw < E && b_raw < B;
+  const int e = valid ? e_raw : 0, b = valid ? b_raw : 0;  // inactive lanes compute (0, 0), store nothing
+  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4;
+  float4 dtw[kMaxR4];
 #pragma unroll
-  for (int i = 0; i < kMaxRL; ++i) {
-    const int r = k + kLanes * i;
-    dtw[i] = r < R ? dt_w[size_t(e) * R + r] : 0.0f;
+  for (int i = 0; i < kMaxR4; ++i) {
+    const int c = k + kLanes * i;
+    dtw[i] = c < R4 ? reinterpret_cast<const float4*>(dt_w + size_t(e) * R)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   float4 a4[J];
 #pragma unroll
@@ -224,14 +230,16 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
   pdl_trigger();
   pdl_wait();
 
+  // every input at once, so that the loads are in flight together
   const float* db = dbc + size_t(b) * P;
   float* st = conv_state + size_t(b) * H * E + e;
-  float* hc = h + size_t(ch) * N;
-  float dbr[kMaxRL], win[kMaxK];
+  float* hc = h + (size_t(b) * E + e) * N;
+  float4 dbr[kMaxR4];
+  float win[kMaxK];
 #pragma unroll
-  for (int i = 0; i < kMaxRL; ++i) {
-    const int r = k + kLanes * i;
-    dbr[i] = r < R ? db[r] : 0.0f;
+  for (int i = 0; i < kMaxR4; ++i) {
+    const int c = k + kLanes * i;
+    dbr[i] = c < R4 ? reinterpret_cast<const float4*>(db)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 #pragma unroll
   for (int j = 0; j < kMaxK; ++j) win[j] = j < H ? st[size_t(j) * E] : 0.0f;
@@ -250,8 +258,9 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
 
   float d = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kMaxRL; ++i) d += dbr[i] * dtw[i];
-  for (int r = k + kLanes * kMaxRL; r < R; r += kLanes) d += db[r] * dt_w[size_t(e) * R + r];
+  for (int i = 0; i < kMaxR4; ++i) d += dbr[i].x * dtw[i].x + dbr[i].y * dtw[i].y + dbr[i].z * dtw[i].z + dbr[i].w * dtw[i].w;
+  for (int r = 4 * (k + kLanes * kMaxR4); r < R; r += 4 * kLanes)  // R > 48: the rest, 4 at a time
+    for (int i = 0; i < 4; ++i) d += db[r + i] * dt_w[size_t(e) * R + r + i];
   d += __shfl_xor_sync(kFull, d, 1);
   d += __shfl_xor_sync(kFull, d, 2);
   const float delta = softplusf_(d + bias);
@@ -336,10 +345,17 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
     launch(kernel, dim3(blocks), dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz,
            conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
   };
-  if (N % 4 == 0 && aligned16(A_log) && aligned16(h)) {
-    if (N <= 16) go(ssm_step4_kernel<1>);
-    else if (N <= 32) go(ssm_step4_kernel<2>);
-    else go(ssm_step4_kernel<4>);
+  if (N % 4 == 0 && R % 4 == 0 && (R + 2 * N) % 4 == 0 && aligned16(A_log) && aligned16(h) &&
+      aligned16(dt_w) && aligned16(dbc)) {
+    const int WB = B >= 4 ? 4 : 1, cpb = kStepThreads / kLanes / WB;
+    const dim3 grid((E + cpb - 1) / cpb, (B + WB - 1) / WB);
+    auto go4 = [&](auto kernel) {
+      launch(kernel, grid, dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, WB, x, z, ldxz,
+             conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
+    };
+    if (N <= 16) go4(ssm_step4_kernel<1>);
+    else if (N <= 32) go4(ssm_step4_kernel<2>);
+    else go4(ssm_step4_kernel<4>);
   } else if (N <= 4) go(ssm_step_kernel<1>);
   else if (N <= 8) go(ssm_step_kernel<2>);
   else if (N <= 16) go(ssm_step_kernel<4>);
