@@ -104,12 +104,9 @@ class CudaBackend final : public Backend {
       cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
       return cuda::gemv(ctx_, B, P, E, x, ldx, x_proj, E, 0.f, dbc, P, 0, 0.f, nullptr, nullptr, cv);
     }
-    if (gemv_ && cuda::ssm_decode_in_fused(B, P))
-      return cuda::ssm_decode_in(ctx_, B, E, K, P, x, ldx, conv_state, conv_w, conv_b, x_proj, dbc,
-                                 nullptr);
     auto* xs = static_cast<float*>(scratch_.get(kDecodeA, size_t(B) * E * sizeof(float)));
-    cuda::ssm_decode_in(ctx_, B, E, K, P, x, ldx, conv_state, conv_w, conv_b, x_proj, dbc, xs);
-    gemm_->run(false, true, B, P, E, xs, E, x_proj, E, 0.f, dbc, P);
+    cuda::conv_decode(ctx_, B, E, K, x, ldx, conv_state, conv_w, conv_b, xs);
+    gemm(false, true, B, P, E, xs, E, x_proj, E, 0.f, dbc, P);
   }
   void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
                        float* conv_state, const float* conv_w, const float* conv_b,

@@ -31,8 +31,8 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 // no kernel family allocates again.
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
-  kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kDecodePartials,
-  kDecodeCounter, kSampleVal, kSampleIdx, kSampleCounter, kNumSlots
+  kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
+  kSampleCounter, kNumSlots
 };
 
 class Scratch {
@@ -154,10 +154,8 @@ bool conv_gemv_serves(int B, int E, int K, int P, const float* x, int ldx, const
 bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out);
 void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
                const float* nb, float* out);  // norm_forward without mean / rstd, one warp a row
-void ssm_decode_in(Ctx& c, int B, int E, int K, int P, const float* x, int ldx,
-                   const float* conv_state, const float* conv_w, const float* conv_b,
-                   const float* x_proj, float* dbc, float* xs_scratch);
-bool ssm_decode_in_fused(int B, int P);  // false: pass xs_scratch (B, E) and run x_proj after
+void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
+                 const float* conv_w, const float* conv_b, float* xs);  // u of ssm_decode_in, states untouched
 void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
                      int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
                      const float* dbc, const float* dt_w, const float* dt_bias,

@@ -1,12 +1,10 @@
-// One decode step (L = 1) of a Mamba mixer after in_proj, in two kernels instead of
-// five (conv, x_proj, dt_proj, scan, and their launch gaps):
-//   ssm_in:   u = silu(conv(state, x)); dbc = u @ x_proj^T      (states left untouched)
-//   ssm_step: u again; conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
-//             h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
-// ssm_in is a split-K product: block j owns channels [32 j, 32 j + 32), computes their u
-// and its partial dbc over them; the last block to finish (a counter) adds the partials
-// in block order, so the result is deterministic. Both launch with programmatic
-// dependent launch (cuda_common.cuh): the weight slice is loaded before pdl_wait.
+// One decode step (L = 1) of a Mamba mixer after in_proj: ssm_step does per channel
+//   u = silu(conv(state, x)); conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
+//   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
+// in one kernel (the unfused step ran conv, dt_proj and the scan as three). The input
+// side, dbc = u @ x_proj^T, is gemv.cu's GEMV with the conv staged in front; conv_decode
+// here serves the shapes that does not. Both launch with programmatic dependent launch
+// (cuda_common.cuh): the constants are loaded before pdl_wait.
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace bhasa::cuda {
@@ -15,15 +13,8 @@ namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kMaxK = 8;       // d_conv
-constexpr int kInThreads = 256;
-constexpr int kSlice = 32;     // channels per ssm_in block: 8 float4 per weight row
-constexpr int kMaxPI = 4;      // x_proj rows per thread: P <= 32 * kMaxPI
 constexpr int kStepThreads = 128;
 constexpr int kLanes = 4;      // ssm_step lanes per channel
-
-__device__ __forceinline__ float dot4(float4 a, float4 b) {
-  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-}
 
 // u = silu(conv_b[e] + sum_k conv_w[e, k] [state[b, :, e], x[b, e]][k])
 __device__ __forceinline__ float conv_u(int E, int K, const float* x, int ldx, const float* state,
@@ -36,84 +27,8 @@ __device__ __forceinline__ float conv_u(int E, int K, const float* x, int ldx, c
   return p * sigmoidf_(p);
 }
 
-// torch: dbc = F.silu(conv_step(state, x)) @ x_proj.T   (state unchanged)   MT >= B
-template <int MT>
-__global__ void __launch_bounds__(kInThreads, 1)
-ssm_in_kernel(int B, int E, int K, int P, const float* __restrict__ x, int ldx,
-              const float* __restrict__ state, const float* __restrict__ conv_w,
-              const float* __restrict__ conv_b, const float* __restrict__ Wx,
-              float* __restrict__ partials, unsigned* counter, float* __restrict__ dbc) {
-  __shared__ __align__(16) float su[MT][kSlice];
-  __shared__ bool s_last;
-  const int t = threadIdx.x, q = t % 8, prow = t / 8, e0 = blockIdx.x * kSlice;
-  const int e4 = e0 + 4 * q;  // this thread's 4 channels of each weight row
-  float4 wv[kMaxPI];
-#pragma unroll
-  for (int i = 0; i < kMaxPI; ++i) {
-    const int p = prow + 32 * i;
-    wv[i] = p < P && e4 < E ? *reinterpret_cast<const float4*>(Wx + size_t(p) * E + e4)
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  pdl_trigger();
-  pdl_wait();
-  for (int idx = t; idx < MT * kSlice; idx += kInThreads) {
-    const int m = idx / kSlice, j = idx % kSlice, e = e0 + j;
-    su[m][j] = m < B && e < E ? conv_u(E, K, x, ldx, state, conv_w, conv_b, m, e) : 0.0f;
-  }
-  __syncthreads();
-  float acc[kMaxPI][MT];
-#pragma unroll
-  for (int i = 0; i < kMaxPI; ++i)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      acc[i][m] = dot4(wv[i], *reinterpret_cast<const float4*>(&su[m][4 * q]));
-      // the 8 threads of a weight row are 8 consecutive lanes
-#pragma unroll
-      for (int o = 4; o > 0; o >>= 1) acc[i][m] += __shfl_xor_sync(kFull, acc[i][m], o);
-    }
-  if (q == 0) {
-#pragma unroll
-    for (int i = 0; i < kMaxPI; ++i) {
-      const int p = prow + 32 * i;
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (p < P && m < B) partials[(size_t(blockIdx.x) * B + m) * P + p] = acc[i][m];
-    }
-  }
-  // The last block adds every block's partials, in block order.
-  __threadfence();
-  __syncthreads();
-  if (t == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  // G groups of threads each add a contiguous range of blocks (loads unrolled, so many
-  // are in flight: a serial walk over 48 partials cost ~2 us), then the G sums in order.
-  __shared__ float sred[kInThreads];
-  const int BP = B * P, nblk = gridDim.x;
-  const int G = max(1, min(kInThreads / BP, nblk)), per = (nblk + G - 1) / G;
-  auto sum_range = [&](int idx, int b0, int b1) {
-    float s = 0.0f;
-#pragma unroll 8
-    for (int blk = b0; blk < b1; ++blk) s += __ldcg(partials + size_t(blk) * BP + idx);
-    return s;
-  };
-  if (G > 1) {
-    const int idx = t % BP, grp = t / BP;
-    if (grp < G) sred[t] = sum_range(idx, grp * per, min(nblk, (grp + 1) * per));
-    __syncthreads();
-    if (t < BP) {
-      float s = 0.0f;
-      for (int g2 = 0; g2 < G; ++g2) s += sred[g2 * BP + t];
-      dbc[t] = s;
-    }
-  } else {
-    for (int idx = t; idx < BP; idx += kInThreads) dbc[idx] = sum_range(idx, 0, nblk);
-  }
-  if (t == 0) *counter = 0;  // ready for the next launch (kernels in a stream do not overlap here)
-}
-
-// xs = silu(conv_step(state, x)), state unchanged (the path for B > kGemvMaxM).
+// xs = silu(conv_step(state, x)), state unchanged (ssm_decode_in where gemv.cu's conv
+// staging does not serve; x_proj then runs through cuBLASLt).
 __global__ void conv_decode_kernel(int B, int E, int K, const float* x, int ldx, const float* state,
                                    const float* conv_w, const float* conv_b, float* xs) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -222,6 +137,7 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restr
   for (int j = 0; j < J; ++j) {
     const int c = k + kLanes * j;
     a4[j] = c < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    a4[j] = make_float4(-expf(a4[j].x), -expf(a4[j].y), -expf(a4[j].z), -expf(a4[j].w));  // A = -exp(A_log)
   }
   float cw[kMaxK];
 #pragma unroll
@@ -276,8 +192,8 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restr
 
   const float du = delta * u;
   float yp = 0.0f;
-  auto upd = [&](float hv, float alog, float bv, float cv) {
-    const float hn = expf(delta * -expf(alog)) * hv + du * bv;
+  auto upd = [&](float hv, float a, float bv, float cv) {
+    const float hn = expf(delta * a) * hv + du * bv;
     yp += cv * hn;
     return hn;
   };
@@ -304,33 +220,14 @@ void check_shapes(int E, int K) {
 
 }  // namespace
 
-void ssm_decode_in(Ctx& c, int B, int E, int K, int P, const float* x, int ldx,
-                   const float* conv_state, const float* conv_w, const float* conv_b,
-                   const float* x_proj, float* dbc, float* xs_scratch) {
+void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
+                 const float* conv_w, const float* conv_b, float* xs) {
   check_shapes(E, K);
   if (B == 0) return;
-  if (xs_scratch) {  // B > kGemvMaxM or P too wide: u only; the caller runs the GEMM
-    launch(conv_decode_kernel, dim3(blocks_for(size_t(B) * E, 256)), dim3(256), 0, c.stream, c.pdl,
-           B, E, K, x, ldx, conv_state, conv_w, conv_b, xs_scratch);
-    BHASA_LAUNCH_CHECK("conv_decode");
-    return;
-  }
-  check(B <= kGemvMaxM && P <= 32 * kMaxPI, "ssm_decode_in: batch or x_proj width too large");
-  const int blocks = (E + kSlice - 1) / kSlice;
-  auto* partials = static_cast<float*>(c.scratch->get(kDecodePartials, size_t(blocks) * B * P * sizeof(float)));
-  auto* counter = static_cast<unsigned*>(c.scratch->get(kDecodeCounter, sizeof(unsigned), /*zeroed=*/true));
-  auto go = [&](auto kernel) {
-    launch(kernel, dim3(blocks), dim3(kInThreads), 0, c.stream, c.pdl, B, E, K, P, x, ldx, conv_state,
-           conv_w, conv_b, x_proj, partials, counter, dbc);
-  };
-  if (B == 1) go(ssm_in_kernel<1>);
-  else if (B == 2) go(ssm_in_kernel<2>);
-  else if (B <= 4) go(ssm_in_kernel<4>);
-  else go(ssm_in_kernel<8>);
-  BHASA_LAUNCH_CHECK("ssm_decode_in");
+  launch(conv_decode_kernel, dim3(blocks_for(size_t(B) * E, 256)), dim3(256), 0, c.stream, c.pdl, B, E, K,
+         x, ldx, conv_state, conv_w, conv_b, xs);
+  BHASA_LAUNCH_CHECK("conv_decode");
 }
-
-bool ssm_decode_in_fused(int B, int P) { return B <= kGemvMaxM && P <= 32 * kMaxPI; }
 
 void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
                      int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
