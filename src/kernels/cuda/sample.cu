@@ -93,9 +93,10 @@ void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity) {
   if (B == 0) return;
   check(V > 0, "sample_tokens: the vocabulary is empty");
-  // ~2 blocks per SM in all, at least 4096 logits per block; whole rows from B = 32 on
-  // (at B = 64, 5 blocks a row timed 7.2 us against 5.1 for one block a row)
-  const int S = B >= 32 ? 1 : std::max(1, std::min((2 * c.sm_count + B - 1) / B, (V + 4095) / 4096));
+  // ~2 blocks per SM in all, at least 4096 logits per block. (Measured at V = 50280:
+  // B = 1, 13 blocks: 3.7-4.7 us; B = 64, 5 blocks a row: 7.2 us, but one 512-thread
+  // block a row: 12.6 us, and the former one-block-a-row kernel with 1024 threads: 5.1.)
+  const int S = std::max(1, std::min((2 * c.sm_count + B - 1) / B, (V + 4095) / 4096));
   auto* part_val = static_cast<float*>(c.scratch->get(kSampleVal, size_t(B) * S * sizeof(float)));
   auto* part_idx = static_cast<int*>(c.scratch->get(kSampleIdx, size_t(B) * S * sizeof(int)));
   auto* done = static_cast<unsigned*>(c.scratch->get(kSampleCounter, sizeof(unsigned), /*zeroed=*/true));
