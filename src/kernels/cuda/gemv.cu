@@ -4,9 +4,10 @@
 // they are a weight read, so: one warp per output row n, 16-byte loads, every one of
 // the M activation rows applied to each weight load.
 //
-// Each block first stages A (M, K) into shared memory (normalised on the way when the
-// caller fuses the pre-norm: warp m holds row m in registers and computes its mean / rstd). Before it
-// waits on the previous kernel (programmatic dependent launch, pdl_wait), each warp
+// Each block first stages A (M, K) into shared memory, normalised on the way when the
+// caller fuses the pre-norm (warp m holds row m in registers and computes its mean /
+// rstd), or as u = silu(conv(state, x)) for ssm_decode_in. Before it waits on the
+// previous kernel (programmatic dependent launch, pdl_wait), each warp
 // has already issued the loads of its first weight row: the weights never depend on
 // the previous kernel, so their DRAM latency overlaps the previous kernel's tail.
 #include <algorithm>
