@@ -148,6 +148,30 @@ class Backend {
   // x (n) dense; p in [0, 1); p = 0 leaves x untouched.
   virtual void dropout(size_t n, float* x, float p, uint64_t seed) = 0;
 
+  // ---- one decode step (L = 1 with states), fused -------------------------------
+  // out (M, N) = norm(x) @ W^T with norm as norm_forward (rms, or layer when b), W (N, K)
+  // row-major, out dense "=". torch: out = F.rms_norm(x, (K,), w, eps) @ W.T
+  virtual void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
+                         const float* b, const float* W, float* out) = 0;
+  // The input side of a mixer's SSM, states untouched (conv1d_silu_with_state's u at
+  // L = 1, then x_proj):  torch: dbc = F.silu(conv(cat(state, x))) @ x_proj.T
+  // x (B, E) row stride ldx; conv_state (B, K-1, E); conv_w (E, K); conv_b (E) or null;
+  // x_proj (P, E); dbc (B, P) dense "=".
+  virtual void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx,
+                             const float* conv_state, const float* conv_w, const float* conv_b,
+                             const float* x_proj, float* dbc) = 0;
+  // The rest of the step, per channel (b, e): u as in ssm_decode_in (recomputed), then
+  // conv_state takes x (conv1d_silu_with_state's update);
+  // delta = softplus(dbc[b, :R] . dt_w[e] + dt_bias[e]); then scan_forward's update of
+  // h (B, E, N) in place and y = (C . h + D u) * silu(z).
+  // x, z (B, E) row stride ldxz; dbc (B, R + 2N) dense [dt_low | B | C]; dt_w (E, R);
+  // dt_bias, D (E); A_log (E, N); y (B, E) dense "=".
+  virtual void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z,
+                               int ldxz, float* conv_state, const float* conv_w,
+                               const float* conv_b, const float* dbc, const float* dt_w,
+                               const float* dt_bias, const float* A_log, const float* D,
+                               float* h, float* y) = 0;
+
   // ---- decoding on the device (optional; see supports_graphs) -------------------
   // The sampling rule (kernels/sampling.h): per row b, ids[b] = argmax_v of logits[b, v]
   // when temperature <= 0, else of logits[b, v] / temperature + gumbel(seed, step, b, v)

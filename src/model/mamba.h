@@ -93,6 +93,7 @@ class MambaLM {
   // With a state, the conv and scan continue from it and leave their final states in it.
   // drop_p > 0 (training forwards only): dropout on y and g with masks from drop_seed.
   void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f, uint64_t drop_seed = 0);
+  void decode_stack(Activations& a, DecodeState& s);  // forward_stack at L = 1 with states
   Activations& inference_buffers(std::unique_ptr<Activations>& slot, int B, int L);
 
   ModelConfig cfg_;

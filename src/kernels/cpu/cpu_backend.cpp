@@ -53,6 +53,23 @@ class CpuBackend final : public Backend {
     cpu::gemm<float>(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
 
+  void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
+                 const float* b, const float* W, float* out) override {
+    cpu::norm_gemm<float>(M, N, K, rms, eps, x, w, b, W, out);
+  }
+  void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,
+                     const float* conv_w, const float* conv_b, const float* x_proj,
+                     float* dbc) override {
+    cpu::ssm_decode_in<float>(B, E, K, P, x, ldx, conv_state, conv_w, conv_b, x_proj, dbc);
+  }
+  void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                       float* conv_state, const float* conv_w, const float* conv_b,
+                       const float* dbc, const float* dt_w, const float* dt_bias,
+                       const float* A_log, const float* D, float* h, float* y) override {
+    cpu::ssm_decode_step<float>(B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
+                                dt_bias, A_log, D, h, y);
+  }
+
   void embedding_forward(int T, int D, const int32_t* ids, const float* table,
                          float* out) override {
     cpu::embedding_forward<float>(T, D, ids, table, out);

@@ -67,6 +67,18 @@ void scan_backward(int B, int L, int E, int N, int chunk, const T* u, const T* d
                    const T* D, const T* z, int ldz, const T* chunk_states, const T* dout,
                    T* du, T* ddt, T* dBm, T* dCm, T* dz, T* dA_log, T* dD, T* ddt_bias);
 
+// One decode step, fused (decode_step.cpp); see kernels.h.
+template <class T>
+void norm_gemm(int M, int N, int K, bool rms, T eps, const T* x, const T* w, const T* b,
+               const T* W, T* out);
+template <class T>
+void ssm_decode_in(int B, int E, int K, int P, const T* x, int ldx, const T* conv_state,
+                   const T* conv_w, const T* conv_b, const T* x_proj, T* dbc);
+template <class T>
+void ssm_decode_step(int B, int E, int N, int R, int K, const T* x, const T* z, int ldxz,
+                     T* conv_state, const T* conv_w, const T* conv_b, const T* dbc, const T* dt_w,
+                     const T* dt_bias, const T* A_log, const T* D, T* h, T* y);
+
 // out (T, I) = f[:, :I] * silu(f[:, I:]);  df (T, 2I) "="
 template <class T>
 void swiglu_forward(int n_tok, int I, const T* f, T* out);

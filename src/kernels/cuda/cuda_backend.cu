@@ -31,6 +31,9 @@ class CudaBackend final : public Backend {
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    ctx_.sm_count = prop.multiProcessorCount;
+    ctx_.pdl = opt.pdl;
+    gemv_ = opt.gemv;
     name_ = std::string("cuda (") + prop.name + ", " + gemm_math_name(opt.gemm) + " gemm)";
   }
   ~CudaBackend() override {
@@ -81,8 +84,12 @@ class CudaBackend final : public Backend {
   void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc) override {
     BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
+    // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
+    if (gemv_ && !ta && tb && gemv_serves(M, N, K, A, lda, B, ldb, nullptr, nullptr))
+      return cuda::gemv(ctx_, M, N, K, A, lda, B, ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr);
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
+
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
   void linear_backward(int T, int O, int I, const float* dY, int ldy, const float* W, int ldw,
                        const float* X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {
@@ -96,6 +103,43 @@ class CudaBackend final : public Backend {
       throw;
     }
     gemm_->unpin();
+  }
+
+  // ---- one decode step ------------------------------------------------------
+  void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
+                 const float* b, const float* W, float* out) override {
+    BHASA_PROFILE_OP(*profile_, "norm_gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
+    if (gemv_ && gemv_serves(M, N, K, x, K, W, K, w, b))
+      return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b);
+    auto* h = static_cast<float*>(scratch_.get(kDecodeA, size_t(M) * K * sizeof(float)));
+    if (cuda::norm_rows_serves(K, x, w, b, h)) {
+      cuda::norm_rows(ctx_, M, K, rms, eps, x, w, b, h);
+    } else {
+      auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
+      cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
+    }
+    gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
+  }
+  void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,
+                     const float* conv_w, const float* conv_b, const float* x_proj,
+                     float* dbc) override {
+    BHASA_PROFILE_OP(*profile_, "ssm_decode_in");
+    if (gemv_ && cuda::conv_gemv_serves(B, E, K, P, x, ldx, conv_state, x_proj)) {
+      cuda::ConvIn cv;
+      cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
+      return cuda::gemv(ctx_, B, P, E, x, ldx, x_proj, E, 0.f, dbc, P, 0, 0.f, nullptr, nullptr, cv);
+    }
+    auto* xs = static_cast<float*>(scratch_.get(kDecodeA, size_t(B) * E * sizeof(float)));
+    cuda::conv_decode(ctx_, B, E, K, x, ldx, conv_state, conv_w, conv_b, xs);
+    gemm(false, true, B, P, E, xs, E, x_proj, E, 0.f, dbc, P);
+  }
+  void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                       float* conv_state, const float* conv_w, const float* conv_b,
+                       const float* dbc, const float* dt_w, const float* dt_bias,
+                       const float* A_log, const float* D, float* h, float* y) override {
+    BHASA_PROFILE_OP(*profile_, "ssm_decode_step");
+    cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
+                          dt_bias, A_log, D, h, y);
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
     BHASA_PROFILE_OP(*profile_, "embedding_forward");
@@ -260,6 +304,7 @@ class CudaBackend final : public Backend {
   Ctx ctx_;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::OpProfile> profile_;
+  bool gemv_ = true;  // small-M products through gemv.cu
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
@@ -288,18 +333,25 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
   return std::make_unique<CudaBackend>(options);
 }
 
-// BHASA_CUDA_GEMM=fp32|tf32|bf16|bf16_fast in the environment picks the GEMM math.
-std::unique_ptr<Backend> make_cuda_backend() {
+// The environment's switches: BHASA_CUDA_GEMM=fp32|tf32|bf16|bf16_fast picks the GEMM
+// math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
+// launches the decode kernels without programmatic dependent launch (for comparisons).
+static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
-  return make_cuda_backend(opt);
+  const char* gemv = std::getenv("BHASA_CUDA_GEMV");
+  if (gemv && std::string(gemv) == "0") opt.gemv = false;
+  const char* pdl = std::getenv("BHASA_CUDA_PDL");
+  if (pdl && std::string(pdl) == "0") opt.pdl = false;
+  return opt;
 }
 
-// gemm_math: a GemmMath name, or empty for the default above.
+std::unique_ptr<Backend> make_cuda_backend() { return make_cuda_backend(options_from_env()); }
+
+// gemm_math: a GemmMath name, or empty for the default (the environment's, else bf16).
 std::unique_ptr<Backend> make_cuda_backend(const std::string& gemm_math) {
-  if (gemm_math.empty()) return make_cuda_backend();
-  CudaOptions opt;
-  opt.gemm = parse_gemm_math(gemm_math);
+  CudaOptions opt = options_from_env();
+  if (!gemm_math.empty()) opt.gemm = parse_gemm_math(gemm_math);
   return make_cuda_backend(opt);
 }
 

@@ -21,6 +21,10 @@ GemmMath parse_gemm_math(const std::string& s);
 
 struct CudaOptions {
   GemmMath gemm = GemmMath::bf16;  // the default: as accurate as TF32 in training (bench/results), faster
+  // Products with at most 8 rows (decoding) through the GEMV kernels, not cuBLASLt.
+  bool gemv = true;
+  // Decode kernels launched with programmatic dependent launch (overlap with the previous kernel).
+  bool pdl = true;
 };
 
 // Throws Error when no CUDA GPU is usable.

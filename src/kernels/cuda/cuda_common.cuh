@@ -31,7 +31,8 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 // no kernel family allocates again.
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
-  kSortTemp, kRowLoss, kReduce, kHostResult, kNumSlots
+  kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
+  kSampleCounter, kNumSlots
 };
 
 class Scratch {
@@ -39,8 +40,9 @@ class Scratch {
   ~Scratch() {
     for (auto& b : bufs_) if (b.first) cudaFree(b.first);
   }
-  // Grow-only device buffer for a slot (contents are undefined after a growth).
-  void* get(ScratchSlot slot, size_t bytes) {
+  // Grow-only device buffer for a slot (contents are undefined after a growth, or
+  // zeros when zeroed: for counters that the kernels using them leave at zero).
+  void* get(ScratchSlot slot, size_t bytes, bool zeroed = false) {
     auto& b = bufs_[slot];
     if (b.second < bytes) {
       if (b.first) BHASA_CUDA_CHECK(cudaFree(b.first));
@@ -50,6 +52,7 @@ class Scratch {
         throw Error("out of GPU memory allocating " + std::to_string(bytes >> 20) +
                     " MiB of kernel scratch; use a smaller batch size or sequence length");
       b.second = bytes;
+      if (zeroed) BHASA_CUDA_CHECK(cudaMemset(b.first, 0, bytes));
     }
     return b.first;
   }
@@ -62,7 +65,32 @@ struct Ctx {
   cudaStream_t stream = nullptr;
   Scratch* scratch = nullptr;
   double* host_result = nullptr;  // pinned (4 doubles): reductions return through here
+  int sm_count = 132;
+  bool pdl = true;  // launch the decode kernels with programmatic dependent launch
 };
+
+// Programmatic dependent launch (sm_90). A kernel launched with pdl = true may start
+// while the previous kernel in the stream still runs; it must call pdl_wait() before
+// touching anything that kernel writes (it may read constant inputs, e.g. weights,
+// before). pdl_trigger() lets the next such kernel start. Both are no-ops otherwise.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            bool pdl, Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...), "cudaLaunchKernelEx");
+}
 
 // ---- kernel families (one .cu each) -------------------------------------------
 void embedding_forward(Ctx& c, int T, int D, const int32_t* ids, const float* table, float* out);
@@ -105,6 +133,33 @@ void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float
 double sum_squares(Ctx& c, size_t n, const float* g);
 void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
 void dropout(Ctx& c, size_t n, float* x, float p, uint64_t seed);
+
+// Decoding (gemv.cu, ssm_step.cu); see kernels.h. gemv: C (M, N) = norm?(A) @ W^T + beta C,
+// W (N, K) row-major; norm 0 none, 1 rms, 2 layer (nw, nb as norm_forward).
+constexpr int kGemvMaxM = 8;
+struct ConvIn {  // gemv's conv staging (ssm_decode_in): state (M, K-1, E), w (E, K), b (E) or null
+  const float* state = nullptr;
+  const float* w = nullptr;
+  const float* b = nullptr;
+  int K = 0;
+};
+bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, int ldw,
+                 const float* nw, const float* nb);
+void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw, float beta,
+          float* C, int ldc, int norm, float eps, const float* nw, const float* nb,
+          const ConvIn& cv = ConvIn{});
+// ssm_decode_in as one gemv with the conv staged in front (B <= 8, d_conv 4)
+bool conv_gemv_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
+                      const float* x_proj);
+bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out);
+void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
+               const float* nb, float* out);  // norm_forward without mean / rstd, one warp a row
+void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
+                 const float* conv_w, const float* conv_b, float* xs);  // u of ssm_decode_in, states untouched
+void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
+                     int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
+                     const float* dbc, const float* dt_w, const float* dt_bias,
+                     const float* A_log, const float* D, float* h, float* y);
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);

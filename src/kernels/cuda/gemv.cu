@@ -1,0 +1,285 @@
+// Matrix-vector products for decoding: C (M, N) = norm?(A) (M, K) @ W^T + beta * C with
+// a few rows M (a batch of tokens) and a row-major weight W (N, K). At M = 1 cuBLASLt
+// runs these at 20-25% of the bandwidth (in_proj (1, 3072, 768): 11 us for 9.4 MB);
+// they are a weight read, so: one warp per output row n, 16-byte loads, every one of
+// the M activation rows applied to each weight load.
+//
+// Each block first stages A (M, K) into shared memory, normalised on the way when the
+// caller fuses the pre-norm (warp m holds row m in registers and computes its mean /
+// rstd), or as u = silu(conv(state, x)) for ssm_decode_in. Before it waits on the
+// previous kernel (programmatic dependent launch, pdl_wait), each warp
+// has already issued the loads of its first weight row: the weights never depend on
+// the previous kernel, so their DRAM latency overlaps the previous kernel's tail.
+#include <algorithm>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace bhasa::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// One row (K floats as K4 float4, lane-strided) of A into out, normalised (norm 1 rms,
+// 2 layer) with the norm weights g, bb already in registers; norm 0 copies. The row
+// is loaded once, in one round trip, and reduced from registers.
+template <int CH>
+__device__ __forceinline__ void norm_row(const float4* a, float4* out, int K, int norm, float eps,
+                                         const float4 (&g)[CH], const float4 (&bb)[CH], int lane) {
+  const int K4 = K / 4;
+  float4 xv[CH];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int k4 = lane + 32 * c;
+    xv[c] = k4 < K4 ? a[k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  if (norm == 0) {
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+      if (lane + 32 * c < K4) out[lane + 32 * c] = xv[c];
+    return;
+  }
+  float mu = 0.f;
+  if (norm == 2) {
+#pragma unroll
+    for (int c = 0; c < CH; ++c) mu += (xv[c].x + xv[c].y) + (xv[c].z + xv[c].w);
+    for (int o = 16; o > 0; o >>= 1) mu += __shfl_xor_sync(kFull, mu, o);
+    mu /= K;
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    if (lane + 32 * c < K4) {  // padding lanes hold 0, which is not 0 - mu
+      const float d0 = xv[c].x - mu, d1 = xv[c].y - mu, d2 = xv[c].z - mu, d3 = xv[c].w - mu;
+      ss += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(kFull, ss, o);
+  const float r = 1.0f / sqrtf(ss / K + eps);
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int k4 = lane + 32 * c;
+    if (k4 < K4)
+      out[k4] = make_float4((xv[c].x - mu) * r * g[c].x + bb[c].x, (xv[c].y - mu) * r * g[c].y + bb[c].y,
+                            (xv[c].z - mu) * r * g[c].z + bb[c].z, (xv[c].w - mu) * r * g[c].w + bb[c].w);
+  }
+}
+
+template <int CH>
+__device__ __forceinline__ void load_norm_weights(const float* nw, const float* nb, int K4, int lane,
+                                                  float4 (&g)[CH], float4 (&bb)[CH]) {
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int k4 = lane + 32 * c;
+    g[c] = k4 < K4 ? reinterpret_cast<const float4*>(nw)[k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+    bb[c] = nb && k4 < K4 ? reinterpret_cast<const float4*>(nb)[k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+}
+
+// torch: out = F.rms_norm(x, (K,), nw, eps)  (or F.layer_norm with nb): one warp per row,
+// for the decode step at batch sizes gemv does not serve (then cuBLASLt).
+template <int CH>
+__global__ void __launch_bounds__(kThreads)
+norm_rows_kernel(int M, int K, int norm, float eps, const float* __restrict__ x,
+                 const float* __restrict__ nw, const float* __restrict__ nb, float* __restrict__ out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row = blockIdx.x * kWarps + warp;
+  float4 g[CH], bb[CH];
+  load_norm_weights<CH>(nw, nb, K / 4, lane, g, bb);
+  pdl_trigger();
+  pdl_wait();
+  if (row < M)
+    norm_row<CH>(reinterpret_cast<const float4*>(x + size_t(row) * K),
+                 reinterpret_cast<float4*>(out + size_t(row) * K), K, norm, eps, g, bb, lane);
+}
+
+// The conv of ssm_decode_in, staged in front of x_proj: u[m, e] = silu(b[e] + sum_j
+// w[e, j] [state[m, :, e], x[m, e]][j]) with d_conv kConvK (Mamba's 4).
+constexpr int kConvK = 4;
+__device__ __forceinline__ void load_conv_weights(const ConvIn& cv, int E, int c4, float (&cw)[4 * kConvK],
+                                                  float (&cb)[4]) {
+  const bool in = 4 * c4 < E;
+#pragma unroll
+  for (int i = 0; i < 4 * kConvK; ++i) cw[i] = in ? cv.w[size_t(4 * c4) * kConvK + i] : 0.0f;  // (E, K)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) cb[i] = in && cv.b ? cv.b[4 * c4 + i] : 0.0f;
+}
+
+__device__ __forceinline__ float4 conv_u4(const ConvIn& cv, const float* x, int ldx, int E, int m, int c4,
+                                          const float (&cw)[4 * kConvK], const float (&cb)[4]) {
+  constexpr int H = kConvK - 1;
+  float4 win[kConvK];
+#pragma unroll
+  for (int j = 0; j < H; ++j) win[j] = reinterpret_cast<const float4*>(cv.state + (size_t(m) * H + j) * E)[c4];
+  win[H] = reinterpret_cast<const float4*>(x + size_t(m) * ldx)[c4];
+  float u[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float p = cb[i];
+#pragma unroll
+    for (int j = 0; j < kConvK; ++j) {
+      const float wj = cw[i * kConvK + j];
+      const float xj = i == 0 ? win[j].x : i == 1 ? win[j].y : i == 2 ? win[j].z : win[j].w;
+      p += wj * xj;
+    }
+    u[i] = p * sigmoidf_(p);
+  }
+  return make_float4(u[0], u[1], u[2], u[3]);
+}
+
+// torch: C[:M] = beta * C + norm(A) @ W.T   (CONV: C = silu(conv(state, A)) @ W.T)   (norm: 0 none, 1 rms, 2 layer)
+// MT >= M rows of A, CH >= K / 128 float4 per lane.
+template <int MT, int CH, bool CONV>
+__global__ void __launch_bounds__(kThreads)
+gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
+            const float* __restrict__ W, int ldw, float beta, float* C, int ldc, int norm,
+            float eps, const float* __restrict__ nw, const float* __restrict__ nb, ConvIn cv) {
+  extern __shared__ float4 sA[];  // (M, K/4)
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, K4 = K / 4;
+  const int stride = gridDim.x * kWarps;
+  int n = blockIdx.x * kWarps + warp;
+  float4 w[CH];
+  auto load_row = [&](int row) {
+    const float4* wr = reinterpret_cast<const float4*>(W + size_t(row) * ldw);
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+      const int k4 = lane + 32 * c;
+      w[c] = k4 < K4 ? __ldcs(wr + k4) : make_float4(0.f, 0.f, 0.f, 0.f);  // streamed once
+    }
+  };
+  // the norm's weights are constants too: fetch them before the wait as well
+  float4 g[CH], bb[CH];
+  float cw[4 * kConvK], cb[4];  // CONV: this thread's first 4 channels' conv weights
+  if (CONV) load_conv_weights(cv, K, threadIdx.x, cw, cb);
+  else if (norm && warp < M) load_norm_weights<CH>(nw, nb, K4, lane, g, bb);
+  if (n < N) load_row(n);
+  pdl_trigger();
+  pdl_wait();
+
+  // Stage A: warp m loads row m (M <= kWarps) into registers in one round trip, then
+  // normalises it from there. CONV: the block computes u = silu(conv(state, x)) for
+  // every (m, channel), 4 channels a thread.
+  if (CONV) {
+    for (int c4 = threadIdx.x; 4 * c4 < K; c4 += kThreads) {
+      if (c4 != int(threadIdx.x)) load_conv_weights(cv, K, c4, cw, cb);
+      for (int m = 0; m < M; ++m) sA[size_t(m) * K4 + c4] = conv_u4(cv, A, lda, K, m, c4, cw, cb);
+    }
+  } else if (warp < M) {
+    norm_row<CH>(reinterpret_cast<const float4*>(A + size_t(warp) * lda), sA + size_t(warp) * K4, K,
+                 norm, eps, g, bb, lane);
+  }
+  __syncthreads();
+
+  for (; n < N; n += stride) {
+    float acc[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+      const int k4 = lane + 32 * c;
+      if (k4 < K4) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < M) acc[m] += dot4(w[c], sA[m * K4 + k4]);
+      }
+    }
+    const int next = n + stride;
+    if (next < N) load_row(next);  // in flight during the reduction below
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(kFull, acc[m], o);
+    // lane m writes row m (a compile-time index into acc: no local memory)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (lane == m && m < M) {
+        float* out = C + size_t(m) * ldc + n;
+        *out = beta == 0.f ? acc[m] : acc[m] + beta * *out;
+      }
+    }
+  }
+}
+
+template <int MT, int CH>
+void launch_gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw,
+                 float beta, float* C, int ldc, int norm, float eps, const float* nw,
+                 const float* nb, const ConvIn& cv) {
+  const int blocks = std::min((N + kWarps - 1) / kWarps, 4 * c.sm_count);
+  const size_t smem = size_t(M) * K * sizeof(float);
+  if (cv.state)
+    launch(gemv_kernel<MT, CH, true>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A,
+           lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else
+    launch(gemv_kernel<MT, CH, false>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A,
+           lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+}
+
+template <int MT>
+void dispatch_ch(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw,
+                 float beta, float* C, int ldc, int norm, float eps, const float* nw,
+                 const float* nb, const ConvIn& cv) {
+  const int ch = (K / 4 + 31) / 32;
+#define BHASA_GEMV_CH(X) \
+  if (ch <= X) return launch_gemv<MT, X>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  BHASA_GEMV_CH(2) BHASA_GEMV_CH(4) BHASA_GEMV_CH(6) BHASA_GEMV_CH(8) BHASA_GEMV_CH(12)
+  BHASA_GEMV_CH(16)
+#undef BHASA_GEMV_CH
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace
+
+bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out) {
+  return K % 4 == 0 && K <= 16 * 128 && aligned16(x) && aligned16(nw) && (!nb || aligned16(nb)) &&
+         aligned16(out);
+}
+
+void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
+               const float* nb, float* out) {
+  check(norm_rows_serves(K, x, nw, nb, out), "norm_rows: shape or alignment not served");
+  const int ch = (K / 4 + 31) / 32, blocks = (M + kWarps - 1) / kWarps, norm = rms ? 1 : 2;
+#define BHASA_NORM_CH(X)                                                                          \
+  if (ch <= X) {                                                                                 \
+    launch(norm_rows_kernel<X>, dim3(blocks), dim3(kThreads), 0, c.stream, c.pdl, M, K, norm, eps, x, \
+           nw, nb, out);                                                                         \
+    return BHASA_LAUNCH_CHECK("norm_rows");                                                      \
+  }
+  BHASA_NORM_CH(2) BHASA_NORM_CH(4) BHASA_NORM_CH(6) BHASA_NORM_CH(8) BHASA_NORM_CH(12)
+  BHASA_NORM_CH(16)
+#undef BHASA_NORM_CH
+}
+
+bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, int ldw,
+                 const float* nw, const float* nb) {
+  static_assert(kGemvMaxM <= kWarps, "a warp stages each row of A");
+  return M >= 1 && M <= kGemvMaxM && N >= 1 && K >= 4 && K % 4 == 0 && K <= 16 * 128 &&
+         size_t(M) * K * sizeof(float) <= 48 * 1024 && lda % 4 == 0 && ldw % 4 == 0 &&
+         aligned16(A) && aligned16(W) && (!nw || aligned16(nw)) && (!nb || aligned16(nb));
+}
+
+void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw, float beta,
+          float* C, int ldc, int norm, float eps, const float* nw, const float* nb, const ConvIn& cv) {
+  check(gemv_serves(M, N, K, A, lda, W, ldw, nw, nb), "gemv: shape or alignment not served");
+  check(!cv.state || (cv.K == kConvK && aligned16(cv.state)), "gemv: conv staging needs d_conv 4");
+  if (M == 1) dispatch_ch<1>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else if (M == 2) dispatch_ch<2>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else if (M <= 4) dispatch_ch<4>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else dispatch_ch<8>(c, M, N, K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  BHASA_LAUNCH_CHECK("gemv");
+}
+
+// (Tried for B > 8 in tiles of 8 rows of A, each tile re-reading x_proj from L2: 16.9 us
+// at B = 64, against 7.2 for conv_decode + cuBLASLt, since a block stages its rows' conv
+// one row after another; so B <= 8 only.)
+bool conv_gemv_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
+                      const float* x_proj) {
+  return K == kConvK && gemv_serves(B, P, E, x, ldx, x_proj, E, nullptr, nullptr) && aligned16(state);
+}
+
+}  // namespace bhasa::cuda

@@ -1,0 +1,264 @@
+// One decode step (L = 1) of a Mamba mixer after in_proj: ssm_step does per channel
+//   u = silu(conv(state, x)); conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
+//   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
+// in one kernel (the unfused step ran conv, dt_proj and the scan as three). The input
+// side, dbc = u @ x_proj^T, is gemv.cu's GEMV with the conv staged in front; conv_decode
+// here serves the shapes that does not. Both launch with programmatic dependent launch
+// (cuda_common.cuh): the constants are loaded before pdl_wait.
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace bhasa::cuda {
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxK = 8;       // d_conv
+constexpr int kStepThreads = 128;
+constexpr int kLanes = 4;      // ssm_step lanes per channel
+
+// u = silu(conv_b[e] + sum_k conv_w[e, k] [state[b, :, e], x[b, e]][k])
+__device__ __forceinline__ float conv_u(int E, int K, const float* x, int ldx, const float* state,
+                                        const float* w, const float* bias, int b, int e) {
+  const int H = K - 1;
+  const float* st = state + size_t(b) * H * E + e;
+  float p = bias ? bias[e] : 0.0f;
+  for (int j = 0; j < H; ++j) p += w[size_t(e) * K + j] * st[size_t(j) * E];
+  p += w[size_t(e) * K + H] * x[size_t(b) * ldx + e];
+  return p * sigmoidf_(p);
+}
+
+// xs = silu(conv_step(state, x)), state unchanged (ssm_decode_in where gemv.cu's conv
+// staging does not serve; x_proj then runs through cuBLASLt).
+__global__ void conv_decode_kernel(int B, int E, int K, const float* x, int ldx, const float* state,
+                                   const float* conv_w, const float* conv_b, float* xs) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  pdl_trigger();
+  pdl_wait();
+  if (i >= B * E) return;
+  xs[i] = conv_u(E, K, x, ldx, state, conv_w, conv_b, i / E, i % E);
+}
+
+// One channel (b, e) per kLanes lanes; lane k owns states n = k, k + 4, ... (J of them).
+// torch (per channel): u = silu(conv(state, x)); state = cat(state, x)[1:]
+//   delta = F.softplus(dbc[:R] @ dt_w[e] + dt_bias[e]); h = exp(delta * -exp(A_log[e])) * h + delta * B * u
+//   y = (C @ h + D[e] * u) * F.silu(z)
+template <int J>
+__global__ void __launch_bounds__(kStepThreads)
+ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
+                const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+  const int gid = blockIdx.x * kStepThreads + threadIdx.x;
+  const int k = gid % kLanes;
+  const bool valid = gid / kLanes < B * E;
+  const int ch = valid ? gid / kLanes : 0;  // inactive groups compute channel 0 and store nothing
+  const int b = ch / E, e = ch % E, H = K - 1, P = R + 2 * N;
+  pdl_trigger();
+  pdl_wait();
+  const float* db = dbc + size_t(b) * P;
+  float d = 0.0f;
+  for (int r = k; r < R; r += kLanes) d += db[r] * dt_w[size_t(e) * R + r];
+  d += __shfl_xor_sync(kFull, d, 1);
+  d += __shfl_xor_sync(kFull, d, 2);
+  const float delta = softplusf_(d + dt_bias[e]);
+
+  // conv: the window [state[b, :, e], x[b, e]], then the shifted state
+  float* st = conv_state + size_t(b) * H * E + e;
+  float win[kMaxK];
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) win[j] = j < H ? st[size_t(j) * E] : 0.0f;
+  const float xv = x[size_t(b) * ldxz + e];
+  float p = conv_b ? conv_b[e] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (j < H) p += conv_w[size_t(e) * K + j] * win[j];
+  p += conv_w[size_t(e) * K + H] * xv;
+  const float u = p * sigmoidf_(p);
+  __syncwarp();  // every lane of the group has read the old state
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (valid && j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+
+  const float du = delta * u;
+  float yp = 0.0f;
+  float* hc = h + size_t(ch) * N;
+#pragma unroll
+  for (int i = 0; i < J; ++i) {
+    const int n = k + kLanes * i;
+    if (n < N) {
+      const float a = -expf(A_log[size_t(e) * N + n]);
+      const float hv = expf(delta * a) * hc[n] + du * db[R + n];
+      if (valid) hc[n] = hv;
+      yp += db[R + N + n] * hv;
+    }
+  }
+  yp += __shfl_xor_sync(kFull, yp, 1);
+  yp += __shfl_xor_sync(kFull, yp, 2);
+  if (valid && k == 0) {
+    const float zz = z[size_t(b) * ldxz + e];
+    y[size_t(b) * E + e] = (yp + Dp[e] * u) * zz * sigmoidf_(zz);
+  }
+}
+
+// The same with lane k owning the float4 chunks k, k + 4, ... of the channel's state
+// (N % 4 == 0; J chunks per lane): a warp's state loads are 512 contiguous bytes.
+// The constants (dt_w, A_log, conv weights, D, dt_bias) are fetched before pdl_wait,
+// the step's inputs all together after it.
+constexpr int kMaxR4 = 3;  // dt_w float4 per lane held in registers (R <= 48; more loop after)
+// WB = batch rows per block. WB = 1: a block is 32 channels of one row b. WB = 4: 8
+// channels of 4 rows, one row per warp, so the 4 warps read the same dt_w, A_log and
+// conv_w rows (L1 hits): at B = 64 with WB = 1 every (b, e) re-read its channel's
+// constants from L2, ~75 MB per step, and the kernel ran at ~1 TB/s.
+template <int J>
+__global__ void __launch_bounds__(kStepThreads)
+ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restrict__ x,
+                 const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                 const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                 const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                 const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                 const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = lane % kLanes, cg = lane / kLanes;
+  const int cpb = kStepThreads / kLanes / WB;  // channels per block
+  const int e_raw = blockIdx.x * cpb + (WB == 1 ? warp * 8 : 0) + cg;
+  const int b_raw = blockIdx.y * WB + (WB == 1 ? 0 : warp);
+  const bool valid = e_raw < E && b_raw < B;
+  const int e = valid ? e_raw : 0, b = valid ? b_raw : 0;  // inactive lanes compute (0, 0), store nothing
+  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4;
+  float4 dtw[kMaxR4];
+#pragma unroll
+  for (int i = 0; i < kMaxR4; ++i) {
+    const int c = k + kLanes * i;
+    dtw[i] = c < R4 ? reinterpret_cast<const float4*>(dt_w + size_t(e) * R)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float4 a4[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = k + kLanes * j;
+    a4[j] = c < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    a4[j] = make_float4(-expf(a4[j].x), -expf(a4[j].y), -expf(a4[j].z), -expf(a4[j].w));  // A = -exp(A_log)
+  }
+  float cw[kMaxK];
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) cw[j] = j < K ? conv_w[size_t(e) * K + j] : 0.0f;
+  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
+  pdl_trigger();
+  pdl_wait();
+
+  // every input at once, so that the loads are in flight together
+  const float* db = dbc + size_t(b) * P;
+  float* st = conv_state + size_t(b) * H * E + e;
+  float* hc = h + (size_t(b) * E + e) * N;
+  float4 dbr[kMaxR4];
+  float win[kMaxK];
+#pragma unroll
+  for (int i = 0; i < kMaxR4; ++i) {
+    const int c = k + kLanes * i;
+    dbr[i] = c < R4 ? reinterpret_cast<const float4*>(db)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) win[j] = j < H ? st[size_t(j) * E] : 0.0f;
+  const float xv = x[size_t(b) * ldxz + e], zz = z[size_t(b) * ldxz + e];
+  float4 h4[J], B4[J], C4[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = k + kLanes * j;
+    const bool in = c < N4;
+    const float* bn = db + R + 4 * c;
+    const float* cn = db + R + N + 4 * c;
+    h4[j] = in ? reinterpret_cast<const float4*>(hc)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    B4[j] = in ? make_float4(bn[0], bn[1], bn[2], bn[3]) : make_float4(0.f, 0.f, 0.f, 0.f);
+    C4[j] = in ? make_float4(cn[0], cn[1], cn[2], cn[3]) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+
+  float d = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kMaxR4; ++i) d += dbr[i].x * dtw[i].x + dbr[i].y * dtw[i].y + dbr[i].z * dtw[i].z + dbr[i].w * dtw[i].w;
+  for (int r = 4 * (k + kLanes * kMaxR4); r < R; r += 4 * kLanes)  // R > 48: the rest, 4 at a time
+    for (int i = 0; i < 4; ++i) d += db[r + i] * dt_w[size_t(e) * R + r + i];
+  d += __shfl_xor_sync(kFull, d, 1);
+  d += __shfl_xor_sync(kFull, d, 2);
+  const float delta = softplusf_(d + bias);
+
+  float p = cb;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) p += cw[j] * (j < H ? win[j] : j == H ? xv : 0.0f);
+  const float u = p * sigmoidf_(p);
+  __syncwarp();  // every lane of the group has read the old state
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (valid && j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+
+  const float du = delta * u;
+  float yp = 0.0f;
+  auto upd = [&](float hv, float a, float bv, float cv) {
+    const float hn = expf(delta * a) * hv + du * bv;
+    yp += cv * hn;
+    return hn;
+  };
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = k + kLanes * j;
+    float4 hn;
+    hn.x = upd(h4[j].x, a4[j].x, B4[j].x, C4[j].x);
+    hn.y = upd(h4[j].y, a4[j].y, B4[j].y, C4[j].y);
+    hn.z = upd(h4[j].z, a4[j].z, B4[j].z, C4[j].z);
+    hn.w = upd(h4[j].w, a4[j].w, B4[j].w, C4[j].w);
+    if (valid && c < N4) reinterpret_cast<float4*>(hc)[c] = hn;
+  }
+  yp += __shfl_xor_sync(kFull, yp, 1);
+  yp += __shfl_xor_sync(kFull, yp, 2);
+  if (valid && k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
+}
+
+void check_shapes(int E, int K) {
+  check(K >= 1 && K <= kMaxK, "decode step: d_conv = " + std::to_string(K) +
+                                  " is not supported by the CUDA backend (1.." + std::to_string(kMaxK) + ")");
+  check(E % 4 == 0, "decode step: d_inner must be a multiple of 4 on the CUDA backend");
+}
+
+}  // namespace
+
+void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
+                 const float* conv_w, const float* conv_b, float* xs) {
+  check_shapes(E, K);
+  if (B == 0) return;
+  launch(conv_decode_kernel, dim3(blocks_for(size_t(B) * E, 256)), dim3(256), 0, c.stream, c.pdl, B, E, K,
+         x, ldx, conv_state, conv_w, conv_b, xs);
+  BHASA_LAUNCH_CHECK("conv_decode");
+}
+
+void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
+                     int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
+                     const float* dbc, const float* dt_w, const float* dt_bias,
+                     const float* A_log, const float* D, float* h, float* y) {
+  check_shapes(E, K);
+  check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
+  if (B == 0) return;
+  const unsigned blocks = blocks_for(size_t(B) * E * kLanes, kStepThreads);
+  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  auto go = [&](auto kernel) {
+    launch(kernel, dim3(blocks), dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz,
+           conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
+  };
+  if (N % 4 == 0 && R % 4 == 0 && (R + 2 * N) % 4 == 0 && aligned16(A_log) && aligned16(h) &&
+      aligned16(dt_w) && aligned16(dbc)) {
+    const int WB = B >= 4 ? 4 : 1, cpb = kStepThreads / kLanes / WB;
+    const dim3 grid((E + cpb - 1) / cpb, (B + WB - 1) / WB);
+    auto go4 = [&](auto kernel) {
+      launch(kernel, grid, dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, WB, x, z, ldxz,
+             conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
+    };
+    if (N <= 16) go4(ssm_step4_kernel<1>);
+    else if (N <= 32) go4(ssm_step4_kernel<2>);
+    else go4(ssm_step4_kernel<4>);
+  } else if (N <= 4) go(ssm_step_kernel<1>);
+  else if (N <= 8) go(ssm_step_kernel<2>);
+  else if (N <= 16) go(ssm_step_kernel<4>);
+  else if (N <= 32) go(ssm_step_kernel<8>);
+  else go(ssm_step_kernel<16>);
+  BHASA_LAUNCH_CHECK("ssm_decode_step");
+}
+
+}  // namespace bhasa::cuda
