@@ -29,6 +29,7 @@ class CudaBackend final : public Backend {
     ctx_.host_result = host_result_;
     gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.gemm);
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
+    gemm_->set_profile(profile_.get());
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     ctx_.sm_count = prop.multiProcessorCount;
@@ -40,6 +41,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     for (cudaGraphExec_t g : graphs_)
       if (g) cudaGraphExecDestroy(g);
+    gemm_->set_profile(nullptr);
     profile_.reset();  // prints the op profile, when on
     gemm_.reset();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);

@@ -71,6 +71,8 @@ const void* Gemm::to_bf16(const float* src, int rows, int cols, int ld, int slot
     bf16_bytes_[slot] = bytes;
   }
   auto* dst = static_cast<__nv_bfloat16*>(bf16_[slot]);
+  OpProfile* prof = profile_ && profile_->enabled() ? profile_ : nullptr;
+  OpProfile::Scope scope(prof, prof ? prof->begin("  (bf16 operand copies, inside the GEMMs)") : -1);
   const bool vec4 = cols % 4 == 0 && ld % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
   const size_t work = vec4 ? size_t(rows) * cols / 4 : size_t(rows) * cols;
   const int threads = 256;

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/op_profile.h"
 
 namespace bhasa::cuda {
 
@@ -19,6 +20,8 @@ class Gemm {
   void run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
            int ldb, float beta, float* C, int ldc);
   GemmMath math() const { return math_; }
+  // Times the bf16 copies on their own (nested inside the calling op's scope).
+  void set_profile(OpProfile* profile) { profile_ = profile; }
   // While an operand is pinned, its bf16 copy is made once and reused by the following
   // run() calls that read the same matrix (a linear layer's dX and dW products share
   // dY). The caller guarantees the matrix does not change until unpin().
@@ -54,6 +57,7 @@ class Gemm {
   };
   Source bf16_source_[2];
   const float* pinned_ = nullptr;
+  OpProfile* profile_ = nullptr;
   std::map<Key, Plan> plans_;
 };
 
