@@ -70,7 +70,9 @@ TEST(CudaKernels, GemmAllTransposesBf16) {
     std::printf("[%s] dense GEMM rel err %.3g\n", gemm_math_name(math), err);
     EXPECT_LE(err, 1e-2);
     // bf16 rounding of the operands shows (~2e-3): the products really were bf16.
-    if (math == GemmMath::bf16) EXPECT_GE(err, 3e-4);
+    if (math == GemmMath::bf16) {
+      EXPECT_GE(err, 3e-4);
+    }
   }
 }
 
@@ -156,7 +158,9 @@ TEST_P(CudaNorm, ForwardBackward) {
                     rms ? nullptr : mean.data(), rstd.data());
   EXPECT_LE(rel_l2(dOut.host(), out), kTol);
   EXPECT_LE(rel_l2(dRstd.host(), rstd), kTol);
-  if (!rms) EXPECT_LE(rel_l2(dMean.host(), mean), kTol);
+  if (!rms) {
+    EXPECT_LE(rel_l2(dMean.host(), mean), kTol);
+  }
 
   DevBuf dDout(*gpu, dout), dDx(*gpu, dx0), dDw(*gpu, dw0), dDb(*gpu, db0);
   gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx.p, dDw.p,
