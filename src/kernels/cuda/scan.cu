@@ -22,6 +22,8 @@
 // channel's values in shared memory and the block adds its 32 channels in order, one
 // partial per block that a second kernel adds in block order (deterministic, no
 // atomics). dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
+#include <cstdlib>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace bhasa::cuda {
@@ -41,6 +43,8 @@ constexpr int kFwdMinBlocks = 6;
 constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
 constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
 constexpr int kBwdMinBlocks = 3;
+constexpr int kBwdC8Default = 3;  // the chunk-8 backward variant (launch_backward)
+constexpr int kFwdC8Default = 1;  // the chunk-8 forward variant (launch_forward)
 static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
 
 // 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
@@ -166,7 +170,10 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 //        out[t] = (h @ Cm[t] + D * u[t]) * F.silu(z[t])
 // Tiles of kFwdTile steps (B, C, and u, dt, z of the block's 32 channels) are copied
 // into shared memory one tile ahead (cp.async), so no step waits on device memory.
-template <int NPL>
+// C8 (chunk == kSub): the chunk starts are the steps tt % 8 == 0 of each tile, known at
+// compile time in full tiles (no per-step test against a running next-save step);
+// C8 == 2 also stores the state with 16-byte stores where they line up.
+template <int NPL, int C8>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -196,6 +203,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     h[i] = (h0 && n < N) ? h0[state_off + n] : 0.0f;
   }
   const float bias = dt_bias[ec], Dv = Dp[ec];
+  const bool vec_save = C8 == 2 && NPL % 4 == 0 && N == NMAX && (reinterpret_cast<uintptr_t>(chunk_states) & 15) == 0;
 
   // Copies tile [t0, t0 + kFwdTile) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
@@ -242,7 +250,18 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
         const float delta = __shfl_sync(kFull, my_delta, group0 + j);
         ypart[j] = 0.0f;
         if (tt < tn) {  // uniform over the block
-          if (chunk_states && t == next_save) {
+          if constexpr (C8 != 0) {
+            if (chunk_states && tt % kSub == 0 && valid) {
+              float* cs = chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
+              if (vec_save) {
+                store_states<NPL>(cs, h);  // 16-byte stores
+              } else {
+#pragma unroll
+                for (int i = 0; i < NPL; ++i)
+                  if (n0 + i < N) cs[i] = h[i];
+              }
+            }
+          } else if (chunk_states && t == next_save) {
             if (valid) {
               float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
 #pragma unroll
@@ -548,6 +567,243 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
   }
 }
 
+// The backward at chunk == kSub (the CUDA backend's chunk, CudaBackend::scan_chunk): every
+// chunk is one sub-chunk whose start state the forward saved, so there is no replay pass,
+// no sub-chunk starts and no cursor; item it is chunk n_chunks-1-it. Same formulas and
+// the same order of every sum over n and t as scan_backward_kernel.
+// KL lanes per channel (4 as in scan_backward_kernel, or 2: half the per-(t, e) work
+// per state, 64 channels per block); MINB: blocks per SM to fit (4 needs <= 128
+// registers and <= 56 KB of shared memory); KEEP_A: keep exp(delta A) of the 8 steps in
+// registers instead of computing it again in the reverse walk; BUFS: staging buffers
+// (copies run BUFS-1 chunks ahead); RS: steps of per-channel dB/dC held in shared memory
+// before the block sums them (fewer: less shared memory, two more barriers per halving).
+template <int KL, int NPL>
+struct C8Layout {
+  static constexpr int C = kThreads / KL, NMAX = KL * NPL, SC = kSub * C;
+  static constexpr int oBC = 0;                      // (kSub, 2*NMAX): B then C
+  static constexpr int oDT = oBC + kSub * 2 * NMAX;  // (kSub, C): dt, then softplus(dt + bias)
+  static constexpr int oSIG = oDT + SC;              // (kSub, C): sigmoid(dt + bias)
+  static constexpr int oU = oSIG + SC;               // (kSub, C)
+  static constexpr int oZ = oU + SC;                 // (kSub, C): z, then the dz factor
+  static constexpr int oDO = oZ + SC;                // (kSub, C): dout, then dy
+  static constexpr int oH = oDO + SC;                // (C, NMAX): the chunk's saved start state
+  static constexpr int kBuf = oH + C * NMAX;
+  static constexpr int kHalf = C * NMAX + 16;        // dB | dC halves, padded (banks)
+  static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
+  static constexpr int kChPer = SC / kThreads;
+  static_assert(SC % kThreads == 0 && (C * NMAX) % kThreads == 0, "staging split");
+  static constexpr size_t bytes(int bufs, int rs) { return (size_t(bufs) * kBuf + size_t(rs) * 2 * kHalf) * sizeof(float); }
+};
+
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS>
+__global__ void __launch_bounds__(kThreads, MINB)
+scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
+                        const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                        const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
+                        const float* __restrict__ Dp, const float* __restrict__ z, int ldz,
+                        const float* __restrict__ chunk_states, const float* __restrict__ dout,
+                        float* __restrict__ du_out, float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                        float* __restrict__ bc_partials,     // (E/C blocks, B, L, 2*NMAX)
+                        float* __restrict__ param_partials)  // (B, E, NMAX + 2)
+{
+  using Lay = C8Layout<KL, NPL>;
+  constexpr int NMAX = Lay::NMAX, C = Lay::C;
+  static_assert(kSub % RS == 0 && BUFS >= 2 && (KL == 4 || KL == 2), "c8 layout");
+  extern __shared__ __align__(16) float smem[];
+  float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
+
+  const int B = gridDim.y;
+  const int b = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % 32, k = lane % KL;
+  const int c = tid / KL;  // channel within the block
+  const int e = blockIdx.x * C + c;
+  const bool valid = e < E;
+  const int ec = valid ? e : E - 1;
+  const int n0 = k * NPL;
+  const int n_chunks = (L + kSub - 1) / kSub;
+
+  float A2[NPL], dh[NPL], dal[NPL];
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) {
+    const int n = n0 + i;
+    A2[i] = n < N ? -expf(A_log[size_t(ec) * N + n]) * kLog2e : 0.0f;
+    dh[i] = 0.0f;
+    dal[i] = 0.0f;
+  }
+  const float Dv = Dp[ec];
+  // the channel this thread stages (and transforms) is tid % C
+  const int es = min(int(blockIdx.x) * C + tid % C, E - 1);
+  const bool es_real = int(blockIdx.x) * C + tid % C < E;
+  const float bias_s = dt_bias[es];
+  float dD_acc = 0.0f, dbias_acc = 0.0f;
+
+  // Copies chunk ch's inputs (B, C, dt, u, z, dout, its saved start state) into buffer
+  // buf; steps past L are zeros (exact no-ops). Always commits a group (empty for ch < 0).
+  auto stage = [&](int ch, int buf) {
+    if (ch >= 0) {
+      float* S = smem + buf * Lay::kBuf;
+      const int s0 = ch * kSub, len = min(kSub, L - s0);
+#pragma unroll
+      for (int j = 0; j < Lay::kBCPer; ++j) {
+        const int i = tid + j * kThreads;
+        const int tt = i / (2 * NMAX), kk2 = i % (2 * NMAX), n = kk2 % NMAX;
+        if (i < kSub * 2 * NMAX) {
+          const bool ok = tt < len && n < N;
+          const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + n : 0;
+          cp_async4(S + Lay::oBC + i, (kk2 < NMAX ? Bm : Cm) + off, ok);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        const int i = tid + j * kThreads, tt = i / C;
+        const bool ok = tt < len, real = ok && es_real;
+        const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
+        cp_async4(S + Lay::oDT + i, dt + row * E + es, ok);
+        cp_async4(S + Lay::oU + i, u + row * E + es, real);
+        cp_async4(S + Lay::oZ + i, z + row * ldz + es, ok);
+        cp_async4(S + Lay::oDO + i, dout + row * E + es, real);
+      }
+#pragma unroll
+      for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
+        const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
+        const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
+        const bool ok = n < N;
+        const size_t off = ok ? ((size_t(b) * n_chunks + ch) * E + ecc) * N + n : 0;
+        cp_async4(S + Lay::oH + i, chunk_states + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+  // the block's sum over its C channels of dB/dC rows lo .. lo+RS-1 of the chunk at s0,
+  // in channel order: one partial per (block, row)
+  auto block_sum = [&](int s0, int len, int lo) {
+    for (int i = tid; i < RS * 2 * NMAX; i += kThreads) {
+      const int r = i / (2 * NMAX), kk2 = i % (2 * NMAX);
+      if (lo + r >= len) continue;
+      const float* p = sred + r * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
+      float sum = 0.0f;
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) sum += p[cc * NMAX];
+      bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + kk2] = sum;
+    }
+  };
+
+#pragma unroll
+  for (int p = 0; p < BUFS - 1; ++p) stage(n_chunks - 1 - p, p);
+  for (int it = 0; it < n_chunks; ++it) {
+    float* S = smem + (it % BUFS) * Lay::kBuf;
+    const int ch = n_chunks - 1 - it, s0 = ch * kSub, len = min(kSub, L - s0);
+    cp_async_wait<BUFS - 2>();  // this item's copies landed
+    __syncthreads();            // ... for every thread; the previous item is finished
+    // Per (t, e) once: dt -> softplus(dt + bias) in place and sigmoid(dt + bias) (0 past
+    // the end); z, dout -> the dz factor and dy.
+#pragma unroll
+    for (int j = 0; j < Lay::kChPer; ++j) {
+      const int i = tid + j * kThreads;
+      const bool ok = i / C < len;
+      const float x = S[Lay::oDT + i] + bias_s;
+      S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+      S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+      const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
+      S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
+      S[Lay::oDO + i] = go * zz * s;                        // dy
+    }
+    stage(ch - (BUFS - 1), (it + BUFS - 1) % BUFS);  // the previous item's buffer
+    __syncthreads();
+    const float* sBC = S + Lay::oBC;
+    const float* sdelta = S + Lay::oDT;
+    const float* su = S + Lay::oU;
+    const float* ssig = S + Lay::oSIG;
+    const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
+    const float* sdy = S + Lay::oDO;  // dout * silu(z)
+    const size_t row0 = size_t(b) * L + s0;
+    // KL 4: lane 0 of a group writes dz, lane 1 ddt, lane 2 du; KL 2: lane 0 dz and du,
+    // lane 1 ddt (row s0 + ii at dst[ii * dst_ld], dst2[ii * E])
+    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
+    float* dst2 = du_out + row0 * E + e;
+    const int dst_ld = k == 0 ? ldz : E;
+    // replay the chunk keeping every step's state (and decay) in registers, then walk it
+    // backwards carrying dh
+    float h_start[NPL], hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
+    load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
+#pragma unroll
+    for (int ii = 0; ii < kSub; ++ii) {
+      const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
+      float Bt[NPL];
+      load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) {
+        const float a = ex2_(delta * A2[i]);
+        if constexpr (KEEP_A) as[ii][i] = a;
+        hs[ii][i] = a * (ii > 0 ? hs[ii - 1][i] : h_start[i]) + dlu * Bt[i];
+      }
+    }
+#pragma unroll
+    for (int ii = kSub - 1; ii >= 0; --ii) {
+      const float uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
+      const float dlu = delta * uu;
+      const float dy = sdy[ii * C + c];
+      float Bt[NPL], Ct[NPL];
+      load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+      load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
+      dD_acc += dy * uu;
+      float ypart = 0.0f, qA = 0.0f, gB = 0.0f;
+      float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) {
+        const float a = KEEP_A ? as[KEEP_A ? ii : 0][i] : ex2_(delta * A2[i]);
+        const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
+        ypart += Ct[i] * hs[ii][i];
+        const float g = dh[i] + dy * Ct[i];
+        const float q = g * a * hprev;
+        qA += q * A2[i];
+        gB += g * Bt[i];
+        dal[i] += q * delta;
+        dh[i] = g * a;
+        v[i] = g * dlu;
+        v[NPL + i] = dy * hs[ii][i];
+      }
+      if constexpr (KL == 4) {
+        // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 sum_n g B (-> du)
+        float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
+        const float red = group_sum_scatter(r, lane);
+        if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
+        if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
+          dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+      } else {
+        // over the pair: lane 0 gets y (-> dz) and sum_n g B (-> du), lane 1 ddelta (-> ddt)
+        float r[4] = {ypart, gB, qA * kLn2 + gB * uu, 0.0f};
+        int first = 0;
+        reduce_scatter<1, 1, 4, 4>(r, lane, first);
+        if (k == 1) dbias_acc += r[0] * sig;  // sig = 0 past the end
+        if (valid && ii < len) {
+          dst[ii * dst_ld] = k == 0 ? (r[0] + Dv * uu) * sdzf[ii * C + c] : r[0] * sig;
+          if (k == 0) dst2[ii * E] = r[1] * delta + dy * Dv;
+        }
+      }
+      // dB, dC of this channel; summed over the block's channels below
+      float* sr = sred + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
+      store_states<NPL>(sr, v);
+      store_states<NPL>(sr + Lay::kHalf, v + NPL);
+      if (ii % RS == 0 && ii > 0) {  // the held rows are complete: sum them, then reuse the space
+        __syncthreads();
+        block_sum(s0, len, ii);
+        __syncthreads();
+      }
+    }
+    __syncthreads();
+    block_sum(s0, len, 0);
+    // the next item's first barrier keeps its writes to sred after these reads
+  }
+  if (valid) {
+    float* pp = param_partials + (size_t(b) * E + e) * (NMAX + 2);
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) pp[n0 + i] = dal[i] * A2[i] * kLn2;  // times A = A2 ln2
+    if (k == 0) pp[NMAX] = dD_acc;
+    if (k == 1) pp[NMAX + 1] = dbias_acc;
+  }
+}
+
 // dB[row, n] = sum_w partials[w][row][n] (w: the backward kernel's blocks), dC likewise ("=", row stride ld_bc)
 template <int NMAX>
 __global__ void scan_bc_finish(int rows, int N, int n_warps, const float* partials, float* dBm,
@@ -583,9 +839,36 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                     float* out, float* chunk_states, const float* h0, float* h_last) {
   dim3 grid(blocks_for(E, kChannels), B);
-  scan_forward_kernel<NPL><<<grid, kThreads, 0, c.stream>>>(
-      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  static const int c8_mode = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
+    const char* v = std::getenv("BHASA_SCAN_FWD_C8");
+    return v ? std::atoi(v) : kFwdC8Default;
+  }();
+  if (chunk == kSub && c8_mode == 1)
+    scan_forward_kernel<NPL, 1><<<grid, kThreads, 0, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  else if (chunk == kSub && c8_mode == 2)
+    scan_forward_kernel<NPL, 2><<<grid, kThreads, 0, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  else
+    scan_forward_kernel<NPL, 0><<<grid, kThreads, 0, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   BHASA_LAUNCH_CHECK("scan_forward");
+}
+
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS>
+void launch_backward_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+                        const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
+                        const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
+                        float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
+  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS);
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS>;
+  static bool attr_set = false;  // per template instance
+  if (!attr_set) {
+    BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    attr_set = true;
+  }
+  kernel<<<grid, kThreads, bytes, c.stream>>>(L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+                                              chunk_states, dout, du, ddt, dz, bc_part, param_part);
 }
 
 template <int NPL>
@@ -596,25 +879,52 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                      float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
-  const int n_blocks = int(blocks_for(E, kChannels));
+  // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_VARIANT picks
+  // among its variants for timing (0: the general kernel at every chunk).
+  static const int variant = [] {
+    const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
+    return v ? std::atoi(v) : kBwdC8Default;
+  }();
+  const bool c8 = chunk == kSub && variant != 0;
+  const bool pairs = c8 && NPL == 4 && variant >= 5;  // 2 lanes per channel, 64 channels per block
+  const int n_blocks = int(blocks_for(E, pairs ? 2 * kChannels : kChannels));
   const size_t rows = size_t(B) * L;
   auto* bc_part = static_cast<float*>(
       c.scratch->get(kScanPartials, size_t(n_blocks) * rows * 2 * NMAX * sizeof(float)));
   auto* param_part = static_cast<float*>(
       c.scratch->get(kScanParamPartials, size_t(B) * E * (NMAX + 2) * sizeof(float)));
   const size_t smem = BwdLayout<NPL>::bytes(chunk);
-  check(smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
-                                " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
-  static bool attr_set = false;  // per template instance
-  if (!attr_set) {
-    BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
-    attr_set = true;
-  }
+  check(c8 || smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
+                                      " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
   dim3 grid(n_blocks, B);
-  scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
-      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
-      dz, bc_part, param_part);
+#define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS)                                                                  \
+  launch_backward_c8<KL, NP, MINB, KEEP_A, BUFS, RS>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
+                                                     ldz, chunk_states, dout, du, ddt, dz, bc_part, param_part)
+  if (c8) {
+    if constexpr (NPL == 4) {
+      switch (variant) {
+        case 1: BHASA_C8(4, 4, 3, true, 3, 8); break;
+        case 2: BHASA_C8(4, 4, 4, true, 2, 8); break;
+        case 4: BHASA_C8(4, 4, 5, false, 2, 4); break;
+        case 5: BHASA_C8(2, 8, 3, false, 2, 4); break;
+        case 6: BHASA_C8(2, 8, 3, false, 3, 2); break;
+        default: BHASA_C8(4, 4, 4, false, 2, 8);
+      }
+    } else {
+      BHASA_C8(4, NPL, 3, (NPL < 4), 3, 8);
+    }
+  } else {
+    static bool attr_set = false;  // per template instance
+    if (!attr_set) {
+      BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+      attr_set = true;
+    }
+    scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
+        dz, bc_part, param_part);
+  }
+#undef BHASA_C8
   BHASA_LAUNCH_CHECK("scan_backward");
   scan_bc_finish<NMAX><<<blocks_for(rows * 2 * NMAX, 256), 256, 0, c.stream>>>(
       int(rows), N, n_blocks, bc_part, dBm, dCm, ld_bc);
