@@ -258,7 +258,9 @@ TEST_P(CudaScan, ForwardBackward) {
   auto cpu = make_cpu_backend();
   const auto [B, L, E, N, chunk, with_h0] = GetParam();
   std::mt19937 rng(6 + L + N);
-  const int R = 3, P = R + 2 * N, ldz = 2 * E;
+  // R = 4 (even L): B, C rows 16-byte aligned when N % 4 == 0 (the chunk-8 backward's
+  // 16-byte copies); R = 3: 4-byte copies
+  const int R = L % 2 == 0 ? 4 : 3, P = R + 2 * N, ldz = 2 * E;
   const int n_chunks = (L + chunk - 1) / chunk;
   auto u = randn(size_t(B) * L * E, rng), dt = randn(size_t(B) * L * E, rng, 1.0f, -1.0f),
        dt_bias = randn(E, rng, 0.5f), A_log = randn(size_t(E) * N, rng, 0.5f, 0.5f),

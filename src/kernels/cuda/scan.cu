@@ -43,8 +43,8 @@ constexpr int kFwdMinBlocks = 6;
 constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
 constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
 constexpr int kBwdMinBlocks = 3;
-constexpr int kBwdC8Default = 3;  // the chunk-8 backward variant (launch_backward)
-constexpr int kFwdC8Default = 1;  // the chunk-8 forward variant (launch_forward)
+constexpr int kBwdC8Default = 12;  // the chunk-8 backward variant (launch_backward)
+constexpr int kFwdC8Default = 2;  // the chunk-8 forward variant (launch_forward)
 static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
 
 // 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
@@ -67,6 +67,12 @@ __device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ (
 __device__ __forceinline__ void cp_async4(float* dst, const float* src, bool ok) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
+               : "memory");
+}
+// cp.async of 16 bytes (both addresses 16-byte aligned); ok = false writes zeros.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool ok) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0)
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -576,7 +582,15 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
 // registers and <= 56 KB of shared memory); KEEP_A: keep exp(delta A) of the 8 steps in
 // registers instead of computing it again in the reverse walk; BUFS: staging buffers
 // (copies run BUFS-1 chunks ahead); RS: steps of per-channel dB/dC held in shared memory
-// before the block sums them (fewer: less shared memory, two more barriers per halving).
+// before the block sums them (fewer: less shared memory, two more barriers per halving);
+// PACK: after the transform, each step's per-channel values go to shared memory packed
+// as {delta, delta u, dy, u} and {sigmoid, dz factor} (two loads per step in the reverse
+// walk instead of five, one in the replay instead of two), over the raw inputs of the
+// buffer (an extra barrier), and the block sum reads dB/dC in pairs.
+// vec (bits, checked by the host): kVecTE: u, dt, z, dout rows are copied 16 bytes at a
+// time (4 channels; E, ldz multiples of 4, aligned pointers); kVecBC: B, C rows and the
+// start states 16 bytes at a time (N == NMAX, aligned).
+constexpr int kVecTE = 1, kVecBC = 2;
 template <int KL, int NPL>
 struct C8Layout {
   static constexpr int C = kThreads / KL, NMAX = KL * NPL, SC = kSub * C;
@@ -595,9 +609,9 @@ struct C8Layout {
   static constexpr size_t bytes(int bufs, int rs) { return (size_t(bufs) * kBuf + size_t(rs) * 2 * kHalf) * sizeof(float); }
 };
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS>
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK>
 __global__ void __launch_bounds__(kThreads, MINB)
-scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
+scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                         const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
                         const float* __restrict__ Dp, const float* __restrict__ z, int ldz,
@@ -609,6 +623,9 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
   using Lay = C8Layout<KL, NPL>;
   constexpr int NMAX = Lay::NMAX, C = Lay::C;
   static_assert(kSub % RS == 0 && BUFS >= 2 && (KL == 4 || KL == 2), "c8 layout");
+  // the packed values (6 per (t, e)) fit over dt, sigmoid, u, z, dout and the start state
+  static_assert(!PACK || 6 * Lay::SC <= 5 * Lay::SC + C * NMAX, "c8 packing");
+  constexpr bool kPairSum = PACK && RS * NMAX >= kThreads;  // block sum in float2
   extern __shared__ __align__(16) float smem[];
   float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
 
@@ -643,11 +660,44 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
     if (ch >= 0) {
       float* S = smem + buf * Lay::kBuf;
       const int s0 = ch * kSub, len = min(kSub, L - s0);
+      if (vec & kVecBC) {  // B, C: (kSub, 2 * NMAX / 4) vectors; start state: (C, NMAX / 4)
+        constexpr int kQ = NMAX / 4;
+#pragma unroll
+        for (int j = 0; j < (kSub * 2 * kQ + kThreads - 1) / kThreads; ++j) {
+          const int i = tid + j * kThreads, tt = i / (2 * kQ), q = i % (2 * kQ);
+          if (i < kSub * 2 * kQ) {
+            const bool ok = tt < len;
+            const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + (q % kQ) * 4 : 0;
+            cp_async16(S + Lay::oBC + 4 * i, (q < kQ ? Bm : Cm) + off, ok);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < (C * kQ) / kThreads; ++j) {
+          const int i = tid + j * kThreads, cc = i / kQ;
+          const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
+          cp_async16(S + Lay::oH + 4 * i, chunk_states + ((size_t(b) * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
+        }
+      }
+      if (vec & kVecTE) {  // (kSub, C / 4) vectors of 4 channels; channels past E read zeros
+        constexpr int kQ = C / 4;
+#pragma unroll
+        for (int j = 0; j < (kSub * kQ + kThreads - 1) / kThreads; ++j) {
+          const int i = tid + j * kThreads, tt = i / kQ, e4 = int(blockIdx.x) * C + (i % kQ) * 4;
+          if (i < kSub * kQ) {
+            const bool ok = tt < len && e4 < E;
+            const size_t row = size_t(b) * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0;
+            cp_async16(S + Lay::oDT + 4 * i, dt + row * E + col, ok);
+            cp_async16(S + Lay::oU + 4 * i, u + row * E + col, ok);
+            cp_async16(S + Lay::oZ + 4 * i, z + row * ldz + col, ok);
+            cp_async16(S + Lay::oDO + 4 * i, dout + row * E + col, ok);
+          }
+        }
+      }
 #pragma unroll
       for (int j = 0; j < Lay::kBCPer; ++j) {
         const int i = tid + j * kThreads;
         const int tt = i / (2 * NMAX), kk2 = i % (2 * NMAX), n = kk2 % NMAX;
-        if (i < kSub * 2 * NMAX) {
+        if (i < kSub * 2 * NMAX && !(vec & kVecBC)) {
           const bool ok = tt < len && n < N;
           const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + n : 0;
           cp_async4(S + Lay::oBC + i, (kk2 < NMAX ? Bm : Cm) + off, ok);
@@ -655,6 +705,7 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
       }
 #pragma unroll
       for (int j = 0; j < Lay::kChPer; ++j) {
+        if (vec & kVecTE) break;
         const int i = tid + j * kThreads, tt = i / C;
         const bool ok = tt < len, real = ok && es_real;
         const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
@@ -665,6 +716,7 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
       }
 #pragma unroll
       for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
+        if (vec & kVecBC) break;
         const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
         const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
         const bool ok = n < N;
@@ -677,14 +729,30 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
   // the block's sum over its C channels of dB/dC rows lo .. lo+RS-1 of the chunk at s0,
   // in channel order: one partial per (block, row)
   auto block_sum = [&](int s0, int len, int lo) {
-    for (int i = tid; i < RS * 2 * NMAX; i += kThreads) {
-      const int r = i / (2 * NMAX), kk2 = i % (2 * NMAX);
-      if (lo + r >= len) continue;
-      const float* p = sred + r * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
-      float sum = 0.0f;
+    if constexpr (kPairSum) {
+      for (int i = tid; i < RS * NMAX; i += kThreads) {
+        const int r = i / NMAX, kk2 = 2 * (i % NMAX);
+        if (lo + r >= len) continue;
+        const float* p = sred + r * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
+        float2 sum = make_float2(0.0f, 0.0f);
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) sum += p[cc * NMAX];
-      bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + kk2] = sum;
+        for (int cc = 0; cc < C; ++cc) {
+          const float2 x = *reinterpret_cast<const float2*>(p + cc * NMAX);
+          sum.x += x.x;
+          sum.y += x.y;
+        }
+        *reinterpret_cast<float2*>(bc_partials + ((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + kk2) = sum;
+      }
+    } else {
+      for (int i = tid; i < RS * 2 * NMAX; i += kThreads) {
+        const int r = i / (2 * NMAX), kk2 = i % (2 * NMAX);
+        if (lo + r >= len) continue;
+        const float* p = sred + r * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
+        float sum = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < C; ++cc) sum += p[cc * NMAX];
+        bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + kk2] = sum;
+      }
     }
   };
 
@@ -695,18 +763,43 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
     const int ch = n_chunks - 1 - it, s0 = ch * kSub, len = min(kSub, L - s0);
     cp_async_wait<BUFS - 2>();  // this item's copies landed
     __syncthreads();            // ... for every thread; the previous item is finished
-    // Per (t, e) once: dt -> softplus(dt + bias) in place and sigmoid(dt + bias) (0 past
-    // the end); z, dout -> the dz factor and dy.
+    float h_start[NPL];  // h before the chunk
+    float4* P4 = reinterpret_cast<float4*>(S + Lay::oDT);                // (kSub, C): delta, delta u, dy, u
+    float2* P2 = reinterpret_cast<float2*>(S + Lay::oDT + 4 * Lay::SC);  // (kSub, C): sigmoid, dz factor
+    if constexpr (PACK) {
+      load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
+      float4 p4[Lay::kChPer];
+      float2 p2[Lay::kChPer];
 #pragma unroll
-    for (int j = 0; j < Lay::kChPer; ++j) {
-      const int i = tid + j * kThreads;
-      const bool ok = i / C < len;
-      const float x = S[Lay::oDT + i] + bias_s;
-      S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
-      S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
-      const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
-      S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
-      S[Lay::oDO + i] = go * zz * s;                        // dy
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        const int i = tid + j * kThreads;
+        const bool ok = i / C < len;
+        const float x = S[Lay::oDT + i] + bias_s, uu = S[Lay::oU + i];
+        const float delta = ok ? softplusf_(x) : 0.0f;
+        const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], sz = sigmoid_fast(zz);
+        p4[j] = make_float4(delta, delta * uu, go * zz * sz, uu);
+        p2[j] = make_float2(ok ? sigmoid_fast(x) : 0.0f, go * sz * (1.0f + zz * (1.0f - sz)));
+      }
+      __syncthreads();  // every raw input was read
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        P4[tid + j * kThreads] = p4[j];
+        P2[tid + j * kThreads] = p2[j];
+      }
+    } else {
+      // Per (t, e) once: dt -> softplus(dt + bias) in place and sigmoid(dt + bias) (0 past
+      // the end); z, dout -> the dz factor and dy.
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        const int i = tid + j * kThreads;
+        const bool ok = i / C < len;
+        const float x = S[Lay::oDT + i] + bias_s;
+        S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
+        S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
+        S[Lay::oDO + i] = go * zz * s;                        // dy
+      }
     }
     stage(ch - (BUFS - 1), (it + BUFS - 1) % BUFS);  // the previous item's buffer
     __syncthreads();
@@ -724,11 +817,19 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
     const int dst_ld = k == 0 ? ldz : E;
     // replay the chunk keeping every step's state (and decay) in registers, then walk it
     // backwards carrying dh
-    float h_start[NPL], hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
-    load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
+    float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
+    if constexpr (!PACK) load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
 #pragma unroll
     for (int ii = 0; ii < kSub; ++ii) {
-      const float delta = sdelta[ii * C + c], dlu = delta * su[ii * C + c];
+      float delta, dlu;
+      if constexpr (PACK) {
+        const float2 dd = *reinterpret_cast<const float2*>(&P4[ii * C + c]);
+        delta = dd.x;
+        dlu = dd.y;
+      } else {
+        delta = sdelta[ii * C + c];
+        dlu = delta * su[ii * C + c];
+      }
       float Bt[NPL];
       load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
 #pragma unroll
@@ -740,9 +841,17 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
     }
 #pragma unroll
     for (int ii = kSub - 1; ii >= 0; --ii) {
-      const float uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
-      const float dlu = delta * uu;
-      const float dy = sdy[ii * C + c];
+      float uu, delta, sig, dlu, dy, dzf;
+      if constexpr (PACK) {
+        const float4 p4 = P4[ii * C + c];
+        const float2 p2 = P2[ii * C + c];
+        delta = p4.x, dlu = p4.y, dy = p4.z, uu = p4.w, sig = p2.x, dzf = p2.y;
+      } else {
+        uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
+        dlu = delta * uu;
+        dy = sdy[ii * C + c];
+        dzf = sdzf[ii * C + c];
+      }
       float Bt[NPL], Ct[NPL];
       load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
       load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
@@ -769,7 +878,7 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
         const float red = group_sum_scatter(r, lane);
         if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
         if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
-          dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+          dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * dzf : (k == 1 ? red * sig : red * delta + dy * Dv);
       } else {
         // over the pair: lane 0 gets y (-> dz) and sum_n g B (-> du), lane 1 ddelta (-> ddt)
         float r[4] = {ypart, gB, qA * kLn2 + gB * uu, 0.0f};
@@ -777,7 +886,7 @@ scan_backward_c8_kernel(int L, int E, int N, const float* __restrict__ u, const 
         reduce_scatter<1, 1, 4, 4>(r, lane, first);
         if (k == 1) dbias_acc += r[0] * sig;  // sig = 0 past the end
         if (valid && ii < len) {
-          dst[ii * dst_ld] = k == 0 ? (r[0] + Dv * uu) * sdzf[ii * C + c] : r[0] * sig;
+          dst[ii * dst_ld] = k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig;
           if (k == 0) dst2[ii * E] = r[1] * delta + dy * Dv;
         }
       }
@@ -855,19 +964,25 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS>
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC>
 void launch_backward_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
                         float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
   constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS>;
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     attr_set = true;
   }
-  kernel<<<grid, kThreads, bytes, c.stream>>>(L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+  // 16-byte copies where every row lines up (VEC; otherwise 4-byte copies)
+  auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  constexpr int NMAX = KL * NPL;
+  const int vec = !VEC ? 0
+                       : ((E % 4 == 0 && ldz % 4 == 0 && al(u) && al(dt) && al(z) && al(dout) ? kVecTE : 0) |
+                          (NPL % 4 == 0 && N == NMAX && ld_bc % 4 == 0 && al(Bm) && al(Cm) && al(chunk_states) ? kVecBC : 0));
+  kernel<<<grid, kThreads, bytes, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
                                               chunk_states, dout, du, ddt, dz, bc_part, param_part);
 }
 
@@ -886,7 +1001,7 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
     return v ? std::atoi(v) : kBwdC8Default;
   }();
   const bool c8 = chunk == kSub && variant != 0;
-  const bool pairs = c8 && NPL == 4 && variant >= 5;  // 2 lanes per channel, 64 channels per block
+  const bool pairs = c8 && NPL == 4 && (variant == 5 || variant == 6 || variant == 8 || variant == 9 || variant == 13);  // 2 lanes per channel, 64 channels per block
   const int n_blocks = int(blocks_for(E, pairs ? 2 * kChannels : kChannels));
   const size_t rows = size_t(B) * L;
   auto* bc_part = static_cast<float*>(
@@ -897,21 +1012,29 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
   check(c8 || smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
                                       " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
   dim3 grid(n_blocks, B);
-#define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS)                                                                  \
-  launch_backward_c8<KL, NP, MINB, KEEP_A, BUFS, RS>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
+#define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC)                                                       \
+  launch_backward_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
                                                      ldz, chunk_states, dout, du, ddt, dz, bc_part, param_part)
   if (c8) {
     if constexpr (NPL == 4) {
       switch (variant) {
-        case 1: BHASA_C8(4, 4, 3, true, 3, 8); break;
-        case 2: BHASA_C8(4, 4, 4, true, 2, 8); break;
-        case 4: BHASA_C8(4, 4, 5, false, 2, 4); break;
-        case 5: BHASA_C8(2, 8, 3, false, 2, 4); break;
-        case 6: BHASA_C8(2, 8, 3, false, 3, 2); break;
-        default: BHASA_C8(4, 4, 4, false, 2, 8);
+        case 1: BHASA_C8(4, 4, 3, true, 3, 8, false, false); break;
+        case 2: BHASA_C8(4, 4, 4, true, 2, 8, false, false); break;
+        case 3: BHASA_C8(4, 4, 4, false, 2, 8, false, false); break;
+        case 4: BHASA_C8(4, 4, 5, false, 2, 4, false, false); break;
+        case 5: BHASA_C8(2, 8, 3, false, 2, 4, false, false); break;
+        case 6: BHASA_C8(2, 8, 3, false, 3, 2, false, false); break;
+        case 8: BHASA_C8(2, 8, 3, false, 3, 2, true, false); break;
+        case 9: BHASA_C8(2, 8, 3, false, 2, 4, true, false); break;
+        case 10: BHASA_C8(4, 4, 3, true, 3, 8, true, false); break;
+        case 11: BHASA_C8(4, 4, 3, false, 3, 8, true, false); break;
+        case 7: BHASA_C8(4, 4, 4, false, 2, 8, true, false); break;
+        case 13: BHASA_C8(2, 8, 3, false, 3, 2, true, true); break;
+        case 14: BHASA_C8(4, 4, 3, true, 3, 8, true, true); break;
+        default: BHASA_C8(4, 4, 4, false, 2, 8, true, true);  // 12
       }
     } else {
-      BHASA_C8(4, NPL, 3, (NPL < 4), 3, 8);
+      BHASA_C8(4, NPL, 3, (NPL < 4), 3, 8, false, false);
     }
   } else {
     static bool attr_set = false;  // per template instance
