@@ -22,6 +22,12 @@
 // channel's values in shared memory and the block adds its 32 channels in order, one
 // partial per block that a second kernel adds in block order (deterministic, no
 // atomics). dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
+//
+// At chunk 8 (= kSub, the CUDA backend's chunk) both passes have their own kernels: the
+// forward stores the state at compile-time-known steps, and the backward has no replay
+// pass, so for N <= 16 it runs 2 lanes per channel (8 states each: the per-(t, e) work
+// of loads, sums and stores is shared by half as many lanes) with the per-step values
+// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel).
 #include <cstdlib>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -43,8 +49,6 @@ constexpr int kFwdMinBlocks = 6;
 constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
 constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
 constexpr int kBwdMinBlocks = 3;
-constexpr int kBwdC8Default = 12;  // the chunk-8 backward variant (launch_backward)
-constexpr int kFwdC8Default = 2;  // the chunk-8 forward variant (launch_forward)
 static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
 
 // 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
@@ -177,9 +181,9 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 // Tiles of kFwdTile steps (B, C, and u, dt, z of the block's 32 channels) are copied
 // into shared memory one tile ahead (cp.async), so no step waits on device memory.
 // C8 (chunk == kSub): the chunk starts are the steps tt % 8 == 0 of each tile, known at
-// compile time in full tiles (no per-step test against a running next-save step);
-// C8 == 2 also stores the state with 16-byte stores where they line up.
-template <int NPL, int C8>
+// compile time in full tiles (no per-step test against a running next-save step), and
+// the state goes out in 16-byte stores where they line up (0.737 -> 0.620 ms here).
+template <int NPL, bool C8>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -209,7 +213,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     h[i] = (h0 && n < N) ? h0[state_off + n] : 0.0f;
   }
   const float bias = dt_bias[ec], Dv = Dp[ec];
-  const bool vec_save = C8 == 2 && NPL % 4 == 0 && N == NMAX && (reinterpret_cast<uintptr_t>(chunk_states) & 15) == 0;
+  const bool vec_save = C8 && NPL % 4 == 0 && N == NMAX && (reinterpret_cast<uintptr_t>(chunk_states) & 15) == 0;
 
   // Copies tile [t0, t0 + kFwdTile) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
@@ -256,7 +260,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
         const float delta = __shfl_sync(kFull, my_delta, group0 + j);
         ypart[j] = 0.0f;
         if (tt < tn) {  // uniform over the block
-          if constexpr (C8 != 0) {
+          if constexpr (C8) {
             if (chunk_states && tt % kSub == 0 && valid) {
               float* cs = chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
               if (vec_save) {
@@ -948,18 +952,15 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                     float* out, float* chunk_states, const float* h0, float* h_last) {
   dim3 grid(blocks_for(E, kChannels), B);
-  static const int c8_mode = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
+  static const bool c8_on = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
-    return v ? std::atoi(v) : kFwdC8Default;
+    return !v || std::atoi(v) != 0;
   }();
-  if (chunk == kSub && c8_mode == 1)
-    scan_forward_kernel<NPL, 1><<<grid, kThreads, 0, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
-  else if (chunk == kSub && c8_mode == 2)
-    scan_forward_kernel<NPL, 2><<<grid, kThreads, 0, c.stream>>>(
+  if (chunk == kSub && c8_on)
+    scan_forward_kernel<NPL, true><<<grid, kThreads, 0, c.stream>>>(
         L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   else
-    scan_forward_kernel<NPL, 0><<<grid, kThreads, 0, c.stream>>>(
+    scan_forward_kernel<NPL, false><<<grid, kThreads, 0, c.stream>>>(
         L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   BHASA_LAUNCH_CHECK("scan_forward");
 }
@@ -994,14 +995,14 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                      float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
-  // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_VARIANT picks
-  // among its variants for timing (0: the general kernel at every chunk).
-  static const int variant = [] {
-    const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
-    return v ? std::atoi(v) : kBwdC8Default;
+  // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_C8=0 runs the
+  // general one there too (timing). For N in 9..16 (the models' 16) the 2-lane layout.
+  static const bool c8_on = [] {
+    const char* v = std::getenv("BHASA_SCAN_BWD_C8");
+    return !v || std::atoi(v) != 0;
   }();
-  const bool c8 = chunk == kSub && variant != 0;
-  const bool pairs = c8 && NPL == 4 && (variant == 5 || variant == 6 || variant == 8 || variant == 9 || variant == 13);  // 2 lanes per channel, 64 channels per block
+  const bool c8 = chunk == kSub && c8_on;
+  const bool pairs = c8 && NPL == 4;  // 2 lanes per channel, 64 channels per block
   const int n_blocks = int(blocks_for(E, pairs ? 2 * kChannels : kChannels));
   const size_t rows = size_t(B) * L;
   auto* bc_part = static_cast<float*>(
@@ -1016,26 +1017,10 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
   launch_backward_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
                                                      ldz, chunk_states, dout, du, ddt, dz, bc_part, param_part)
   if (c8) {
-    if constexpr (NPL == 4) {
-      switch (variant) {
-        case 1: BHASA_C8(4, 4, 3, true, 3, 8, false, false); break;
-        case 2: BHASA_C8(4, 4, 4, true, 2, 8, false, false); break;
-        case 3: BHASA_C8(4, 4, 4, false, 2, 8, false, false); break;
-        case 4: BHASA_C8(4, 4, 5, false, 2, 4, false, false); break;
-        case 5: BHASA_C8(2, 8, 3, false, 2, 4, false, false); break;
-        case 6: BHASA_C8(2, 8, 3, false, 3, 2, false, false); break;
-        case 8: BHASA_C8(2, 8, 3, false, 3, 2, true, false); break;
-        case 9: BHASA_C8(2, 8, 3, false, 2, 4, true, false); break;
-        case 10: BHASA_C8(4, 4, 3, true, 3, 8, true, false); break;
-        case 11: BHASA_C8(4, 4, 3, false, 3, 8, true, false); break;
-        case 7: BHASA_C8(4, 4, 4, false, 2, 8, true, false); break;
-        case 13: BHASA_C8(2, 8, 3, false, 3, 2, true, true); break;
-        case 14: BHASA_C8(4, 4, 3, true, 3, 8, true, true); break;
-        default: BHASA_C8(4, 4, 4, false, 2, 8, true, true);  // 12
-      }
-    } else {
-      BHASA_C8(4, NPL, 3, (NPL < 4), 3, 8, false, false);
-    }
+    // measured variants (bench/cuda_lab/NOTES.md, v9-v10): 2 lanes per channel with the
+    // packed per-step values and 16-byte copies ran 1.65 ms, 4 lanes at 4 blocks/SM 1.93
+    if constexpr (NPL == 4) BHASA_C8(2, 8, 3, false, 3, 2, true, true);
+    else BHASA_C8(4, NPL, 3, (NPL < 4), 3, 8, false, false);
   } else {
     static bool attr_set = false;  // per template instance
     if (!attr_set) {
