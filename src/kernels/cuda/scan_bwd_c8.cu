@@ -10,8 +10,9 @@ namespace {
 
 // The backward at chunk == kSub (the CUDA backend's chunk, CudaBackend::scan_chunk): every
 // chunk is one sub-chunk whose start state the forward saved, so there is no replay pass,
-// no sub-chunk starts and no cursor; item it is chunk n_chunks-1-it. Same formulas and
-// the same order of every sum over n and t as scan_backward_kernel.
+// no sub-chunk starts and no cursor; item it is chunk n_chunks-1-it. Same formulas as
+// scan_backward_kernel (the torch lines above it), same order of the sums over t and over
+// channels; with KL 2 the sums over n group the states as 2 x 8 instead of 4 x 4.
 // KL lanes per channel (4 as in scan_backward_kernel, or 2: half the per-(t, e) work
 // per state, 64 channels per block); MINB: blocks per SM to fit (4 needs <= 128
 // registers and <= 56 KB of shared memory); KEEP_A: keep exp(delta A) of the 8 steps in
