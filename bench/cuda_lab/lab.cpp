@@ -5,6 +5,7 @@
 // timing (CUDA events around each run, median of many after warm-up), printed as a
 // table with the achieved GB/s (bytes each input read once, each output written
 // once) or TFLOP/s. Run by bench/cuda_lab/run.sh.
+#include <cstdlib>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -189,7 +190,7 @@ void scan_rows(Lab& lab, bool profile_only = false) {
   const double t_f2 = lab.time_ms(fwd), t_b2 = lab.time_ms(bwd);
   std::printf("  scan repeat timing: fwd %.3f ms, bwd %.3f ms\n", t_f2, t_b2);
   for (const int c8 : {8, 16, 64}) {  // chunk 8 = the backward's sub-chunk: no replay phase
-    if (c8 == chunk) continue;
+    if (c8 == chunk || std::getenv("LAB_SCAN_ONE_CHUNK")) continue;  // set: only the backend's chunk
     float* st8 = lab.dev(size_t(B) * ((L + c8 - 1) / c8) * E * N);
     auto f8 = [&] {
       lab.gpu.scan_forward(B, L, E, N, c8, du, ddt, dbias, dA, dbc + R, dbc + R + N, P, dD, dxz + E, 2 * E, out,

@@ -262,7 +262,9 @@ TEST_P(CudaScan, ForwardBackward) {
   auto cpu = make_cpu_backend();
   const auto [B, L, E, N, chunk, with_h0] = GetParam();
   std::mt19937 rng(6 + L + N);
-  const int R = 3, P = R + 2 * N, ldz = 2 * E;
+  // R = 4 (even L): B, C rows 16-byte aligned when N % 4 == 0 (the chunk-8 backward's
+  // 16-byte copies); R = 3: 4-byte copies
+  const int R = L % 2 == 0 ? 4 : 3, P = R + 2 * N, ldz = 2 * E;
   const int n_chunks = (L + chunk - 1) / chunk;
   auto u = randn(size_t(B) * L * E, rng), dt = randn(size_t(B) * L * E, rng, 1.0f, -1.0f),
        dt_bias = randn(E, rng, 0.5f), A_log = randn(size_t(E) * N, rng, 0.5f, 0.5f),
@@ -315,7 +317,13 @@ INSTANTIATE_TEST_SUITE_P(
                       // ends in a 4-step sub-chunk; L ends mid forward tile (32 steps)
                       std::make_tuple(2, 70, 40, 16, 12, true),
                       // many chunks: the backward's copy pipeline (3 sub-chunks ahead) wraps
-                      std::make_tuple(1, 300, 64, 16, 64, false)));
+                      std::make_tuple(1, 300, 64, 16, 64, false),
+                      // chunk 8 (the CUDA backend's): the chunk-8 forward and backward kernels
+                      std::make_tuple(2, 100, 48, 16, 8, false),  // L ends mid chunk, E not of 32
+                      std::make_tuple(1, 300, 64, 16, 8, true),   // many chunks: the copy pipeline wraps
+                      std::make_tuple(3, 50, 40, 5, 8, true),     // N padded to 8
+                      std::make_tuple(2, 64, 96, 8, 8, false), std::make_tuple(2, 37, 64, 3, 8, true),
+                      std::make_tuple(2, 1, 64, 16, 8, true)));   // one step
 
 // chunk_states and u replaced after the GPU forward (as if they came from elsewhere, here
 // the CPU): the backward must use only what it is given. (A backend that keeps more of
@@ -460,10 +468,12 @@ TEST(CudaKernels, AdamwSumSquaresAxpy) {
   EXPECT_LE(rel_l2(dp.host(), p), kTol);
 }
 
-TEST(CudaKernels, NormAndScanBackwardAreDeterministic) {
+// chunk 64 (the general backward) and 8 (the chunk-8 backward)
+class CudaScanDeterministic : public ::testing::TestWithParam<int> {};
+TEST_P(CudaScanDeterministic, NormAndScanBackwardAreDeterministic) {
   BHASA_REQUIRE_GPU(gpu);
   std::mt19937 rng(11);
-  const int B = 2, L = 130, E = 64, N = 16, P = 2 * N, chunk = 64, n_chunks = 3;
+  const int B = 2, L = 130, E = 64, N = 16, P = 2 * N, chunk = GetParam(), n_chunks = (L + chunk - 1) / chunk;
   auto u = randn(size_t(B) * L * E, rng), dt = randn(size_t(B) * L * E, rng), bias = randn(E, rng),
        A_log = randn(size_t(E) * N, rng, 0.5f), bc = randn(size_t(B) * L * P, rng), D = randn(E, rng),
        z = randn(size_t(B) * L * E, rng), dout = randn(size_t(B) * L * E, rng);
@@ -478,11 +488,14 @@ TEST(CudaKernels, NormAndScanBackwardAreDeterministic) {
     gpu->scan_backward(B, L, E, N, chunk, du.p, ddt.p, dbias.p, dA.p, dbc.p, dbc.p + N, P, dD.p, dz.p, E, st.p,
                        dout_d.p, g1.p, g2.p, g3.p, g3.p + N, g4.p, gA.p, gD.p, gb.p);
     auto h = g3.host();
-    auto a = gA.host();
-    h.insert(h.end(), a.begin(), a.end());
+    for (const DevBuf* d : {&gA, &gD, &gb, &g1, &g2, &g4}) {
+      auto a = d->host();
+      h.insert(h.end(), a.begin(), a.end());
+    }
     if (rep == 0) first = h;
     else EXPECT_EQ(h, first);
   }
 }
+INSTANTIATE_TEST_SUITE_P(Chunks, CudaScanDeterministic, ::testing::Values(64, 8));
 
 }  // namespace

@@ -22,53 +22,21 @@
 // channel's values in shared memory and the block adds its 32 channels in order, one
 // partial per block that a second kernel adds in block order (deterministic, no
 // atomics). dA_log, dD and ddt_bias sum over b: per-(b, e) partials, added in b order.
-#include "kernels/cuda/cuda_common.cuh"
+//
+// At chunk 8 (= kSub, the CUDA backend's chunk) both passes have their own kernels: the
+// forward stores the state at compile-time-known steps, and the backward has no replay
+// pass, so for N <= 16 it runs 2 lanes per channel (8 states each: the per-(t, e) work
+// of loads, sums and stores is shared by half as many lanes) with the per-step values
+// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel).
+#include <cstdlib>
+
+#include "kernels/cuda/scan_common.cuh"
 
 namespace bhasa::cuda {
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr unsigned kFull = 0xffffffffu;
-constexpr int kLanes = 4;                      // lanes per channel
-constexpr int kThreads = 128;                  // threads per block (both passes)
-constexpr int kChannels = kThreads / kLanes;   // channels per block
-constexpr int kFwdTile = 32;  // time steps of B, C staged per forward tile
-// Blocks per SM the forward must fit: 6 x 4 warps x 132 SMs holds the whole (16, 1536)
-// grid in one wave (at 4 blocks per SM it ran in 1.45 waves: 1.84 ms instead of 1.39).
-constexpr int kFwdMinBlocks = 6;
-constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
-constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
-constexpr int kBwdMinBlocks = 3;
-static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
-
-// 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
-// denormal range fix-up, ~3 instructions per decay; a decay under 2^-126 contributes
-// nothing anyway).
-__device__ __forceinline__ float ex2_(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-// sigmoid(x) = 1 / (1 + exp(-x)) with the approximate divide (2 ulp; sigmoidf_'s IEEE
-// divide costs ~10 instructions more).
-__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + ex2_(-x * kLog2e)); }
-
-// Index of (step r, channel c) in a (kFwdTile, 32) shared tile, columns XOR-swizzled by
-// r % 4 so that 4 consecutive steps of 8 channels (one warp's epilogue reads) hit 32 banks.
-__device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ ((r & 3) << 3)); }
-
-// cp.async: a 4-byte copy global -> shared that bypasses registers; ok = false writes 0.
-__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool ok) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// waits until at most P of this thread's committed groups are still in flight
-template <int P>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(P) : "memory"); }
+using namespace scan_detail;
 
 // One backward staging buffer (floats), and the rest of the backward's shared memory.
 template <int NPL>
@@ -94,79 +62,15 @@ struct BwdLayout {
   }
 };
 
-// Warp reduce-scatter of V values per lane over the lane bits O, O/2, .., OMIN: each
-// level sends half the remaining values to the partner lane and keeps the other half;
-// once one value is left the remaining levels are plain butterflies. Afterwards v[0 ..
-// max(1, V / (2O/OMIN)) - 1] hold the sums of values first .. over those lanes.
-template <int O, int OMIN, int COUNT, int V>
-__device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane, int& first) {
-  if constexpr (COUNT >= 2) {
-    constexpr int half = COUNT / 2;
-    const bool upper = (lane & O) != 0;
-#pragma unroll
-    for (int j = 0; j < half; ++j) {
-      const float send = upper ? v[j] : v[j + half];
-      const float keep = upper ? v[j + half] : v[j];
-      v[j] = keep + __shfl_xor_sync(kFull, send, O);
-    }
-    if (upper) first += half;
-  } else {
-    v[0] += __shfl_xor_sync(kFull, v[0], O);
-  }
-  if constexpr (O / 2 >= OMIN) reduce_scatter<O / 2, OMIN, (COUNT >= 2 ? COUNT / 2 : 1), V>(v, lane, first);
-}
-
-// Sums v over the 4 lanes of a channel group; lane k of the group gets the sum of v[k].
-__device__ __forceinline__ float group_sum_scatter(float (&v)[kLanes], int lane) {
-  int first = 0;
-  reduce_scatter<2, 1, kLanes, kLanes>(v, lane, first);
-  return v[0];
-}
-
-// x[k] with k a run-time lane index, without dynamic register indexing (local memory).
-template <int S>
-__device__ __forceinline__ float pick(const float (&x)[S], int base, int k) {
-  float r = x[base];
-#pragma unroll
-  for (int j = 1; j < kLanes; ++j)
-    if (k == j) r = x[base + j];
-  return r;
-}
-
-// NPL consecutive floats from shared memory (16-byte loads when they line up).
-template <int NPL>
-__device__ __forceinline__ void load_states(const float* p, float (&v)[NPL]) {
-  if constexpr (NPL % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < NPL / 4; ++q) {
-      const float4 f = reinterpret_cast<const float4*>(p)[q];
-      v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) v[i] = p[i];
-  }
-}
-
-// NPL consecutive floats to shared memory (16-byte stores when they line up).
-template <int NPL>
-__device__ __forceinline__ void store_states(float* p, const float* v) {
-  if constexpr (NPL % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < NPL / 4; ++q)
-      reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) p[i] = v[i];
-  }
-}
-
 // delta = F.softplus(dt + dt_bias); A = -torch.exp(A_log)
 // for t: h = torch.exp(delta[t, :, None] * A) * h + (delta[t] * u[t])[:, None] * Bm[t]
 //        out[t] = (h @ Cm[t] + D * u[t]) * F.silu(z[t])
 // Tiles of kFwdTile steps (B, C, and u, dt, z of the block's 32 channels) are copied
 // into shared memory one tile ahead (cp.async), so no step waits on device memory.
-template <int NPL>
+// C8 (chunk == kSub): the chunk starts are the steps tt % 8 == 0 of each tile, known at
+// compile time in full tiles (no per-step test against a running next-save step), and
+// the state goes out in 16-byte stores where they line up (0.737 -> 0.620 ms here).
+template <int NPL, bool C8>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -196,6 +100,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     h[i] = (h0 && n < N) ? h0[state_off + n] : 0.0f;
   }
   const float bias = dt_bias[ec], Dv = Dp[ec];
+  const bool vec_save = C8 && NPL % 4 == 0 && N == NMAX && (reinterpret_cast<uintptr_t>(chunk_states) & 15) == 0;
 
   // Copies tile [t0, t0 + kFwdTile) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
@@ -242,7 +147,18 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
         const float delta = __shfl_sync(kFull, my_delta, group0 + j);
         ypart[j] = 0.0f;
         if (tt < tn) {  // uniform over the block
-          if (chunk_states && t == next_save) {
+          if constexpr (C8) {
+            if (chunk_states && tt % kSub == 0 && valid) {
+              float* cs = chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
+              if (vec_save) {
+                store_states<NPL>(cs, h);  // 16-byte stores
+              } else {
+#pragma unroll
+                for (int i = 0; i < NPL; ++i)
+                  if (n0 + i < N) cs[i] = h[i];
+              }
+            }
+          } else if (chunk_states && t == next_save) {
             if (valid) {
               float* cs = chunk_states + ((size_t(b) * n_chunks + t / chunk) * E + e) * N;
 #pragma unroll
@@ -583,8 +499,16 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                     float* out, float* chunk_states, const float* h0, float* h_last) {
   dim3 grid(blocks_for(E, kChannels), B);
-  scan_forward_kernel<NPL><<<grid, kThreads, 0, c.stream>>>(
-      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  static const bool c8_on = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
+    const char* v = std::getenv("BHASA_SCAN_FWD_C8");
+    return !v || std::atoi(v) != 0;
+  }();
+  if (chunk == kSub && c8_on)
+    scan_forward_kernel<NPL, true><<<grid, kThreads, 0, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  else
+    scan_forward_kernel<NPL, false><<<grid, kThreads, 0, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
@@ -596,25 +520,37 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                      float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
-  const int n_blocks = int(blocks_for(E, kChannels));
+  // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_C8=0 runs the
+  // general one there too (timing). For N in 9..16 (the models' 16) the 2-lane layout.
+  static const bool c8_on = [] {
+    const char* v = std::getenv("BHASA_SCAN_BWD_C8");
+    return !v || std::atoi(v) != 0;
+  }();
+  const bool c8 = chunk == kSub && c8_on;
+  const int n_blocks = int(blocks_for(E, c8 ? c8_channels(NPL) : kChannels));
   const size_t rows = size_t(B) * L;
   auto* bc_part = static_cast<float*>(
       c.scratch->get(kScanPartials, size_t(n_blocks) * rows * 2 * NMAX * sizeof(float)));
   auto* param_part = static_cast<float*>(
       c.scratch->get(kScanParamPartials, size_t(B) * E * (NMAX + 2) * sizeof(float)));
   const size_t smem = BwdLayout<NPL>::bytes(chunk);
-  check(smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
-                                " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
-  static bool attr_set = false;  // per template instance
-  if (!attr_set) {
-    BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
-    attr_set = true;
-  }
+  check(c8 || smem <= 227 * 1024, "scan_backward: chunk " + std::to_string(chunk) +
+                                      " is too long for the CUDA kernel's shared memory; use a chunk of at most 256");
   dim3 grid(n_blocks, B);
-  scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
-      L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
-      dz, bc_part, param_part);
+  if (c8) {
+    launch_backward_c8(c, NPL, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states,
+                       dout, du, ddt, dz, bc_part, param_part);
+  } else {
+    static bool attr_set = false;  // per template instance
+    if (!attr_set) {
+      BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+      attr_set = true;
+    }
+    scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
+        dz, bc_part, param_part);
+  }
   BHASA_LAUNCH_CHECK("scan_backward");
   scan_bc_finish<NMAX><<<blocks_for(rows * 2 * NMAX, 256), 256, 0, c.stream>>>(
       int(rows), N, n_blocks, bc_part, dBm, dCm, ld_bc);

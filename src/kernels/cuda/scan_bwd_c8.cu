@@ -1,0 +1,397 @@
+// The selective-scan backward at chunk == kSub (8, the CUDA backend's chunk); see scan.cu
+// for the layout and formulas it shares with scan_backward_kernel.
+#include <cstdint>
+
+#include "kernels/cuda/scan_common.cuh"
+
+namespace bhasa::cuda::scan_detail {
+
+namespace {
+
+// The backward at chunk == kSub (the CUDA backend's chunk, CudaBackend::scan_chunk): every
+// chunk is one sub-chunk whose start state the forward saved, so there is no replay pass,
+// no sub-chunk starts and no cursor; item it is chunk n_chunks-1-it. Same formulas as
+// scan_backward_kernel (the torch lines above it), same order of the sums over t and over
+// channels; with KL 2 the sums over n group the states as 2 x 8 instead of 4 x 4.
+// KL lanes per channel (4 as in scan_backward_kernel, or 2: half the per-(t, e) work
+// per state, 64 channels per block); MINB: blocks per SM to fit (4 needs <= 128
+// registers and <= 56 KB of shared memory); KEEP_A: keep exp(delta A) of the 8 steps in
+// registers instead of computing it again in the reverse walk; BUFS: staging buffers
+// (copies run BUFS-1 chunks ahead); RS: steps of per-channel dB/dC held in shared memory
+// before the block sums them (fewer: less shared memory, two more barriers per halving);
+// PACK: after the transform, each step's per-channel values go to shared memory packed
+// as {delta, delta u, dy, u} and {sigmoid, dz factor} (two loads per step in the reverse
+// walk instead of five, one in the replay instead of two), over the raw inputs of the
+// buffer (an extra barrier), and the block sum reads dB/dC in pairs.
+// vec (bits, checked by the host): kVecTE: u, dt, z, dout rows are copied 16 bytes at a
+// time (4 channels; E, ldz multiples of 4, aligned pointers); kVecBC: B, C rows and the
+// start states 16 bytes at a time (N == NMAX, aligned).
+constexpr int kVecTE = 1, kVecBC = 2;
+template <int KL, int NPL>
+struct C8Layout {
+  static constexpr int C = kThreads / KL, NMAX = KL * NPL, SC = kSub * C;
+  static constexpr int oBC = 0;                      // (kSub, 2*NMAX): B then C
+  static constexpr int oDT = oBC + kSub * 2 * NMAX;  // (kSub, C): dt, then softplus(dt + bias)
+  static constexpr int oSIG = oDT + SC;              // (kSub, C): sigmoid(dt + bias)
+  static constexpr int oU = oSIG + SC;               // (kSub, C)
+  static constexpr int oZ = oU + SC;                 // (kSub, C): z, then the dz factor
+  static constexpr int oDO = oZ + SC;                // (kSub, C): dout, then dy
+  static constexpr int oH = oDO + SC;                // (C, NMAX): the chunk's saved start state
+  static constexpr int kBuf = oH + C * NMAX;
+  static constexpr int kHalf = C * NMAX + 16;        // dB | dC halves, padded (banks)
+  static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
+  static constexpr int kChPer = SC / kThreads;
+  static_assert(SC % kThreads == 0 && (C * NMAX) % kThreads == 0, "staging split");
+  static constexpr size_t bytes(int bufs, int rs) { return (size_t(bufs) * kBuf + size_t(rs) * 2 * kHalf) * sizeof(float); }
+};
+
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK>
+__global__ void __launch_bounds__(kThreads, MINB)
+scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
+                        const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                        const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
+                        const float* __restrict__ Dp, const float* __restrict__ z, int ldz,
+                        const float* __restrict__ chunk_states, const float* __restrict__ dout,
+                        float* __restrict__ du_out, float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                        float* __restrict__ bc_partials,     // (E/C blocks, B, L, 2*NMAX)
+                        float* __restrict__ param_partials)  // (B, E, NMAX + 2)
+{
+  using Lay = C8Layout<KL, NPL>;
+  constexpr int NMAX = Lay::NMAX, C = Lay::C;
+  static_assert(kSub % RS == 0 && BUFS >= 2 && (KL == 4 || KL == 2), "c8 layout");
+  // the packed values (6 per (t, e)) fit over dt, sigmoid, u, z, dout and the start state
+  static_assert(!PACK || 6 * Lay::SC <= 5 * Lay::SC + C * NMAX, "c8 packing");
+  constexpr bool kPairSum = PACK && RS * NMAX >= kThreads;  // block sum in float2
+  extern __shared__ __align__(16) float smem[];
+  float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
+
+  const int B = gridDim.y;
+  const int b = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % 32, k = lane % KL;
+  const int c = tid / KL;  // channel within the block
+  const int e = blockIdx.x * C + c;
+  const bool valid = e < E;
+  const int ec = valid ? e : E - 1;
+  const int n0 = k * NPL;
+  const int n_chunks = (L + kSub - 1) / kSub;
+
+  float A2[NPL], dh[NPL], dal[NPL];
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) {
+    const int n = n0 + i;
+    A2[i] = n < N ? -expf(A_log[size_t(ec) * N + n]) * kLog2e : 0.0f;
+    dh[i] = 0.0f;
+    dal[i] = 0.0f;
+  }
+  const float Dv = Dp[ec];
+  // the channel this thread stages (and transforms) is tid % C
+  const int es = min(int(blockIdx.x) * C + tid % C, E - 1);
+  const bool es_real = int(blockIdx.x) * C + tid % C < E;
+  const float bias_s = dt_bias[es];
+  float dD_acc = 0.0f, dbias_acc = 0.0f;
+
+  // Copies chunk ch's inputs (B, C, dt, u, z, dout, its saved start state) into buffer
+  // buf; steps past L are zeros (exact no-ops). Always commits a group (empty for ch < 0).
+  auto stage = [&](int ch, int buf) {
+    if (ch >= 0) {
+      float* S = smem + buf * Lay::kBuf;
+      const int s0 = ch * kSub, len = min(kSub, L - s0);
+      if (vec & kVecBC) {  // B, C: (kSub, 2 * NMAX / 4) vectors; start state: (C, NMAX / 4)
+        constexpr int kQ = NMAX / 4;
+#pragma unroll
+        for (int j = 0; j < (kSub * 2 * kQ + kThreads - 1) / kThreads; ++j) {
+          const int i = tid + j * kThreads, tt = i / (2 * kQ), q = i % (2 * kQ);
+          if (i < kSub * 2 * kQ) {
+            const bool ok = tt < len;
+            const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + (q % kQ) * 4 : 0;
+            cp_async16(S + Lay::oBC + 4 * i, (q < kQ ? Bm : Cm) + off, ok);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < (C * kQ) / kThreads; ++j) {
+          const int i = tid + j * kThreads, cc = i / kQ;
+          const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
+          cp_async16(S + Lay::oH + 4 * i, chunk_states + ((size_t(b) * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
+        }
+      }
+      if (vec & kVecTE) {  // (kSub, C / 4) vectors of 4 channels; channels past E read zeros
+        constexpr int kQ = C / 4;
+#pragma unroll
+        for (int j = 0; j < (kSub * kQ + kThreads - 1) / kThreads; ++j) {
+          const int i = tid + j * kThreads, tt = i / kQ, e4 = int(blockIdx.x) * C + (i % kQ) * 4;
+          if (i < kSub * kQ) {
+            const bool ok = tt < len && e4 < E;
+            const size_t row = size_t(b) * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0;
+            cp_async16(S + Lay::oDT + 4 * i, dt + row * E + col, ok);
+            cp_async16(S + Lay::oU + 4 * i, u + row * E + col, ok);
+            cp_async16(S + Lay::oZ + 4 * i, z + row * ldz + col, ok);
+            cp_async16(S + Lay::oDO + 4 * i, dout + row * E + col, ok);
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < Lay::kBCPer; ++j) {
+        const int i = tid + j * kThreads;
+        const int tt = i / (2 * NMAX), kk2 = i % (2 * NMAX), n = kk2 % NMAX;
+        if (i < kSub * 2 * NMAX && !(vec & kVecBC)) {
+          const bool ok = tt < len && n < N;
+          const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + n : 0;
+          cp_async4(S + Lay::oBC + i, (kk2 < NMAX ? Bm : Cm) + off, ok);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        if (vec & kVecTE) break;
+        const int i = tid + j * kThreads, tt = i / C;
+        const bool ok = tt < len, real = ok && es_real;
+        const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
+        cp_async4(S + Lay::oDT + i, dt + row * E + es, ok);
+        cp_async4(S + Lay::oU + i, u + row * E + es, real);
+        cp_async4(S + Lay::oZ + i, z + row * ldz + es, ok);
+        cp_async4(S + Lay::oDO + i, dout + row * E + es, real);
+      }
+#pragma unroll
+      for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
+        if (vec & kVecBC) break;
+        const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
+        const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
+        const bool ok = n < N;
+        const size_t off = ok ? ((size_t(b) * n_chunks + ch) * E + ecc) * N + n : 0;
+        cp_async4(S + Lay::oH + i, chunk_states + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+  // the block's sum over its C channels of dB/dC rows lo .. lo+RS-1 of the chunk at s0,
+  // in channel order: one partial per (block, row)
+  auto block_sum = [&](int s0, int len, int lo) {
+    if constexpr (kPairSum) {
+      for (int i = tid; i < RS * NMAX; i += kThreads) {
+        const int r = i / NMAX, kk2 = 2 * (i % NMAX);
+        if (lo + r >= len) continue;
+        const float* p = sred + r * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
+        float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int cc = 0; cc < C; ++cc) {
+          const float2 x = *reinterpret_cast<const float2*>(p + cc * NMAX);
+          sum.x += x.x;
+          sum.y += x.y;
+        }
+        *reinterpret_cast<float2*>(bc_partials + ((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + kk2) = sum;
+      }
+    } else {
+      for (int i = tid; i < RS * 2 * NMAX; i += kThreads) {
+        const int r = i / (2 * NMAX), kk2 = i % (2 * NMAX);
+        if (lo + r >= len) continue;
+        const float* p = sred + r * 2 * Lay::kHalf + (kk2 / NMAX) * Lay::kHalf + kk2 % NMAX;
+        float sum = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < C; ++cc) sum += p[cc * NMAX];
+        bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + kk2] = sum;
+      }
+    }
+  };
+
+#pragma unroll
+  for (int p = 0; p < BUFS - 1; ++p) stage(n_chunks - 1 - p, p);
+  for (int it = 0; it < n_chunks; ++it) {
+    float* S = smem + (it % BUFS) * Lay::kBuf;
+    const int ch = n_chunks - 1 - it, s0 = ch * kSub, len = min(kSub, L - s0);
+    cp_async_wait<BUFS - 2>();  // this item's copies landed
+    __syncthreads();            // ... for every thread; the previous item is finished
+    float h_start[NPL];  // h before the chunk
+    float4* P4 = reinterpret_cast<float4*>(S + Lay::oDT);                // (kSub, C): delta, delta u, dy, u
+    float2* P2 = reinterpret_cast<float2*>(S + Lay::oDT + 4 * Lay::SC);  // (kSub, C): sigmoid, dz factor
+    if constexpr (PACK) {
+      load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
+      float4 p4[Lay::kChPer];
+      float2 p2[Lay::kChPer];
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        const int i = tid + j * kThreads;
+        const bool ok = i / C < len;
+        const float x = S[Lay::oDT + i] + bias_s, uu = S[Lay::oU + i];
+        const float delta = ok ? softplusf_(x) : 0.0f;
+        const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], sz = sigmoid_fast(zz);
+        p4[j] = make_float4(delta, delta * uu, go * zz * sz, uu);
+        p2[j] = make_float2(ok ? sigmoid_fast(x) : 0.0f, go * sz * (1.0f + zz * (1.0f - sz)));
+      }
+      __syncthreads();  // every raw input was read
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        P4[tid + j * kThreads] = p4[j];
+        P2[tid + j * kThreads] = p2[j];
+      }
+    } else {
+      // Per (t, e) once: dt -> softplus(dt + bias) in place and sigmoid(dt + bias) (0 past
+      // the end); z, dout -> the dz factor and dy.
+#pragma unroll
+      for (int j = 0; j < Lay::kChPer; ++j) {
+        const int i = tid + j * kThreads;
+        const bool ok = i / C < len;
+        const float x = S[Lay::oDT + i] + bias_s;
+        S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
+        S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
+        S[Lay::oDO + i] = go * zz * s;                        // dy
+      }
+    }
+    stage(ch - (BUFS - 1), (it + BUFS - 1) % BUFS);  // the previous item's buffer
+    __syncthreads();
+    const float* sBC = S + Lay::oBC;
+    const float* sdelta = S + Lay::oDT;
+    const float* su = S + Lay::oU;
+    const float* ssig = S + Lay::oSIG;
+    const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
+    const float* sdy = S + Lay::oDO;  // dout * silu(z)
+    const size_t row0 = size_t(b) * L + s0;
+    // KL 4: lane 0 of a group writes dz, lane 1 ddt, lane 2 du; KL 2: lane 0 dz and du,
+    // lane 1 ddt (row s0 + ii at dst[ii * dst_ld], dst2[ii * E])
+    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
+    float* dst2 = du_out + row0 * E + e;
+    const int dst_ld = k == 0 ? ldz : E;
+    // replay the chunk keeping every step's state (and decay) in registers, then walk it
+    // backwards carrying dh
+    float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
+    if constexpr (!PACK) load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
+#pragma unroll
+    for (int ii = 0; ii < kSub; ++ii) {
+      float delta, dlu;
+      if constexpr (PACK) {
+        const float2 dd = *reinterpret_cast<const float2*>(&P4[ii * C + c]);
+        delta = dd.x;
+        dlu = dd.y;
+      } else {
+        delta = sdelta[ii * C + c];
+        dlu = delta * su[ii * C + c];
+      }
+      float Bt[NPL];
+      load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) {
+        const float a = ex2_(delta * A2[i]);
+        if constexpr (KEEP_A) as[ii][i] = a;
+        hs[ii][i] = a * (ii > 0 ? hs[ii - 1][i] : h_start[i]) + dlu * Bt[i];
+      }
+    }
+#pragma unroll
+    for (int ii = kSub - 1; ii >= 0; --ii) {
+      float uu, delta, sig, dlu, dy, dzf;
+      if constexpr (PACK) {
+        const float4 p4 = P4[ii * C + c];
+        const float2 p2 = P2[ii * C + c];
+        delta = p4.x, dlu = p4.y, dy = p4.z, uu = p4.w, sig = p2.x, dzf = p2.y;
+      } else {
+        uu = su[ii * C + c], delta = sdelta[ii * C + c], sig = ssig[ii * C + c];
+        dlu = delta * uu;
+        dy = sdy[ii * C + c];
+        dzf = sdzf[ii * C + c];
+      }
+      float Bt[NPL], Ct[NPL];
+      load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
+      load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
+      dD_acc += dy * uu;
+      float ypart = 0.0f, qA = 0.0f, gB = 0.0f;
+      float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
+#pragma unroll
+      for (int i = 0; i < NPL; ++i) {
+        const float a = KEEP_A ? as[KEEP_A ? ii : 0][i] : ex2_(delta * A2[i]);
+        const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
+        ypart += Ct[i] * hs[ii][i];
+        const float g = dh[i] + dy * Ct[i];
+        const float q = g * a * hprev;
+        qA += q * A2[i];
+        gB += g * Bt[i];
+        dal[i] += q * delta;
+        dh[i] = g * a;
+        v[i] = g * dlu;
+        v[NPL + i] = dy * hs[ii][i];
+      }
+      if constexpr (KL == 4) {
+        // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 sum_n g B (-> du)
+        float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
+        const float red = group_sum_scatter(r, lane);
+        if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
+        if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
+          dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * dzf : (k == 1 ? red * sig : red * delta + dy * Dv);
+      } else {
+        // over the pair: lane 0 gets y (-> dz) and sum_n g B (-> du), lane 1 ddelta (-> ddt)
+        float r[4] = {ypart, gB, qA * kLn2 + gB * uu, 0.0f};
+        int first = 0;
+        reduce_scatter<1, 1, 4, 4>(r, lane, first);
+        if (k == 1) dbias_acc += r[0] * sig;  // sig = 0 past the end
+        if (valid && ii < len) {
+          dst[ii * dst_ld] = k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig;
+          if (k == 0) dst2[ii * E] = r[1] * delta + dy * Dv;
+        }
+      }
+      // dB, dC of this channel; summed over the block's channels below
+      float* sr = sred + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
+      store_states<NPL>(sr, v);
+      store_states<NPL>(sr + Lay::kHalf, v + NPL);
+      if (ii % RS == 0 && ii > 0) {  // the held rows are complete: sum them, then reuse the space
+        __syncthreads();
+        block_sum(s0, len, ii);
+        __syncthreads();
+      }
+    }
+    __syncthreads();
+    block_sum(s0, len, 0);
+    // the next item's first barrier keeps its writes to sred after these reads
+  }
+  if (valid) {
+    float* pp = param_partials + (size_t(b) * E + e) * (NMAX + 2);
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) pp[n0 + i] = dal[i] * A2[i] * kLn2;  // times A = A2 ln2
+    if (k == 0) pp[NMAX] = dD_acc;
+    if (k == 1) pp[NMAX + 1] = dbias_acc;
+  }
+}
+
+
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC>
+void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+               const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
+               const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
+               float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
+  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS);
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK>;
+  static bool attr_set = false;  // per template instance
+  if (!attr_set) {
+    BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    attr_set = true;
+  }
+  // 16-byte copies where every row lines up (VEC; otherwise 4-byte copies)
+  auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  constexpr int NMAX = KL * NPL;
+  const int vec = !VEC ? 0
+                       : ((E % 4 == 0 && ldz % 4 == 0 && al(u) && al(dt) && al(z) && al(dout) ? kVecTE : 0) |
+                          (NPL % 4 == 0 && N == NMAX && ld_bc % 4 == 0 && al(Bm) && al(Cm) && al(chunk_states) ? kVecBC : 0));
+  kernel<<<grid, kThreads, bytes, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+                                              chunk_states, dout, du, ddt, dz, bc_part, param_part);
+}
+
+
+}  // namespace
+
+void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+                        const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
+                        const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
+                        float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
+#define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC)                                                         \
+  static_assert(C8Layout<KL, NP>::C == c8_channels(NP * KL / kLanes), "c8 blocks");                               \
+  launch_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
+                                                       ldz, chunk_states, dout, du, ddt, dz, bc_part, param_part)
+  // measured variants (bench/cuda_lab/NOTES.md, v9-v10): 2 lanes per channel with the
+  // packed per-step values and 16-byte copies ran 1.65 ms, 4 lanes at 4 blocks/SM 1.93
+  switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)
+    case 1: { BHASA_C8(4, 1, 3, true, 3, 8, false, false); break; }
+    case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
+    case 4: { BHASA_C8(2, 8, 3, false, 3, 2, true, true); break; }
+    default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }
+  }
+#undef BHASA_C8
+}
+
+}  // namespace bhasa::cuda::scan_detail

@@ -1,0 +1,134 @@
+// Shared by the selective-scan kernels (scan.cu, scan_bwd_c8.cu): constants, the
+// special-function, cp.async and warp-sum helpers.
+#pragma once
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace bhasa::cuda::scan_detail {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kLanes = 4;                      // lanes per channel
+constexpr int kThreads = 128;                  // threads per block (both passes)
+constexpr int kChannels = kThreads / kLanes;   // channels per block
+constexpr int kFwdTile = 32;  // time steps of B, C staged per forward tile
+// Blocks per SM the forward must fit: 6 x 4 warps x 132 SMs holds the whole (16, 1536)
+// grid in one wave (at 4 blocks per SM it ran in 1.45 waves: 1.84 ms instead of 1.39).
+constexpr int kFwdMinBlocks = 6;
+constexpr int kSub = 8;       // backward sub-chunk: steps replayed in registers
+constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chunks ahead
+constexpr int kBwdMinBlocks = 3;
+static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
+
+// 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
+// denormal range fix-up, ~3 instructions per decay; a decay under 2^-126 contributes
+// nothing anyway).
+__device__ __forceinline__ float ex2_(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// sigmoid(x) = 1 / (1 + exp(-x)) with the approximate divide (2 ulp; sigmoidf_'s IEEE
+// divide costs ~10 instructions more).
+__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + ex2_(-x * kLog2e)); }
+
+// Index of (step r, channel c) in a (kFwdTile, 32) shared tile, columns XOR-swizzled by
+// r % 4 so that 4 consecutive steps of 8 channels (one warp's epilogue reads) hit 32 banks.
+__device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ ((r & 3) << 3)); }
+
+// cp.async: a 4-byte copy global -> shared that bypasses registers; ok = false writes 0.
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool ok) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
+               : "memory");
+}
+// cp.async of 16 bytes (both addresses 16-byte aligned); ok = false writes zeros.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool ok) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// waits until at most P of this thread's committed groups are still in flight
+template <int P>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(P) : "memory"); }
+
+
+// Warp reduce-scatter of V values per lane over the lane bits O, O/2, .., OMIN: each
+// level sends half the remaining values to the partner lane and keeps the other half;
+// once one value is left the remaining levels are plain butterflies. Afterwards v[0 ..
+// max(1, V / (2O/OMIN)) - 1] hold the sums of values first .. over those lanes.
+template <int O, int OMIN, int COUNT, int V>
+__device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane, int& first) {
+  if constexpr (COUNT >= 2) {
+    constexpr int half = COUNT / 2;
+    const bool upper = (lane & O) != 0;
+#pragma unroll
+    for (int j = 0; j < half; ++j) {
+      const float send = upper ? v[j] : v[j + half];
+      const float keep = upper ? v[j + half] : v[j];
+      v[j] = keep + __shfl_xor_sync(kFull, send, O);
+    }
+    if (upper) first += half;
+  } else {
+    v[0] += __shfl_xor_sync(kFull, v[0], O);
+  }
+  if constexpr (O / 2 >= OMIN) reduce_scatter<O / 2, OMIN, (COUNT >= 2 ? COUNT / 2 : 1), V>(v, lane, first);
+}
+
+// Sums v over the 4 lanes of a channel group; lane k of the group gets the sum of v[k].
+__device__ __forceinline__ float group_sum_scatter(float (&v)[kLanes], int lane) {
+  int first = 0;
+  reduce_scatter<2, 1, kLanes, kLanes>(v, lane, first);
+  return v[0];
+}
+
+// x[k] with k a run-time lane index, without dynamic register indexing (local memory).
+template <int S>
+__device__ __forceinline__ float pick(const float (&x)[S], int base, int k) {
+  float r = x[base];
+#pragma unroll
+  for (int j = 1; j < kLanes; ++j)
+    if (k == j) r = x[base + j];
+  return r;
+}
+
+// NPL consecutive floats from shared memory (16-byte loads when they line up).
+template <int NPL>
+__device__ __forceinline__ void load_states(const float* p, float (&v)[NPL]) {
+  if constexpr (NPL % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < NPL / 4; ++q) {
+      const float4 f = reinterpret_cast<const float4*>(p)[q];
+      v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) v[i] = p[i];
+  }
+}
+
+// NPL consecutive floats to shared memory (16-byte stores when they line up).
+template <int NPL>
+__device__ __forceinline__ void store_states(float* p, const float* v) {
+  if constexpr (NPL % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < NPL / 4; ++q)
+      reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) p[i] = v[i];
+  }
+}
+
+
+// scan_bwd_c8.cu: the backward at chunk == kSub, into the same partials as
+// scan_backward_kernel (bc_partials: one per block of c8_channels(NPL) channels).
+constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels; }
+void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+                        const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
+                        const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
+                        float* du, float* ddt, float* dz, float* bc_part, float* param_part);
+
+}  // namespace bhasa::cuda::scan_detail
