@@ -80,7 +80,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--tokenizer", o.tokenizer, "char (vocabulary from the corpus), bpe:N (train a byte-level BPE of N tokens first) or a tokenizer.json path")
       ->capture_default_str();
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--precision", o.precision, kPrecisionHelp)->check(CLI::IsMember({"bf16", "tf32", "fp32"}));
+  add_precision_option(cmd, o.precision);
   cmd->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--restart", o.restart, "delete the run's checkpoints and start over");
   cmd->add_option("--max-minutes", o.max_minutes, "stop after this many minutes of training and write final/")

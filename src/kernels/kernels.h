@@ -225,5 +225,9 @@ std::unique_ptr<Backend> make_cpu_backend();
 // products' precision; storage and accumulation stay fp32). Throws Error when the build
 // has no CUDA, no GPU is present, or the name is unknown.
 std::unique_ptr<Backend> make_backend(const std::string& device);
+// What make_backend() takes for a --device and a --precision ("" for the default).
+inline std::string device_spec(const std::string& device, const std::string& precision) {
+  return precision.empty() ? device : device + ":" + precision;
+}
 
 }  // namespace bhasa

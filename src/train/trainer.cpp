@@ -385,7 +385,7 @@ int train(const TrainOptions& opts) {
       h.max_steps > 0 ? h.max_steps : std::max<int64_t>(1, std::llround(h.epochs * steps_per_epoch));
   LrSchedule sched{h.lr, h.min_lr, h.warmup, static_cast<int>(total_steps)};
 
-  auto backend = make_backend(opts.precision.empty() ? opts.device : opts.device + ":" + opts.precision);
+  auto backend = make_backend(device_spec(opts.device, opts.precision));
   MambaLM model(cfg, *backend);
   AdamWOptions ao;
   ao.beta1 = h.beta1;
