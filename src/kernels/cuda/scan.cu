@@ -76,7 +76,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
                     const float* __restrict__ A_log, const float* __restrict__ Bm,
                     const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
-                    const float* __restrict__ z, int ldz, float* __restrict__ out,
+                    const float* __restrict__ z, int ldz, Operand out,
                     float* __restrict__ chunk_states, const float* h0, float* h_last) {
   constexpr int NMAX = kLanes * NPL;
   constexpr int TC = kFwdTile * kChannels;
@@ -183,7 +183,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
       const float y = group_sum_scatter(ypart, lane);
       if (valid && my < tn) {
         const float uu = su[swz(my, c)], zz = sZ[buf][swz(my, c)];
-        out[(size_t(b) * L + t0 + my) * E + e] = (y + Dv * uu) * zz * sigmoid_fast(zz);
+        store_operand(out, (size_t(b) * L + t0 + my) * E + e, (y + Dv * uu) * zz * sigmoid_fast(zz));
       }
     };
     if (tn == kFwdTile) {  // full tile: unrolled, so shared-memory offsets are constants
@@ -243,7 +243,7 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
                      const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
                      const float* __restrict__ z, int ldz, const float* __restrict__ chunk_states,
                      const float* __restrict__ dout, float* __restrict__ du_out,
-                     float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                     float* __restrict__ ddt_out, Operand dz_out,
                      float* __restrict__ bc_partials,     // (E/32 blocks, B, L, 2*NMAX)
                      float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -386,10 +386,9 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     const float* ssig = S + Lay::oSIG;
     const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
     const float* sdy = S + Lay::oDO;  // dout * silu(z)
-    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii at dst[ii * dst_ld])
+    // lane 0 of a group writes dz (row s0 + ii), lane 1 ddt, lane 2 du (at dst[ii * E])
     const size_t row0 = size_t(b) * L + s0;
-    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
-    const int dst_ld = k == 0 ? ldz : E;
+    float* dst = (k == 1 ? ddt_out : du_out) + row0 * E + e;
     float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
     if (cur.n_sub == 1) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
@@ -436,8 +435,10 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
       float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
       const float red = group_sum_scatter(r, lane);
       if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-      if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
-        dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+      if (valid && ii < len && k == 0)  // one store per lane: dz, ddt or du
+        store_operand(dz_out, (row0 + ii) * ldz + e, (red + Dv * uu) * sdzf[ii * C + c]);
+      else if (valid && ii < len && k < 3)
+        dst[ii * E] = k == 1 ? red * sig : red * delta + dy * Dv;
       // dB, dC of this channel; summed over the block's channels below
       store_states<NPL>(sred + ii * 2 * Lay::kHalf + c * NMAX + n0, v);
       store_states<NPL>(sred + ii * 2 * Lay::kHalf + Lay::kHalf + c * NMAX + n0, v + NPL);
@@ -497,7 +498,7 @@ template <int NPL>
 void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                     const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                    float* out, float* chunk_states, const float* h0, float* h_last) {
+                    Operand out, float* chunk_states, const float* h0, float* h_last) {
   dim3 grid(blocks_for(E, kChannels), B);
   static const bool c8_on = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
@@ -517,7 +518,7 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                      const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                      const float* chunk_states, const float* dout, float* du, float* ddt,
-                     float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                     float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
   // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_C8=0 runs the
@@ -571,7 +572,7 @@ void check_n(int N, int chunk) {
 void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                  float* out, float* chunk_states, const float* h0, float* h_last) {
+                  Operand out, float* chunk_states, const float* h0, float* h_last) {
   check_n(N, chunk);
   if (B == 0 || E == 0) return;
 #define BHASA_SCAN_FWD(NM) \
@@ -587,7 +588,7 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u
                    const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                    const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                    const float* chunk_states, const float* dout, float* du, float* ddt,
-                   float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                   float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias) {
   check_n(N, chunk);
   if (B == 0 || E == 0 || L == 0) return;

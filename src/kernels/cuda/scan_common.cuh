@@ -129,6 +129,6 @@ constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, float* dz, float* bc_part, float* param_part);
+                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part);
 
 }  // namespace bhasa::cuda::scan_detail
