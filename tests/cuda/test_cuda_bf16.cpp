@@ -241,6 +241,22 @@ TEST(CudaBf16, GemmReadsBf16Operands) {
   }
 }
 
+// A bf16 operand that starts one element (2 bytes) past a 4-byte boundary, as a slice
+// of a bf16 activation can: cuBLASLt is told its true alignment.
+TEST(CudaBf16, GemmOddOffsetOperand) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(85);
+  const int M = 200, N = 144, K = 130;
+  auto A = round_bf16(randn(size_t(M) * K + 1, rng)), Bw = round_bf16(randn(size_t(N) * K, rng));
+  DevBf16 hA(*gpu, A);
+  DevBuf fB(*gpu, Bw), C(*gpu, size_t(M) * N);
+  gpu->gemm(false, true, M, N, K, hA.op + 1, K, fB.p, K, 0.0f, C.p, N);
+  std::vector<float> ref(size_t(M) * N);
+  cpu->gemm(false, true, M, N, K, A.data() + 1, K, Bw.data(), K, 0.0f, ref.data(), N);
+  EXPECT_LE(rel_l2(C.host(), ref), 1e-4);
+}
+
 // linear_backward with bf16 dY and X (in_proj's backward): dX and dW as from fp32 copies.
 TEST(CudaBf16, LinearBackwardBf16) {
   BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
