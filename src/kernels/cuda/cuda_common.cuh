@@ -169,8 +169,7 @@ void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature,
 
 // Operands (kernels.h) on the device: fp32 or bf16 elements. Kernels template their
 // stores on the element type O (float or __nv_bfloat16); with_operand calls f with the
-// typed pointer. store_operand is the untemplated form, for a kernel that stores one
-// Operand among several fp32 outputs (the scan's y and dz): a uniform branch per store.
+// typed pointer.
 template <class F>
 void with_operand(Operand o, F&& f) {
   if (o.dtype == Dtype::bf16) f(static_cast<__nv_bfloat16*>(o.p));
@@ -188,10 +187,6 @@ __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<f
 __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
   __nv_bfloat162 q[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
   *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(q);
-}
-__device__ __forceinline__ void store_operand(const Operand& o, size_t i, float v) {
-  if (o.dtype == Dtype::bf16) static_cast<__nv_bfloat16*>(o.p)[i] = __float2bfloat16_rn(v);
-  else static_cast<float*>(o.p)[i] = v;
 }
 
 // Device-side math shared by the kernels (accurate libm versions: the tests hold
