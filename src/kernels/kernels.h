@@ -268,8 +268,8 @@ class Backend {
 
 std::unique_ptr<Backend> make_cpu_backend();
 // device: "cpu", "cuda", or "cuda:<gemm math>" with math fp32 | tf32 | bf16 (the
-// products' precision; storage and accumulation stay fp32). Throws Error when the build
-// has no CUDA, no GPU is present, or the name is unknown.
+// products' precision; accumulation stays fp32, and storage but for operand_dtype()).
+// Throws Error when the build has no CUDA, no GPU is present, or the name is unknown.
 std::unique_ptr<Backend> make_backend(const std::string& device);
 // What make_backend() takes for a --device and a --precision ("" for the default).
 inline std::string device_spec(const std::string& device, const std::string& precision) {
