@@ -70,13 +70,14 @@ struct BwdLayout {
 // C8 (chunk == kSub): the chunk starts are the steps tt % 8 == 0 of each tile, known at
 // compile time in full tiles (no per-step test against a running next-save step), and
 // the state goes out in 16-byte stores where they line up (0.737 -> 0.620 ms here).
-template <int NPL, bool C8>
+// out (B, L, E): fp32 or bf16 (TY)
+template <int NPL, bool C8, class TY>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
                     const float* __restrict__ A_log, const float* __restrict__ Bm,
                     const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
-                    const float* __restrict__ z, int ldz, float* __restrict__ out,
+                    const float* __restrict__ z, int ldz, TY* __restrict__ out,
                     float* __restrict__ chunk_states, const float* h0, float* h_last) {
   constexpr int NMAX = kLanes * NPL;
   constexpr int TC = kFwdTile * kChannels;
@@ -183,7 +184,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
       const float y = group_sum_scatter(ypart, lane);
       if (valid && my < tn) {
         const float uu = su[swz(my, c)], zz = sZ[buf][swz(my, c)];
-        out[(size_t(b) * L + t0 + my) * E + e] = (y + Dv * uu) * zz * sigmoid_fast(zz);
+        out[(size_t(b) * L + t0 + my) * E + e] = from_float<TY>((y + Dv * uu) * zz * sigmoid_fast(zz));
       }
     };
     if (tn == kFwdTile) {  // full tile: unrolled, so shared-memory offsets are constants
@@ -235,7 +236,7 @@ struct BwdCursor {
 //   g_n = dh_n + dy * C_n;  ddelta = sum_n g_n (A_n a_n h_{t-1,n} + B_n u);  dB[t, n] = sum_e g_n delta u
 //   du = dy D + sum_n g_n delta B_n;  dA_log_n += g_n a_n h_{t-1,n} delta A_n;  dh_{t-1} = g a
 //   ddt = ddelta * sigmoid(dt + dt_bias);  ddt_bias += ddt        (a_n = exp(delta A_n))
-template <int NPL>
+template <int NPL, class TZ>  // dz fp32 or bf16 (TZ)
 __global__ void __launch_bounds__(kThreads, kBwdMinBlocks)
 scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                      const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -243,7 +244,7 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
                      const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
                      const float* __restrict__ z, int ldz, const float* __restrict__ chunk_states,
                      const float* __restrict__ dout, float* __restrict__ du_out,
-                     float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                     float* __restrict__ ddt_out, TZ* __restrict__ dz_out,
                      float* __restrict__ bc_partials,     // (E/32 blocks, B, L, 2*NMAX)
                      float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -386,10 +387,9 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     const float* ssig = S + Lay::oSIG;
     const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
     const float* sdy = S + Lay::oDO;  // dout * silu(z)
-    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii at dst[ii * dst_ld])
+    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii: dst.store(ii, .))
     const size_t row0 = size_t(b) * L + s0;
-    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
-    const int dst_ld = k == 0 ? ldz : E;
+    const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz, (k == 1 ? ddt_out : du_out) + row0 * E + e, E);
     float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
     if (cur.n_sub == 1) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
@@ -436,8 +436,8 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
       float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
       const float red = group_sum_scatter(r, lane);
       if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-      if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
-        dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+      if (valid && ii < len && k < 3)  // one store per lane: dz, ddt or du
+        dst.store(ii, k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv));
       // dB, dC of this channel; summed over the block's channels below
       store_states<NPL>(sred + ii * 2 * Lay::kHalf + c * NMAX + n0, v);
       store_states<NPL>(sred + ii * 2 * Lay::kHalf + Lay::kHalf + c * NMAX + n0, v + NPL);
@@ -497,18 +497,21 @@ template <int NPL>
 void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                     const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                    float* out, float* chunk_states, const float* h0, float* h_last) {
+                    Operand out, float* chunk_states, const float* h0, float* h_last) {
   dim3 grid(blocks_for(E, kChannels), B);
   static const bool c8_on = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
     return !v || std::atoi(v) != 0;
   }();
-  if (chunk == kSub && c8_on)
-    scan_forward_kernel<NPL, true><<<grid, kThreads, 0, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
-  else
-    scan_forward_kernel<NPL, false><<<grid, kThreads, 0, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  with_operand(out, [&](auto* o) {
+    using TY = std::remove_pointer_t<decltype(o)>;
+    if (chunk == kSub && c8_on)
+      scan_forward_kernel<NPL, true, TY><<<grid, kThreads, 0, c.stream>>>(
+          L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+    else
+      scan_forward_kernel<NPL, false, TY><<<grid, kThreads, 0, c.stream>>>(
+          L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+  });
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
@@ -517,7 +520,7 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                      const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                      const float* chunk_states, const float* dout, float* du, float* ddt,
-                     float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                     float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
   // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_C8=0 runs the
@@ -541,15 +544,16 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
     launch_backward_c8(c, NPL, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states,
                        dout, du, ddt, dz, bc_part, param_part);
   } else {
-    static bool attr_set = false;  // per template instance
-    if (!attr_set) {
-      BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
-      attr_set = true;
-    }
-    scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
-        dz, bc_part, param_part);
+    with_operand(dz, [&](auto* d) {
+      auto* kernel = scan_backward_kernel<NPL, std::remove_pointer_t<decltype(d)>>;
+      static bool attr_set = false;  // per template instance
+      if (!attr_set) {
+        BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+        attr_set = true;
+      }
+      kernel<<<grid, kThreads, smem, c.stream>>>(L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+                                                 chunk_states, dout, du, ddt, d, bc_part, param_part);
+    });
   }
   BHASA_LAUNCH_CHECK("scan_backward");
   scan_bc_finish<NMAX><<<blocks_for(rows * 2 * NMAX, 256), 256, 0, c.stream>>>(
@@ -571,7 +575,7 @@ void check_n(int N, int chunk) {
 void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                  float* out, float* chunk_states, const float* h0, float* h_last) {
+                  Operand out, float* chunk_states, const float* h0, float* h_last) {
   check_n(N, chunk);
   if (B == 0 || E == 0) return;
 #define BHASA_SCAN_FWD(NM) \
@@ -587,7 +591,7 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u
                    const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                    const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                    const float* chunk_states, const float* dout, float* du, float* ddt,
-                   float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                   float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias) {
   check_n(N, chunk);
   if (B == 0 || E == 0 || L == 0) return;

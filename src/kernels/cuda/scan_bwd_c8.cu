@@ -45,14 +45,15 @@ struct C8Layout {
   static constexpr size_t bytes(int bufs, int rs) { return (size_t(bufs) * kBuf + size_t(rs) * 2 * kHalf) * sizeof(float); }
 };
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK>
+// TZ: dz's element type (float, or bf16 for a bf16 Operand).
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, class TZ>
 __global__ void __launch_bounds__(kThreads, MINB)
 scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                         const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
                         const float* __restrict__ Dp, const float* __restrict__ z, int ldz,
                         const float* __restrict__ chunk_states, const float* __restrict__ dout,
-                        float* __restrict__ du_out, float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                        float* __restrict__ du_out, float* __restrict__ ddt_out, TZ* __restrict__ dz_out,
                         float* __restrict__ bc_partials,     // (E/C blocks, B, L, 2*NMAX)
                         float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -247,10 +248,9 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     const float* sdy = S + Lay::oDO;  // dout * silu(z)
     const size_t row0 = size_t(b) * L + s0;
     // KL 4: lane 0 of a group writes dz, lane 1 ddt, lane 2 du; KL 2: lane 0 dz and du,
-    // lane 1 ddt (row s0 + ii at dst[ii * dst_ld], dst2[ii * E])
-    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
+    // lane 1 ddt (row s0 + ii: dst.store(ii, .), dst2[ii * E])
+    const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz, (k == 1 ? ddt_out : du_out) + row0 * E + e, E);
     float* dst2 = du_out + row0 * E + e;
-    const int dst_ld = k == 0 ? ldz : E;
     // replay the chunk keeping every step's state (and decay) in registers, then walk it
     // backwards carrying dh
     float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
@@ -313,8 +313,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
         float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
         const float red = group_sum_scatter(r, lane);
         if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-        if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
-          dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * dzf : (k == 1 ? red * sig : red * delta + dy * Dv);
+        if (valid && ii < len && k < 3)  // one store per lane: dz, ddt or du
+          dst.store(ii, k == 0 ? (red + Dv * uu) * dzf : (k == 1 ? red * sig : red * delta + dy * Dv));
       } else {
         // over the pair: lane 0 gets y (-> dz) and sum_n g B (-> du), lane 1 ddelta (-> ddt)
         float r[4] = {ypart, gB, qA * kLn2 + gB * uu, 0.0f};
@@ -322,7 +322,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
         reduce_scatter<1, 1, 4, 4>(r, lane, first);
         if (k == 1) dbias_acc += r[0] * sig;  // sig = 0 past the end
         if (valid && ii < len) {
-          dst[ii * dst_ld] = k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig;
+          dst.store(ii, k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig);
           if (k == 0) dst2[ii * E] = r[1] * delta + dy * Dv;
         }
       }
@@ -350,13 +350,13 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 }
 
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC>
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, class TZ>
 void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-               float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
+               float* du, float* ddt, TZ* dz, float* bc_part, float* param_part) {
   constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK>;
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -378,19 +378,21 @@ void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const flo
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
+                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part) {
 #define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC)                                                         \
   static_assert(C8Layout<KL, NP>::C == c8_channels(NP * KL / kLanes), "c8 blocks");                               \
   launch_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
-                                                       ldz, chunk_states, dout, du, ddt, dz, bc_part, param_part)
+                                                       ldz, chunk_states, dout, du, ddt, d, bc_part, param_part)
   // measured variants (bench/cuda_lab/NOTES.md, v9-v10): 2 lanes per channel with the
   // packed per-step values and 16-byte copies ran 1.65 ms, 4 lanes at 4 blocks/SM 1.93
-  switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)
-    case 1: { BHASA_C8(4, 1, 3, true, 3, 8, false, false); break; }
-    case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
-    case 4: { BHASA_C8(2, 8, 3, false, 3, 2, true, true); break; }
-    default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }
-  }
+  with_operand(dz, [&](auto* d) {
+    switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)
+      case 1: { BHASA_C8(4, 1, 3, true, 3, 8, false, false); break; }
+      case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
+      case 4: { BHASA_C8(2, 8, 3, false, 3, 2, true, true); break; }
+      default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }
+    }
+  });
 #undef BHASA_C8
 }
 

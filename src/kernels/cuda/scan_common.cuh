@@ -125,10 +125,33 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 
 // scan_bwd_c8.cu: the backward at chunk == kSub, into the same partials as
 // scan_backward_kernel (bc_partials: one per block of c8_channels(NPL) channels).
+// The backward's one store per lane of a group: dz (element type TZ: float, or bf16 for a
+// bf16 Operand) on the dz lane, an fp32 output on the others, through one per-lane byte
+// pointer and row stride: no more registers than a float* and its stride, and no branch
+// in the unrolled walk (bf16: two predicated stores).
+template <class TZ>
+struct LaneOut {
+  char* p;
+  int ld;  // bytes
+  bool dz;
+  __device__ __forceinline__ LaneOut(bool dz_lane, TZ* dz_row, int ldz, float* row, int ld_row)
+      : p(dz_lane ? reinterpret_cast<char*>(dz_row) : reinterpret_cast<char*>(row)),
+        ld(dz_lane ? ldz * int(sizeof(TZ)) : ld_row * int(sizeof(float))), dz(dz_lane) {}
+  __device__ __forceinline__ void store(int ii, float v) const {  // row ii
+    char* q = p + ii * ld;
+    if constexpr (std::is_same_v<TZ, float>) {
+      *reinterpret_cast<float*>(q) = v;
+    } else {
+      if (dz) *reinterpret_cast<TZ*>(q) = from_float<TZ>(v);
+      if (!dz) *reinterpret_cast<float*>(q) = v;
+    }
+  }
+};
+
 constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels; }
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, float* dz, float* bc_part, float* param_part);
+                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part);  // dz fp32 or bf16
 
 }  // namespace bhasa::cuda::scan_detail
