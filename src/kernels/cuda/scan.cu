@@ -70,7 +70,8 @@ struct BwdLayout {
 // C8 (chunk == kSub): the chunk starts are the steps tt % 8 == 0 of each tile, known at
 // compile time in full tiles (no per-step test against a running next-save step), and
 // the state goes out in 16-byte stores where they line up (0.737 -> 0.620 ms here).
-template <int NPL, bool C8>
+// FSP: softplus from one exp and a short series (softplus_sigmoid; was log1pf(expf)).
+template <int NPL, bool C8, bool FSP = true>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -139,7 +140,8 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     // and the group shares them by shuffles.
     auto steps4 = [&](int s0, int tn) {  // tn: the tile's length
       const int my = s0 + k;
-      const float my_delta = softplusf_(sDT[buf][swz(my, c)] + bias);
+      const float my_x = sDT[buf][swz(my, c)] + bias;
+      const float my_delta = FSP ? softplus_fast(my_x) : softplusf_(my_x);
       float ypart[kLanes];
 #pragma unroll
       for (int j = 0; j < kLanes; ++j) {
@@ -348,9 +350,11 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
       const int i = tid + j * kThreads;
       const bool ok = i / C < len;
       const float x = S[Lay::oDT + i] + bias_s;
-      S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+      float sx;
+      const float delta = softplus_sigmoid(x, sx);
+      S[Lay::oDT + i] = ok ? delta : 0.0f;
       if (!cur.replay) {
-        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        S[Lay::oSIG + i] = ok ? sx : 0.0f;
         const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
         S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
         S[Lay::oDO + i] = go * zz * s;                        // dy
@@ -503,7 +507,14 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
     return !v || std::atoi(v) != 0;
   }();
-  if (chunk == kSub && c8_on)
+  static const bool fsp = [] {  // BHASA_SCAN_FWD_VARIANT=10: log1pf(expf) softplus (timing)
+    const char* v = std::getenv("BHASA_SCAN_FWD_VARIANT");
+    return !v || std::atoi(v) != 10;
+  }();
+  if (chunk == kSub && c8_on && !fsp)
+    scan_forward_kernel<NPL, true, false><<<grid, kThreads, 0, c.stream>>>(
+        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  else if (chunk == kSub && c8_on)
     scan_forward_kernel<NPL, true><<<grid, kThreads, 0, c.stream>>>(
         L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
   else
