@@ -53,12 +53,18 @@ struct C8Layout {
   static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
   static constexpr int kChPer = SC / kThreads;
   static_assert(SC % kThreads == 0 && (C * NMAX) % kThreads == 0, "staging split");
-  static constexpr size_t bytes(int bufs, int rs, bool v11 = false) {
-    return (size_t(bufs) * kBuf + size_t(rs) * 2 * kHalf + (v11 ? 3 * kOutLd : 0)) * sizeof(float);
+  static constexpr size_t bytes(int bufs, int rs, bool v11 = false, bool db = false) {
+    return (size_t(bufs) * kBuf + size_t(db ? 2 : 1) * rs * 2 * kHalf + (v11 ? 3 * kOutLd : 0)) * sizeof(float);
   }
 };
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool V11 = false>
+// DB (V11 only): two sets of RS held rows, used in turn, so one barrier per RS steps
+// (after the rows are stored; the block sum of a set ends before the set is stored again,
+// two barriers later) instead of two.
+// SPLIT: the sums over this lane's states (y, sum_n q A, sum_n g B) in two chains of
+// NPL/2 (latency; the order differs from the CPU's, as with KL 2 already).
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool V11 = false, bool DB = false,
+          bool SPLIT = false>
 __global__ void __launch_bounds__(kThreads, MINB)
 scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
@@ -78,9 +84,11 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   // V11's block sum: warp w sums row w / 2 of the held rows, dB (w even) or dC; lane: 4
   // states (lane % 4), channels lane / 4 + 8 m
   static_assert(!V11 || (KL == 2 && PACK && RS == 2 && NMAX == 16 && C == 64 && kThreads == 128), "c8 v11 layout");
+  static_assert(!DB || V11, "c8 double-buffered rows");
+  constexpr int kSet = RS * 2 * Lay::kHalf;  // one set of held rows
   extern __shared__ __align__(16) float smem[];
   float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
-  float* sout = sred + RS * 2 * Lay::kHalf;  // V11: (3, kSub, C) + padding: dz, ddt, du of the chunk
+  float* sout = sred + (DB ? 2 : 1) * kSet;  // V11: (3, kSub, C) + padding: dz, ddt, du of the chunk
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
@@ -212,7 +220,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       // dB[t, n] = sum_c g[c, n] (delta u)[c], dC[t, n] = sum_c h[c, n] dy[c]: per lane 8
       // channels (4 states, float4), then a reduce-scatter over the 8 lanes (fixed order)
       const int w = tid / 32, r = w >> 1, half = w & 1, nq = lane & 3, j = lane >> 2;
-      const float* p = sred + r * 2 * Lay::kHalf + half * Lay::kHalf + j * NMAX + nq * 4;
+      const float* p = sred + (DB ? (lo / RS) % 2 * kSet : 0) + r * 2 * Lay::kHalf + half * Lay::kHalf + j * NMAX + nq * 4;
       const float* sc = Scur + Lay::oDT + ((lo + r) * C + j) * 4 + 1 + half;  // P4 .y / .z
       float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -365,21 +373,27 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
       load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
       dD_acc += dy * uu;
-      float ypart = 0.0f, qA = 0.0f, gB = 0.0f;
+      float ypart = 0.0f, qA = 0.0f, gB = 0.0f, ypart1 = 0.0f, qA1 = 0.0f, gB1 = 0.0f;
       float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
 #pragma unroll
       for (int i = 0; i < NPL; ++i) {
         const float a = KEEP_A ? as[KEEP_A ? ii : 0][i] : ex2_(delta * A2[i]);
         const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
-        ypart += Ct[i] * hs[ii][i];
+        const bool odd = SPLIT && i % 2 == 1;
+        (odd ? ypart1 : ypart) += Ct[i] * hs[ii][i];
         const float g = dh[i] + dy * Ct[i];
         const float q = g * a * hprev;
-        qA += q * A2[i];
-        gB += g * Bt[i];
+        (odd ? qA1 : qA) += q * A2[i];
+        (odd ? gB1 : gB) += g * Bt[i];
         dal[i] += q * delta;
         dh[i] = g * a;
         v[i] = V11 ? g : g * dlu;                      // V11: scaled in the block sum
         v[NPL + i] = V11 ? hs[ii][i] : dy * hs[ii][i];
+      }
+      if constexpr (SPLIT) {
+        ypart += ypart1;
+        qA += qA1;
+        gB += gB1;
       }
       if constexpr (KL == 4) {
         // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 sum_n g B (-> du)
@@ -403,17 +417,24 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
         }
       }
       // dB, dC of this channel; summed over the block's channels below
-      float* sr = sred + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
+      float* sr = sred + (DB ? (ii / RS) % 2 * kSet : 0) + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
       store_states<NPL>(sr, v);
       store_states<NPL>(sr + Lay::kHalf, v + NPL);
-      if (ii % RS == 0 && ii > 0) {  // the held rows are complete: sum them, then reuse the space
+      if constexpr (DB) {
+        if (ii % RS == 0) {  // the held rows are complete: sum them
+          __syncthreads();
+          block_sum(s0, len, ii);
+        }
+      } else if (ii % RS == 0 && ii > 0) {  // the held rows are complete: sum them, then reuse the space
         __syncthreads();
         block_sum(s0, len, ii);
         __syncthreads();
       }
     }
-    __syncthreads();
-    block_sum(s0, len, 0);
+    if constexpr (!DB) {
+      __syncthreads();
+      block_sum(s0, len, 0);
+    }
     if constexpr (V11) {  // the chunk's dz, ddt, du rows, (kSub, C) each
       if (vec & kVecOut) {
         constexpr int kQ = C / 4;
@@ -453,13 +474,14 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 }
 
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, bool V11 = false>
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, bool V11 = false, bool DB = false,
+          bool SPLIT = false>
 void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
                float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
-  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, V11>;
+  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB);
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, V11, DB, SPLIT>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -497,13 +519,17 @@ void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const f
     case 1: { BHASA_C8(4, 1, 3, true, 3, 8, false, false); break; }
     case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
     case 4: {
-      // BHASA_SCAN_BWD_VARIANT=10: v10 (timing against V11)
+      // BHASA_SCAN_BWD_VARIANT (timing): 10 v10, 11 V11 with 3 buffers, 12 V11 with 2 buffers
+      // and DB, 14 V11 with 3 buffers and SPLIT; default (13) V11 with 2 buffers, DB, SPLIT
       static const int variant = [] {
         const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
-        return v ? std::atoi(v) : 11;
+        return v ? std::atoi(v) : 13;
       }();
       if (variant == 10) { BHASA_C8(2, 8, 3, false, 3, 2, true, true); }
-      else { BHASA_C8(2, 8, 3, false, 3, 2, true, true, true); }
+      else if (variant == 11) { BHASA_C8(2, 8, 3, false, 3, 2, true, true, true); }
+      else if (variant == 12) { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true); }
+      else if (variant == 14) { BHASA_C8(2, 8, 3, false, 3, 2, true, true, true, false, true); }
+      else { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true); }
       break;
     }
     default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }

@@ -146,6 +146,11 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 }
 
 
+// scan_fwd_c8.cu: the forward at chunk == kSub for N in 9..16 (2 lanes of 8 states)
+void launch_forward_c8(Ctx& c, int B, int L, int E, int N, const float* u, const float* dt, const float* dt_bias,
+                       const float* A_log, const float* Bm, const float* Cm, int ld_bc, const float* D,
+                       const float* z, int ldz, float* out, float* chunk_states, const float* h0, float* h_last);
+
 // scan_bwd_c8.cu: the backward at chunk == kSub, into the same partials as
 // scan_backward_kernel (bc_partials: one per block of c8_channels(NPL) channels).
 constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels; }
