@@ -63,8 +63,11 @@ struct C8Layout {
 // two barriers later) instead of two.
 // SPLIT: the sums over this lane's states (y, sum_n q A, sum_n g B) in two chains of
 // NPL/2 (latency; the order differs from the CPU's, as with KL 2 already).
+// SWZ (V11 only): a lane's two 16-byte halves of its dB (and dC) row swap places on
+// channels with bit 1 set, so that 8 consecutive lanes' 16-byte stores hit 8 different
+// bank groups (lanes are 32 bytes apart: unswizzled, each store was a 2-way conflict).
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool V11 = false, bool DB = false,
-          bool SPLIT = false>
+          bool SPLIT = false, bool SWZ = false>
 __global__ void __launch_bounds__(kThreads, MINB)
 scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
@@ -85,6 +88,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   // states (lane % 4), channels lane / 4 + 8 m
   static_assert(!V11 || (KL == 2 && PACK && RS == 2 && NMAX == 16 && C == 64 && kThreads == 128), "c8 v11 layout");
   static_assert(!DB || V11, "c8 double-buffered rows");
+  static_assert(!SWZ || (V11 && NPL == 8), "c8 swizzled rows");
   constexpr int kSet = RS * 2 * Lay::kHalf;  // one set of held rows
   extern __shared__ __align__(16) float smem[];
   float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
@@ -220,7 +224,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       // dB[t, n] = sum_c g[c, n] (delta u)[c], dC[t, n] = sum_c h[c, n] dy[c]: per lane 8
       // channels (4 states, float4), then a reduce-scatter over the 8 lanes (fixed order)
       const int w = tid / 32, r = w >> 1, half = w & 1, nq = lane & 3, j = lane >> 2;
-      const float* p = sred + (DB ? (lo / RS) % 2 * kSet : 0) + r * 2 * Lay::kHalf + half * Lay::kHalf + j * NMAX + nq * 4;
+      const int q4 = SWZ ? (nq & 2) + ((nq & 1) ^ ((j >> 1) & 1)) : nq;  // cc = j + 8 m: bit 1 of cc is j's
+      const float* p = sred + (DB ? (lo / RS) % 2 * kSet : 0) + r * 2 * Lay::kHalf + half * Lay::kHalf + j * NMAX + q4 * 4;
       const float* sc = Scur + Lay::oDT + ((lo + r) * C + j) * 4 + 1 + half;  // P4 .y / .z
       float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -418,8 +423,16 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       }
       // dB, dC of this channel; summed over the block's channels below
       float* sr = sred + (DB ? (ii / RS) % 2 * kSet : 0) + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
-      store_states<NPL>(sr, v);
-      store_states<NPL>(sr + Lay::kHalf, v + NPL);
+      if constexpr (SWZ) {
+        const int sw = 4 * ((c >> 1) & 1);
+        *reinterpret_cast<float4*>(sr + sw) = make_float4(v[0], v[1], v[2], v[3]);
+        *reinterpret_cast<float4*>(sr + 4 - sw) = make_float4(v[4], v[5], v[6], v[7]);
+        *reinterpret_cast<float4*>(sr + Lay::kHalf + sw) = make_float4(v[8], v[9], v[10], v[11]);
+        *reinterpret_cast<float4*>(sr + Lay::kHalf + 4 - sw) = make_float4(v[12], v[13], v[14], v[15]);
+      } else {
+        store_states<NPL>(sr, v);
+        store_states<NPL>(sr + Lay::kHalf, v + NPL);
+      }
       if constexpr (DB) {
         if (ii % RS == 0) {  // the held rows are complete: sum them
           __syncthreads();
@@ -475,13 +488,13 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 
 
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, bool V11 = false, bool DB = false,
-          bool SPLIT = false>
+          bool SPLIT = false, bool SWZ = false>
 void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
                float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
   constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, V11, DB, SPLIT>;
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, V11, DB, SPLIT, SWZ>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -520,16 +533,19 @@ void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const f
     case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
     case 4: {
       // BHASA_SCAN_BWD_VARIANT (timing): 10 v10, 11 V11 with 3 buffers, 12 V11 with 2 buffers
-      // and DB, 14 V11 with 3 buffers and SPLIT; default (13) V11 with 2 buffers, DB, SPLIT
+      // and DB, 13 = 12 + SPLIT, 14 V11 with 3 buffers and SPLIT, 16 = 14 + SWZ; default (15)
+      // = 13 + SWZ
       static const int variant = [] {
         const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
-        return v ? std::atoi(v) : 13;
+        return v ? std::atoi(v) : 15;
       }();
       if (variant == 10) { BHASA_C8(2, 8, 3, false, 3, 2, true, true); }
       else if (variant == 11) { BHASA_C8(2, 8, 3, false, 3, 2, true, true, true); }
       else if (variant == 12) { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true); }
+      else if (variant == 13) { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true); }
       else if (variant == 14) { BHASA_C8(2, 8, 3, false, 3, 2, true, true, true, false, true); }
-      else { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true); }
+      else if (variant == 16) { BHASA_C8(2, 8, 3, false, 3, 2, true, true, true, false, true, true); }
+      else { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true); }
       break;
     }
     default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }

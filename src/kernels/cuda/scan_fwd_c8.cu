@@ -4,7 +4,6 @@
 // sum over n, the output), as in the 2-lane chunk-8 backward (scan_bwd_c8.cu).
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels/cuda/scan_common.cuh"
 
@@ -28,9 +27,8 @@ __device__ __forceinline__ int swz2(int r, int c) { return r * kC + (c ^ ((r & 1
 // every chunk start (t % 8 == 0) goes to chunk_states. vec (host-checked): 16-byte copies
 // with 32-bit offsets (E, ldz, ld_bc multiples of 4, aligned rows, N == 16, every tensor
 // < 2^31 elements).
-// MINB: blocks per SM to fit (4: 118 registers; 5: <= 102).
-template <int MINB>
-__global__ void __launch_bounds__(kThreads, MINB)
+// 118 registers: 4 blocks per SM hold the (16, 1536) grid (384 blocks) in one wave.
+__global__ void __launch_bounds__(kThreads, 4)
 scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                        const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                        const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
@@ -182,13 +180,8 @@ void launch_forward_c8(Ctx& c, int B, int L, int E, int N, const float* u, const
   const bool vec = E % 4 == 0 && ldz % 4 == 0 && ld_bc % 4 == 0 && N == kNMAX && al(u) && al(dt) && al(z) &&
                    al(Bm) && al(Cm) && rows * std::max(E, ldz) < lim && rows * ld_bc < lim;
   dim3 grid(blocks_for(E, kC), B);
-  static const bool five = [] {  // BHASA_SCAN_FWD_VARIANT=13: 5 blocks per SM (timing)
-    const char* v = std::getenv("BHASA_SCAN_FWD_VARIANT");
-    return v && std::atoi(v) == 13;
-  }();
-  auto* kernel = five ? scan_forward_c8_kernel<5> : scan_forward_c8_kernel<4>;
-  kernel<<<grid, kThreads, 0, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out,
-                                          chunk_states, h0, h_last);
+  scan_forward_c8_kernel<<<grid, kThreads, 0, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z,
+                                                          ldz, out, chunk_states, h0, h_last);
 }
 
 }  // namespace bhasa::cuda::scan_detail
