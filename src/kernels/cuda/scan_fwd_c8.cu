@@ -58,6 +58,7 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
   // this lane's states of chunk 0, and the step between chunks (E N floats)
   float* const cs_lane = chunk_states + (size_t(b) * n_chunks * E + ec) * N + n0;
   const size_t cs_step = size_t(E) * N;
+  float* const out_lane = out + size_t(b) * L * E + e;  // out[b, 0, e]
 
   // Copies tile [t0, t0 + kT) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
@@ -151,7 +152,7 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
       const float y = ypart[0];
       if (valid && my < tn) {
         const float uu = su[swz2(my, c)], zz = sZ[buf][swz2(my, c)];
-        out[(size_t(b) * L + t0 + my) * E + e] = (y + Dv * uu) * zz * sigmoid_fast(zz);
+        out_lane[size_t(t0 + my) * E] = (y + Dv * uu) * zz * sigmoid_fast(zz);
       }
     };
     if (tn == kT) {  // full tile: unrolled, so shared-memory offsets are constants
