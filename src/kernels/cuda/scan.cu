@@ -27,7 +27,8 @@
 // forward stores the state at compile-time-known steps, and the backward has no replay
 // pass, so for N <= 16 it runs 2 lanes per channel (8 states each: the per-(t, e) work
 // of loads, sums and stores is shared by half as many lanes) with the per-step values
-// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel).
+// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel). For N in
+// 9..16 the forward runs 2 lanes per channel too (scan_forward_c8_kernel, scan_fwd_c8.cu).
 #include <cstdlib>
 
 #include "kernels/cuda/scan_common.cuh"
