@@ -27,7 +27,8 @@
 // forward stores the state at compile-time-known steps, and the backward has no replay
 // pass, so for N <= 16 it runs 2 lanes per channel (8 states each: the per-(t, e) work
 // of loads, sums and stores is shared by half as many lanes) with the per-step values
-// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel).
+// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel). For N in
+// 9..16 the forward runs 2 lanes per channel too (scan_forward_c8_kernel, scan_fwd_c8.cu).
 #include <cstdlib>
 
 #include "kernels/cuda/scan_common.cuh"
@@ -71,7 +72,8 @@ struct BwdLayout {
 // compile time in full tiles (no per-step test against a running next-save step), and
 // the state goes out in 16-byte stores where they line up (0.737 -> 0.620 ms here).
 // out (B, L, E): fp32 or bf16 (TY)
-template <int NPL, bool C8, class TY>
+// FSP: softplus from one exp and a short series (softplus_sigmoid; was log1pf(expf)).
+template <int NPL, bool C8, class TY, bool FSP = true>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -103,8 +105,38 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
   const float bias = dt_bias[ec], Dv = Dp[ec];
   const bool vec_save = C8 && NPL % 4 == 0 && N == NMAX && (reinterpret_cast<uintptr_t>(chunk_states) & 15) == 0;
 
+  // FSP at chunk 8: 16-byte copies with 32-bit offsets where everything lines up (u, dt,
+  // z rows of 4 channels, B and C rows of 4 states; every tensor < 2^31 elements): 8
+  // copies per thread and tile instead of 32, each a few integer instructions
+  auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  const size_t rows = size_t(gridDim.y) * L, lim = size_t(1) << 31;
+  const bool vec_in = C8 && FSP && NPL % 4 == 0 && N == NMAX && ((E | ldz | ld_bc) & 3) == 0 && al16(u) &&
+                      al16(dt) && al16(z) && al16(Bm) && al16(Cm) && rows * max(E, ldz) < lim && rows * ld_bc < lim;
   // Copies tile [t0, t0 + kFwdTile) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
+    if constexpr (C8 && FSP && NPL % 4 == 0) if (vec_in) {
+      constexpr int kQ = kChannels / 4, kQN = NMAX / 4;
+      static_assert((kFwdTile * kQ) % kThreads == 0 && (kFwdTile * kQN) % kThreads == 0, "fwd vector staging");
+#pragma unroll
+      for (int j = 0; j < kFwdTile * kQ / kThreads; ++j) {  // u, dt, z: (tile step, 4 channels)
+        const int i = tid + j * kThreads, r = i / kQ, c4 = (i % kQ) * 4, e4 = int(blockIdx.x) * kChannels + c4;
+        const bool ok = t0 + r < L && e4 < E;
+        const int row = b * L + (ok ? t0 + r : 0), col = ok ? e4 : 0, o = row * E + col;
+        cp_async16(&sU[buf][swz(r, c4)], u + o, ok);
+        cp_async16(&sDT[buf][swz(r, c4)], dt + o, ok);
+        cp_async16(&sZ[buf][swz(r, c4)], z + row * ldz + col, ok);
+      }
+#pragma unroll
+      for (int j = 0; j < kFwdTile * kQN / kThreads; ++j) {  // B, C: (tile step, 4 states)
+        const int i = tid + j * kThreads, tt = i / kQN, nq = (i % kQN) * 4;
+        const bool ok = t0 + tt < L;
+        const int off = ok ? (b * L + t0 + tt) * ld_bc + nq : 0;
+        cp_async16(&sB[buf][tt][nq], Bm + off, ok);
+        cp_async16(&sC[buf][tt][nq], Cm + off, ok);
+      }
+      cp_async_commit();
+      return;
+    }
     const int cc = tid % kChannels, ecc = min(int(blockIdx.x) * kChannels + cc, E - 1);
 #pragma unroll
     for (int j = 0; j < TC / kThreads; ++j) {
@@ -126,6 +158,9 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     cp_async_commit();
   };
 
+  // this lane's states of chunk 0, and the step between chunks (E N floats)
+  float* const cs_lane = chunk_states + (size_t(b) * n_chunks * E + ec) * N + n0;
+  const unsigned cs_step = unsigned(E) * N;
   const int n_tiles = (L + kFwdTile - 1) / kFwdTile;
   if (n_tiles > 0) stage(0, 0);
   int next_save = 0;  // the next chunk start
@@ -140,7 +175,8 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     // and the group shares them by shuffles.
     auto steps4 = [&](int s0, int tn) {  // tn: the tile's length
       const int my = s0 + k;
-      const float my_delta = softplusf_(sDT[buf][swz(my, c)] + bias);
+      const float my_x = sDT[buf][swz(my, c)] + bias;
+      const float my_delta = FSP ? softplus_fast(my_x) : softplusf_(my_x);
       float ypart[kLanes];
 #pragma unroll
       for (int j = 0; j < kLanes; ++j) {
@@ -150,7 +186,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
         if (tt < tn) {  // uniform over the block
           if constexpr (C8) {
             if (chunk_states && tt % kSub == 0 && valid) {
-              float* cs = chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
+              float* cs = FSP ? cs_lane + size_t(t / kSub) * cs_step : chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
               if (vec_save) {
                 store_states<NPL>(cs, h);  // 16-byte stores
               } else {
@@ -349,9 +385,11 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
       const int i = tid + j * kThreads;
       const bool ok = i / C < len;
       const float x = S[Lay::oDT + i] + bias_s;
-      S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+      float sx;
+      const float delta = softplus_sigmoid(x, sx);
+      S[Lay::oDT + i] = ok ? delta : 0.0f;
       if (!cur.replay) {
-        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        S[Lay::oSIG + i] = ok ? sx : 0.0f;
         const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
         S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
         S[Lay::oDO + i] = go * zz * s;                        // dy
@@ -503,15 +541,29 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
     return !v || std::atoi(v) != 0;
   }();
-  with_operand(out, [&](auto* o) {
-    using TY = std::remove_pointer_t<decltype(o)>;
-    if (chunk == kSub && c8_on)
-      scan_forward_kernel<NPL, true, TY><<<grid, kThreads, 0, c.stream>>>(
-          L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
-    else
-      scan_forward_kernel<NPL, false, TY><<<grid, kThreads, 0, c.stream>>>(
-          L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
-  });
+  // BHASA_SCAN_FWD_VARIANT (timing): 10 the 4-lane kernel with log1pf(expf), 11 the 4-lane
+  // kernel with softplus_sigmoid; default: for N in 9..16 the 2-lane kernel (scan_fwd_c8.cu)
+  static const int variant = [] {
+    const char* v = std::getenv("BHASA_SCAN_FWD_VARIANT");
+    return v ? std::atoi(v) : 12;
+  }();
+  const bool fsp = variant != 10;
+  if (chunk == kSub && c8_on && NPL == 4 && variant >= 12) {
+    launch_forward_c8(c, B, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  } else {
+    with_operand(out, [&](auto* o) {
+      using TY = std::remove_pointer_t<decltype(o)>;
+      if (chunk == kSub && c8_on && !fsp)
+        scan_forward_kernel<NPL, true, TY, false><<<grid, kThreads, 0, c.stream>>>(
+            L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+      else if (chunk == kSub && c8_on)
+        scan_forward_kernel<NPL, true, TY><<<grid, kThreads, 0, c.stream>>>(
+            L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+      else
+        scan_forward_kernel<NPL, false, TY><<<grid, kThreads, 0, c.stream>>>(
+            L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+    });
+  }
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
