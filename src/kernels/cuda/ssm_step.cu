@@ -6,12 +6,21 @@
 // here serves the shapes that does not. Both launch with programmatic dependent launch
 // (cuda_common.cuh): the constants are loaded before pdl_wait.
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/scan_common.cuh"  // cp.async helpers
+
+#include <algorithm>
+#include <cstdlib>
 
 namespace bhasa::cuda {
 
 namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
+// LAB (round 1 only): knobs read from the environment on every call
+inline int lab_knob(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : dflt;
+}
 constexpr int kMaxK = 8;       // d_conv
 constexpr int kStepThreads = 128;
 constexpr int kLanes = 4;      // ssm_step lanes per channel
@@ -212,6 +221,145 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restr
   if (valid && k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
 }
 
+// Batch rows staged through shared memory (B >= kStagedMinB): a block owns kTileE
+// channels e0 .. e0 + 63 of up to RB batch rows. The old kernel had one row's state
+// (16 bytes a thread) in flight per thread, over ~3 waves of short blocks: at B = 64 it
+// moved the 12.6 MB of state at ~1.3 TB/s. Here every block is resident at once and,
+// right after pdl_wait, copies all of its rows' inputs with cp.async (no registers
+// held): h (RB, 64, N), x, z (RB, 64), conv state (RB, K-1, 64) and dbc (RB, P), one
+// commit group per row; then it finishes row by row as each lands. The per-channel
+// constants (dt_w, A, conv weights) are loaded once per block, before pdl_wait.
+// Thread (c, k) = channel e0 + c, lane k of kLanes: lane k owns the float4 chunks k,
+// k + 4, .. of the channel's state (J of them) and of dt_w (kMaxR4 in registers).
+// torch (per row b, channel e): as ssm_step_kernel.
+constexpr int kTileE = 64, kStagedThreads = kTileE * kLanes;
+
+// smem floats per staged row: h (64, N) | x (64) | z (64) | conv (K-1, 64) | dbc (P)
+__host__ __device__ inline int staged_row_floats(int N, int K, int P) { return kTileE * (N + 2 + K - 1) + P; }
+
+// waits until row r's copies (group r of nr) have landed, for every thread of the block
+__device__ __forceinline__ void wait_row(int r, int nr) {
+  switch (min(nr - 1 - r, 7)) {  // groups still allowed in flight: an immediate operand
+    case 0: scan_detail::cp_async_wait<0>(); break;
+    case 1: scan_detail::cp_async_wait<1>(); break;
+    case 2: scan_detail::cp_async_wait<2>(); break;
+    case 3: scan_detail::cp_async_wait<3>(); break;
+    case 4: scan_detail::cp_async_wait<4>(); break;
+    case 5: scan_detail::cp_async_wait<5>(); break;
+    case 6: scan_detail::cp_async_wait<6>(); break;
+    default: scan_detail::cp_async_wait<7>(); break;
+  }
+  __syncthreads();
+}
+
+template <int J>
+__global__ void __launch_bounds__(kStagedThreads, 3)
+ssm_step_staged_kernel(int B, int E, int N, int R, int K, int RB, const float* __restrict__ x,
+                       const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                       const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                       const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                       const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                       const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+  extern __shared__ __align__(16) float smem[];  // (RB, staged_row_floats)
+  const int c = threadIdx.x / kLanes, k = threadIdx.x % kLanes;
+  const int e0 = blockIdx.x * kTileE, e = e0 + c, b0 = blockIdx.y * RB, nr = min(RB, B - b0);
+  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4, rowf = staged_row_floats(N, K, P);
+
+  // constants of channel e (L2: shared by the B / RB blocks of this channel tile)
+  float4 dtw[kMaxR4];
+#pragma unroll
+  for (int i = 0; i < kMaxR4; ++i) {
+    const int q = k + kLanes * i;
+    dtw[i] = q < R4 ? reinterpret_cast<const float4*>(dt_w + size_t(e) * R)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float4 a4[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int q = k + kLanes * j;
+    a4[j] = q < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+    a4[j] = make_float4(-expf(a4[j].x), -expf(a4[j].y), -expf(a4[j].z), -expf(a4[j].w));  // A = -exp(A_log)
+  }
+  float cw[kMaxK];
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) cw[j] = j < K ? conv_w[size_t(e) * K + j] : 0.0f;
+  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
+  pdl_trigger();
+  pdl_wait();
+
+  // every row's inputs in flight at once: 16-byte copies, group r = row r
+  for (int r = 0; r < nr; ++r) {
+    const int b = b0 + r;
+    float* s = smem + size_t(r) * rowf;
+    const float* hsrc = h + (size_t(b) * E + e0) * N;
+    for (int i = threadIdx.x; i < kTileE * N4; i += kStagedThreads)
+      scan_detail::cp_async16(s + 4 * i, hsrc + 4 * i, true);
+    // x, z and the K-1 conv rows: 16 chunks of 4 channels each; then dbc
+    for (int i = threadIdx.x; i < (K + 1) * kTileE / 4 + P / 4; i += kStagedThreads) {
+      const int seg = i / (kTileE / 4), q = i % (kTileE / 4);
+      const float* src = seg == 0 ? x + size_t(b) * ldxz + e0 + 4 * q
+                         : seg == 1 ? z + size_t(b) * ldxz + e0 + 4 * q
+                         : seg <= K ? conv_state + (size_t(b) * H + seg - 2) * E + e0 + 4 * q
+                                    : dbc + size_t(b) * P + 4 * (i - (K + 1) * kTileE / 4);
+      scan_detail::cp_async16(s + kTileE * N + 4 * i, src, true);
+    }
+    scan_detail::cp_async_commit();
+  }
+
+  for (int r = 0; r < nr; ++r) {
+    wait_row(r, nr);
+    const int b = b0 + r;
+    const float* s = smem + size_t(r) * rowf;
+    const float* sx = s + kTileE * N;  // x (64) | z (64) | conv (H, 64) | dbc (P)
+    const float* db = sx + (K + 1) * kTileE;
+    float d = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxR4; ++i) {
+      const int q = k + kLanes * i;
+      if (q < R4) {
+        const float4 v = reinterpret_cast<const float4*>(db)[q];
+        d += v.x * dtw[i].x + v.y * dtw[i].y + v.z * dtw[i].z + v.w * dtw[i].w;
+      }
+    }
+    for (int rr = 4 * (k + kLanes * kMaxR4); rr < R; rr += 4 * kLanes)  // R > 48: the rest from L1/L2
+      for (int i = 0; i < 4; ++i) d += db[rr + i] * dt_w[size_t(e) * R + rr + i];
+    d += __shfl_xor_sync(kFull, d, 1);
+    d += __shfl_xor_sync(kFull, d, 2);
+    const float delta = softplusf_(d + bias);
+
+    const float xv = sx[c], zz = sx[kTileE + c];
+    float p = cb;
+#pragma unroll
+    for (int j = 0; j < kMaxK; ++j)
+      if (j < K) p += cw[j] * (j < H ? sx[(2 + j) * kTileE + c] : xv);
+    const float u = p * sigmoidf_(p);
+    float* st = conv_state + size_t(b) * H * E + e;  // the shifted window
+    for (int j = k; j < H; j += kLanes) st[size_t(j) * E] = j + 1 < H ? sx[(3 + j) * kTileE + c] : xv;
+
+    const float du = delta * u;
+    float yp = 0.0f;
+    float* hc = h + (size_t(b) * E + e) * N;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int q = k + kLanes * j;
+      if (q < N4) {
+        const float4 hv = reinterpret_cast<const float4*>(s + c * N)[q];
+        const float4 bv = reinterpret_cast<const float4*>(db + R)[q];
+        const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
+        float4 hn;
+        hn.x = expf(delta * a4[j].x) * hv.x + du * bv.x;
+        hn.y = expf(delta * a4[j].y) * hv.y + du * bv.y;
+        hn.z = expf(delta * a4[j].z) * hv.z + du * bv.z;
+        hn.w = expf(delta * a4[j].w) * hv.w + du * bv.w;
+        yp += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
+        reinterpret_cast<float4*>(hc)[q] = hn;
+      }
+    }
+    yp += __shfl_xor_sync(kFull, yp, 1);
+    yp += __shfl_xor_sync(kFull, yp, 2);
+    if (k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
+  }
+}
+
 void check_shapes(int E, int K) {
   check(K >= 1 && K <= kMaxK, "decode step: d_conv = " + std::to_string(K) +
                                   " is not supported by the CUDA backend (1.." + std::to_string(kMaxK) + ")");
@@ -242,8 +390,26 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
     launch(kernel, dim3(blocks), dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz,
            conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
   };
-  if (N % 4 == 0 && R % 4 == 0 && (R + 2 * N) % 4 == 0 && aligned16(A_log) && aligned16(h) &&
-      aligned16(dt_w) && aligned16(dbc)) {
+  const bool vec = N % 4 == 0 && R % 4 == 0 && aligned16(A_log) && aligned16(h) && aligned16(dt_w) &&
+                   aligned16(dbc);
+  const int rowf = staged_row_floats(N, K, R + 2 * N);
+  if (vec && B >= lab_knob("LAB_SSM_MINB", 8) && E % kTileE == 0 && ldxz % 4 == 0 && aligned16(x) &&
+      aligned16(z) && aligned16(conv_state) && size_t(rowf) * sizeof(float) <= 48 * 1024 &&
+      lab_knob("LAB_SSM_OLD", 0) == 0) {
+    // rows per block: all blocks resident at once (3 an SM), at most 48 KB of staging a block
+    int RB = lab_knob("LAB_SSM_RB", 0);
+    if (RB <= 0) RB = (B * (E / kTileE) + 3 * c.sm_count - 1) / (3 * c.sm_count);
+    RB = std::min({RB, B, int(48 * 1024 / (rowf * sizeof(float)))});
+    const dim3 grid(E / kTileE, (B + RB - 1) / RB);
+    const size_t smem = size_t(RB) * rowf * sizeof(float);
+    auto go_staged = [&](auto kernel) {
+      launch(kernel, grid, dim3(kStagedThreads), smem, c.stream, c.pdl, B, E, N, R, K, RB, x, z, ldxz,
+             conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
+    };
+    if (N <= 16) go_staged(ssm_step_staged_kernel<1>);
+    else if (N <= 32) go_staged(ssm_step_staged_kernel<2>);
+    else go_staged(ssm_step_staged_kernel<4>);
+  } else if (vec) {
     const int WB = B >= 4 ? 4 : 1, cpb = kStepThreads / kLanes / WB;
     const dim3 grid((E + cpb - 1) / cpb, (B + WB - 1) / WB);
     auto go4 = [&](auto kernel) {
