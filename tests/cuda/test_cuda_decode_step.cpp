@@ -104,7 +104,7 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
   // dt_w tail loop; K = 1: no conv state); otherwise the per-row kernels
   for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{448, 16, 12, 3}, Shape{384, 5, 12, 3},
                   Shape{96, 16, 8, 4}, Shape{128, 64, 16, 1}})
-    for (int B : {1, 3, 8, 13, 64}) {
+    for (int B : {1, 3, 8, 13, 50, 64}) {
       const int E = s.E, N = s.N, R = s.R, K = s.K, P = R + 2 * N;
       auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
            cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f), dbc = randn(size_t(B) * P, rng),

@@ -360,6 +360,149 @@ ssm_step_staged_kernel(int B, int E, int N, int R, int K, int RB, const float* _
   }
 }
 
+// Two phases (v2). v1 above spent ~1.3 us a row: every one of a channel's 4 lanes
+// redid the channel's scalar work (softplus, the conv, two sigmoids: ~150 of ~250
+// instructions), and the kernel is instruction-bound once the loads are in flight.
+// Here a block owns channels e0 .. e0 + 63 of up to kMaxRB = 4 rows, copies all their
+// inputs with cp.async (dt_w's (64, R) tile before pdl_wait: it is a constant), then
+//   phase 1, thread (r, c), once per (b, e): delta = softplus(dbc[b, :R] . dt_w[e] + bias),
+//     u = silu(conv), the conv state shift, D u and silu(z), kept in shared memory;
+//   phase 2, thread (c, k) as in v1: h = exp(delta A) h + delta u B for its chunks of
+//     every row, C . h summed over the 4 lanes, y = (C . h + D u) silu(z).
+// exp(delta A) is ex2.approx(delta * A log2e) (2 ulp; the CPU's fast_expf is no closer).
+// torch (per row b, channel e): as ssm_step_kernel.
+constexpr int kMaxRB = 4;                // rows a block: phase 1 has a thread per (row, channel)
+__host__ __device__ inline int dt_stride(int R) { return R + 4; }  // R % 32 == 16 (48): conflict-free LDS.128
+// smem floats of a v2 block: dt_w tile (64, R + 4) | rows (RB, staged_row_floats) | scalars (RB, 64, 4)
+__host__ __device__ inline int v2_floats(int N, int K, int R, int RB) {
+  return kTileE * dt_stride(R) + RB * (staged_row_floats(N, K, R + 2 * N) + 4 * kTileE);
+}
+
+template <int J>
+__global__ void __launch_bounds__(kStagedThreads, 3)
+ssm_step_v2_kernel(int B, int E, int N, int R, int K, int RB, const float* __restrict__ x,
+                   const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                   const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                   const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                   const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                   const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+  extern __shared__ __align__(16) float smem[];
+  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4, RS = dt_stride(R);
+  const int rowf = staged_row_floats(N, K, P);
+  const int e0 = blockIdx.x * kTileE, b0 = blockIdx.y * RB, nr = min(RB, B - b0);
+  float* sdt = smem;                                    // (64, RS)
+  float* srow = smem + kTileE * RS;                     // (RB, rowf)
+  float4* ssc = reinterpret_cast<float4*>(srow + size_t(RB) * rowf);  // (RB, 64): delta, du, D u, silu(z)
+
+  // constants: dt_w's tile into shared memory, this thread's channel constants into registers
+  for (int i = threadIdx.x; i < kTileE * R4; i += kStagedThreads) {
+    const int c = i / R4, q = i % R4;
+    scan_detail::cp_async16(sdt + c * RS + 4 * q, dt_w + size_t(e0 + c) * R + 4 * q, true);
+  }
+  scan_detail::cp_async_commit();
+  const int r1 = threadIdx.x / kTileE, c1 = threadIdx.x % kTileE, e1 = e0 + c1;  // phase 1
+  float cw[kMaxK];
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) cw[j] = j < K ? conv_w[size_t(e1) * K + j] : 0.0f;
+  const float cb = conv_b ? conv_b[e1] : 0.0f, Dv = Dp[e1], bias = dt_bias[e1];
+  const int c = threadIdx.x / kLanes, k = threadIdx.x % kLanes, e = e0 + c;        // phase 2
+  float4 a4[J];  // A log2(e), A = -exp(A_log)
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int q = k + kLanes * j;
+    a4[j] = q < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+    a4[j] = make_float4(-expf(a4[j].x) * scan_detail::kLog2e, -expf(a4[j].y) * scan_detail::kLog2e,
+                        -expf(a4[j].z) * scan_detail::kLog2e, -expf(a4[j].w) * scan_detail::kLog2e);
+  }
+  pdl_trigger();
+  pdl_wait();
+
+  // every row's inputs in flight at once (layout as v1)
+  for (int r = 0; r < nr; ++r) {
+    const int b = b0 + r;
+    float* s = srow + size_t(r) * rowf;
+    const float* hsrc = h + (size_t(b) * E + e0) * N;
+    for (int i = threadIdx.x; i < kTileE * N4; i += kStagedThreads)
+      scan_detail::cp_async16(s + 4 * i, hsrc + 4 * i, true);
+    for (int i = threadIdx.x; i < (K + 1) * kTileE / 4 + P / 4; i += kStagedThreads) {
+      const int seg = i / (kTileE / 4), q = i % (kTileE / 4);
+      const float* src = seg == 0 ? x + size_t(b) * ldxz + e0 + 4 * q
+                         : seg == 1 ? z + size_t(b) * ldxz + e0 + 4 * q
+                         : seg <= K ? conv_state + (size_t(b) * H + seg - 2) * E + e0 + 4 * q
+                                    : dbc + size_t(b) * P + 4 * (i - (K + 1) * kTileE / 4);
+      scan_detail::cp_async16(s + kTileE * N + 4 * i, src, true);
+    }
+  }
+  scan_detail::cp_async_commit();
+  scan_detail::cp_async_wait<0>();
+  __syncthreads();
+
+  // phase 1: the channel's scalars, once per (row r1, channel c1)
+  if (r1 < nr) {
+    const int b = b0 + r1;
+    const float* sx = srow + size_t(r1) * rowf + kTileE * N;  // x (64) | z (64) | conv (H, 64) | dbc (P)
+    const float4* db4 = reinterpret_cast<const float4*>(sx + (K + 1) * kTileE);
+    const float4* w4 = reinterpret_cast<const float4*>(sdt + c1 * RS);
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;  // four chains
+    for (int q = 0; q < R4; ++q) {
+      const float4 v = db4[q], w = w4[q];
+      d0 += v.x * w.x, d1 += v.y * w.y, d2 += v.z * w.z, d3 += v.w * w.w;
+    }
+    const float delta = softplusf_((d0 + d1) + (d2 + d3) + bias);
+    const float xv = sx[c1], zz = sx[kTileE + c1];
+    float p = cb;
+#pragma unroll
+    for (int j = 0; j < kMaxK; ++j)
+      if (j < K) p += cw[j] * (j < H ? sx[(2 + j) * kTileE + c1] : xv);
+    const float u = p * sigmoidf_(p);
+    float* st = conv_state + size_t(b) * H * E + e1;  // the shifted window
+    for (int j = 0; j < H; ++j) st[size_t(j) * E] = j + 1 < H ? sx[(3 + j) * kTileE + c1] : xv;
+    ssc[r1 * kTileE + c1] = make_float4(delta, delta * u, Dv * u, zz * sigmoidf_(zz));
+  }
+  __syncthreads();
+
+  // phase 2: the states, all rows' chains interleaved
+  float yp[kMaxRB];
+#pragma unroll
+  for (int r = 0; r < kMaxRB; ++r) {
+    yp[r] = 0.0f;
+    if (r < nr) {
+      const int b = b0 + r;
+      const float* s = srow + size_t(r) * rowf;
+      const float* db = s + kTileE * (N + K + 1);
+      const float4 sc = ssc[r * kTileE + c];
+      float* hc = h + (size_t(b) * E + e) * N;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int q = k + kLanes * j;
+        if (q < N4) {
+          const float4 hv = reinterpret_cast<const float4*>(s + c * N)[q];
+          const float4 bv = reinterpret_cast<const float4*>(db + R)[q];
+          const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
+          float4 hn;
+          hn.x = scan_detail::ex2_(sc.x * a4[j].x) * hv.x + sc.y * bv.x;
+          hn.y = scan_detail::ex2_(sc.x * a4[j].y) * hv.y + sc.y * bv.y;
+          hn.z = scan_detail::ex2_(sc.x * a4[j].z) * hv.z + sc.y * bv.z;
+          hn.w = scan_detail::ex2_(sc.x * a4[j].w) * hv.w + sc.y * bv.w;
+          yp[r] += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
+          reinterpret_cast<float4*>(hc)[q] = hn;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kMaxRB; ++r) {
+    yp[r] += __shfl_xor_sync(kFull, yp[r], 1);
+    yp[r] += __shfl_xor_sync(kFull, yp[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < kMaxRB; ++r)
+    if (r < nr && k == 0) {
+      const float4 sc = ssc[r * kTileE + c];
+      y[size_t(b0 + r) * E + e] = (yp[r] + sc.z) * sc.w;
+    }
+}
+
 void check_shapes(int E, int K) {
   check(K >= 1 && K <= kMaxK, "decode step: d_conv = " + std::to_string(K) +
                                   " is not supported by the CUDA backend (1.." + std::to_string(kMaxK) + ")");
@@ -393,9 +536,25 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
   const bool vec = N % 4 == 0 && R % 4 == 0 && aligned16(A_log) && aligned16(h) && aligned16(dt_w) &&
                    aligned16(dbc);
   const int rowf = staged_row_floats(N, K, R + 2 * N);
-  if (vec && B >= lab_knob("LAB_SSM_MINB", 8) && E % kTileE == 0 && ldxz % 4 == 0 && aligned16(x) &&
-      aligned16(z) && aligned16(conv_state) && size_t(rowf) * sizeof(float) <= 48 * 1024 &&
-      lab_knob("LAB_SSM_OLD", 0) == 0) {
+  const bool staged_ok = vec && B >= lab_knob("LAB_SSM_MINB", 8) && E % kTileE == 0 && ldxz % 4 == 0 &&
+                         aligned16(x) && aligned16(z) && aligned16(conv_state) && lab_knob("LAB_SSM_OLD", 0) == 0;
+  if (staged_ok && lab_knob("LAB_SSM_V", 2) == 2 && v2_floats(N, K, R, 1) * sizeof(float) <= 48 * 1024) {
+    // rows per block: all blocks resident at once (3 an SM) where B allows, at most
+    // kMaxRB, and at most 48 KB of shared memory
+    int RB = lab_knob("LAB_SSM_RB", 0);
+    if (RB <= 0) RB = (B * (E / kTileE) + 3 * c.sm_count - 1) / (3 * c.sm_count);
+    RB = std::min({RB, B, kMaxRB});
+    while (RB > 1 && v2_floats(N, K, R, RB) * sizeof(float) > 48 * 1024) --RB;
+    const dim3 grid(E / kTileE, (B + RB - 1) / RB);
+    const size_t smem = size_t(v2_floats(N, K, R, RB)) * sizeof(float);
+    auto go_v2 = [&](auto kernel) {
+      launch(kernel, grid, dim3(kStagedThreads), smem, c.stream, c.pdl, B, E, N, R, K, RB, x, z, ldxz,
+             conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
+    };
+    if (N <= 16) go_v2(ssm_step_v2_kernel<1>);
+    else if (N <= 32) go_v2(ssm_step_v2_kernel<2>);
+    else go_v2(ssm_step_v2_kernel<4>);
+  } else if (staged_ok && size_t(rowf) * sizeof(float) <= 48 * 1024) {
     // rows per block: all blocks resident at once (3 an SM), at most 48 KB of staging a block
     int RB = lab_knob("LAB_SSM_RB", 0);
     if (RB <= 0) RB = (B * (E / kTileE) + 3 * c.sm_count - 1) / (3 * c.sm_count);
