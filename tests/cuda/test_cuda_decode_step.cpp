@@ -100,8 +100,9 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
   auto cpu = make_cpu_backend();
   std::mt19937 rng(6);
   struct Shape { int E, N, R, K; };
-  // B >= 8 with d_inner % 64 == 0 and d_state % 4 == 0: the staged kernel (R > 48: the
-  // dt_w tail loop; K = 1: no conv state); otherwise the per-row kernels
+  // B >= 32 with d_inner % 64 == 0 and d_state % 4 == 0: ssm_step_tile_kernel (B = 50:
+  // a last block of 2 rows; R = 64: 2 rows a block; K = 1: no conv state); otherwise
+  // ssm_step4_kernel (float4 states) or ssm_step_kernel (d_state 5, d_inner 96)
   for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{448, 16, 12, 3}, Shape{384, 5, 12, 3},
                   Shape{96, 16, 8, 4}, Shape{128, 64, 16, 1}})
     for (int B : {1, 3, 8, 13, 50, 64}) {

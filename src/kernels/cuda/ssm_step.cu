@@ -1,7 +1,9 @@
 // One decode step (L = 1) of a Mamba mixer after in_proj: ssm_step does per channel
 //   u = silu(conv(state, x)); conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
 //   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
-// in one kernel (the unfused step ran conv, dt_proj and the scan as three). The input
+// in one kernel (the unfused step ran conv, dt_proj and the scan as three): ssm_step_kernel
+// for any shape, ssm_step4_kernel (float4 states) for few batch rows, ssm_step_tile_kernel
+// (rows staged in shared memory, two phases) for B >= kTileMinB. The input
 // side, dbc = u @ x_proj^T, is gemv.cu's GEMV with the conv staged in front; conv_decode
 // here serves the shapes that does not. Both launch with programmatic dependent launch
 // (cuda_common.cuh): the constants are loaded before pdl_wait.
@@ -9,18 +11,12 @@
 #include "kernels/cuda/scan_common.cuh"  // cp.async helpers
 
 #include <algorithm>
-#include <cstdlib>
 
 namespace bhasa::cuda {
 
 namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
-// LAB (round 1 only): knobs read from the environment on every call
-inline int lab_knob(const char* name, int dflt) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : dflt;
-}
 constexpr int kMaxK = 8;       // d_conv
 constexpr int kStepThreads = 128;
 constexpr int kLanes = 4;      // ssm_step lanes per channel
@@ -221,181 +217,49 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restr
   if (valid && k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
 }
 
-// Batch rows staged through shared memory (B >= kStagedMinB): a block owns kTileE
-// channels e0 .. e0 + 63 of up to RB batch rows. The old kernel had one row's state
-// (16 bytes a thread) in flight per thread, over ~3 waves of short blocks: at B = 64 it
-// moved the 12.6 MB of state at ~1.3 TB/s. Here every block is resident at once and,
-// right after pdl_wait, copies all of its rows' inputs with cp.async (no registers
-// held): h (RB, 64, N), x, z (RB, 64), conv state (RB, K-1, 64) and dbc (RB, P), one
-// commit group per row; then it finishes row by row as each lands. The per-channel
-// constants (dt_w, A, conv weights) are loaded once per block, before pdl_wait.
-// Thread (c, k) = channel e0 + c, lane k of kLanes: lane k owns the float4 chunks k,
-// k + 4, .. of the channel's state (J of them) and of dt_w (kMaxR4 in registers).
-// torch (per row b, channel e): as ssm_step_kernel.
-constexpr int kTileE = 64, kStagedThreads = kTileE * kLanes;
-
-// smem floats per staged row: h (64, N) | x (64) | z (64) | conv (K-1, 64) | dbc (P)
-__host__ __device__ inline int staged_row_floats(int N, int K, int P) { return kTileE * (N + 2 + K - 1) + P; }
-
-// waits until row r's copies (group r of nr) have landed, for every thread of the block
-__device__ __forceinline__ void wait_row(int r, int nr) {
-  switch (min(nr - 1 - r, 7)) {  // groups still allowed in flight: an immediate operand
-    case 0: scan_detail::cp_async_wait<0>(); break;
-    case 1: scan_detail::cp_async_wait<1>(); break;
-    case 2: scan_detail::cp_async_wait<2>(); break;
-    case 3: scan_detail::cp_async_wait<3>(); break;
-    case 4: scan_detail::cp_async_wait<4>(); break;
-    case 5: scan_detail::cp_async_wait<5>(); break;
-    case 6: scan_detail::cp_async_wait<6>(); break;
-    default: scan_detail::cp_async_wait<7>(); break;
-  }
-  __syncthreads();
-}
-
-template <int J>
-__global__ void __launch_bounds__(kStagedThreads, 3)
-ssm_step_staged_kernel(int B, int E, int N, int R, int K, int RB, const float* __restrict__ x,
-                       const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
-                       const float* __restrict__ conv_w, const float* __restrict__ conv_b,
-                       const float* __restrict__ dbc, const float* __restrict__ dt_w,
-                       const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                       const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
-  extern __shared__ __align__(16) float smem[];  // (RB, staged_row_floats)
-  const int c = threadIdx.x / kLanes, k = threadIdx.x % kLanes;
-  const int e0 = blockIdx.x * kTileE, e = e0 + c, b0 = blockIdx.y * RB, nr = min(RB, B - b0);
-  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4, rowf = staged_row_floats(N, K, P);
-
-  // constants of channel e (L2: shared by the B / RB blocks of this channel tile)
-  float4 dtw[kMaxR4];
-#pragma unroll
-  for (int i = 0; i < kMaxR4; ++i) {
-    const int q = k + kLanes * i;
-    dtw[i] = q < R4 ? reinterpret_cast<const float4*>(dt_w + size_t(e) * R)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  float4 a4[J];
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int q = k + kLanes * j;
-    a4[j] = q < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
-    a4[j] = make_float4(-expf(a4[j].x), -expf(a4[j].y), -expf(a4[j].z), -expf(a4[j].w));  // A = -exp(A_log)
-  }
-  float cw[kMaxK];
-#pragma unroll
-  for (int j = 0; j < kMaxK; ++j) cw[j] = j < K ? conv_w[size_t(e) * K + j] : 0.0f;
-  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
-  pdl_trigger();
-  pdl_wait();
-
-  // every row's inputs in flight at once: 16-byte copies, group r = row r
-  for (int r = 0; r < nr; ++r) {
-    const int b = b0 + r;
-    float* s = smem + size_t(r) * rowf;
-    const float* hsrc = h + (size_t(b) * E + e0) * N;
-    for (int i = threadIdx.x; i < kTileE * N4; i += kStagedThreads)
-      scan_detail::cp_async16(s + 4 * i, hsrc + 4 * i, true);
-    // x, z and the K-1 conv rows: 16 chunks of 4 channels each; then dbc
-    for (int i = threadIdx.x; i < (K + 1) * kTileE / 4 + P / 4; i += kStagedThreads) {
-      const int seg = i / (kTileE / 4), q = i % (kTileE / 4);
-      const float* src = seg == 0 ? x + size_t(b) * ldxz + e0 + 4 * q
-                         : seg == 1 ? z + size_t(b) * ldxz + e0 + 4 * q
-                         : seg <= K ? conv_state + (size_t(b) * H + seg - 2) * E + e0 + 4 * q
-                                    : dbc + size_t(b) * P + 4 * (i - (K + 1) * kTileE / 4);
-      scan_detail::cp_async16(s + kTileE * N + 4 * i, src, true);
-    }
-    scan_detail::cp_async_commit();
-  }
-
-  for (int r = 0; r < nr; ++r) {
-    wait_row(r, nr);
-    const int b = b0 + r;
-    const float* s = smem + size_t(r) * rowf;
-    const float* sx = s + kTileE * N;  // x (64) | z (64) | conv (H, 64) | dbc (P)
-    const float* db = sx + (K + 1) * kTileE;
-    float d = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMaxR4; ++i) {
-      const int q = k + kLanes * i;
-      if (q < R4) {
-        const float4 v = reinterpret_cast<const float4*>(db)[q];
-        d += v.x * dtw[i].x + v.y * dtw[i].y + v.z * dtw[i].z + v.w * dtw[i].w;
-      }
-    }
-    for (int rr = 4 * (k + kLanes * kMaxR4); rr < R; rr += 4 * kLanes)  // R > 48: the rest from L1/L2
-      for (int i = 0; i < 4; ++i) d += db[rr + i] * dt_w[size_t(e) * R + rr + i];
-    d += __shfl_xor_sync(kFull, d, 1);
-    d += __shfl_xor_sync(kFull, d, 2);
-    const float delta = softplusf_(d + bias);
-
-    const float xv = sx[c], zz = sx[kTileE + c];
-    float p = cb;
-#pragma unroll
-    for (int j = 0; j < kMaxK; ++j)
-      if (j < K) p += cw[j] * (j < H ? sx[(2 + j) * kTileE + c] : xv);
-    const float u = p * sigmoidf_(p);
-    float* st = conv_state + size_t(b) * H * E + e;  // the shifted window
-    for (int j = k; j < H; j += kLanes) st[size_t(j) * E] = j + 1 < H ? sx[(3 + j) * kTileE + c] : xv;
-
-    const float du = delta * u;
-    float yp = 0.0f;
-    float* hc = h + (size_t(b) * E + e) * N;
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int q = k + kLanes * j;
-      if (q < N4) {
-        const float4 hv = reinterpret_cast<const float4*>(s + c * N)[q];
-        const float4 bv = reinterpret_cast<const float4*>(db + R)[q];
-        const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
-        float4 hn;
-        hn.x = expf(delta * a4[j].x) * hv.x + du * bv.x;
-        hn.y = expf(delta * a4[j].y) * hv.y + du * bv.y;
-        hn.z = expf(delta * a4[j].z) * hv.z + du * bv.z;
-        hn.w = expf(delta * a4[j].w) * hv.w + du * bv.w;
-        yp += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
-        reinterpret_cast<float4*>(hc)[q] = hn;
-      }
-    }
-    yp += __shfl_xor_sync(kFull, yp, 1);
-    yp += __shfl_xor_sync(kFull, yp, 2);
-    if (k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
-  }
-}
-
-// Two phases (v2). v1 above spent ~1.3 us a row: every one of a channel's 4 lanes
-// redid the channel's scalar work (softplus, the conv, two sigmoids: ~150 of ~250
-// instructions), and the kernel is instruction-bound once the loads are in flight.
-// Here a block owns channels e0 .. e0 + 63 of up to kMaxRB = 4 rows, copies all their
-// inputs with cp.async (dt_w's (64, R) tile before pdl_wait: it is a constant), then
+// Many batch rows (B >= kTileMinB): a block owns channels e0 .. e0 + 63 of up to kMaxRB
+// rows. Right after pdl_wait it copies all of its rows' inputs into shared memory with
+// cp.async (no registers held while they fly; dt_w's (64, R) tile is copied before
+// pdl_wait: a constant), one wait, then
 //   phase 1, thread (r, c), once per (b, e): delta = softplus(dbc[b, :R] . dt_w[e] + bias),
 //     u = silu(conv), the conv state shift, D u and silu(z), kept in shared memory;
-//   phase 2, thread (c, k) as in v1: h = exp(delta A) h + delta u B for its chunks of
-//     every row, C . h summed over the 4 lanes, y = (C . h + D u) silu(z).
-// exp(delta A) is ex2.approx(delta * A log2e) (2 ulp; the CPU's fast_expf is no closer).
+//   phase 2, thread (c, k), lane k of the channel's kLanes: h = exp(delta A) h + delta u B
+//     for its float4 chunks k, k + 4, .. (J of them) of every row, the rows' chains
+//     interleaved; C . h summed over the lanes; y = (C . h + D u) silu(z).
+// ssm_step4_kernel's lanes each redo their channel's scalar work (softplus, conv, two
+// sigmoids: most of its instructions), and at B = 64 it is instruction-bound: this
+// kernel executes ~half the instructions (NOTES.md, ncu). exp(delta A) is
+// ex2.approx(delta * A log2e): 2 ulp, no further from exp than the CPU's fast_expf.
 // torch (per row b, channel e): as ssm_step_kernel.
-constexpr int kMaxRB = 4;                // rows a block: phase 1 has a thread per (row, channel)
+constexpr int kTileE = 64, kTileThreads = kTileE * kLanes;
+constexpr int kMaxRB = 4;       // rows a block: phase 1 has a thread per (row, channel)
+constexpr int kTileMinB = 32;   // measured at B = 8: 2.8 us against 2.2 for ssm_step4_kernel; B = 32: 4.4 vs 5.5
+// shared memory floats, per row: h (64, N) | x (64) | z (64) | conv (K-1, 64) | dbc (P)
+__host__ __device__ inline int tile_row_floats(int N, int K, int P) { return kTileE * (N + 2 + K - 1) + P; }
 __host__ __device__ inline int dt_stride(int R) { return R + 4; }  // R % 32 == 16 (48): conflict-free LDS.128
-// smem floats of a v2 block: dt_w tile (64, R + 4) | rows (RB, staged_row_floats) | scalars (RB, 64, 4)
-__host__ __device__ inline int v2_floats(int N, int K, int R, int RB) {
-  return kTileE * dt_stride(R) + RB * (staged_row_floats(N, K, R + 2 * N) + 4 * kTileE);
+// a block: dt_w tile (64, R + 4) | rows (RB, tile_row_floats) | scalars (RB, 64) float4
+__host__ __device__ inline int tile_floats(int N, int K, int R, int RB) {
+  return kTileE * dt_stride(R) + RB * (tile_row_floats(N, K, R + 2 * N) + 4 * kTileE);
 }
 
 template <int J>
-__global__ void __launch_bounds__(kStagedThreads, 3)
-ssm_step_v2_kernel(int B, int E, int N, int R, int K, int RB, const float* __restrict__ x,
-                   const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
-                   const float* __restrict__ conv_w, const float* __restrict__ conv_b,
-                   const float* __restrict__ dbc, const float* __restrict__ dt_w,
-                   const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                   const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+__global__ void __launch_bounds__(kTileThreads, 3)  // 3 blocks an SM: 80 registers
+ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __restrict__ x,
+                     const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                     const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                     const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                     const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                     const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
   extern __shared__ __align__(16) float smem[];
   const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4, RS = dt_stride(R);
-  const int rowf = staged_row_floats(N, K, P);
+  const int rowf = tile_row_floats(N, K, P);
   const int e0 = blockIdx.x * kTileE, b0 = blockIdx.y * RB, nr = min(RB, B - b0);
   float* sdt = smem;                                    // (64, RS)
   float* srow = smem + kTileE * RS;                     // (RB, rowf)
   float4* ssc = reinterpret_cast<float4*>(srow + size_t(RB) * rowf);  // (RB, 64): delta, du, D u, silu(z)
 
   // constants: dt_w's tile into shared memory, this thread's channel constants into registers
-  for (int i = threadIdx.x; i < kTileE * R4; i += kStagedThreads) {
+  for (int i = threadIdx.x; i < kTileE * R4; i += kTileThreads) {
     const int c = i / R4, q = i % R4;
     scan_detail::cp_async16(sdt + c * RS + 4 * q, dt_w + size_t(e0 + c) * R + 4 * q, true);
   }
@@ -417,14 +281,15 @@ ssm_step_v2_kernel(int B, int E, int N, int R, int K, int RB, const float* __res
   pdl_trigger();
   pdl_wait();
 
-  // every row's inputs in flight at once (layout as v1)
+  // every row's inputs in flight at once: 16-byte copies; x, z and the K-1 conv rows
+  // are 16 chunks of 4 channels each, then dbc
   for (int r = 0; r < nr; ++r) {
     const int b = b0 + r;
     float* s = srow + size_t(r) * rowf;
     const float* hsrc = h + (size_t(b) * E + e0) * N;
-    for (int i = threadIdx.x; i < kTileE * N4; i += kStagedThreads)
+    for (int i = threadIdx.x; i < kTileE * N4; i += kTileThreads)
       scan_detail::cp_async16(s + 4 * i, hsrc + 4 * i, true);
-    for (int i = threadIdx.x; i < (K + 1) * kTileE / 4 + P / 4; i += kStagedThreads) {
+    for (int i = threadIdx.x; i < (K + 1) * kTileE / 4 + P / 4; i += kTileThreads) {
       const int seg = i / (kTileE / 4), q = i % (kTileE / 4);
       const float* src = seg == 0 ? x + size_t(b) * ldxz + e0 + 4 * q
                          : seg == 1 ? z + size_t(b) * ldxz + e0 + 4 * q
@@ -535,39 +400,22 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
   };
   const bool vec = N % 4 == 0 && R % 4 == 0 && aligned16(A_log) && aligned16(h) && aligned16(dt_w) &&
                    aligned16(dbc);
-  const int rowf = staged_row_floats(N, K, R + 2 * N);
-  const bool staged_ok = vec && B >= lab_knob("LAB_SSM_MINB", 8) && E % kTileE == 0 && ldxz % 4 == 0 &&
-                         aligned16(x) && aligned16(z) && aligned16(conv_state) && lab_knob("LAB_SSM_OLD", 0) == 0;
-  if (staged_ok && lab_knob("LAB_SSM_V", 2) == 2 && v2_floats(N, K, R, 1) * sizeof(float) <= 48 * 1024) {
-    // rows per block: all blocks resident at once (3 an SM) where B allows, at most
-    // kMaxRB, and at most 48 KB of shared memory
-    int RB = lab_knob("LAB_SSM_RB", 0);
-    if (RB <= 0) RB = (B * (E / kTileE) + 3 * c.sm_count - 1) / (3 * c.sm_count);
+  if (vec && B >= kTileMinB && E % kTileE == 0 && ldxz % 4 == 0 && aligned16(x) && aligned16(z) &&
+      aligned16(conv_state) && tile_floats(N, K, R, 1) * sizeof(float) <= 48 * 1024) {
+    // rows a block: all blocks resident at once (3 an SM) where B allows, at most
+    // kMaxRB and 48 KB of shared memory (B = 64: 4 rows, 384 blocks; 2 rows: 9.7 us, 4: 7.9)
+    int RB = (B * (E / kTileE) + 3 * c.sm_count - 1) / (3 * c.sm_count);
     RB = std::min({RB, B, kMaxRB});
-    while (RB > 1 && v2_floats(N, K, R, RB) * sizeof(float) > 48 * 1024) --RB;
+    while (RB > 1 && tile_floats(N, K, R, RB) * sizeof(float) > 48 * 1024) --RB;
     const dim3 grid(E / kTileE, (B + RB - 1) / RB);
-    const size_t smem = size_t(v2_floats(N, K, R, RB)) * sizeof(float);
-    auto go_v2 = [&](auto kernel) {
-      launch(kernel, grid, dim3(kStagedThreads), smem, c.stream, c.pdl, B, E, N, R, K, RB, x, z, ldxz,
+    const size_t smem = size_t(tile_floats(N, K, R, RB)) * sizeof(float);
+    auto go_tile = [&](auto kernel) {
+      launch(kernel, grid, dim3(kTileThreads), smem, c.stream, c.pdl, B, E, N, R, K, RB, x, z, ldxz,
              conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
     };
-    if (N <= 16) go_v2(ssm_step_v2_kernel<1>);
-    else if (N <= 32) go_v2(ssm_step_v2_kernel<2>);
-    else go_v2(ssm_step_v2_kernel<4>);
-  } else if (staged_ok && size_t(rowf) * sizeof(float) <= 48 * 1024) {
-    // rows per block: all blocks resident at once (3 an SM), at most 48 KB of staging a block
-    int RB = lab_knob("LAB_SSM_RB", 0);
-    if (RB <= 0) RB = (B * (E / kTileE) + 3 * c.sm_count - 1) / (3 * c.sm_count);
-    RB = std::min({RB, B, int(48 * 1024 / (rowf * sizeof(float)))});
-    const dim3 grid(E / kTileE, (B + RB - 1) / RB);
-    const size_t smem = size_t(RB) * rowf * sizeof(float);
-    auto go_staged = [&](auto kernel) {
-      launch(kernel, grid, dim3(kStagedThreads), smem, c.stream, c.pdl, B, E, N, R, K, RB, x, z, ldxz,
-             conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
-    };
-    if (N <= 16) go_staged(ssm_step_staged_kernel<1>);
-    else if (N <= 32) go_staged(ssm_step_staged_kernel<2>);
-    else go_staged(ssm_step_staged_kernel<4>);
+    if (N <= 16) go_tile(ssm_step_tile_kernel<1>);
+    else if (N <= 32) go_tile(ssm_step_tile_kernel<2>);
+    else go_tile(ssm_step_tile_kernel<4>);
   } else if (vec) {
     const int WB = B >= 4 ? 4 : 1, cpb = kStepThreads / kLanes / WB;
     const dim3 grid((E + cpb - 1) / cpb, (B + WB - 1) / WB);
