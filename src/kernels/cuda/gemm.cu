@@ -102,7 +102,7 @@ Gemm::~Gemm() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-const Gemm::Plan& Gemm::plan(const Key& key) {
+const Gemm::Plan& Gemm::plan(const Key& key, const Tune* tune) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   const auto [math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c] = key;
@@ -134,16 +134,60 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al2, sizeof(al2));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alc, sizeof(alc));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alc, sizeof(alc));
-  cublasLtMatmulHeuristicResult_t result{};
+  constexpr int kCandidates = 16;
+  cublasLtMatmulHeuristicResult_t result[kCandidates] = {};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.c, p.c, pref, 1,
-                                                           &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.c, p.c, pref,
+                                                           tune ? kCandidates : 1, result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     throw Error("cuBLASLt found no GEMM algorithm for M=" + std::to_string(M) + " N=" +
                 std::to_string(N) + " K=" + std::to_string(K));
-  p.algo = result.algo;
+  p.algo = result[0].algo;
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  BHASA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capturing));
+  if (tune && found > 1 && capturing == cudaStreamCaptureStatusNone)
+    p.algo = fastest(p, result, found, *tune, M, ldc);
   return plans_.emplace(key, p).first->second;
+}
+
+// The heuristic's first pick for a skinny decode GEMM (M <= 64) is not always its
+// fastest (bench/cuda_lab/decode_gemm.cpp): time each candidate on the call's own
+// operands into a scratch C, 2 warm-up calls then the median of 5, and keep the best.
+cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n,
+                                   const Tune& t, int M, int ldc) {
+  float* c = nullptr;
+  const size_t bytes = size_t(M) * ldc * sizeof(float);
+  BHASA_CUDA_CHECK(cudaMalloc(&c, bytes));
+  BHASA_CUDA_CHECK(cudaMemsetAsync(c, 0, bytes, stream_));
+  cudaEvent_t e0, e1;
+  BHASA_CUDA_CHECK(cudaEventCreate(&e0));
+  BHASA_CUDA_CHECK(cudaEventCreate(&e1));
+  const float alpha = 1.0f, beta = 0.0f;
+  int best = 0;
+  float best_ms = 1e30f;
+  for (int i = 0; i < n; ++i) {
+    if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto call = [&] {
+      return cublasLtMatmul(handle_, p.desc, &alpha, t.b, p.b, t.a, p.a, &beta, c, p.c, c, p.c, &cand[i].algo,
+                            workspace_, workspace_bytes_, stream_);
+    };
+    if (call() != CUBLAS_STATUS_SUCCESS || call() != CUBLAS_STATUS_SUCCESS) continue;
+    float ms[5];
+    for (float& m : ms) {
+      BHASA_CUDA_CHECK(cudaEventRecord(e0, stream_));
+      call();
+      BHASA_CUDA_CHECK(cudaEventRecord(e1, stream_));
+      BHASA_CUDA_CHECK(cudaEventSynchronize(e1));
+      BHASA_CUDA_CHECK(cudaEventElapsedTime(&m, e0, e1));
+    }
+    std::sort(ms, ms + 5);
+    if (ms[2] < best_ms) best_ms = ms[2], best = i;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  BHASA_CUDA_CHECK(cudaFree(c));
+  return cand[best].algo;
 }
 
 // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
@@ -175,6 +219,22 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, c
   const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, alignment_of(C)});
   const float alpha = 1.0f;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.b, a, p.a, &beta, C, p.c, C, p.c, &p.algo,
+                          workspace_, workspace_bytes_, stream_),
+           "cublasLtMatmul");
+}
+
+// torch: C = beta * C + A @ W16.T  (W16 bf16; A rounded to bf16 unless a16 holds it already)
+void Gemm::run_w16(int M, int N, int K, const float* A, int lda, const void* a16, const void* W16, int ldw,
+                   float beta, float* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  check(K > 0, "run_w16: K must be positive");
+  const void* a = a16 ? a16 : to_bf16(A, M, K, lda, 0);
+  const Key key{GemmMath::bf16, false, true, M, N, K, K, ldw, ldc, alignment_of(a), alignment_of(W16),
+                alignment_of(C)};
+  const Tune tune{a, W16};
+  const Plan& p = plan(key, tune_ ? &tune : nullptr);
+  const float alpha = 1.0f;
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, W16, p.b, a, p.a, &beta, C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),
            "cublasLtMatmul");
 }
