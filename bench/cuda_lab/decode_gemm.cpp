@@ -3,8 +3,8 @@
 //   cold: 24 calls captured in a CUDA graph, the weight rotated over copies that do not
 //         fit in L2 (as in a decode step, where each weight is read once from DRAM),
 //         median of 9 replays, per call;
-//   hot:  one call on one weight between two events, median of 5 (what an in-process
-//         autotune on the call's own operands sees: the weight comes from L2).
+//   tune: as the backend's autotune (Gemm::fastest) times it on one weight: queued calls,
+//         L2 flushed before each, events around each, median of 5.
 // Against the TF32 GEMM on fp32 weights (heuristic's first; main's decode path today).
 // Floor: weight bytes / 4.29 TB/s. Usage: cuda_decode_gemm [M ...]
 #include <cublasLt.h>
@@ -17,6 +17,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 namespace {
 
@@ -156,28 +158,35 @@ float time_cold(const Problem& p, const cublasLtMatmulAlgo_t* algo, const void* 
   return 1e3f * median(ms) / kCalls;
 }
 
-float time_hot(const Problem& p, const cublasLtMatmulAlgo_t* algo, const void* A, const void* W, float* C,
-               float beta) {
+// As Gemm::fastest times a candidate: the stream held (here by a host function that
+// sleeps) while 5 calls are queued, each after a memset that flushes L2 and between
+// two events; median. This times the GPU, not the host's enqueueing.
+void* flush_buf = nullptr;
+size_t flush_bytes = 0;
+float time_tune(const Problem& p, const cublasLtMatmulAlgo_t* algo, const void* A, const void* W, float* C,
+                float beta) {
   const float alpha = 1.f;
   auto call = [&] {
     return cublasLtMatmul(lt, p.desc, &alpha, W, p.lw, A, p.la, &beta, C, p.lc, C, p.lc, algo, workspace, kWs, stream);
   };
   if (call() != CUBLAS_STATUS_SUCCESS || call() != CUBLAS_STATUS_SUCCESS) return -1.f;
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
+  cudaEvent_t ev[10];
+  for (auto& e : ev) CK(cudaEventCreate(&e));
+  CK(cudaLaunchHostFunc(stream, [](void*) { usleep(1000); }, nullptr));
+  for (int r = 0; r < 5; ++r) {
+    CK(cudaMemsetAsync(flush_buf, r, flush_bytes, stream));
+    CK(cudaEventRecord(ev[2 * r], stream));
+    call();
+    CK(cudaEventRecord(ev[2 * r + 1], stream));
+  }
+  CK(cudaEventSynchronize(ev[9]));
   std::vector<float> ms;
   for (int r = 0; r < 5; ++r) {
-    CK(cudaEventRecord(a, stream));
-    call();
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
     float t;
-    CK(cudaEventElapsedTime(&t, a, b));
+    CK(cudaEventElapsedTime(&t, ev[2 * r], ev[2 * r + 1]));
     ms.push_back(t);
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  for (auto& e : ev) cudaEventDestroy(e);
   return 1e3f * median(ms);
 }
 
@@ -195,25 +204,25 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
   float* C = device_random<float>(size_t(M) * s.N, rng);
   std::printf("\n### %s (M %d, N %d, K %d, beta %g): bf16 weight %.2f MB, floor %.2f us (fp32 %.2f us); %d copies\n",
               s.name, M, s.N, s.K, s.beta, wn * 2 / 1e6, wn * 2 / 4.29e6, wn * 4 / 4.29e6, copies);
-  std::printf("| candidate | cold us | hot us | algo |\n|---|---|---|---|\n");
+  std::printf("| candidate | cold us (graph) | tune us (as Gemm::fastest) | algo |\n|---|---|---|---|\n");
   Problem pt = make_problem(false, M, s.N, s.K);
   cublasLtMatmulHeuristicResult_t r[16];
   if (candidates(pt, r, 1) > 0)
     std::printf("| tf32 fp32 weights, heuristic 0 | %.2f | %.2f | %s |\n", time_cold(pt, &r[0].algo, a32, w32, C, s.beta),
-                time_hot(pt, &r[0].algo, a32, w32[0], C, s.beta), describe(r[0].algo).c_str());
+                time_tune(pt, &r[0].algo, a32, w32[0], C, s.beta), describe(r[0].algo).c_str());
   Problem pb = make_problem(true, M, s.N, s.K);
   const int found = candidates(pb, r, 16);
   float best = 1e30f, best_hot_cold = 0, best_hot = 1e30f;
   int best_i = -1, hot_i = -1;
   for (int i = 0; i < found; ++i) {
     const float cold = time_cold(pb, &r[i].algo, a16, w16, C, s.beta);
-    const float hot = time_hot(pb, &r[i].algo, a16, w16[0], C, s.beta);
+    const float hot = time_tune(pb, &r[i].algo, a16, w16[0], C, s.beta);
     std::printf("| bf16 heuristic %d | %.2f | %.2f | %s, waves %.2f, ws %zu |\n", i, cold, hot,
                 describe(r[i].algo).c_str(), r[i].wavesCount, r[i].workspaceSize);
     if (cold > 0 && cold < best) best = cold, best_i = i;
     if (hot > 0 && hot < best_hot) best_hot = hot, hot_i = i, best_hot_cold = cold;
   }
-  std::printf("best cold: heuristic %d, %.2f us; the hot pick (what an autotune picks): heuristic %d, %.2f us cold\n",
+  std::printf("best cold: heuristic %d, %.2f us; the autotune's pick: heuristic %d, %.2f us cold\n",
               best_i, best, hot_i, best_hot_cold);
   std::fflush(stdout);
   for (void* p : w32) cudaFree(p);
@@ -228,6 +237,10 @@ int main(int argc, char** argv) {
   CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   LT(cublasLtCreate(&lt));
   CK(cudaMalloc(&workspace, kWs));
+  int l2 = 0;
+  CK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+  flush_bytes = 2 * size_t(l2);
+  CK(cudaMalloc(&flush_buf, flush_bytes));
   std::vector<int> ms;
   for (int i = 1; i < argc; ++i) ms.push_back(std::atoi(argv[i]));
   if (ms.empty()) ms = {64};

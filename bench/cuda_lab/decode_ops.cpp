@@ -4,7 +4,7 @@
 // 154 MB head), median of 15 replays, per call. Floor: weight bytes / 4.29 TB/s.
 // The weights live in one arena that is frozen (Backend::freeze_weights), so in bf16
 // mode the decode GEMMs read its bf16 copy; a tf32 backend is main's path.
-// Usage: cuda_decode_ops [all]: all adds the comparisons (no PDL, no GEMV, no tuning, ...).
+// Usage: cuda_decode_ops [all]: all adds bf16 weights with cuBLASLt's first algorithm (no autotune).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -157,12 +157,6 @@ int main(int argc, char**) {
       CudaOptions o = opt;
       o.tune_decode = false;
       run("bf16 weights, cuBLASLt heuristic's first algorithm", o);
-      setenv("BHASA_CUDA_W16_MIN_N", "0", 1);
-      run("bf16 weights, autotuned, x_proj (N 80) in bf16 too", opt);
-      unsetenv("BHASA_CUDA_W16_MIN_N");
-      o = opt;
-      o.gemv = false;
-      run("bf16 weights, autotuned, no GEMV (cuBLASLt bf16 at B=1)", o);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "decode_ops failed: %s\n", e.what());

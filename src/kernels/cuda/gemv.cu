@@ -161,23 +161,44 @@ __device__ __forceinline__ float4 conv_u4(const ConvIn& cv, const float* x, int 
   return make_float4(u[0], u[1], u[2], u[3]);
 }
 
+// The producers of cuBLASLt's bf16 A at batch sizes above the GEMV's (a frozen weight's
+// mirror is the other operand): launched with PDL, so they start under the previous
+// kernel's tail, as the GEMV does.
+// torch: u = F.silu(conv(cat(state, x)))[:, -1].to(torch.bfloat16)   (ssm_decode_in's u)
+// x (B, E) row stride ldx, cv.state (B, K-1, E); u (B, E) bf16. A thread per (b, 4 channels).
+__global__ void __launch_bounds__(kThreads)
+conv_rows_bf16_kernel(int B, int E, const float* __restrict__ x, int ldx, ConvIn cv, __nv_bfloat162* u) {
+  const int E4 = E / 4, i = blockIdx.x * kThreads + threadIdx.x, m = i / E4, c4 = i % E4;
+  float cw[4 * kConvK], cb[4];
+  load_conv_weights(cv, E, c4, cw, cb);  // constants: before the wait
+  pdl_trigger();
+  pdl_wait();
+  if (m < B) store4(u + size_t(m) * (E / 2), c4, conv_u4(cv, x, ldx, E, m, c4, cw, cb));
+}
+
+// torch: out = A[:M, :K].to(torch.bfloat16)   A (M, lda) fp32; out (M, K) bf16 dense, 4 a thread
+__global__ void __launch_bounds__(kThreads)
+rows_to_bf16_kernel(int M, int K, const float* __restrict__ A, int lda, __nv_bfloat162* out) {
+  const int K4 = K / 4, i = blockIdx.x * kThreads + threadIdx.x, m = i / K4, c4 = i % K4;
+  pdl_trigger();
+  pdl_wait();
+  if (m < M) store4(out + size_t(m) * (K / 2), c4, reinterpret_cast<const float4*>(A + size_t(m) * lda)[c4]);
+}
+
 // bf16 pairs to fp32: the high half is the fp32 bit pattern, the low half shifted up.
 __device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
 
 // torch: C[:M] = beta * C + norm(A) @ W.T   (CONV: C = silu(conv(state, A)) @ W.T)   (norm: 0 none, 1 rms, 2 layer)
 // MT >= M rows of A, CH >= K / 128 float4 per lane. W (N, ldw) fp32, or bf16 when W16
-// (then CW = CH / 2 loads of 8 values per lane, K % 8 == 0).
-template <int MT, int CH, bool CONV, bool W16>
+// (then CW = CH / 2 loads of 8 values per lane, K % 8 == 0). RW weight rows per warp at a time.
+template <int MT, int CH, bool CONV, bool W16, int RW>
 __global__ void __launch_bounds__(kThreads)
 gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
             const void* __restrict__ W, int ldw, float beta, float* C, int ldc, int norm,
             float eps, const float* __restrict__ nw, const float* __restrict__ nb, ConvIn cv) {
   extern __shared__ float4 sA[];  // (M, K/4), float4s in sa_pos<W16> order
   constexpr int CW = W16 ? (CH + 1) / 2 : CH;  // 16-byte weight loads per lane and row
-  // bf16 rows are half as long: a warp takes two at a time, so it keeps as many bytes in
-  // flight as with fp32 and reads each A value from shared memory once per two rows
-  constexpr int RW = W16 ? 2 : 1;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, K4 = K / 4, KW = W16 ? K / 8 : K4;
   const int stride = gridDim.x * kWarps * RW;
   int n = (blockIdx.x * kWarps + warp) * RW;  // this warp's rows n .. n + RW - 1
@@ -275,19 +296,27 @@ gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
   }
 }
 
+// bf16 rows are half as long: with many rows (the head's 50280) a warp takes two at a
+// time, so it keeps as many bytes in flight as with fp32 and reads each A value from
+// shared memory once per two rows (head at B = 1: 19.2 us, 4.0 TB/s). With few rows
+// that would halve the blocks (out_proj's 768 rows: 48), so one then.
 template <int MT, int CH, bool W16>
 void launch_gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const void* W, int ldw,
                  float beta, float* C, int ldc, int norm, float eps, const float* nw,
                  const float* nb, const ConvIn& cv) {
-  const int rows = W16 ? 2 * kWarps : kWarps;  // output rows a block takes at a time
+  const bool two = W16 && !cv.state && N >= 4 * kWarps * c.sm_count;
+  const int rows = two ? 2 * kWarps : kWarps;  // output rows a block takes at a time
   const int blocks = std::min((N + rows - 1) / rows, 4 * c.sm_count);
   const size_t smem = size_t(M) * K * sizeof(float);
   if (cv.state)
-    launch(gemv_kernel<MT, CH, true, W16>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A,
-           lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+    launch(gemv_kernel<MT, CH, true, W16, 1>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K,
+           A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+  else if (two)
+    launch(gemv_kernel<MT, CH, false, true, 2>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K,
+           A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
   else
-    launch(gemv_kernel<MT, CH, false, W16>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K, A,
-           lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+    launch(gemv_kernel<MT, CH, false, W16, 1>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K,
+           A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
 }
 
 template <int MT>
@@ -364,6 +393,28 @@ void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, 
   else if (M <= 4) dispatch_ch<4>(c, M, N, K, A, lda, W, w16, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
   else dispatch_ch<8>(c, M, N, K, A, lda, W, w16, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
   BHASA_LAUNCH_CHECK("gemv");
+}
+
+bool rows_to_bf16_serves(int K, const float* A, int lda) {
+  return K % 4 == 0 && lda % 4 == 0 && aligned16(A);
+}
+
+void rows_to_bf16(Ctx& c, int M, int K, const float* A, int lda, void* out) {
+  check(rows_to_bf16_serves(K, A, lda), "rows_to_bf16: shape or alignment not served");
+  launch(rows_to_bf16_kernel, dim3(blocks_for(size_t(M) * (K / 4), kThreads)), dim3(kThreads), 0, c.stream,
+         c.pdl, M, K, A, lda, static_cast<__nv_bfloat162*>(out));
+  BHASA_LAUNCH_CHECK("rows_to_bf16");
+}
+
+bool conv_rows_serves(int E, int K, const float* x, int ldx, const float* state) {
+  return K == kConvK && E % 4 == 0 && ldx % 4 == 0 && aligned16(x) && aligned16(state);
+}
+
+void conv_rows_bf16(Ctx& c, int B, int E, const float* x, int ldx, const ConvIn& cv, void* u) {
+  check(conv_rows_serves(E, cv.K, x, ldx, cv.state), "conv_rows_bf16: shape or alignment not served");
+  launch(conv_rows_bf16_kernel, dim3(blocks_for(size_t(B) * (E / 4), kThreads)), dim3(kThreads), 0, c.stream,
+         c.pdl, B, E, x, ldx, cv, static_cast<__nv_bfloat162*>(u));
+  BHASA_LAUNCH_CHECK("conv_rows_bf16");
 }
 
 // (Tried for B > 8 in tiles of 8 rows of A, each tile re-reading x_proj from L2: 16.9 us
