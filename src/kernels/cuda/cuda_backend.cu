@@ -428,7 +428,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
 // launches the decode kernels without programmatic dependent launch, BHASA_CUDA_W16=0
 // decodes from the fp32 weights in bf16 mode too, BHASA_CUDA_TUNE=0 takes cuBLASLt's
-// first algorithm for the decode GEMMs (for comparisons).
+// first algorithm for the decode GEMMs, BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
+// output that rounds an fp32 A for a bf16 weight (default 128) (for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);

@@ -296,15 +296,17 @@ gemv_kernel(int M, int N, int K, const float* __restrict__ A, int lda,
   }
 }
 
-// bf16 rows are half as long: with many rows (the head's 50280) a warp takes two at a
-// time, so it keeps as many bytes in flight as with fp32 and reads each A value from
-// shared memory once per two rows (head at B = 1: 19.2 us, 4.0 TB/s). With few rows
-// that would halve the blocks (out_proj's 768 rows: 48), so one then.
+// bf16 rows are half as long: a warp takes two at a time, so it keeps as many bytes in
+// flight as with fp32 and reads each A value from shared memory once per two rows.
+// Measured at B = 1 (decode_ops, us): norm_gemm in_proj 2.53 with two rows a warp
+// against 4.02 with one (384 blocks, more than fit at once) and 4.54 for fp32; the head 19.7 (4.0
+// TB/s) against 36.0. (One row a warp for N < 4224 cost cuda_decode 0.242 -> 0.281
+// ms/token.) The conv-staged GEMV (ssm_decode_in, N = 80) keeps one: 2.93 either way.
 template <int MT, int CH, bool W16>
 void launch_gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const void* W, int ldw,
                  float beta, float* C, int ldc, int norm, float eps, const float* nw,
                  const float* nb, const ConvIn& cv) {
-  const bool two = W16 && !cv.state && N >= 4 * kWarps * c.sm_count;
+  const bool two = W16 && !cv.state;
   const int rows = two ? 2 * kWarps : kWarps;  // output rows a block takes at a time
   const int blocks = std::min((N + rows - 1) / rows, 4 * c.sm_count);
   const size_t smem = size_t(M) * K * sizeof(float);
@@ -315,8 +317,8 @@ void launch_gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const voi
     launch(gemv_kernel<MT, CH, false, true, 2>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K,
            A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
   else
-    launch(gemv_kernel<MT, CH, false, W16, 1>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N, K,
-           A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
+    launch(gemv_kernel<MT, CH, false, false, 1>, dim3(blocks), dim3(kThreads), smem, c.stream, c.pdl, M, N,
+           K, A, lda, W, ldw, beta, C, ldc, norm, eps, nw, nb, cv);
 }
 
 template <int MT>
