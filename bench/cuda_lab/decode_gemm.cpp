@@ -6,7 +6,8 @@
 //   tune: as the backend's autotune (Gemm::fastest) times it on one weight: queued calls,
 //         L2 flushed before each, events around each, median of 5.
 // Against the TF32 GEMM on fp32 weights (heuristic's first; main's decode path today).
-// Floor: weight bytes / 4.29 TB/s. Usage: cuda_decode_gemm [M ...]
+// Floor: weight bytes / 4.29 TB/s. Usage: cuda_decode_gemm [M ...]; build (no libbhasa needed):
+//   g++ -O2 -std=c++20 -I$CUDA/include decode_gemm.cpp -L$CUDA/lib64 -lcublasLt -lcudart
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
