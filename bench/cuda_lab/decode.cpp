@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -60,14 +61,20 @@ void bench(MambaLM& m, int B, int prompt_len, int n_new) {
 
 }  // namespace
 
-int main() {
+// Usage: cuda_decode [precision ...]: one table per GEMM precision (fp32 | tf32 | bf16;
+// default: the backend's default, bf16, which decodes from a bf16 copy of the weights).
+int main(int argc, char** argv) {
   try {
-    auto be = make_cuda_backend();
-    ModelConfig cfg = preset_config("m130", 0);
-    MambaLM m(cfg, *be);
-    m.init_params(3);
-    std::printf("%s, m130 (%zu params)\n", be->name().c_str(), m.num_params());
-    for (int B : {1, 64}) bench(m, B, 64, 256);
+    std::vector<std::string> precisions(argv + 1, argv + argc);
+    if (precisions.empty()) precisions.push_back("");
+    for (const std::string& precision : precisions) {
+      auto be = make_cuda_backend(precision);
+      ModelConfig cfg = preset_config("m130", 0);
+      MambaLM m(cfg, *be);
+      m.init_params(3);
+      std::printf("%s, m130 (%zu params)\n", be->name().c_str(), m.num_params());
+      for (int B : {1, 64}) bench(m, B, 64, 256);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "decode bench failed: %s\n", e.what());
     return 1;

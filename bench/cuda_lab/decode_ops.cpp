@@ -2,12 +2,16 @@
 // CUDA graph (as in the decode graph: no launch gaps from the host), weights rotated
 // over copies so that they come from DRAM (8 copies of a layer's 15 MB, 2 of the
 // 154 MB head), median of 15 replays, per call. Floor: weight bytes / 4.29 TB/s.
+// The weights live in one arena that is frozen (Backend::freeze_weights), so in bf16
+// mode the decode GEMMs read its bf16 copy; a tf32 backend is main's path.
+// Usage: cuda_decode_ops [all]: all adds bf16 weights with cuBLASLt's first algorithm (no autotune).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -24,11 +28,25 @@ struct Layer {  // one copy of a layer's weights
   float *norm_w, *in_proj, *conv_w, *conv_b, *x_proj, *dt_w, *dt_b, *A_log, *Dp, *out_proj;
 };
 
+// Weights come out of one arena (so that one freeze covers them), 64-float aligned.
+struct Arena {
+  float* base = nullptr;
+  size_t used = 0, cap = 0;
+};
+Arena* arena = nullptr;
+
 float* rnd(Backend& be, size_t n, std::mt19937& rng, float scale, float mean = 0.f) {
   std::normal_distribution<float> d(mean, scale);
   std::vector<float> h(n);
   for (auto& x : h) x = d(rng);
-  float* p = be.alloc(n);
+  float* p = nullptr;
+  if (arena) {
+    if (arena->used + n > arena->cap) throw std::runtime_error("arena too small");
+    p = arena->base + arena->used;
+    arena->used += (n + 63) / 64 * 64;
+  } else {
+    p = be.alloc(n);
+  }
   be.upload(p, h.data(), n);
   return p;
 }
@@ -65,6 +83,11 @@ double time_op(Backend& be, const std::function<void(int)>& op) {
 void run(const char* label, const CudaOptions& opt) {
   auto be = make_cuda_backend(opt);
   std::mt19937 rng(1);
+  Arena ar;
+  ar.cap = size_t(kCopies) * (64 * 12 + D + 2 * E * D + E * K + 3 * E + P * E + E * R + E * N + D * E) +
+           2 * (size_t(V) * D + 64);
+  ar.base = be->alloc(ar.cap);
+  arena = &ar;
   std::vector<Layer> L(kCopies);
   for (auto& l : L) {
     l.norm_w = rnd(*be, D, rng, 0.1f, 1.f);
@@ -79,10 +102,13 @@ void run(const char* label, const CudaOptions& opt) {
     l.out_proj = rnd(*be, size_t(D) * E, rng, 0.02f);
   }
   float* head[2] = {rnd(*be, size_t(V) * D, rng, 0.02f), rnd(*be, size_t(V) * D, rng, 0.02f)};
+  arena = nullptr;
+  be->freeze_weights(ar.base, ar.used);
   for (int B : {1, 64}) {
-    float *x = rnd(*be, size_t(B) * D, rng, 1.f), *h = be->alloc(size_t(B) * D),
-          *xz = rnd(*be, size_t(B) * 2 * E, rng, 1.f), *xs = be->alloc(size_t(B) * E),
-          *dbc = rnd(*be, size_t(B) * P, rng, 0.5f), *dt = be->alloc(size_t(B) * E), *y = be->alloc(size_t(B) * E),
+    // inputs random, not zeros (a product of zeros can run faster than one of data)
+    float *x = rnd(*be, size_t(B) * D, rng, 1.f), *h = rnd(*be, size_t(B) * D, rng, 1.f),
+          *xz = rnd(*be, size_t(B) * 2 * E, rng, 1.f), *xs = rnd(*be, size_t(B) * E, rng, 1.f),
+          *dbc = rnd(*be, size_t(B) * P, rng, 0.5f), *dt = be->alloc(size_t(B) * E), *y = rnd(*be, size_t(B) * E, rng, 1.f),
           *stats = be->alloc(2 * B), *logits = rnd(*be, size_t(B) * V, rng, 1.f),
           *conv = rnd(*be, size_t(kCopies) * B * (K - 1) * E, rng, 1.f),
           *ssm = rnd(*be, size_t(kCopies) * B * E * N, rng, 0.1f);
@@ -92,44 +118,45 @@ void run(const char* label, const CudaOptions& opt) {
     struct Row { const char* name; double floor_bytes; std::function<void(int)> op; };
     const double lw = 4.0 * (2.0 * E * D + P * E + E * R + D * E);
     std::vector<Row> rows = {
-        {"norm", 0, [&](int i) { be->norm_forward(B, D, true, 1e-5f, x, L[i % kCopies].norm_w, nullptr, h, stats, stats + B); }},
         {"in_proj gemm (B,3072,768)", 4.0 * 2 * E * D, [&](int i) { be->gemm(false, true, B, 2 * E, D, h, D, L[i % kCopies].in_proj, D, 0.f, xz, 2 * E); }},
-        {"conv with state", 0, [&](int i) { be->conv1d_silu_with_state(B, 1, E, K, xz, 2 * E, L[i % kCopies].conv_w, L[i % kCopies].conv_b, cs(i), xs); }},
         {"x_proj gemm (B,80,1536)", 4.0 * P * E, [&](int i) { be->gemm(false, true, B, P, E, xs, E, L[i % kCopies].x_proj, E, 0.f, dbc, P); }},
-        {"dt_proj gemm (B,1536,48)", 4.0 * E * R, [&](int i) { be->gemm(false, true, B, E, R, dbc, P, L[i % kCopies].dt_w, R, 0.f, dt, E); }},
-        {"scan L=1", 0, [&](int i) { be->scan_forward(B, 1, E, N, 64, xs, dt, L[i % kCopies].dt_b, L[i % kCopies].A_log, dbc + R, dbc + R + N, P, L[i % kCopies].Dp, xz + E, 2 * E, y, nullptr, hs(i), hs(i)); }},
         {"out_proj gemm (B,768,1536) beta 1", 4.0 * D * E, [&](int i) { be->gemm(false, true, B, D, E, y, E, L[i % kCopies].out_proj, E, 1.f, x, D); }},
-        {"NEW norm_gemm in_proj", 4.0 * 2 * E * D, [&](int i) { be->norm_gemm(B, 2 * E, D, true, 1e-5f, x, L[i % kCopies].norm_w, nullptr, L[i % kCopies].in_proj, xz); }},
-        {"NEW ssm_decode_in (conv + x_proj)", 4.0 * P * E, [&](int i) { be->ssm_decode_in(B, E, K, P, xz, 2 * E, cs(i), L[i % kCopies].conv_w, L[i % kCopies].conv_b, L[i % kCopies].x_proj, dbc); }},
-        {"NEW ssm_decode_step", 4.0 * E * R, [&](int i) { be->ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, cs(i), L[i % kCopies].conv_w, L[i % kCopies].conv_b, dbc, L[i % kCopies].dt_w, L[i % kCopies].dt_b, L[i % kCopies].A_log, L[i % kCopies].Dp, hs(i), y); }},
+        {"norm_gemm in_proj", 4.0 * 2 * E * D, [&](int i) { be->norm_gemm(B, 2 * E, D, true, 1e-5f, x, L[i % kCopies].norm_w, nullptr, L[i % kCopies].in_proj, xz); }},
+        {"ssm_decode_in (conv + x_proj)", 4.0 * P * E, [&](int i) { be->ssm_decode_in(B, E, K, P, xz, 2 * E, cs(i), L[i % kCopies].conv_w, L[i % kCopies].conv_b, L[i % kCopies].x_proj, dbc); }},
+        {"ssm_decode_step", 4.0 * E * R, [&](int i) { be->ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, cs(i), L[i % kCopies].conv_w, L[i % kCopies].conv_b, dbc, L[i % kCopies].dt_w, L[i % kCopies].dt_b, L[i % kCopies].A_log, L[i % kCopies].Dp, hs(i), y); }},
         {"lm_head gemm (B,50280,768)", 4.0 * V * D, [&](int i) { be->gemm(false, true, B, V, D, h, D, head[i % 2], D, 0.f, logits, V); }},
-        {"NEW norm_gemm lm_head", 4.0 * V * D, [&](int i) { be->norm_gemm(B, V, D, true, 1e-5f, x, L[0].norm_w, nullptr, head[i % 2], logits); }},
+        {"norm_gemm lm_head", 4.0 * V * D, [&](int i) { be->norm_gemm(B, V, D, true, 1e-5f, x, L[0].norm_w, nullptr, head[i % 2], logits); }},
         {"sample_tokens greedy", 0, [&](int i) { be->sample_tokens(B, V, logits, 0.f, 1, counter, ids, hist, 256); }},
     };
-    std::printf("\n%s, B=%d (layer weights %.1f MB: floor %.2f us)\n| op | us/call | weight floor us |\n|---|---|---|\n",
-                label, B, lw / 1e6, lw / 4.29e6);
+    std::printf("\n%s, B=%d (layer weights %.1f MB: floor %.2f us fp32, %.2f bf16)\n"
+                "| op | us/call | weight floor us fp32 / bf16 |\n|---|---|---|\n",
+                label, B, lw / 1e6, lw / 4.29e6, lw / 8.58e6);
     for (auto& r : rows) {
       const int32_t zero = 0;
       be->upload_i32(counter, &zero, 1);
-      std::printf("| %s | %.2f | %.2f |\n", r.name, time_op(*be, r.op), r.floor_bytes / 4.29e6);
+      std::printf("| %s | %.2f | %.2f / %.2f |\n", r.name, time_op(*be, r.op), r.floor_bytes / 4.29e6,
+                  r.floor_bytes / 8.58e6);
       std::fflush(stdout);
     }
     for (float* p : {x, h, xz, xs, dbc, dt, y, stats, logits, conv, ssm}) be->free(p);
     be->free(counter), be->free(ids), be->free(hist);
   }
+  be->free(ar.base);
 }
 
 }  // namespace
 
 int main(int argc, char**) {
   try {
+    CudaOptions tf32;
+    tf32.gemm = GemmMath::tf32;
+    run("tf32: fp32 weights (main's decode path)", tf32);
     CudaOptions opt;
-    run("gemv + pdl", opt);
+    run("bf16 weights (frozen), decode GEMMs autotuned", opt);
     if (argc > 1) {  // the comparisons
-      opt.pdl = false;
-      run("gemv, no pdl", opt);
-      opt.gemv = false;
-      run("cuBLASLt (no gemv), no pdl", opt);
+      CudaOptions o = opt;
+      o.tune_decode = false;
+      run("bf16 weights, cuBLASLt heuristic's first algorithm", o);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "decode_ops failed: %s\n", e.what());

@@ -218,6 +218,13 @@ class Backend {
                                const float* dt_bias, const float* A_log, const float* D,
                                float* h, float* y) = 0;
 
+  // The weights in [params, params + n) will not change until written again through
+  // this backend; a backend may keep a lower-precision copy for the decode ops (the CUDA
+  // backend in bf16 mode: a bf16 copy that norm_gemm, ssm_decode_in and gemm read at
+  // batch <= 64). Any write into the range drops the copy. Called where decoding starts;
+  // again while nothing was written, it is a check.
+  virtual void freeze_weights(const float* params, size_t n) {}
+
   // ---- decoding on the device (optional; see supports_graphs) -------------------
   // The sampling rule (kernels/sampling.h): per row b, ids[b] = argmax_v of logits[b, v]
   // when temperature <= 0, else of logits[b, v] / temperature + gumbel(seed, step, b, v)

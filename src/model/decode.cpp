@@ -53,6 +53,7 @@ void MambaLM::prefill(DecodeState& s, const int32_t* ids, int L, float* last_log
   const int B = s.batch, V = cfg_.vocab_size;
   check_ids(ids, size_t(B) * L, V);
   Activations& a = inference_buffers(prefill_, B, L);
+  be_.freeze_weights(params_, layout_.total);  // decoding starts: a backend may copy them to bf16
   be_.upload_i32(a.ids, ids, a.T);
   forward_stack(a, &s);
   for (int b = 0; b < B; b++)
@@ -63,6 +64,7 @@ void MambaLM::step(DecodeState& s, const int32_t* ids, float* logits) {
   const int B = s.batch, V = cfg_.vocab_size;
   check_ids(ids, B, V);
   Activations& a = inference_buffers(step_, B, 1);
+  be_.freeze_weights(params_, layout_.total);  // a check, unless the weights were written since
   be_.upload_i32(a.ids, ids, B);
   forward_stack(a, &s);
   be_.download(logits, a.logits, size_t(B) * V);
@@ -94,6 +96,8 @@ void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_ne
     return;
   }
   Activations& a = inference_buffers(step_, B, 1);
+  // Before the eager step and the capture: the graph reads the copy (at a fixed address)
+  be_.freeze_weights(params_, layout_.total);
   if (!graph_) graph_ = std::make_unique<DecodeGraph>(be_);
   DecodeGraph& g = *graph_;
   if (g.capacity < n_new || g.batch != B) {

@@ -1,7 +1,9 @@
 // The CUDA backend: device memory (cudaMalloc), one stream that every kernel, copy
 // and GEMM runs on, a cuBLASLt handle with a workspace allocated once, and grow-once
 // scratch for the kernels' partial sums. Storage is fp32, except the GEMM-operand
-// activations (Operand, kernels.h), which are bf16 when the GEMMs are (GemmMath::bf16).
+// activations (Operand, kernels.h), which are bf16 when the GEMMs are (GemmMath::bf16);
+// in bf16 mode frozen weights also get a bf16 copy for decoding (weight_mirror.cuh),
+// so every call that writes memory tells the mirrors (wrote) what it wrote.
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -11,6 +13,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/op_profile.h"
+#include "kernels/cuda/weight_mirror.cuh"
 
 namespace bhasa {
 
@@ -31,6 +34,10 @@ class CudaBackend final : public Backend {
     gemm_ = std::make_unique<cuda::Gemm>(stream_, opt.gemm);
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
     gemm_->set_profile(profile_.get());
+    gemm_->set_tune(opt.tune_decode);
+    mirrors_ = std::make_unique<cuda::WeightMirrors>(stream_);
+    bf16_weights_ = opt.bf16_weights && opt.gemm == GemmMath::bf16;
+    if (const char* n = std::getenv("BHASA_CUDA_W16_MIN_N")) w16_min_n_ = std::atoi(n);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     ctx_.sm_count = prop.multiProcessorCount;
@@ -44,6 +51,7 @@ class CudaBackend final : public Backend {
       if (g) cudaGraphExecDestroy(g);
     gemm_->set_profile(nullptr);
     profile_.reset();  // prints the op profile, when on
+    mirrors_.reset();
     gemm_.reset();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cudaFreeHost(host_result_);
@@ -61,10 +69,15 @@ class CudaBackend final : public Backend {
   void free(void* p) override {
     if (!p) return;
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    mirrors_->freed(p);
     BHASA_CUDA_CHECK(cudaFree(p));
   }
-  void upload(float* dst, const float* src, size_t n) override { to_device(dst, src, n * sizeof(float)); }
+  void upload(float* dst, const float* src, size_t n) override {
+    wrote(dst, n);
+    to_device(dst, src, n * sizeof(float));
+  }
   void upload_i32(int32_t* dst, const int32_t* src, size_t n) override {
+    mirrors_->wrote(dst, n * sizeof(int32_t));
     to_device(dst, src, n * sizeof(int32_t));
   }
   void download(float* dst, const float* src, size_t n) override {
@@ -74,10 +87,12 @@ class CudaBackend final : public Backend {
   }
   void zero(float* p, size_t n) override {
     BHASA_PROFILE_OP(*profile_, "zero");
+    wrote(p, n);
     if (n) BHASA_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
     BHASA_PROFILE_OP(*profile_, "copy");
+    wrote(dst, n);
     if (n && dst != src)
       BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
@@ -87,14 +102,29 @@ class CudaBackend final : public Backend {
     return gemm_->math() == GemmMath::bf16 ? Dtype::bf16 : Dtype::f32;
   }
 
+  // ---- frozen weights: a bf16 copy for the decode GEMMs (bf16 mode) -----------------
+  void freeze_weights(const float* params, size_t n) override {
+    if (bf16_weights_) mirrors_->freeze(params, n);
+  }
+
   // ---- kernels --------------------------------------------------------------
   void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
             int ldb, float beta, float* C, int ldc) override {
     BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
-    // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
+    wrote(C, M, N, ldc);
     const bool fp32 = A.dtype == Dtype::f32 && B.dtype == Dtype::f32;
+    const void* w16 = fp32 && !ta && tb ? decode_weight(M, N, K, B.f32(), ldb) : nullptr;  // (N, K) bf16, or null
+    // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
     if (gemv_ && fp32 && !ta && tb && gemv_serves(M, N, K, A.f32(), lda, B.f32(), ldb, nullptr, nullptr))
-      return cuda::gemv(ctx_, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr);
+      return cuda::gemv(ctx_, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr, {},
+                        gemv_w16_serves(K, ldb, w16) ? w16 : nullptr);
+    if (w16 && N >= w16_min_n_) {  // (N, K) bf16 weight: A rounded to bf16 too, for cuBLASLt
+      if (!cuda::rows_to_bf16_serves(K, A.f32(), lda))
+        return gemm_->run_w16(M, N, K, A.f32(), lda, nullptr, w16, ldb, beta, C, ldc);
+      void* a16 = scratch_.get(kDecodeA16, size_t(M) * K * 2);  // (M, K) bf16
+      cuda::rows_to_bf16(ctx_, M, K, A.f32(), lda, a16);
+      return gemm_->run_w16(M, N, K, nullptr, K, a16, w16, ldb, beta, C, ldc);
+    }
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
 
@@ -102,6 +132,7 @@ class CudaBackend final : public Backend {
   void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
                        ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "linear_backward " + std::to_string(T) + "x" + std::to_string(O) + "x" + std::to_string(I));
+    wrote(dX, T, I, lddx), wrote(dW, O, I, ldw);
     gemm_->pin(dY.p);
     try {
       gemm_->run(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
@@ -117,25 +148,46 @@ class CudaBackend final : public Backend {
   void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
                  const float* b, const float* W, float* out) override {
     BHASA_PROFILE_OP(*profile_, "norm_gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
+    wrote(out, M, N, N);
+    const void* w16 = decode_weight(M, N, K, W, K);  // (N, K) bf16, or null
     if (gemv_ && gemv_serves(M, N, K, x, K, W, K, w, b))
-      return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b);
+      return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b, {},
+                        gemv_w16_serves(K, K, w16) ? w16 : nullptr);
     auto* h = static_cast<float*>(scratch_.get(kDecodeA, size_t(M) * K * sizeof(float)));
+    if (w16 && N >= w16_min_n_ && cuda::norm_rows_serves(K, x, w, b, h)) {  // h (M, K) bf16
+      cuda::norm_rows_bf16(ctx_, M, K, rms, eps, x, w, b, h);
+      return gemm_->run_w16(M, N, K, nullptr, K, h, w16, K, 0.f, out, N);
+    }
     if (cuda::norm_rows_serves(K, x, w, b, h)) {
       cuda::norm_rows(ctx_, M, K, rms, eps, x, w, b, h);
     } else {
       auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
       cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
     }
+    if (w16 && N >= w16_min_n_) return gemm_->run_w16(M, N, K, h, K, nullptr, w16, K, 0.f, out, N);
     gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
   }
   void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,
                      const float* conv_w, const float* conv_b, const float* x_proj,
                      float* dbc) override {
     BHASA_PROFILE_OP(*profile_, "ssm_decode_in");
+    wrote(dbc, B, P, P);
     if (gemv_ && cuda::conv_gemv_serves(B, E, K, P, x, ldx, conv_state, x_proj)) {
       cuda::ConvIn cv;
       cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
-      return cuda::gemv(ctx_, B, P, E, x, ldx, x_proj, E, 0.f, dbc, P, 0, 0.f, nullptr, nullptr, cv);
+      const void* w16 = decode_weight(B, P, E, x_proj, E);
+      return cuda::gemv(ctx_, B, P, E, x, ldx, x_proj, E, 0.f, dbc, P, 0, 0.f, nullptr, nullptr, cv,
+                        gemv_w16_serves(E, E, w16) ? w16 : nullptr);
+    }
+    // x_proj's weight frozen: u straight to bf16 for cuBLASLt (4.1 us at B = 64 against
+    // 5.3 for TF32 on fp32 u; a separate rounding pass would cost that gain back)
+    const void* w16 = decode_weight(B, P, E, x_proj, E);
+    if (w16 && cuda::conv_rows_serves(E, K, x, ldx, conv_state)) {
+      cuda::ConvIn cv;
+      cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
+      void* u16 = scratch_.get(kDecodeA16, size_t(B) * E * 2);  // (B, E) bf16
+      cuda::conv_rows_bf16(ctx_, B, E, x, ldx, cv, u16);
+      return gemm_->run_w16(B, P, E, nullptr, E, u16, w16, E, 0.f, dbc, P);
     }
     auto* xs = static_cast<float*>(scratch_.get(kDecodeA, size_t(B) * E * sizeof(float)));
     cuda::conv_decode(ctx_, B, E, K, x, ldx, conv_state, conv_w, conv_b, xs);
@@ -146,42 +198,50 @@ class CudaBackend final : public Backend {
                        const float* dbc, const float* dt_w, const float* dt_bias,
                        const float* A_log, const float* D, float* h, float* y) override {
     BHASA_PROFILE_OP(*profile_, "ssm_decode_step");
+    wrote(conv_state, size_t(B) * (K - 1) * E), wrote(h, size_t(B) * E * N), wrote(y, size_t(B) * E);
     cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
                           dt_bias, A_log, D, h, y);
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
     BHASA_PROFILE_OP(*profile_, "embedding_forward");
+    wrote(out, size_t(T) * D);
     cuda::embedding_forward(ctx_, T, D, ids, table, out);
   }
   void embedding_backward(int T, int D, int V, const int32_t* ids, const float* dout,
                           float* dtable) override {
     BHASA_PROFILE_OP(*profile_, "embedding_backward");
+    wrote(dtable, size_t(V) * D);
     cuda::embedding_backward(ctx_, T, D, V, ids, dout, dtable);
   }
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
                     const float* b, Operand out, float* mean, float* rstd) override {
     BHASA_PROFILE_OP(*profile_, "norm_forward");
+    wrote(out, size_t(T) * D), wrote(mean, T), wrote(rstd, T);
     cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd);
   }
   void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
                      const float* mean, const float* rstd, float* dx, float* dw, float* db) override {
     BHASA_PROFILE_OP(*profile_, "norm_backward");
+    wrote(dx, size_t(T) * D), wrote(dw, D), wrote(db, D);
     cuda::norm_backward(ctx_, T, D, rms, dout, x, w, mean, rstd, dx, dw, db);
   }
   void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                            const float* bias, float* out) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_forward");
+    wrote(out, size_t(B) * L * E);
     cuda::conv1d_silu_forward(ctx_, B, L, E, K, x, ldx, w, bias, out);
   }
   void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                             const float* bias, const float* dout, Operand dx, float* dw,
                             float* dbias) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_backward");
+    wrote(dx, B * L, E, ldx), wrote(dw, size_t(E) * K), wrote(dbias, E);
     cuda::conv1d_silu_backward(ctx_, B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias);
   }
   void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                               const float* bias, float* state, float* out) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_with_state");
+    wrote(state, size_t(B) * (K - 1) * E), wrote(out, size_t(B) * L * E);
     cuda::conv1d_silu_with_state(ctx_, B, L, E, K, x, ldx, w, bias, state, out);
   }
   // Chunk 8: the backward needs no replay pass; at m130 16 x 2048 the scan takes 2.85 ms
@@ -193,6 +253,8 @@ class CudaBackend final : public Backend {
                     int ld_bc, const float* D, const float* z, int ldz, Operand out,
                     float* chunk_states, const float* h0, float* h_last) override {
     BHASA_PROFILE_OP(*profile_, "scan_forward");
+    wrote(out, size_t(B) * L * E), wrote(h_last, size_t(B) * E * N);
+    if (chunk_states) wrote(chunk_states, size_t(B) * ((L + chunk - 1) / chunk) * E * N);
     cuda::scan_forward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out,
                        chunk_states, h0, h_last);
   }
@@ -202,34 +264,43 @@ class CudaBackend final : public Backend {
                      const float* dout, float* du, float* ddt, float* dBm, float* dCm, Operand dz,
                      float* dA_log, float* dD, float* ddt_bias) override {
     BHASA_PROFILE_OP(*profile_, "scan_backward");
+    wrote(du, size_t(B) * L * E), wrote(ddt, size_t(B) * L * E), wrote(dBm, B * L, N, ld_bc);
+    wrote(dCm, B * L, N, ld_bc), wrote(dz, B * L, E, ldz), wrote(dA_log, size_t(E) * N);
+    wrote(dD, E), wrote(ddt_bias, E);
     cuda::scan_backward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
                         chunk_states, dout, du, ddt, dBm, dCm, dz, dA_log, dD, ddt_bias);
   }
   void swiglu_forward(int T, int I, const float* f, float* out) override {
     BHASA_PROFILE_OP(*profile_, "swiglu_forward");
+    wrote(out, size_t(T) * I);
     cuda::swiglu_forward(ctx_, T, I, f, out);
   }
   void swiglu_backward(int T, int I, const float* f, const float* dout, float* df) override {
     BHASA_PROFILE_OP(*profile_, "swiglu_backward");
+    wrote(df, size_t(T) * 2 * I);
     cuda::swiglu_backward(ctx_, T, I, f, dout, df);
   }
   double cross_entropy(int T, int V, float* logits, int ldl, const int32_t* targets,
                        float dlogits_scale) override {
     BHASA_PROFILE_OP(*profile_, "cross_entropy");
+    if (dlogits_scale != 0.0f) wrote(logits, T, V, ldl);
     return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
   }
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
     BHASA_PROFILE_OP(*profile_, "adamw");
+    wrote(p, n), wrote(m, n), wrote(v, n);
     cuda::adamw(ctx_, n, p, g, m, v, lr, b1, b2, eps, wd, step, grad_scale);
   }
   double sum_squares(size_t n, const float* g) override { return cuda::sum_squares(ctx_, n, g); }
   void axpy(size_t n, float alpha, const float* x, float* y) override {
     BHASA_PROFILE_OP(*profile_, "axpy");
+    wrote(y, n);
     cuda::axpy(ctx_, n, alpha, x, y);
   }
   void dropout(size_t n, Operand x, float p, uint64_t seed) override {
     BHASA_PROFILE_OP(*profile_, "dropout");
+    wrote(x, n);
     cuda::dropout(ctx_, n, x, p, seed);
   }
 
@@ -295,9 +366,30 @@ class CudaBackend final : public Backend {
                   std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
                   "); use a smaller batch size, sequence length or model");
     }
+    mirrors_->wrote(p, b);  // new memory where a freed, mirrored range was
     BHASA_CUDA_CHECK(cudaMemsetAsync(p, 0, b, stream_));
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return p;
+  }
+  // The backend writes n floats at p, or rows x cols with row stride ld: a frozen
+  // weight there loses its mirror.
+  void wrote(const float* p, size_t n) {
+    if (p && n) mirrors_->wrote(p, n * sizeof(float));
+  }
+  void wrote(const float* p, int rows, int cols, int ld) {
+    if (rows > 0 && cols > 0) wrote(p, size_t(rows - 1) * ld + cols);
+  }
+  void wrote(Operand p, size_t n) {  // fp32 or bf16 elements
+    if (p.p && n) mirrors_->wrote(p.p, n * dtype_bytes(p.dtype));
+  }
+  void wrote(Operand p, int rows, int cols, int ld) {
+    if (rows > 0 && cols > 0) wrote(p, size_t(rows - 1) * ld + cols);
+  }
+  // The bf16 copy of a frozen weight W (N, K) row stride ldw for a decode product with
+  // M rows, or null (not bf16 mode, M too large, W not frozen).
+  const void* decode_weight(int M, int N, int K, const float* W, int ldw) const {
+    if (!bf16_weights_ || M > kDecodeMaxM || N <= 0 || K <= 0) return nullptr;
+    return mirrors_->find(W, size_t(N - 1) * ldw + K);
   }
   void to_device(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;
@@ -313,6 +405,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::OpProfile> profile_;
   bool gemv_ = true;  // small-M products through gemv.cu
+  std::unique_ptr<cuda::WeightMirrors> mirrors_;
+  bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
+  int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
@@ -343,7 +438,10 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 
 // The environment's switches: BHASA_CUDA_GEMM=fp32|tf32|bf16|bf16_fast picks the GEMM
 // math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
-// launches the decode kernels without programmatic dependent launch (for comparisons).
+// launches the decode kernels without programmatic dependent launch, BHASA_CUDA_W16=0
+// decodes from the fp32 weights in bf16 mode too, BHASA_CUDA_TUNE=0 takes cuBLASLt's
+// first algorithm for the decode GEMMs, BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
+// output that rounds an fp32 A for a bf16 weight (default 128) (for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
@@ -351,6 +449,10 @@ static CudaOptions options_from_env() {
   if (gemv && std::string(gemv) == "0") opt.gemv = false;
   const char* pdl = std::getenv("BHASA_CUDA_PDL");
   if (pdl && std::string(pdl) == "0") opt.pdl = false;
+  const char* w16 = std::getenv("BHASA_CUDA_W16");
+  if (w16 && std::string(w16) == "0") opt.bf16_weights = false;
+  const char* tune = std::getenv("BHASA_CUDA_TUNE");
+  if (tune && std::string(tune) == "0") opt.tune_decode = false;
   return opt;
 }
 

@@ -26,7 +26,14 @@ struct CudaOptions {
   bool gemv = true;
   // Decode kernels launched with programmatic dependent launch (overlap with the previous kernel).
   bool pdl = true;
+  // In bf16 mode, freeze_weights() keeps a bf16 copy of the weights that the decode
+  // GEMMs (at most kDecodeMaxM rows) read instead: half the bytes (weight_mirror.cuh).
+  bool bf16_weights = true;
+  // Those GEMMs above the GEMV's 8 rows: time cuBLASLt's candidate algorithms on the
+  // first call of a shape and keep the fastest (else the heuristic's first).
+  bool tune_decode = true;
 };
+constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 
 // Throws Error when no CUDA GPU is usable.
 std::unique_ptr<Backend> make_cuda_backend();

@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kNumSlots
+  kSampleCounter, kDecodeA16, kNumSlots
 };
 
 class Scratch {
@@ -148,15 +148,26 @@ struct ConvIn {  // gemv's conv staging (ssm_decode_in): state (M, K-1, E), w (E
 };
 bool gemv_serves(int M, int N, int K, const float* A, int lda, const float* W, int ldw,
                  const float* nw, const float* nb);
+// w16: W's bf16 mirror (same shape and ldw, weight_mirror.cuh), read instead of W when
+// non-null; it needs gemv_w16_serves.
+bool gemv_w16_serves(int K, int ldw, const void* w16);
 void gemv(Ctx& c, int M, int N, int K, const float* A, int lda, const float* W, int ldw, float beta,
           float* C, int ldc, int norm, float eps, const float* nw, const float* nb,
-          const ConvIn& cv = ConvIn{});
+          const ConvIn& cv = ConvIn{}, const void* w16 = nullptr);
 // ssm_decode_in as one gemv with the conv staged in front (B <= 8, d_conv 4)
 bool conv_gemv_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
                       const float* x_proj);
 bool norm_rows_serves(int K, const float* x, const float* nw, const float* nb, const float* out);
 void norm_rows(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
                const float* nb, float* out);  // norm_forward without mean / rstd, one warp a row
+void norm_rows_bf16(Ctx& c, int M, int K, bool rms, float eps, const float* x, const float* nw,
+                    const float* nb, void* out);  // the same, out (M, K) bf16
+// cuBLASLt's bf16 A for a frozen weight's product (gemv.cu, PDL): A (M, lda) fp32 -> out (M, K)
+// bf16 dense; and ssm_decode_in's u = silu(conv(state, x)) -> u (B, E) bf16 (d_conv 4)
+bool rows_to_bf16_serves(int K, const float* A, int lda);
+void rows_to_bf16(Ctx& c, int M, int K, const float* A, int lda, void* out);
+bool conv_rows_serves(int E, int K, const float* x, int ldx, const float* state);
+void conv_rows_bf16(Ctx& c, int B, int E, const float* x, int ldx, const ConvIn& cv, void* u);
 void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
                  const float* conv_w, const float* conv_b, float* xs);  // u of ssm_decode_in, states untouched
 void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,

@@ -103,7 +103,7 @@ Gemm::~Gemm() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-const Gemm::Plan& Gemm::plan(const Key& key) {
+const Gemm::Plan& Gemm::plan(const Key& key, const Tune* tune) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   const auto [math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c] = key;
@@ -135,16 +135,82 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al2, sizeof(al2));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alc, sizeof(alc));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alc, sizeof(alc));
-  cublasLtMatmulHeuristicResult_t result{};
+  constexpr int kCandidates = 16;
+  cublasLtMatmulHeuristicResult_t result[kCandidates] = {};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.c, p.c, pref, 1,
-                                                           &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.c, p.c, pref,
+                                                           tune ? kCandidates : 1, result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     throw Error("cuBLASLt found no GEMM algorithm for M=" + std::to_string(M) + " N=" +
                 std::to_string(N) + " K=" + std::to_string(K));
-  p.algo = result.algo;
+  p.algo = result[0].algo;
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  BHASA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capturing));
+  if (tune && found > 1 && capturing == cudaStreamCaptureStatusNone)
+    p.algo = fastest(p, result, found, *tune, M, ldc);
   return plans_.emplace(key, p).first->second;
+}
+
+namespace {
+// Holds the stream for about `cycles` clocks, so that the calls queued behind it run
+// back to back, timed by the GPU alone (not by how fast the host can enqueue them).
+__global__ void hold_kernel(long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+}
+}  // namespace
+
+// The heuristic's first pick for a skinny decode GEMM (M <= 64) is not its fastest
+// (bench/cuda_lab/decode_gemm.cpp, M = 64: in_proj 4.56 us against 4.25 for its 4th,
+// lm_head 26.6 against 24.8 for its 3rd). Times each candidate on the call's own
+// operands into a scratch C as a decode step runs it: the weight from DRAM (L2 flushed
+// by a memset before each call), calls queued behind hold_kernel so that the events
+// time the GPU and not the host's enqueueing; median of 5, fastest kept.
+cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n,
+                                   const Tune& t, int M, int ldc) {
+  constexpr int kReps = 5;
+  float* c = nullptr;
+  const size_t bytes = size_t(M) * ldc * sizeof(float);
+  BHASA_CUDA_CHECK(cudaMalloc(&c, bytes));
+  BHASA_CUDA_CHECK(cudaMemsetAsync(c, 0, bytes, stream_));
+  int device = 0, l2 = 0;
+  BHASA_CUDA_CHECK(cudaGetDevice(&device));
+  BHASA_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+  const size_t flush_bytes = 2 * size_t(l2);
+  void* flush = nullptr;
+  if (cudaMalloc(&flush, flush_bytes) != cudaSuccess) cudaGetLastError(), flush = nullptr;  // then L2-warm
+  cudaEvent_t ev[2 * kReps];
+  for (cudaEvent_t& e : ev) BHASA_CUDA_CHECK(cudaEventCreate(&e));
+  const float alpha = 1.0f, beta = 0.0f;
+  int best = 0;
+  float best_ms = 1e30f;
+  for (int i = 0; i < n; ++i) {
+    if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto call = [&] {
+      return cublasLtMatmul(handle_, p.desc, &alpha, t.b, p.b, t.a, p.a, &beta, c, p.c, c, p.c, &cand[i].algo,
+                            workspace_, workspace_bytes_, stream_);
+    };
+    if (call() != CUBLAS_STATUS_SUCCESS || call() != CUBLAS_STATUS_SUCCESS) continue;
+    hold_kernel<<<1, 1, 0, stream_>>>(1000000);  // ~0.5 ms: longer than enqueueing what follows
+    BHASA_CUDA_CHECK(cudaGetLastError());
+    for (int r = 0; r < kReps; ++r) {
+      if (flush) BHASA_CUDA_CHECK(cudaMemsetAsync(flush, r, flush_bytes, stream_));
+      BHASA_CUDA_CHECK(cudaEventRecord(ev[2 * r], stream_));
+      call();
+      BHASA_CUDA_CHECK(cudaEventRecord(ev[2 * r + 1], stream_));
+    }
+    BHASA_CUDA_CHECK(cudaEventSynchronize(ev[2 * kReps - 1]));
+    float ms[kReps];
+    for (int r = 0; r < kReps; ++r) BHASA_CUDA_CHECK(cudaEventElapsedTime(&ms[r], ev[2 * r], ev[2 * r + 1]));
+    std::sort(ms, ms + kReps);
+    if (ms[kReps / 2] < best_ms) best_ms = ms[kReps / 2], best = i;
+  }
+  for (cudaEvent_t e : ev) cudaEventDestroy(e);
+  if (flush) BHASA_CUDA_CHECK(cudaFree(flush));
+  BHASA_CUDA_CHECK(cudaFree(c));
+  return cand[best].algo;
 }
 
 // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
@@ -178,6 +244,22 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, C
   const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, alignment_of(C)});
   const float alpha = 1.0f;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.b, a, p.a, &beta, C, p.c, C, p.c, &p.algo,
+                          workspace_, workspace_bytes_, stream_),
+           "cublasLtMatmul");
+}
+
+// torch: C = beta * C + A @ W16.T  (W16 bf16; A rounded to bf16 unless a16 holds it already)
+void Gemm::run_w16(int M, int N, int K, const float* A, int lda, const void* a16, const void* W16, int ldw,
+                   float beta, float* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  check(K > 0, "run_w16: K must be positive");
+  const void* a = a16 ? a16 : to_bf16(A, M, K, lda, 0);
+  const Key key{GemmMath::bf16, false, true, M, N, K, K, ldw, ldc, alignment_of(a), alignment_of(W16),
+                alignment_of(C)};
+  const Tune tune{a, W16};
+  const Plan& p = plan(key, tune_ ? &tune : nullptr);
+  const float alpha = 1.0f;
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, W16, p.b, a, p.a, &beta, C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),
            "cublasLtMatmul");
 }

@@ -20,6 +20,14 @@ class Gemm {
   // A bf16 operand is multiplied as it is (bf16 math, the other operand copied if fp32).
   void run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
            int ldb, float beta, float* C, int ldc);
+  // Decoding with a frozen weight: C (M, N) = A (M, K) @ W^T + beta * C with W (N, K)
+  // row stride ldw in bf16 (its mirror, weight_mirror.cuh) and A fp32 row stride lda
+  // (rounded into a bf16 copy first) or, when a16 is given, A already bf16 (dense, row
+  // stride K). bf16 x bf16 -> fp32 on cuBLASLt. With tune, the first call of a shape
+  // times cuBLASLt's candidate algorithms on it and keeps the fastest (outside captures).
+  void run_w16(int M, int N, int K, const float* A, int lda, const void* a16, const void* W16,
+               int ldw, float beta, float* C, int ldc);
+  void set_tune(bool tune) { tune_ = tune; }
   GemmMath math() const { return math_; }
   // Times the bf16 copies on their own (nested inside the calling op's scope).
   void set_profile(OpProfile* profile) { profile_ = profile; }
@@ -40,7 +48,15 @@ class Gemm {
   };
   // (math, ta, tb, M, N, K, lda, ldb, ldc, align A, align B, align C)
   using Key = std::tuple<GemmMath, bool, bool, int, int, int, int, int, int, int, int, int>;
-  const Plan& plan(const Key& key);
+  // tune (optional): the operands of the call, to time the candidates on (C is not written)
+  struct Tune {
+    const void* a;
+    const void* b;
+  };
+  const Plan& plan(const Key& key, const Tune* tune = nullptr);
+  // the fastest of cuBLASLt's candidates for p on these operands (events, median of 5)
+  cublasLtMatmulAlgo_t fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n,
+                               const Tune& t, int M, int ldc);
   // bf16 mode: a dense bf16 copy of a strided fp32 (rows, cols) operand, in grow-once scratch.
   const void* to_bf16(const float* src, int rows, int cols, int ld, int slot);
 
@@ -59,6 +75,7 @@ class Gemm {
   Source bf16_source_[2];
   const void* pinned_ = nullptr;
   OpProfile* profile_ = nullptr;
+  bool tune_ = false;
   std::map<Key, Plan> plans_;
 };
 

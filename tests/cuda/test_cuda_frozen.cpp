@@ -1,0 +1,312 @@
+// Frozen weights (Backend::freeze_weights): in bf16 mode the CUDA backend's decode
+// GEMMs read a bf16 copy of the weights. Checked against the CPU twice: with the
+// weights rounded to bf16 on the host (ref16: the GEMV must agree to fp32 accuracy, so
+// it really read bf16 weights and nothing else changed) and with the fp32 weights
+// (ref: within the bf16 band, and measurably off it, so the copy is really used).
+// Any write into the frozen range must drop the copy; tf32 / fp32 modes never make one.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <limits>
+
+#include "cuda_test_util.h"
+#include "kernels/sampling.h"
+#include "model/mamba.h"
+#include "model/presets.h"
+
+using namespace bhasa;
+using namespace bhasa::test;
+
+namespace {
+
+constexpr double kFp32 = 1e-5;   // fp32 arithmetic on the same (rounded) weights
+constexpr double kBf16 = 1e-2;   // bf16 weights (and activations, through cuBLASLt) vs fp32
+constexpr double kUsed = 1e-4;   // at least this far from the fp32 result: bf16 was read
+constexpr double kTf32 = 2e-3;   // TF32 cuBLASLt on fp32 weights
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// torch: x.to(torch.bfloat16).float()  (round to nearest even; finite inputs)
+float bf16_round(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+std::vector<float> rounded(std::vector<float> v) {
+  for (float& x : v) x = bf16_round(x);
+  return v;
+}
+
+std::unique_ptr<Backend> bf16_gpu() { return gpu_or_null(GemmMath::bf16); }
+
+// The (M, N) block of a (M, ld) matrix.
+std::vector<float> block(const std::vector<float>& c, int M, int N, int ld) {
+  std::vector<float> out;
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) out.push_back(c[size_t(m) * ld + n]);
+  return out;
+}
+
+// Which path a decode product takes (cuda_backend.cu): the GEMV up to 8 rows, cuBLASLt
+// bf16 above when N >= 128, else cuBLASLt TF32 on the fp32 weights (thin outputs, where
+// rounding A costs more than bf16 saves), except ssm_decode_in, whose conv writes bf16.
+enum class Path { gemv16, lt16, tf32 };
+Path path_of(int M, int N) { return M <= 8 ? Path::gemv16 : N >= 128 ? Path::lt16 : Path::tf32; }
+
+// Checks got against ref (fp32 weights) and ref16 (bf16-rounded weights) for a path.
+void expect_path(const std::vector<float>& got, const std::vector<float>& ref, const std::vector<float>& ref16,
+                 Path path, const std::string& what) {
+  switch (path) {
+    case Path::gemv16:
+      EXPECT_LE(rel_l2(got, ref16), kFp32) << what;
+      EXPECT_GE(rel_l2(got, ref), kUsed) << what;
+      EXPECT_LE(rel_l2(got, ref), kBf16) << what;
+      break;
+    case Path::lt16:
+      EXPECT_LE(rel_l2(got, ref16), kBf16) << what;
+      EXPECT_GE(rel_l2(got, ref), kUsed) << what;
+      EXPECT_LE(rel_l2(got, ref), kBf16) << what;
+      break;
+    case Path::tf32:
+      EXPECT_LE(rel_l2(got, ref), kTf32) << what;
+      break;
+  }
+}
+
+}  // namespace
+
+// gemm(x @ W^T) with W frozen: every M up to 64, strided A and C, beta 0 (NaN-poisoned
+// C) / 1 / 0.5; W sits at an offset inside the frozen range.
+TEST(FrozenWeights, GemmReadsBf16Copy) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(11);
+  struct Shape { int N, K; };
+  for (Shape s : {Shape{3072, 768}, Shape{768, 1536}, Shape{80, 1536}, Shape{200, 64}}) {
+    const size_t off = 1024;  // W starts inside the arena, 16-byte aligned
+    auto W = randn(size_t(s.N) * s.K, rng, 0.05f);
+    std::vector<float> arena = randn(off + W.size() + 512, rng);
+    std::copy(W.begin(), W.end(), arena.begin() + off);
+    DevBuf dArena(*gpu, arena);
+    gpu->freeze_weights(dArena.p, arena.size());
+    const float* dW = dArena.p + off;
+    const auto W16 = rounded(W);
+    for (int M : {1, 2, 3, 5, 8, 9, 16, 33, 64})
+      for (float beta : {0.0f, 1.0f, 0.5f}) {
+        const int lda = s.K + 8, ldc = s.N + 3;
+        auto A = randn(size_t(M) * lda, rng);
+        auto C = beta == 0.0f ? std::vector<float>(size_t(M) * ldc, kNaN) : randn(size_t(M) * ldc, rng);
+        DevBuf dA(*gpu, A), dC(*gpu, C);
+        gpu->gemm(false, true, M, s.N, s.K, dA.p, lda, dW, s.K, beta, dC.p, ldc);
+        auto ref = C, ref16 = C;
+        if (beta == 0.0f) std::fill(ref.begin(), ref.end(), 0.0f), std::fill(ref16.begin(), ref16.end(), 0.0f);
+        cpu->gemm(false, true, M, s.N, s.K, A.data(), lda, W.data(), s.K, beta, ref.data(), ldc);
+        cpu->gemm(false, true, M, s.N, s.K, A.data(), lda, W16.data(), s.K, beta, ref16.data(), ldc);
+        const auto got = block(dC.host(), M, s.N, ldc);
+        expect_path(got, block(ref, M, s.N, ldc), block(ref16, M, s.N, ldc), path_of(M, s.N),
+                    "N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) + " M=" + std::to_string(M) +
+                        " beta=" + std::to_string(beta));
+      }
+  }
+}
+
+// norm_gemm (pre-norm staged, or norm_rows writing bf16 for cuBLASLt) and ssm_decode_in
+// (conv staged into the GEMV, or conv_decode then x_proj) with their weights frozen.
+TEST(FrozenWeights, NormGemmAndSsmDecodeIn) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(12);
+  {
+    const int N = 1000, K = 768;
+    auto W = randn(size_t(N) * K, rng, 0.05f);
+    DevBuf dW(*gpu, W);
+    gpu->freeze_weights(dW.p, W.size());
+    for (int M : {1, 3, 8, 20, 64})
+      for (bool rms : {true, false}) {
+        auto x = randn(size_t(M) * K, rng, 2.0f, 0.5f), w = randn(K, rng, 0.3f, 1.0f), b = randn(K, rng);
+        DevBuf dx(*gpu, x), dw(*gpu, w), db(*gpu, b), dout(*gpu, std::vector<float>(size_t(M) * N, kNaN));
+        gpu->norm_gemm(M, N, K, rms, 1e-5f, dx.p, dw.p, rms ? nullptr : db.p, dW.p, dout.p);
+        std::vector<float> ref(size_t(M) * N), ref16(size_t(M) * N);
+        const auto W16 = rounded(W);
+        cpu->norm_gemm(M, N, K, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), W.data(), ref.data());
+        cpu->norm_gemm(M, N, K, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), W16.data(), ref16.data());
+        expect_path(dout.host(), ref, ref16, path_of(M, N), "norm_gemm M=" + std::to_string(M) + " rms=" + std::to_string(rms));
+      }
+  }
+  const int E = 1536, P = 80, K = 4;
+  auto Wx = randn(size_t(P) * E, rng, 1.0f / std::sqrt(float(E)));
+  const auto Wx16 = rounded(Wx);
+  DevBuf dWx(*gpu, Wx);
+  gpu->freeze_weights(dWx.p, Wx.size());
+  for (int B : {1, 5, 8, 20, 64}) {
+    auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
+         cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f);
+    DevBuf dxz(*gpu, xz), dst(*gpu, st), dcw(*gpu, cw), dcb(*gpu, cb), dbc(*gpu, std::vector<float>(size_t(B) * P, kNaN));
+    gpu->ssm_decode_in(B, E, K, P, dxz.p, 2 * E, dst.p, dcw.p, dcb.p, dWx.p, dbc.p);
+    std::vector<float> ref(size_t(B) * P), ref16(size_t(B) * P);
+    cpu->ssm_decode_in(B, E, K, P, xz.data(), 2 * E, st.data(), cw.data(), cb.data(), Wx.data(), ref.data());
+    cpu->ssm_decode_in(B, E, K, P, xz.data(), 2 * E, st.data(), cw.data(), cb.data(), Wx16.data(), ref16.data());
+    expect_path(dbc.host(), ref, ref16, B <= 8 ? Path::gemv16 : Path::lt16, "ssm_decode_in B=" + std::to_string(B));
+    EXPECT_EQ(dst.host(), st);  // states untouched
+  }
+}
+
+// A write into the frozen range (upload, copy into part of it, adamw) drops the copy:
+// the next product reads the new fp32 weights; freezing again makes a new copy. A write
+// elsewhere keeps it.
+TEST(FrozenWeights, WriteDropsCopy) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(13);
+  const int M = 2, N = 512, K = 768;
+  auto A = randn(size_t(M) * K, rng);
+  DevBuf dA(*gpu, A), dC(*gpu, size_t(M) * N), other(*gpu, randn(1000, rng));
+  auto product = [&](const float* W) {
+    gpu->gemm(false, true, M, N, K, dA.p, K, W, K, 0.0f, dC.p, N);
+    return dC.host();
+  };
+  auto cpu_product = [&](const std::vector<float>& W) {
+    std::vector<float> c(size_t(M) * N);
+    cpu->gemm(false, true, M, N, K, A.data(), K, W.data(), K, 0.0f, c.data(), N);
+    return c;
+  };
+  auto W1 = randn(size_t(N) * K, rng, 0.05f), W2 = randn(size_t(N) * K, rng, 0.05f);
+  DevBuf dW(*gpu, W1);
+  gpu->freeze_weights(dW.p, W1.size());
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(rounded(W1))), kFp32) << "frozen W1";
+  gpu->upload(other.p, randn(1000, rng).data(), 1000);  // elsewhere: the copy stays
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(rounded(W1))), kFp32) << "after a write elsewhere";
+
+  gpu->upload(dW.p, W2.data(), W2.size());
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(W2)), kFp32) << "after upload: fp32 W2";
+  gpu->freeze_weights(dW.p, W2.size());
+  auto got = product(dW.p);
+  EXPECT_LE(rel_l2(got, cpu_product(rounded(W2))), kFp32) << "frozen W2";
+  EXPECT_GE(rel_l2(got, cpu_product(W2)), kUsed) << "frozen W2 reads bf16";
+
+  // copy into the last rows only
+  DevBuf src(*gpu, W1);
+  gpu->copy(dW.p + size_t(N - 4) * K, src.p, 4 * K);
+  auto W3 = W2;
+  std::copy(W1.begin(), W1.begin() + 4 * K, W3.begin() + size_t(N - 4) * K);
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(W3)), kFp32) << "after a partial copy";
+
+  // adamw, as an optimizer step after sampling does
+  gpu->freeze_weights(dW.p, W3.size());
+  DevBuf g(*gpu, randn(W3.size(), rng)), m(*gpu, W3.size()), v(*gpu, W3.size());
+  gpu->adamw(W3.size(), dW.p, g.p, m.p, v.p, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f);
+  const auto W4 = dW.host();
+  EXPECT_GT(rel_l2(W4, W3), 1e-3);
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(W4)), kFp32) << "after adamw";
+}
+
+// tf32 and fp32 modes, and bf16 with the option off: freezing changes nothing (exact fp32 GEMV).
+TEST(FrozenWeights, OtherModesKeepFp32) {
+  if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(14);
+  const int M = 3, N = 384, K = 768;
+  auto A = randn(size_t(M) * K, rng), W = randn(size_t(N) * K, rng, 0.05f);
+  std::vector<float> ref(size_t(M) * N);
+  cpu->gemm(false, true, M, N, K, A.data(), K, W.data(), K, 0.0f, ref.data(), N);
+  CudaOptions off;
+  off.bf16_weights = false;
+  std::vector<std::unique_ptr<Backend>> gpus;
+  gpus.push_back(gpu_or_null(GemmMath::tf32));
+  gpus.push_back(gpu_or_null(GemmMath::fp32));
+  gpus.push_back(make_cuda_backend(off));
+  for (auto& gpu : gpus) {
+    DevBuf dA(*gpu, A), dW(*gpu, W), dC(*gpu, std::vector<float>(size_t(M) * N, kNaN));
+    gpu->freeze_weights(dW.p, W.size());
+    gpu->gemm(false, true, M, N, K, dA.p, K, dW.p, K, 0.0f, dC.p, N);
+    EXPECT_LE(rel_l2(dC.host(), ref), kFp32) << gpu->name();
+  }
+}
+
+// A model decoding on a bf16 backend: logits within the bf16 band of the CPU's (and off
+// the fp32 ones); the graph path gives the step loop's tokens at B = 3 (GEMV) and 16
+// (cuBLASLt); after load_params / an adamw step the next decode uses the new weights.
+TEST(FrozenWeights, ModelDecode) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  ModelConfig cfg = preset_config("tiny", 300);  // head N >= 128: bf16 through cuBLASLt at B 16
+  const int V = cfg.vocab_size;
+  MambaLM mg(cfg, *gpu), mc(cfg, *cpu);
+  mg.init_params(7);
+  mc.init_params(7);
+  for (int B : {3, 16}) {
+    std::mt19937 rng(B);
+    const int L = 5;
+    std::vector<int32_t> prompt(size_t(B) * L), ids(B);
+    for (auto& t : prompt) t = int32_t(rng() % V);
+    for (auto& t : ids) t = int32_t(rng() % V);
+    std::vector<float> lg(size_t(B) * V), lc(size_t(B) * V);
+    // step logits against the CPU
+    DecodeState sg = mg.new_state(B), sc = mc.new_state(B);
+    mg.prefill(sg, prompt.data(), L, lg.data());
+    mc.prefill(sc, prompt.data(), L, lc.data());
+    for (int i = 0; i < 3; ++i) {
+      mg.step(sg, ids.data(), lg.data());
+      mc.step(sc, ids.data(), lc.data());
+      EXPECT_LE(rel_l2(lg, lc), kBf16) << "step " << i << " B=" << B;
+      EXPECT_GE(rel_l2(lg, lc), kUsed) << "step " << i << " B=" << B;
+    }
+    // graph tokens == step-loop tokens (greedy; the same kernels and algorithms)
+    const int n_new = 12;
+    std::vector<int32_t> got(size_t(B) * n_new), want(size_t(B) * n_new);
+    mg.reset_state(sg);
+    mg.prefill(sg, prompt.data(), L, lg.data());
+    mg.generate_tokens(sg, ids.data(), n_new, got.data(), 0.0f, 1);
+    mg.reset_state(sg);
+    mg.prefill(sg, prompt.data(), L, lg.data());
+    std::vector<int32_t> cur = ids;
+    for (int i = 0; i < n_new; ++i) {
+      mg.step(sg, cur.data(), lg.data());
+      for (int b = 0; b < B; ++b) {
+        int best = 0;
+        for (int v = 1; v < V; ++v)
+          if (lg[size_t(b) * V + v] > lg[size_t(b) * V + best]) best = v;
+        cur[b] = best;
+        want[size_t(b) * n_new + i] = best;
+      }
+    }
+    EXPECT_EQ(got, want) << "B=" << B;
+    mg.free_state(sg);
+    mc.free_state(sc);
+  }
+  // new weights after decoding: load_params, then an adamw step on the device
+  const int B = 16;
+  std::vector<int32_t> ids(B);
+  for (int b = 0; b < B; ++b) ids[b] = (b * 37) % V;
+  std::vector<float> lg(size_t(B) * V), lc(size_t(B) * V), params(mg.num_params());
+  MambaLM other(cfg, *cpu);
+  other.init_params(8);
+  other.store_params(params.data());
+  mg.load_params(params.data());
+  mc.load_params(params.data());
+  std::vector<float> before;
+  for (int round = 0; round < 2; ++round) {
+    DecodeState sg = mg.new_state(B), sc = mc.new_state(B);
+    mg.step(sg, ids.data(), lg.data());
+    mc.step(sc, ids.data(), lc.data());
+    EXPECT_LE(rel_l2(lg, lc), kBf16) << "round " << round;
+    if (round == 1) {
+      EXPECT_GT(rel_l2(lg, before), 10 * kBf16) << "the adamw step moved the logits";
+    }
+    before = lg;
+    mg.free_state(sg);
+    mc.free_state(sc);
+    // an optimizer step on the device, mirrored on the CPU
+    std::mt19937 rng(round);
+    const auto grad = randn(mg.num_params(), rng);
+    DevBuf g(*gpu, grad), m(*gpu, mg.num_params()), v(*gpu, mg.num_params());
+    gpu->adamw(mg.num_params(), mg.params(), g.p, m.p, v.p, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, 1, 1.0f);
+    mg.store_params(params.data());
+    mc.load_params(params.data());
+  }
+}
