@@ -35,12 +35,14 @@ struct MambaLM::Activations {
   float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
   float* g;         // (n_layer, T, I): value * SiLU(gate)
   float* normed_f;  // (T, D)
-  float* logits;    // (T, V); becomes dlogits after a training forward. Inference: (B, V), last positions
+  // Inference: (B, V), the last positions. Training plans: (T, V) for evaluation forwards
+  // only, allocated by the first (the training forward's head_loss needs no logits buffer).
+  float* logits;
   int32_t* ids;     // (T)
   int32_t* targets; // (T)
   // backward scratch, one layer's worth, reused by every layer
   float* d_resid;   // (T, D)
-  float* d_normed;  // (T, D)
+  float* d_normed;  // (T, D); a training forward leaves d loss / d normed_f here (head_loss's dX)
   float *d_xz, *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
   std::vector<float*> owned;
 
@@ -71,7 +73,7 @@ struct MambaLM::Activations {
     f = take(nl * t * 2 * I);
     g = take(nl * t * I);
     normed_f = take(t * D);
-    logits = take((train ? t : size_t(B)) * V);  // inference keeps the last position's only
+    logits = train ? nullptr : take(size_t(B) * V);  // inference keeps the last position's only
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
     d_resid = d_normed = d_xz = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
@@ -86,6 +88,14 @@ struct MambaLM::Activations {
       d_f = take(t * 2 * I);
       d_g = take(t * I);
     }
+  }
+  // The (T, V) logits of a training plan, allocated on first use.
+  float* full_logits(const ModelConfig& c) {
+    if (!logits) {
+      logits = be.alloc(size_t(T) * c.vocab_size);
+      owned.push_back(logits);
+    }
+    return logits;
   }
   ~Activations() {
     for (float* p : owned) be.free(p);

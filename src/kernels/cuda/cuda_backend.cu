@@ -1,6 +1,7 @@
 // The CUDA backend: device memory (cudaMalloc), one stream that every kernel, copy
 // and GEMM runs on, a cuBLASLt handle with a workspace allocated once, and grow-once
 // scratch for the kernels' partial sums. Storage is fp32, as the interface passes.
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -35,6 +36,7 @@ class CudaBackend final : public Backend {
     ctx_.sm_count = prop.multiProcessorCount;
     ctx_.pdl = opt.pdl;
     gemv_ = opt.gemv;
+    head_chunk_ = opt.head_chunk;
     name_ = std::string("cuda (") + prop.name + ", " + gemm_math_name(opt.gemm) + " gemm)";
   }
   ~CudaBackend() override {
@@ -212,6 +214,11 @@ class CudaBackend final : public Backend {
     BHASA_PROFILE_OP(*profile_, "cross_entropy");
     return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
   }
+  double head_loss(int T, int V, int D, const float* X, const float* W, const int32_t* targets,
+                   float dlogits_scale, float* dX, float* dW) override {
+    BHASA_PROFILE_OP(*profile_, "head_loss " + std::to_string(T) + "x" + std::to_string(V) + "x" + std::to_string(D));
+    return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, targets, dlogits_scale, dX, dW);
+  }
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
     BHASA_PROFILE_OP(*profile_, "adamw");
@@ -307,6 +314,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::OpProfile> profile_;
   bool gemv_ = true;  // small-M products through gemv.cu
+  int head_chunk_ = 8192;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
@@ -337,10 +345,12 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 
 // The environment's switches: BHASA_CUDA_GEMM=fp32|tf32|bf16|bf16_fast picks the GEMM
 // math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
-// launches the decode kernels without programmatic dependent launch (for comparisons).
+// launches the decode kernels without programmatic dependent launch (for comparisons),
+// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk.
 static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
+  if (const char* chunk = std::getenv("BHASA_CUDA_HEAD_CHUNK")) opt.head_chunk = std::max(1, std::atoi(chunk));
   const char* gemv = std::getenv("BHASA_CUDA_GEMV");
   if (gemv && std::string(gemv) == "0") opt.gemv = false;
   const char* pdl = std::getenv("BHASA_CUDA_PDL");

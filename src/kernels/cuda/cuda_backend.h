@@ -25,6 +25,9 @@ struct CudaOptions {
   bool gemv = true;
   // Decode kernels launched with programmatic dependent launch (overlap with the previous kernel).
   bool pdl = true;
+  // Rows per chunk of the fused training head (head_loss): with bf16 GEMMs a chunk's
+  // logits are held as bf16, rows x V (824 MB at 8192 x 50280).
+  int head_chunk = 8192;
 };
 
 // Throws Error when no CUDA GPU is usable.
