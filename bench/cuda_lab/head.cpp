@@ -1,7 +1,7 @@
 // The training head at the mamba-130m shape (T = 16 x 2048 rows, V = 50280, D = 768):
 // the separate ops the model ran before (gemm into (T, V) fp32 logits, cross_entropy in
 // place, linear_backward with its bf16 copy of dlogits) against Backend::head_loss at a
-// sweep of chunk sizes, and the fused path's three GEMMs alone on bf16 operands
+// sweep of chunk sizes, with and without the cross-entropy on a second stream, and the fused path's three GEMMs alone on bf16 operands
 // (cuda::Gemm::run_bf16). CUDA events, median of 15 after 3 warm-ups, random data.
 // Floors: 3 GEMMs of 2 T V D = 7.59 TFLOP; the fused path's bytes are 10 per logit
 // (bf16 written, read and rewritten by the cross-entropy, read by each backward GEMM).
@@ -144,9 +144,11 @@ int main(int argc, char** argv) {
   }
   old_be.reset();
 
-  for (int chunk : chunks) {
+  for (int chunk : chunks)
+  for (bool overlap : {false, true}) {
     CudaOptions o;
     o.head_chunk = chunk;
+    o.head_overlap = overlap;
     auto be = make_cuda_backend(o);
     Head h(*be, x, w, targets);
     double loss = 0;
@@ -155,10 +157,10 @@ int main(int argc, char** argv) {
     loss = be->head_loss(T, V, D, h.X, h.W, h.tg, scale, h.dX, h.dW);
     const double e_loss = std::fabs(loss - ref_loss) / ref_loss;
     const double e_dx = rel_l2(h.host(h.dX, size_t(T) * D), ref_dX), e_dw = rel_l2(h.host(h.dW, size_t(V) * D), ref_dW);
-    const std::string name = "**head_loss, chunk " + std::to_string(chunk) + "**";
+    const std::string name = "**head_loss, chunk " + std::to_string(chunk) + (overlap ? ", overlap" : "") + "**";
     row(name.c_str(), ms, kFlops, 10.0 * logit_n);
     std::printf("|   vs old: loss rel %.2e, dX %.2e, dW %.2e | | | bf16 logits: %.0f MB |\n", e_loss, e_dx, e_dw,
-                2.0 * chunk * V / 1e6);
+                (overlap ? 2 : 1) * 2.0 * std::min(chunk, T) * V / 1e6);
   }
 
   // The fused path's GEMMs alone, one chunk of rows (bf16 operands as head_loss makes them).

@@ -17,10 +17,11 @@ namespace {
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-std::unique_ptr<Backend> gpu_with_chunk(GemmMath math, int chunk) {
+std::unique_ptr<Backend> gpu_with_chunk(GemmMath math, int chunk, bool overlap = false) {
   CudaOptions opt;
   opt.gemm = math;
   opt.head_chunk = chunk;
+  opt.head_overlap = overlap;
   return make_cuda_backend(opt);
 }
 
@@ -72,39 +73,53 @@ TEST_P(CudaHead, MatchesCpuSeparateOps) {
   // chunk 128 of 300 rows (3 chunks, the last 44); V = 50280 (the m130 vocabulary, a bf16
   // row in shared memory); V = 65 (not a multiple of 8: padded bf16 rows); V = 130003
   // (a bf16 row over the shared-memory limit: the kernel that reads the row twice).
+  // bf16 also with the cross-entropy on a second stream (HeadOverlap), bitwise the same.
   for (const HeadCase& c : {HeadCase{300, 1000, 64, 128}, HeadCase{70, 50280, 96, 32},
                             HeadCase{200, 65, 40, 64}, HeadCase{20, 130003, 32, 8}}) {
-    auto gpu = gpu_with_chunk(math, c.chunk);
     const HeadData d = make_data(c, rng);
     std::vector<float> rdX, rdW;
     const double rloss = reference(c, d, rdX, rdW);
+    std::vector<float> plain_dX, plain_dW;  // the first (no overlap) run's
+    double plain_loss = 0;
+    for (bool overlap : {false, true}) {
+      if (overlap && math != GemmMath::bf16) continue;
+      auto gpu = gpu_with_chunk(math, c.chunk, overlap);
+      DevBuf X(*gpu, d.X), W(*gpu, d.W), dX(*gpu, std::vector<float>(d.X.size(), kNaN)), dW(*gpu, d.dW0);
+      DevIds tg(*gpu, d.targets);
+      const double loss = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, d.scale, dX.p, dW.p);
+      const auto gdX = dX.host(), gdW = dW.host();
+      // dW's reference change, so the error is measured on what head_loss added
+      std::vector<float> add_ref(rdW.size()), add_got(rdW.size());
+      for (size_t i = 0; i < rdW.size(); ++i) add_ref[i] = rdW[i] - d.dW0[i], add_got[i] = gdW[i] - d.dW0[i];
+      const double e_loss = std::fabs(loss - rloss) / rloss, e_dx = rel_l2(gdX, rdX), e_dw = rel_l2(add_got, add_ref);
+      std::printf("[%s%s T=%d V=%d D=%d chunk=%d] loss %.6f vs %.6f (rel %.2e), dX %.2e, dW %.2e\n",
+                  gemm_math_name(math), overlap ? " overlap" : "", c.T, c.V, c.D, c.chunk, loss, rloss, e_loss,
+                  e_dx, e_dw);
+      EXPECT_LE(e_loss, tol);
+      EXPECT_LE(e_dx, tol);
+      EXPECT_LE(e_dw, tol);
 
-    DevBuf X(*gpu, d.X), W(*gpu, d.W), dX(*gpu, std::vector<float>(d.X.size(), kNaN)), dW(*gpu, d.dW0);
-    DevIds tg(*gpu, d.targets);
-    const double loss = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, d.scale, dX.p, dW.p);
-    const auto gdX = dX.host(), gdW = dW.host();
-    // dW's reference change, so the error is measured on what head_loss added
-    std::vector<float> add_ref(rdW.size()), add_got(rdW.size());
-    for (size_t i = 0; i < rdW.size(); ++i) add_ref[i] = rdW[i] - d.dW0[i], add_got[i] = gdW[i] - d.dW0[i];
-    const double e_loss = std::fabs(loss - rloss) / rloss, e_dx = rel_l2(gdX, rdX), e_dw = rel_l2(add_got, add_ref);
-    std::printf("[%s T=%d V=%d D=%d chunk=%d] loss %.6f vs %.6f (rel %.2e), dX %.2e, dW %.2e\n",
-                gemm_math_name(math), c.T, c.V, c.D, c.chunk, loss, rloss, e_loss, e_dx, e_dw);
-    EXPECT_LE(e_loss, tol);
-    EXPECT_LE(e_dx, tol);
-    EXPECT_LE(e_dw, tol);
+      // The same call again: bitwise the same (fixed-order sums, no atomics).
+      DevBuf dX2(*gpu, std::vector<float>(d.X.size(), kNaN)), dW2(*gpu, d.dW0);
+      const double loss2 = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, d.scale, dX2.p, dW2.p);
+      EXPECT_EQ(loss, loss2);
+      EXPECT_EQ(dX2.host(), gdX);
+      EXPECT_EQ(dW2.host(), gdW);
 
-    // The same call again: bitwise the same (fixed-order sums, no atomics).
-    DevBuf dX2(*gpu, std::vector<float>(d.X.size(), kNaN)), dW2(*gpu, d.dW0);
-    const double loss2 = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, d.scale, dX2.p, dW2.p);
-    EXPECT_EQ(loss, loss2);
-    EXPECT_EQ(dX2.host(), gdX);
-    EXPECT_EQ(dW2.host(), gdW);
+      // scale 0: the loss only; dX and dW untouched
+      DevBuf dW3(*gpu, d.dW0);
+      const double loss3 = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, 0.0f, nullptr, dW3.p);
+      EXPECT_EQ(loss3, loss);
+      EXPECT_EQ(dW3.host(), d.dW0);
 
-    // scale 0: the loss only; dX and dW untouched
-    DevBuf dW3(*gpu, d.dW0);
-    const double loss3 = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, 0.0f, nullptr, dW3.p);
-    EXPECT_EQ(loss3, loss);
-    EXPECT_EQ(dW3.host(), d.dW0);
+      if (!overlap) {
+        plain_loss = loss, plain_dX = gdX, plain_dW = gdW;
+      } else {  // the same kernels in the same order on each buffer: bitwise the same
+        EXPECT_EQ(loss, plain_loss);
+        EXPECT_EQ(gdX, plain_dX);
+        EXPECT_EQ(gdW, plain_dW);
+      }
+    }
   }
 }
 
@@ -114,8 +129,9 @@ INSTANTIATE_TEST_SUITE_P(Maths, CudaHead, ::testing::Values(GemmMath::fp32, Gemm
 // A NaN in X never gives a finite loss; a target >= V is an Error.
 TEST(CudaHeadChecks, NanAndBadTarget) {
   if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
-  for (GemmMath math : {GemmMath::fp32, GemmMath::bf16}) {
-    auto gpu = gpu_with_chunk(math, 16);
+  for (int k = 0; k < 3; ++k) {
+    const GemmMath math = k == 0 ? GemmMath::fp32 : GemmMath::bf16;
+    auto gpu = gpu_with_chunk(math, 16, /*overlap=*/k == 2);
     std::mt19937 rng(5);
     const HeadCase c{40, 200, 16, 16};
     HeadData d = make_data(c, rng);

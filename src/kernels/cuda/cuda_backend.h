@@ -28,6 +28,8 @@ struct CudaOptions {
   // Rows per chunk of the fused training head (head_loss): with bf16 GEMMs a chunk's
   // logits are held as bf16, rows x V (824 MB at 8192 x 50280).
   int head_chunk = 8192;
+  // head_loss runs each chunk's cross-entropy on a second stream, overlapping the GEMMs.
+  bool head_overlap = false;
 };
 
 // Throws Error when no CUDA GPU is usable.
