@@ -1,11 +1,13 @@
 // The training head at the mamba-130m shape (T = 16 x 2048 rows, V = 50280, D = 768):
 // the separate ops the model ran before (gemm into (T, V) fp32 logits, cross_entropy in
 // place, linear_backward with its bf16 copy of dlogits) against Backend::head_loss at a
-// sweep of chunk sizes, with and without the cross-entropy on a second stream, and the fused path's three GEMMs alone on bf16 operands
-// (cuda::Gemm::run_bf16). CUDA events, median of 15 after 3 warm-ups, random data.
+// sweep of chunk sizes, with and without the cross-entropy on a second stream, variants of
+// the cross-entropy kernel, the op profile's parts, and the logits GEMM alone with bf16 or
+// fp32 output (cuda::Gemm::run_bf16). CUDA events, median of 15 after 3 warm-ups, random data.
 // Floors: 3 GEMMs of 2 T V D = 7.59 TFLOP; the fused path's bytes are 10 per logit
 // (bf16 written, read and rewritten by the cross-entropy, read by each backward GEMM).
 // Run by bench/cuda_lab/run.sh; argv[1] (optional): a comma-separated list of chunks.
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -88,6 +90,59 @@ void row(const char* name, double ms, double flops, double bytes) {
               bytes > 0 ? (std::to_string(bytes / kCopyBytesPerMs).substr(0, 5) + " ms bytes floor").c_str() : "");
 }
 
+// cuBLASLt's heuristic candidates for one bf16 GEMM (row-major, as gemm.cu calls it),
+// each timed (median of 5 after one warm-up): is the heuristic's first choice the fastest?
+void probe_algos(cudaStream_t st, const char* name, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
+                 const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
+  cublasLtHandle_t h;
+  cublasLtCreate(&h);
+  size_t ws_bytes = 32u << 20;
+  void* ws = nullptr;
+  cudaMalloc(&ws, ws_bytes);
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  const cublasOperation_t op1 = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op2 = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1, sizeof(op1));
+  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2, sizeof(op2));
+  cublasLtMatrixLayout_t lb, la, lc;
+  cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb);
+  cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda);
+  cublasLtMatrixLayoutCreate(&lc, c_bf16 ? CUDA_R_16BF : CUDA_R_32F, N, M, ldc);
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes));
+  cublasLtMatmulHeuristicResult_t res[16];
+  int found = 0;
+  cublasLtMatmulAlgoGetHeuristic(h, desc, lb, la, lc, lc, pref, 16, res, &found);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  const float alpha = 1.0f;
+  std::printf("%s: %d candidates, ms:", name, found);
+  for (int i = 0; i < found; ++i) {
+    std::vector<float> ts;
+    for (int r = 0; r < 6; ++r) {
+      cudaEventRecord(e0, st);
+      const cublasStatus_t stat = cublasLtMatmul(h, desc, &alpha, B, lb, A, la, &beta, C, lc, C, lc, &res[i].algo,
+                                                 ws, ws_bytes, st);
+      cudaEventRecord(e1, st);
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (stat != CUBLAS_STATUS_SUCCESS) ms = -1;
+      if (r > 0) ts.push_back(ms);
+    }
+    std::sort(ts.begin(), ts.end());
+    std::printf(" %.3f", ts[ts.size() / 2]);
+  }
+  std::printf("\n");
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(desc);
+  cudaFree(ws);
+  cublasLtDestroy(h);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -95,7 +150,7 @@ int main(int argc, char** argv) {
     std::printf("no CUDA GPU: nothing to measure\n");
     return 0;
   }
-  std::vector<int> chunks = {4096, 8192, 16384, 32768};
+  std::vector<int> chunks = {8192, 16384, 32768};
   if (argc > 1) {
     chunks.clear();
     for (std::string s = argv[1]; !s.empty();) {
@@ -104,7 +159,7 @@ int main(int argc, char** argv) {
       s = k == std::string::npos ? "" : s.substr(k + 1);
     }
   }
-  // logits ~ uniform with std ~2.6 (x uniform on [-1, 1), w on [-0.5, 0.5) over D = 768)
+  // logits with std ~4.6 (x uniform on [-1, 1), w on [-0.5, 0.5), sums of D = 768)
   const auto x = uniform(size_t(T) * D, 11, 1.0f), w = uniform(size_t(V) * D, 12, 0.5f);
   std::vector<int32_t> targets(T);
   uint64_t s = 99;
@@ -140,51 +195,80 @@ int main(int argc, char** argv) {
     lb();
     ref_dX = h.host(h.dX, size_t(T) * D);
     ref_dW = h.host(h.dW, size_t(V) * D);
+    // logits now holds real dlogits: their bf16 copy feeds the candidates of the backward GEMMs
+    auto st = static_cast<cudaStream_t>(cuda_stream_of(*old_be));
+    cuda::Gemm g(st, GemmMath::bf16);
+    const __nv_bfloat16* dlb = g.to_bf16(logits, T, V, V, 0);
+    const __nv_bfloat16* Xb = g.to_bf16(h.X, T, D, D, 1);
+    cuda::Gemm g2(st, GemmMath::bf16);
+    const __nv_bfloat16* Wb = g2.to_bf16(h.W, V, D, D, 0);
+    float* out = old_be->alloc(size_t(8192) * V / 2);  // (8192, V) bf16
+    old_be->synchronize();
+    std::printf("\ncuBLASLt candidates (heuristic order) for the chunk-8192 GEMMs:\n");
+    probe_algos(st, "logits (8192, V, D) bf16 out", false, true, 8192, V, D, Xb, D, Wb, D, 0.f, out, V, true);
+    probe_algos(st, "dX (8192, D, V)", false, false, 8192, D, V, dlb, V, Wb, D, 0.f, h.dX, D, false);
+    probe_algos(st, "dW += (V, D, 8192)", true, false, V, D, 8192, dlb, V, Xb, D, 1.f, h.dW, D, false);
+    std::printf("\n| variant | ms (median of 15) | TFLOP/s (7.59 TFLOP) | note |\n|---|---|---|---|\n");
+    old_be->free(out);
     old_be->free(logits);
   }
   old_be.reset();
 
+  // head_loss: chunk x overlap, then the cross-entropy kernel's variants at chunk 8192
+  // (BHASA_LAB_XENT), then one backend with the op profile (its parts, printed at exit).
+  struct Variant {
+    int chunk;
+    bool overlap;
+    const char* xent;  // BHASA_LAB_XENT, "" for the default
+    bool profile;
+  };
+  std::vector<Variant> variants;
   for (int chunk : chunks)
-  for (bool overlap : {false, true}) {
+    for (bool overlap : {false, true})
+      if (!overlap || chunk < T) variants.push_back({chunk, overlap, "", false});
+  for (const char* x : {"smem8", "twopass4", "twopass8"}) variants.push_back({8192, false, x, false});
+  for (int chunk : {8192, 16384}) variants.push_back({chunk, false, "", true});
+  for (const Variant& v : variants) {
     CudaOptions o;
-    o.head_chunk = chunk;
-    o.head_overlap = overlap;
+    o.head_chunk = v.chunk;
+    o.head_overlap = v.overlap;
+    if (*v.xent) setenv("BHASA_LAB_XENT", v.xent, 1);
+    if (v.profile) setenv("BHASA_CUDA_PROFILE", "1", 1);
     auto be = make_cuda_backend(o);
+    unsetenv("BHASA_CUDA_PROFILE");
     Head h(*be, x, w, targets);
     double loss = 0;
     const double ms = median_ms(*be, [&] { loss = be->head_loss(T, V, D, h.X, h.W, h.tg, scale, h.dX, h.dW); });
     be->zero(h.dW, size_t(V) * D);
     loss = be->head_loss(T, V, D, h.X, h.W, h.tg, scale, h.dX, h.dW);
+    unsetenv("BHASA_LAB_XENT");
     const double e_loss = std::fabs(loss - ref_loss) / ref_loss;
     const double e_dx = rel_l2(h.host(h.dX, size_t(T) * D), ref_dX), e_dw = rel_l2(h.host(h.dW, size_t(V) * D), ref_dW);
-    const std::string name = "**head_loss, chunk " + std::to_string(chunk) + (overlap ? ", overlap" : "") + "**";
+    const std::string name = "**head_loss, chunk " + std::to_string(v.chunk) + (v.overlap ? ", overlap" : "") +
+                             (*v.xent ? std::string(", xent ") + v.xent : "") + (v.profile ? ", profiled" : "") + "**";
     row(name.c_str(), ms, kFlops, 10.0 * logit_n);
     std::printf("|   vs old: loss rel %.2e, dX %.2e, dW %.2e | | | bf16 logits: %.0f MB |\n", e_loss, e_dx, e_dw,
-                (overlap ? 2 : 1) * 2.0 * std::min(chunk, T) * V / 1e6);
+                (v.overlap ? 2 : 1) * 2.0 * std::min(v.chunk, T) * V / 1e6);
+    std::fflush(stdout);
   }
 
-  // The fused path's GEMMs alone, one chunk of rows (bf16 operands as head_loss makes them).
+  // The logits GEMM alone: bf16 or fp32 output (the other two GEMMs: the profile's parts).
   {
     auto be = make_cuda_backend();
     auto stream = static_cast<cudaStream_t>(cuda_stream_of(*be));
     cuda::Gemm g(stream, GemmMath::bf16);
     Head h(*be, x, w, targets);
-    for (int rows : {8192, 32768}) {
+    for (int rows : {8192, 16384, 32768}) {
       float* out = be->alloc(size_t(rows) * V);  // fp32 C, or bf16 C in its first half
       const __nv_bfloat16* Xb = g.to_bf16(h.X, T, D, D, 0);
       const __nv_bfloat16* Wb = g.to_bf16(h.W, V, D, D, 1);
-      auto* lb = reinterpret_cast<__nv_bfloat16*>(out);
       const double n = T / rows;  // chunks per batch
       const double f1 = 2.0 * rows * double(V) * D;
-      const double fb = median_ms(*be, [&] { g.run_bf16(false, true, rows, V, D, Xb, D, Wb, D, 0.f, lb, V, true); });
+      const double fb = median_ms(*be, [&] { g.run_bf16(false, true, rows, V, D, Xb, D, Wb, D, 0.f, out, V, true); });
       const double ff = median_ms(*be, [&] { g.run_bf16(false, true, rows, V, D, Xb, D, Wb, D, 0.f, out, V, false); });
-      const double dx = median_ms(*be, [&] { g.run_bf16(false, false, rows, D, V, lb, V, Wb, D, 0.f, h.dX, D, false); });
-      const double dw = median_ms(*be, [&] { g.run_bf16(true, false, V, D, rows, lb, V, Xb, D, 1.f, h.dW, D, false); });
-      const std::string r = std::to_string(rows);
-      row(("  gemm logits, bf16 out (" + r + ", V, D) x " + std::to_string(int(n))).c_str(), fb * n, f1 * n, 2.0 * logit_n);
-      row(("  gemm logits, fp32 out (" + r + ", V, D) x " + std::to_string(int(n))).c_str(), ff * n, f1 * n, 4.0 * logit_n);
-      row(("  gemm dX (" + r + ", D, V) x " + std::to_string(int(n))).c_str(), dx * n, f1 * n, 2.0 * logit_n);
-      row(("  gemm dW += (V, D, " + r + ") x " + std::to_string(int(n))).c_str(), dw * n, f1 * n, 2.0 * logit_n);
+      const std::string r = std::to_string(rows) + ", V, D) x " + std::to_string(int(n));
+      row(("  gemm logits, bf16 out (" + r).c_str(), fb * n, f1 * n, 2.0 * logit_n);
+      row(("  gemm logits, fp32 out (" + r).c_str(), ff * n, f1 * n, 4.0 * logit_n);
       be->free(out);
     }
   }
