@@ -1,9 +1,10 @@
 // The training head at the mamba-130m shape (T = 16 x 2048 rows, V = 50280, D = 768):
 // the separate ops the model ran before (gemm into (T, V) fp32 logits, cross_entropy in
 // place, linear_backward with its bf16 copy of dlogits) against Backend::head_loss at a
-// sweep of chunk sizes, with and without the cross-entropy on a second stream, variants of
-// the cross-entropy kernel, the op profile's parts, and the logits GEMM alone with bf16 or
-// fp32 output (cuda::Gemm::run_bf16). CUDA events, median of 15 after 3 warm-ups, random data.
+// sweep of chunk sizes, with the op profile's parts; cuBLASLt's candidate algorithms for
+// the three GEMMs; the logits GEMM alone with bf16 or fp32 output (cuda::Gemm::run_bf16).
+// CUDA events, median of 15 after 3 warm-ups, random data (logits heavier than at init:
+// the GEMMs here run ~10% slower than inside bench train).
 // Floors: 3 GEMMs of 2 T V D = 7.59 TFLOP; the fused path's bytes are 10 per logit
 // (bf16 written, read and rewritten by the cross-entropy, read by each backward GEMM).
 // Run by bench/cuda_lab/run.sh; argv[1] (optional): a comma-separated list of chunks.
@@ -214,25 +215,17 @@ int main(int argc, char** argv) {
   }
   old_be.reset();
 
-  // head_loss: chunk x overlap, then the cross-entropy kernel's variants at chunk 8192
-  // (BHASA_LAB_XENT), then one backend with the op profile (its parts, printed at exit).
+  // head_loss at each chunk, then once more with the op profile (its parts, printed at exit)
   struct Variant {
     int chunk;
-    bool overlap;
-    const char* xent;  // BHASA_LAB_XENT, "" for the default
     bool profile;
   };
   std::vector<Variant> variants;
-  for (int chunk : chunks)
-    for (bool overlap : {false, true})
-      if (!overlap || chunk < T) variants.push_back({chunk, overlap, "", false});
-  for (const char* x : {"smem8", "twopass4", "twopass8"}) variants.push_back({8192, false, x, false});
-  for (int chunk : {8192, 16384}) variants.push_back({chunk, false, "", true});
+  for (int chunk : chunks) variants.push_back({chunk, false});
+  variants.push_back({16384, true});
   for (const Variant& v : variants) {
     CudaOptions o;
     o.head_chunk = v.chunk;
-    o.head_overlap = v.overlap;
-    if (*v.xent) setenv("BHASA_LAB_XENT", v.xent, 1);
     if (v.profile) setenv("BHASA_CUDA_PROFILE", "1", 1);
     auto be = make_cuda_backend(o);
     unsetenv("BHASA_CUDA_PROFILE");
@@ -241,14 +234,12 @@ int main(int argc, char** argv) {
     const double ms = median_ms(*be, [&] { loss = be->head_loss(T, V, D, h.X, h.W, h.tg, scale, h.dX, h.dW); });
     be->zero(h.dW, size_t(V) * D);
     loss = be->head_loss(T, V, D, h.X, h.W, h.tg, scale, h.dX, h.dW);
-    unsetenv("BHASA_LAB_XENT");
     const double e_loss = std::fabs(loss - ref_loss) / ref_loss;
     const double e_dx = rel_l2(h.host(h.dX, size_t(T) * D), ref_dX), e_dw = rel_l2(h.host(h.dW, size_t(V) * D), ref_dW);
-    const std::string name = "**head_loss, chunk " + std::to_string(v.chunk) + (v.overlap ? ", overlap" : "") +
-                             (*v.xent ? std::string(", xent ") + v.xent : "") + (v.profile ? ", profiled" : "") + "**";
+    const std::string name = "**head_loss, chunk " + std::to_string(v.chunk) + (v.profile ? ", profiled" : "") + "**";
     row(name.c_str(), ms, kFlops, 10.0 * logit_n);
     std::printf("|   vs old: loss rel %.2e, dX %.2e, dW %.2e | | | bf16 logits: %.0f MB |\n", e_loss, e_dx, e_dw,
-                (v.overlap ? 2 : 1) * 2.0 * std::min(v.chunk, T) * V / 1e6);
+                2.0 * std::min(v.chunk, T) * V / 1e6);
     std::fflush(stdout);
   }
 

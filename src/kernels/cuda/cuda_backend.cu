@@ -37,15 +37,6 @@ class CudaBackend final : public Backend {
     ctx_.pdl = opt.pdl;
     gemv_ = opt.gemv;
     head_chunk_ = opt.head_chunk;
-    if (opt.head_overlap) {
-      int least = 0, greatest = 0;  // the cross-entropy's blocks go first as GEMM blocks retire
-      BHASA_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-      BHASA_CUDA_CHECK(cudaStreamCreateWithPriority(&overlap_.side, cudaStreamNonBlocking, greatest));
-      for (int i = 0; i < 2; ++i) {
-        BHASA_CUDA_CHECK(cudaEventCreateWithFlags(&overlap_.logits_ready[i], cudaEventDisableTiming));
-        BHASA_CUDA_CHECK(cudaEventCreateWithFlags(&overlap_.dlogits_ready[i], cudaEventDisableTiming));
-      }
-    }
     name_ = std::string("cuda (") + prop.name + ", " + gemm_math_name(opt.gemm) + " gemm)";
   }
   ~CudaBackend() override {
@@ -56,11 +47,6 @@ class CudaBackend final : public Backend {
     profile_.reset();  // prints the op profile, when on
     gemm_.reset();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
-    if (overlap_.side) {
-      cudaStreamSynchronize(overlap_.side);
-      for (int i = 0; i < 2; ++i) cudaEventDestroy(overlap_.logits_ready[i]), cudaEventDestroy(overlap_.dlogits_ready[i]);
-      cudaStreamDestroy(overlap_.side);
-    }
     cudaFreeHost(host_result_);
     cudaStreamDestroy(stream_);
   }
@@ -231,8 +217,7 @@ class CudaBackend final : public Backend {
   double head_loss(int T, int V, int D, const float* X, const float* W, const int32_t* targets,
                    float dlogits_scale, float* dX, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "head_loss " + std::to_string(T) + "x" + std::to_string(V) + "x" + std::to_string(D));
-    return cuda::head_loss(ctx_, *gemm_, head_chunk_, overlap_.side ? &overlap_ : nullptr, T, V, D, X, W, targets,
-                           dlogits_scale, dX, dW);
+    return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, targets, dlogits_scale, dX, dW);
   }
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
@@ -329,8 +314,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::OpProfile> profile_;
   bool gemv_ = true;  // small-M products through gemv.cu
-  int head_chunk_ = 8192;  // rows per chunk of head_loss
-  cuda::HeadOverlap overlap_;  // when CudaOptions::head_overlap
+  int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
@@ -362,13 +346,11 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // The environment's switches: BHASA_CUDA_GEMM=fp32|tf32|bf16|bf16_fast picks the GEMM
 // math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
 // launches the decode kernels without programmatic dependent launch (for comparisons),
-// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk, BHASA_CUDA_HEAD_OVERLAP=1 its overlap.
+// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk.
 static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
   if (const char* chunk = std::getenv("BHASA_CUDA_HEAD_CHUNK")) opt.head_chunk = std::max(1, std::atoi(chunk));
-  const char* overlap = std::getenv("BHASA_CUDA_HEAD_OVERLAP");
-  if (overlap && std::string(overlap) == "1") opt.head_overlap = true;
   const char* gemv = std::getenv("BHASA_CUDA_GEMV");
   if (gemv && std::string(gemv) == "0") opt.gemv = false;
   const char* pdl = std::getenv("BHASA_CUDA_PDL");

@@ -140,16 +140,9 @@ int* xent_flags(Ctx& c);  // zeroed, on the stream
 double xent_total(Ctx& c, int T, int V, const double* row_loss);
 
 class Gemm;
-// With it, head_loss (bf16) runs each chunk's cross-entropy on the side stream, over two
-// alternating logits buffers, while the main stream runs the GEMMs of the next or last chunk.
-struct HeadOverlap {
-  cudaStream_t side = nullptr;
-  cudaEvent_t logits_ready[2] = {}, dlogits_ready[2] = {};
-};
-// Backend::head_loss on row chunks of `chunk` rows (head.cu); overlap may be null.
-double head_loss(Ctx& c, Gemm& gemm, int chunk, const HeadOverlap* overlap, int T, int V, int D,
-                 const float* X, const float* W, const int32_t* targets, float dlogits_scale, float* dX,
-                 float* dW);
+// Backend::head_loss on row chunks of `chunk` rows (head.cu).
+double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, const float* X, const float* W,
+                 const int32_t* targets, float dlogits_scale, float* dX, float* dW);
 
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
            float b2, float eps, float wd, int step, float grad_scale);

@@ -8,10 +8,12 @@
 //   loss rows, logits := bf16 dlogits          xent_bf16_rows: one read, one write
 //   dX[t0:] = dlogits @ W                      bf16 GEMM straight from the chunk
 //   dW     += dlogits^T @ X[t0:]               the same
-// X and W are rounded to bf16 once per call. With HeadOverlap the cross-entropy of a chunk
-// (bound by memory) runs on a second stream beside the GEMMs (bound by the tensor cores),
-// over two logits buffers. Other GEMM maths run the same steps on an fp32 chunk through
-// the ordinary GEMM and cross-entropy (for tests against the CPU).
+// X and W are rounded to bf16 once per call. Other GEMM maths run the same steps on an
+// fp32 chunk through the ordinary GEMM and cross-entropy (for tests against the CPU).
+// Measured at m130's (32768, 50280, 768) on the H200 (bench/cuda_lab/NOTES.md): 12.2 ms
+// per step at chunk 16384 against 18.1 ms for the separate ops; the three GEMMs are 80%
+// of it. Running the cross-entropy on a second stream beside the GEMMs saved 0.1 ms
+// (cuBLASLt's GEMMs hold every SM), so it is not done.
 #include <algorithm>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -19,75 +21,40 @@
 
 namespace bhasa::cuda {
 
-double head_loss(Ctx& c, Gemm& gemm, int chunk, const HeadOverlap* overlap, int T, int V, int D,
-                 const float* X, const float* W, const int32_t* targets, float dlogits_scale, float* dX,
-                 float* dW) {
+double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, const float* X, const float* W,
+                 const int32_t* targets, float dlogits_scale, float* dX, float* dW) {
   if (T == 0) return 0.0;
   // With BHASA_CUDA_PROFILE, each step of the loop gets its own (nested) row.
   OpProfile* prof = gemm.profile();
   auto part = [&](const char* name) { return prof ? prof->begin(name) : -1; };
   const bool grad = dlogits_scale != 0.0f;
-  const int rows = std::max(1, std::min(T, chunk)), n_chunks = (T + rows - 1) / rows;
+  const int rows = std::max(1, std::min(T, chunk));
   auto* row_loss = static_cast<double*>(c.scratch->get(kRowLoss, size_t(T) * sizeof(double)));  // (T)
   int* flags = xent_flags(c);
   if (gemm.math() == GemmMath::bf16) {
     const __nv_bfloat16* Xb = gemm.to_bf16(X, T, D, D, 0);  // (T, D)
     const __nv_bfloat16* Wb = gemm.to_bf16(W, V, D, D, 1);  // (V, D)
     const int ldl = (V + 7) / 8 * 8;                         // 16-byte rows for the kernel
-    const int n_buf = overlap ? 2 : 1;
-    const size_t buf = size_t(rows) * ldl;
     auto* logits = static_cast<__nv_bfloat16*>(
-        c.scratch->get(kHeadLogits, n_buf * buf * sizeof(__nv_bfloat16)));  // n_buf x (rows, ldl)
-    auto n_of = [&](int i) { return std::min(rows, T - i * rows); };
-    auto logits_of = [&](int i) { return logits + (i % n_buf) * buf; };
-    auto forward = [&](int i) {
-      OpProfile::Scope s(prof, part("  (head_loss: logits GEMM, bf16 out)"));
-      gemm.run_bf16(false, true, n_of(i), V, D, Xb + size_t(i) * rows * D, D, Wb, D, 0.0f, logits_of(i), ldl, true);
-    };
-    auto xent = [&](Ctx& on, int i) {
-      xent_bf16_rows(on, n_of(i), V, logits_of(i), ldl, targets + size_t(i) * rows, dlogits_scale,
-                     row_loss + size_t(i) * rows, flags);
-    };
-    auto backward = [&](int i) {
-      const size_t t0 = size_t(i) * rows;
+        c.scratch->get(kHeadLogits, size_t(rows) * ldl * sizeof(__nv_bfloat16)));  // (rows, ldl)
+    for (int t0 = 0; t0 < T; t0 += rows) {
+      const int n = std::min(rows, T - t0);
+      const __nv_bfloat16* x = Xb + size_t(t0) * D;
+      {
+        OpProfile::Scope s(prof, part("  (head_loss: logits GEMM, bf16 out)"));
+        gemm.run_bf16(false, true, n, V, D, x, D, Wb, D, 0.0f, logits, ldl, true);
+      }
+      {
+        OpProfile::Scope s(prof, part("  (head_loss: cross-entropy on bf16)"));
+        xent_bf16_rows(c, n, V, logits, ldl, targets + t0, dlogits_scale, row_loss + t0, flags);
+      }
+      if (!grad) continue;
       {
         OpProfile::Scope s(prof, part("  (head_loss: dX GEMM)"));
-        gemm.run_bf16(false, false, n_of(i), D, V, logits_of(i), ldl, Wb, D, 0.0f, dX + t0 * D, D, false);
+        gemm.run_bf16(false, false, n, D, V, logits, ldl, Wb, D, 0.0f, dX + size_t(t0) * D, D, false);
       }
       OpProfile::Scope s(prof, part("  (head_loss: dW GEMM)"));
-      gemm.run_bf16(true, false, V, D, n_of(i), logits_of(i), ldl, Xb + t0 * D, D, 1.0f, dW, D, false);
-    };
-    if (!overlap) {
-      for (int i = 0; i < n_chunks; ++i) {
-        forward(i);
-        {
-          OpProfile::Scope s(prof, part("  (head_loss: cross-entropy on bf16)"));
-          xent(c, i);
-        }
-        if (grad) backward(i);
-      }
-    } else {
-      // Main stream: logits 0, logits 1, backward 0, logits 2, backward 1, ...; the side
-      // stream runs chunk i's cross-entropy once its logits are ready, and the main stream
-      // waits for it before chunk i's backward (and before reusing its buffer).
-      Ctx side = c;
-      side.stream = overlap->side;
-      auto xent_on_side = [&](int i) {
-        BHASA_CUDA_CHECK(cudaEventRecord(overlap->logits_ready[i % 2], c.stream));
-        BHASA_CUDA_CHECK(cudaStreamWaitEvent(side.stream, overlap->logits_ready[i % 2], 0));
-        xent(side, i);
-        BHASA_CUDA_CHECK(cudaEventRecord(overlap->dlogits_ready[i % 2], side.stream));
-      };
-      forward(0);
-      xent_on_side(0);
-      for (int i = 0; i < n_chunks; ++i) {
-        if (i + 1 < n_chunks) {
-          forward(i + 1);
-          xent_on_side(i + 1);
-        }
-        BHASA_CUDA_CHECK(cudaStreamWaitEvent(c.stream, overlap->dlogits_ready[i % 2], 0));
-        if (grad) backward(i);
-      }
+      gemm.run_bf16(true, false, V, D, n, logits, ldl, x, D, 1.0f, dW, D, false);
     }
   } else {
     auto* logits = static_cast<float*>(c.scratch->get(kHeadLogits, size_t(rows) * V * sizeof(float)));  // (rows, V)
