@@ -8,6 +8,9 @@
 // - A row stride (ld) is given wherever a kernel reads a column slice of a wider
 //   matrix, e.g. x and z are the two halves of in_proj's (T, 2*d_inner) output.
 // - Kernels are deterministic for a fixed thread count (no atomics in reductions).
+// - Storage is fp32, except the activations that are only ever GEMM operands: those
+//   are Operands, in the backend's operand_dtype() (bf16 for the CUDA backend's bf16
+//   GEMMs, so the producing kernels round once and the GEMMs read them without a copy).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -19,6 +22,40 @@
 #include "core/error.h"
 
 namespace bhasa {
+
+enum class Dtype { f32, bf16 };
+inline size_t dtype_bytes(Dtype d) { return d == Dtype::bf16 ? 2 : 4; }
+
+// A typed pointer to an activation a GEMM reads (fp32 or bf16). A float* converts to an
+// fp32 Operand, so fp32 callers pass plain pointers. + offsets by elements.
+struct Operand {
+  void* p = nullptr;
+  Dtype dtype = Dtype::f32;
+  Operand() = default;
+  Operand(float* f) : p(f) {}
+  Operand(void* q, Dtype d) : p(q), dtype(d) {}
+  Operand operator+(size_t i) const { return {static_cast<char*>(p) + i * dtype_bytes(dtype), dtype}; }
+  // The fp32 pointer, for a kernel that has no bf16 path (the CPU backend).
+  float* f32() const {
+    if (dtype != Dtype::f32) throw Error("a bf16 activation reached a kernel that reads fp32 only");
+    return static_cast<float*>(p);
+  }
+};
+struct ConstOperand {  // the same, read-only
+  const void* p = nullptr;
+  Dtype dtype = Dtype::f32;
+  ConstOperand() = default;
+  ConstOperand(const float* f) : p(f) {}
+  ConstOperand(const Operand& o) : p(o.p), dtype(o.dtype) {}
+  ConstOperand(const void* q, Dtype d) : p(q), dtype(d) {}
+  ConstOperand operator+(size_t i) const {
+    return {static_cast<const char*>(p) + i * dtype_bytes(dtype), dtype};
+  }
+  const float* f32() const {
+    if (dtype != Dtype::f32) throw Error("a bf16 activation reached a kernel that reads fp32 only");
+    return static_cast<const float*>(p);
+  }
+};
 
 class Backend {
  public:
@@ -35,20 +72,27 @@ class Backend {
   virtual void zero(float* p, size_t n) = 0;
   virtual void copy(float* dst, const float* src, size_t n) = 0;        // within backend
   virtual void synchronize() {}
+  // The dtype the GEMM-operand activations are stored in (see Operand), and an
+  // allocation of n such elements (zeroed; release with free()).
+  virtual Dtype operand_dtype() const { return Dtype::f32; }
+  Operand alloc_operand(size_t n, Dtype d) {
+    return {alloc((n * dtype_bytes(d) + sizeof(float) - 1) / sizeof(float)), d};
+  }
 
   // ---- GEMM ---------------------------------------------------------------
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C,  op(X) = X^T when trans.
   // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
-  virtual void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda,
-                    const float* B, int ldb, float beta, float* C, int ldc) = 0;
+  // A and B fp32 or operand_dtype(); C fp32.
+  virtual void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda,
+                    ConstOperand B, int ldb, float beta, float* C, int ldc) = 0;
 
   // A linear layer's backward. For Y (T, O) = X (T, I) @ W^T, W (O, I):
   // torch: dX = beta_dx * dX + dY @ W;  dW += dY.T @ X
   // dY (T, O) row stride ldy; W and dW (O, I) row stride ldw; X (T, I) row stride ldx;
   // dX (T, I) row stride lddx. One call so that a backend can prepare dY once for both
-  // products (the CUDA backend's bf16 copy of it).
-  virtual void linear_backward(int T, int O, int I, const float* dY, int ldy, const float* W, int ldw,
-                               const float* X, int ldx, float beta_dx, float* dX, int lddx, float* dW) {
+  // products (the CUDA backend's bf16 copy of it). dY and X fp32 or operand_dtype().
+  virtual void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
+                               ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) {
     gemm(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
     gemm(true, false, O, I, T, dY, ldy, X, ldx, 1.0f, dW, ldw);
   }
@@ -62,9 +106,10 @@ class Backend {
   // ---- norms --------------------------------------------------------------
   // rms:   out = x * rsqrt(mean(x^2) + eps) * w
   // layer: out = (x - mean) * rsqrt(var + eps) * w + b
-  // x (T, D), w (D), b (D) or null for rms, out (T, D), mean (T) (unused for rms), rstd (T)
+  // x (T, D), w (D), b (D) or null for rms, out (T, D) (fp32 or operand_dtype()),
+  // mean (T) (unused for rms), rstd (T)
   virtual void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                            const float* b, float* out, float* mean, float* rstd) = 0;
+                            const float* b, Operand out, float* mean, float* rstd) = 0;
   // dx (T, D) +=  (so the residual stream's gradient passes straight through),
   // dw (D) +=, db (D) += (null for rms)
   virtual void norm_backward(int T, int D, bool rms, const float* dout, const float* x,
@@ -76,10 +121,11 @@ class Backend {
   // x (B, L, E) with row stride ldx, w (E, K), bias (E) or null, out (B, L, E) dense
   virtual void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx,
                                    const float* w, const float* bias, float* out) = 0;
-  // Recomputes the pre-activation. dx (B, L, E) row stride ldx, "="; dw (E, K) +=, dbias (E) +=
+  // Recomputes the pre-activation. dx (B, L, E) row stride ldx, "=" (fp32 or
+  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=
   virtual void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx,
                                     const float* w, const float* bias, const float* dout,
-                                    float* dx, float* dw, float* dbias) = 0;
+                                    Operand dx, float* dw, float* dbias) = 0;
 
   // The same with history, for inference: state (B, K-1, E) holds the previous K-1
   // inputs (zeros at the start of a sequence) and is updated in place to the last
@@ -93,7 +139,7 @@ class Backend {
   // h[t,e,n]   = exp(delta[t,e] * A[e,n]) * h[t-1,e,n] + delta[t,e] * Bm[t,n] * u[t,e]
   // out[t,e]   = (sum_n Cm[t,n] * h[t,e,n] + D[e] * u[t,e]) * silu(z[t,e])
   // u, dt (B, L, E) dense; Bm, Cm (B, L, N) with row stride ld_bc; z (B, L, E) row stride ldz;
-  // dt_bias, D (E); A_log (E, N); out (B, L, E) dense.
+  // dt_bias, D (E); A_log (E, N); out (B, L, E) dense, fp32 or operand_dtype().
   // chunk_states (B, n_chunks, E, N), n_chunks = ceil(L / chunk): the state h at the
   // *start* of each chunk, so the backward pass can recompute within a chunk.
   // May be null (inference): then nothing is saved.
@@ -105,16 +151,16 @@ class Backend {
   virtual void scan_forward(int B, int L, int E, int N, int chunk, const float* u,
                             const float* dt, const float* dt_bias, const float* A_log,
                             const float* Bm, const float* Cm, int ld_bc, const float* D,
-                            const float* z, int ldz, float* out, float* chunk_states,
+                            const float* z, int ldz, Operand out, float* chunk_states,
                             const float* h0, float* h_last) = 0;
-  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs);
+  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs; dz fp32 or operand_dtype());
   // "+=" for dA_log (E, N), dD (E), ddt_bias (E).
   virtual void scan_backward(int B, int L, int E, int N, int chunk, const float* u,
                              const float* dt, const float* dt_bias, const float* A_log,
                              const float* Bm, const float* Cm, int ld_bc, const float* D,
                              const float* z, int ldz, const float* chunk_states,
                              const float* dout, float* du, float* ddt, float* dBm, float* dCm,
-                             float* dz, float* dA_log, float* dD, float* ddt_bias) = 0;
+                             Operand dz, float* dA_log, float* dD, float* ddt_bias) = 0;
 
   // ---- gated MLP activation -------------------------------------------------
   // torch: y, g = f.chunk(2, -1); out = y * F.silu(g)     f (T, 2I), out (T, I)
@@ -136,13 +182,14 @@ class Backend {
   //        the rows with targets >= 0.  When dlogits_scale != 0, with dlogits = dlogits_scale *
   //        (softmax(logits) - onehot(targets)) (0 on ignored rows):
   //        dX = dlogits @ W  ("=");  dW += dlogits.T @ X
-  // X (T, D), W (V, D), dX (T, D), dW (V, D) dense; targets (T). Returns the loss sum (host).
+  // X (T, D) (fp32 or operand_dtype()), W (V, D), dX (T, D), dW (V, D) dense; targets (T).
+  // Returns the loss sum (host).
   // dlogits_scale = 0: the loss only, dX and dW untouched. One call so that a backend need
   // not hold the (T, V) logits of the whole batch (6.6 GB fp32 at T = 32768, V = 50280).
   // This default runs gemm, cross_entropy and linear_backward on chunks of rows, 64 MB of
   // fp32 logits at a time (one chunk, the same arithmetic as the separate calls, when the
   // batch's logits fit).
-  virtual double head_loss(int T, int V, int D, const float* X, const float* W, const int32_t* targets,
+  virtual double head_loss(int T, int V, int D, ConstOperand X, const float* W, const int32_t* targets,
                            float dlogits_scale, float* dX, float* dW) {
     const int rows = std::max(1, std::min(T, int((size_t(1) << 24) / size_t(V))));
     float* logits = alloc(size_t(rows) * V);  // (rows, V)
@@ -150,7 +197,7 @@ class Backend {
     try {
       for (int t0 = 0; t0 < T; t0 += rows) {
         const int n = std::min(rows, T - t0);
-        const float* x = X + size_t(t0) * D;
+        const ConstOperand x = X + size_t(t0) * D;
         gemm(false, true, n, V, D, x, D, W, D, 0.f, logits, V);
         loss += cross_entropy(n, V, logits, V, targets + t0, dlogits_scale);
         if (dlogits_scale != 0.f)
@@ -179,8 +226,8 @@ class Backend {
   // torch: x = F.dropout(x, p, training=True), in place, with the mask a pure function of
   // (seed, i) (kernels/dropout.h): x[i] *= keep(seed, i) ? 1 / (1 - p) : 0. The same seed
   // gives the same mask on every backend, so backward re-applies it to the gradient.
-  // x (n) dense; p in [0, 1); p = 0 leaves x untouched.
-  virtual void dropout(size_t n, float* x, float p, uint64_t seed) = 0;
+  // x (n) dense, fp32 or operand_dtype(); p in [0, 1); p = 0 leaves x untouched.
+  virtual void dropout(size_t n, Operand x, float p, uint64_t seed) = 0;
 
   // ---- one decode step (L = 1 with states), fused -------------------------------
   // out (M, N) = norm(x) @ W^T with norm as norm_forward (rms, or layer when b), W (N, K)
@@ -256,8 +303,8 @@ class Backend {
 
 std::unique_ptr<Backend> make_cpu_backend();
 // device: "cpu", "cuda", or "cuda:<gemm math>" with math fp32 | tf32 | bf16 (the
-// products' precision; storage and accumulation stay fp32). Throws Error when the build
-// has no CUDA, no GPU is present, or the name is unknown.
+// products' precision; accumulation stays fp32, and storage but for operand_dtype()).
+// Throws Error when the build has no CUDA, no GPU is present, or the name is unknown.
 std::unique_ptr<Backend> make_backend(const std::string& device);
 // What make_backend() takes for a --device and a --precision ("" for the default).
 inline std::string device_spec(const std::string& device, const std::string& precision) {

@@ -10,21 +10,24 @@ namespace bhasa {
 
 // Every activation of one (B, L) plan. In a training plan each layer has its own
 // slice (kept for backward); in an inference plan layers share one slice
-// (layer_stride 0) since nothing is kept.
+// (layer_stride 0) since nothing is kept. The Operands are activations only GEMMs
+// read: a training plan stores them in the backend's operand_dtype() (bf16 for the
+// CUDA backend's bf16 GEMMs), an inference plan in fp32 (the decode step reads y).
 struct MambaLM::Activations {
   Backend& be;
   int B, L, T;
   bool training;
   size_t layer_stride;  // 1 when each layer keeps its activations, 0 when they share
+  size_t bytes = 0;     // all of the plan's buffers
   float* resid;     // (n_sub + 1, T, D): residual stream entering each sublayer, then leaving the last
-  float* normed;    // (n_sub, T, D): the pre-norm output each sublayer reads
+  Operand normed;   // (n_sub, T, D): the pre-norm output each sublayer reads
   float* mean;      // (n_sub + 1, T)  (LayerNorm only; the last is the final norm's)
   float* rstd;      // (n_sub + 1, T)
   float* xz;        // (n_layer, T, 2E): in_proj output, [x | z]
   float* xs;        // (n_layer, T, E): SiLU(conv(x)), the scan's input u
   float* dbc;       // (n_layer, T, P): x_proj output, [dt_low | B | C]
   float* dt;        // (n_layer, T, E): dt_proj output (before bias and softplus)
-  float* y;         // (n_layer, T, E): gated scan output
+  Operand y;        // (n_layer, T, E): gated scan output (after dropout)
   // The scan's chunk (Backend::scan_chunk): the forward pass saves the state only every
   // chunk steps, the backward pass recomputes inside a chunk. 64 (CPU) keeps the saved
   // states at E*N/64 floats per token; 8 (CUDA) at E*N/8 = 2E for N = 16, still O(T*E).
@@ -34,7 +37,7 @@ struct MambaLM::Activations {
   float* layer_states(int l) const { return states ? states + l * states_per_layer : nullptr; }
   float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
   float* g;         // (n_layer, T, I): value * SiLU(gate)
-  float* normed_f;  // (T, D)
+  Operand normed_f; // (T, D)
   // Inference: (B, V), the last positions. Training plans: (T, V) for evaluation forwards
   // only, allocated by the first (the training forward's head_loss needs no logits buffer).
   float* logits;
@@ -43,8 +46,9 @@ struct MambaLM::Activations {
   // backward scratch, one layer's worth, reused by every layer
   float* d_resid;   // (T, D)
   float* d_normed;  // (T, D); a training forward leaves d loss / d normed_f here (head_loss's dX)
-  float *d_xz, *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
-  std::vector<float*> owned;
+  Operand d_xz;     // (T, 2E): in_proj's dY, [dx | dz]
+  float *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
+  std::vector<void*> owned;
 
   Activations(Backend& backend, const ModelConfig& c, int B_, int L_, bool train)
       : be(backend), B(B_), L(L_), T(B_ * L_), training(train), layer_stride(train ? 1 : 0),
@@ -54,33 +58,42 @@ struct MambaLM::Activations {
     const size_t nl = train ? c.n_layer : 1;
     const size_t n_sub = c.n_layer * (I > 0 ? 2 : 1), ns = train ? n_sub : 1;
     const size_t n_chunks = (L + chunk - 1) / chunk;
+    const Dtype od = train ? be.operand_dtype() : Dtype::f32;
     auto take = [&](size_t n) {
       float* p = n ? be.alloc(n) : nullptr;
       if (p) owned.push_back(p);
+      bytes += n * sizeof(float);
       return p;
     };
+    auto take_operand = [&](size_t n) {
+      Operand o = n ? be.alloc_operand(n, od) : Operand{nullptr, od};
+      if (o.p) owned.push_back(o.p);
+      bytes += n * dtype_bytes(od);
+      return o;
+    };
     resid = take((ns + 1) * t * D);
-    normed = take(ns * t * D);
+    normed = take_operand(ns * t * D);
     mean = take((ns + 1) * t);
     rstd = take((ns + 1) * t);
     xz = take(nl * t * 2 * E);
     xs = take(nl * t * E);
     dbc = take(nl * t * P);
     dt = take(nl * t * E);
-    y = take(nl * t * E);
+    y = take_operand(nl * t * E);
     states_per_layer = B * n_chunks * E * N;
     states = train ? take(nl * states_per_layer) : nullptr;
     f = take(nl * t * 2 * I);
     g = take(nl * t * I);
-    normed_f = take(t * D);
+    normed_f = take_operand(t * D);
     logits = train ? nullptr : take(size_t(B) * V);  // inference keeps the last position's only
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
-    d_resid = d_normed = d_xz = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
+    bytes += 2 * t * sizeof(int32_t);
+    d_resid = d_normed = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
     if (train) {
       d_resid = take(t * D);
       d_normed = take(t * D);
-      d_xz = take(t * 2 * E);
+      d_xz = take_operand(t * 2 * E);
       d_xs = take(t * E);
       d_dbc = take(t * P);
       d_dt = take(t * E);
@@ -94,11 +107,12 @@ struct MambaLM::Activations {
     if (!logits) {
       logits = be.alloc(size_t(T) * c.vocab_size);
       owned.push_back(logits);
+      bytes += size_t(T) * c.vocab_size * sizeof(float);
     }
     return logits;
   }
   ~Activations() {
-    for (float* p : owned) be.free(p);
+    for (void* p : owned) be.free(p);
     be.free(ids);
     be.free(targets);
   }

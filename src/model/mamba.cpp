@@ -53,17 +53,7 @@ void MambaLM::plan(int B, int L) {
   logits_ = nullptr;
 }
 
-size_t MambaLM::activation_bytes() const {
-  if (!act_) return 0;
-  const ModelConfig& c = cfg_;
-  const size_t T = act_->T, D = c.d_model, E = c.d_inner(), P = c.dt_rank + 2 * c.d_state,
-               I = c.d_intermediate, n_sub = c.n_layer * (I > 0 ? 2 : 1);
-  const size_t n_chunks = (L_ + act_->chunk - 1) / act_->chunk;
-  size_t floats = (2 * n_sub + 2) * T * D + c.n_layer * T * (6 * E + P + 3 * I) +
-                  c.n_layer * B_ * n_chunks * E * c.d_state + (act_->logits ? T * c.vocab_size : 0) +
-                  T * (2 * D + 5 * E + P + 3 * I);
-  return floats * sizeof(float);
-}
+size_t MambaLM::activation_bytes() const { return act_ ? act_->bytes : 0; }
 
 // ---------------------------------------------------------------------------
 // forward
@@ -84,12 +74,12 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     const LayerParams& p = layout_.layers[l];
     float* x_in = a.resid + sub * ls * TD;   // (T, D)
     float* x_out = x_in + ls * TD;           // (T, D)
-    float* h = a.normed + sub * ls * TD;     // (T, D)
+    Operand h = a.normed + sub * ls * TD;    // (T, D)
     float* xz = a.xz + l * ls * T * 2 * E;   // (T, 2E)
     float* xs = a.xs + l * ls * T * E;       // (T, E)
     float* dbc = a.dbc + l * ls * T * P;     // (T, P)
     float* dt = a.dt + l * ls * T * E;       // (T, E)
-    float* y = a.y + l * ls * T * E;         // (T, E)
+    Operand y = a.y + l * ls * T * E;        // (T, E)
 
     // h = norm(x)
     be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_in, W + p.norm_w, opt(p.norm_b), h,
@@ -121,7 +111,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     if (mlp) {
       float* m_in = a.resid + sub * ls * TD;
       float* m_out = m_in + ls * TD;
-      float* h2 = a.normed + sub * ls * TD;
+      Operand h2 = a.normed + sub * ls * TD;
       float* f = a.f + l * ls * T * 2 * I;  // (T, 2I)
       float* g = a.g + l * ls * T * I;      // (T, I)
       be_.norm_forward(T, D, c.rms_norm, c.norm_eps, m_in, W + p.norm2_w, opt(p.norm2_b), h2,
@@ -168,7 +158,7 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
     be_.ssm_decode_in(B, E, K, P, a.xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);
     // y = scan step (dt_proj inside) * silu(z); the conv and SSM states advance
     be_.ssm_decode_step(B, E, N, R, K, a.xz, a.xz + E, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b),
-                        a.dbc, W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y);
+                        a.dbc, W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y.f32());
     // x += y @ out_proj^T
     be_.gemm(false, true, B, D, E, a.y, E, W + p.out_proj, E, 1.f, x, D);
     if (I > 0) {
@@ -245,7 +235,7 @@ void MambaLM::backward() {
     if (mlp) {
       sub--;
       const float* m_in = a.resid + sub * TD;
-      const float* h2 = a.normed + sub * TD;
+      const ConstOperand h2 = a.normed + sub * TD;
       const float* f = a.f + size_t(l) * T * 2 * I;
       const float* g = a.g + size_t(l) * T * I;
       // m_out = m_in + g @ fc2^T
@@ -259,12 +249,12 @@ void MambaLM::backward() {
     }
     sub--;
     const float* x_in = a.resid + sub * TD;
-    const float* h = a.normed + sub * TD;
+    const ConstOperand h = a.normed + sub * TD;
     const float* xz = a.xz + size_t(l) * T * 2 * E;
     const float* xs = a.xs + size_t(l) * T * E;
     const float* dbc = a.dbc + size_t(l) * T * P;
     const float* dt = a.dt + size_t(l) * T * E;
-    const float* y = a.y + size_t(l) * T * E;
+    const ConstOperand y = a.y + size_t(l) * T * E;
     const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T
     be_.linear_backward(T, D, E, a.d_resid, D, W + p.out_proj, E, y, E, 0.f, a.d_y, E, G + p.out_proj);

@@ -100,8 +100,12 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
   auto cpu = make_cpu_backend();
   std::mt19937 rng(6);
   struct Shape { int E, N, R, K; };
-  for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{384, 5, 12, 3}})
-    for (int B : {1, 5, 64}) {
+  // B >= 32 with d_inner % 64 == 0 and d_state % 4 == 0: ssm_step_tile_kernel (B = 50:
+  // a last block of 2 rows; R = 64: 2 rows a block; K = 1: no conv state); otherwise
+  // ssm_step4_kernel (float4 states) or ssm_step_kernel (d_state 5, d_inner 96)
+  for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{448, 16, 12, 3}, Shape{384, 5, 12, 3},
+                  Shape{96, 16, 8, 4}, Shape{128, 64, 16, 1}})
+    for (int B : {1, 3, 8, 13, 50, 64}) {
       const int E = s.E, N = s.N, R = s.R, K = s.K, P = R + 2 * N;
       auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
            cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f), dbc = randn(size_t(B) * P, rng),
@@ -109,14 +113,17 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
            Alog = randn(size_t(E) * N, rng, 0.3f), D = randn(E, rng), h = randn(size_t(B) * E * N, rng, 0.5f);
       DevBuf dxz(*gpu, xz), dst(*gpu, st), dcw(*gpu, cw), dcb(*gpu, cb), ddbc(*gpu, dbc), ddtw(*gpu, dtw),
           ddtb(*gpu, dtb), dA(*gpu, Alog), dD(*gpu, D), dh(*gpu, h), dy(*gpu, nans(size_t(B) * E));
-      gpu->ssm_decode_step(B, E, N, R, K, dxz.p, dxz.p + E, 2 * E, dst.p, dcw.p, dcb.p, ddbc.p, ddtw.p, ddtb.p,
-                           dA.p, dD.p, dh.p, dy.p);
-      std::vector<float> y(size_t(B) * E);
-      cpu->ssm_decode_step(B, E, N, R, K, xz.data(), xz.data() + E, 2 * E, st.data(), cw.data(), cb.data(),
-                           dbc.data(), dtw.data(), dtb.data(), Alog.data(), D.data(), h.data(), y.data());
-      EXPECT_LE(rel_l2(dy.host(), y), kTol) << "E=" << E << " N=" << N << " B=" << B;
-      EXPECT_LE(rel_l2(dh.host(), h), kTol) << "E=" << E << " N=" << N << " B=" << B;
-      EXPECT_EQ(dst.host(), st) << "E=" << E << " B=" << B;
+      for (int rep = 0; rep < 2; ++rep) {  // two steps: the second starts from the first's states
+        if (rep) gpu->upload(dy.p, nans(size_t(B) * E).data(), size_t(B) * E);
+        gpu->ssm_decode_step(B, E, N, R, K, dxz.p, dxz.p + E, 2 * E, dst.p, dcw.p, dcb.p, ddbc.p, ddtw.p,
+                             ddtb.p, dA.p, dD.p, dh.p, dy.p);
+        std::vector<float> y(size_t(B) * E);
+        cpu->ssm_decode_step(B, E, N, R, K, xz.data(), xz.data() + E, 2 * E, st.data(), cw.data(), cb.data(),
+                             dbc.data(), dtw.data(), dtb.data(), Alog.data(), D.data(), h.data(), y.data());
+        EXPECT_LE(rel_l2(dy.host(), y), kTol) << "E=" << E << " N=" << N << " B=" << B << " rep=" << rep;
+        EXPECT_LE(rel_l2(dh.host(), h), kTol) << "E=" << E << " N=" << N << " B=" << B << " rep=" << rep;
+        EXPECT_EQ(dst.host(), st) << "E=" << E << " B=" << B << " rep=" << rep;
+      }
     }
 }
 
@@ -155,42 +162,49 @@ TEST(CudaDecodeStep, ModelStepsMatchCpu) {
 TEST(CudaDecodeStep, SampleTokensMatchRule) {
   BHASA_REQUIRE_GPU(gpu);
   std::mt19937 rng(8);
-  for (int V : {50280, 97, 5000})
-    for (int B : {1, 3, 64})
-      for (float temp : {0.0f, 0.8f}) {
-        auto logits = randn(size_t(B) * V, rng);
-        if (B > 1) {  // row 1: a tie between two maxima; row 0 with B > 1: all -inf
-          const int a = V / 3, c = V - 2;
-          logits[size_t(1) * V + a] = logits[size_t(1) * V + c] = 100.0f;
-          std::fill(logits.begin(), logits.begin() + V, -INFINITY);
-        }
-        const int cap = 16, step0 = 5;
-        DevBuf dl(*gpu, logits);
-        DevIds counter(*gpu, {step0}), ids(*gpu, std::vector<int32_t>(B, -1)),
-            hist(*gpu, std::vector<int32_t>(size_t(cap) * B, -1));
-        for (int rep = 0; rep < 2; ++rep) {
-          gpu->sample_tokens(B, V, dl.p, temp, 42, counter.p, ids.p, hist.p, cap);
-          std::vector<int32_t> got(B), h(size_t(cap) * B), cnt(1);
-          gpu->download_i32(got.data(), ids.p, B);
-          gpu->download_i32(h.data(), hist.p, h.size());
-          gpu->download_i32(cnt.data(), counter.p, 1);
-          EXPECT_EQ(cnt[0], step0 + rep + 1);
-          for (int b = 0; b < B; ++b) {
-            int best = 0;
-            float bs = sample_score(logits[size_t(b) * V], temp, 42, step0 + rep, b, 0);
-            for (int v = 1; v < V; ++v) {
-              const float sc = sample_score(logits[size_t(b) * V + v], temp, 42, step0 + rep, b, v);
-              if (sc > bs) bs = sc, best = v;
-            }
-            if (!(bs > -INFINITY)) best = 0;
-            EXPECT_EQ(h[size_t(step0 + rep) * B + b], got[b]);
-            if (temp == 0.0f || got[b] == best || got[b] < 0 || got[b] >= V) {
-              EXPECT_EQ(got[b], best) << "V=" << V << " B=" << B << " T=" << temp << " b=" << b;
-            } else {  // device and host logf may differ in the last bit: a near-tie may flip
-              const float sc = sample_score(logits[size_t(b) * V + got[b]], temp, 42, step0 + rep, b, got[b]);
-              EXPECT_NEAR(sc, bs, 1e-5 * std::abs(bs)) << "V=" << V << " B=" << B << " b=" << b;
-            }
+  // V % 4 == 0: float4 loads, else scalar; B = 300 at V = 50280: more (row, slice)
+  // partials than the last block stages in shared memory; off = 1: rows not 16-byte aligned
+  struct Case { int V, B, off; };
+  for (Case cs : {Case{50280, 1, 0}, Case{50280, 3, 0}, Case{50280, 64, 0}, Case{50280, 300, 0}, Case{97, 1, 0},
+                  Case{97, 3, 0}, Case{97, 64, 0}, Case{5000, 1, 0}, Case{5000, 3, 0}, Case{5000, 64, 0},
+                  Case{5000, 8, 1}})
+    for (float temp : {0.0f, 0.8f}) {
+      const int V = cs.V, B = cs.B;
+      auto logits = randn(size_t(B) * V, rng);
+      if (B > 1) {  // row 1: a tie between two maxima; row 0 with B > 1: all -inf
+        const int a = V / 3, c = V - 2;
+        logits[size_t(1) * V + a] = logits[size_t(1) * V + c] = 100.0f;
+        std::fill(logits.begin(), logits.begin() + V, -INFINITY);
+      }
+      const int cap = 16, step0 = 5;
+      std::vector<float> padded(cs.off, 0.0f);
+      padded.insert(padded.end(), logits.begin(), logits.end());
+      DevBuf dl(*gpu, padded);
+      DevIds counter(*gpu, {step0}), ids(*gpu, std::vector<int32_t>(B, -1)),
+          hist(*gpu, std::vector<int32_t>(size_t(cap) * B, -1));
+      for (int rep = 0; rep < 2; ++rep) {
+        gpu->sample_tokens(B, V, dl.p + cs.off, temp, 42, counter.p, ids.p, hist.p, cap);
+        std::vector<int32_t> got(B), h(size_t(cap) * B), cnt(1);
+        gpu->download_i32(got.data(), ids.p, B);
+        gpu->download_i32(h.data(), hist.p, h.size());
+        gpu->download_i32(cnt.data(), counter.p, 1);
+        EXPECT_EQ(cnt[0], step0 + rep + 1);
+        for (int b = 0; b < B; ++b) {
+          int best = 0;
+          float bs = sample_score(logits[size_t(b) * V], temp, 42, step0 + rep, b, 0);
+          for (int v = 1; v < V; ++v) {
+            const float sc = sample_score(logits[size_t(b) * V + v], temp, 42, step0 + rep, b, v);
+            if (sc > bs) bs = sc, best = v;
+          }
+          if (!(bs > -INFINITY)) best = 0;
+          EXPECT_EQ(h[size_t(step0 + rep) * B + b], got[b]);
+          if (temp == 0.0f || got[b] == best || got[b] < 0 || got[b] >= V) {
+            EXPECT_EQ(got[b], best) << "V=" << V << " B=" << B << " T=" << temp << " b=" << b;
+          } else {  // device and host logf may differ in the last bit: a near-tie may flip
+            const float sc = sample_score(logits[size_t(b) * V + got[b]], temp, 42, step0 + rep, b, got[b]);
+            EXPECT_NEAR(sc, bs, 1e-5 * std::abs(bs)) << "V=" << V << " B=" << B << " b=" << b;
           }
         }
       }
+    }
 }

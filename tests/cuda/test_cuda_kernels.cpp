@@ -323,7 +323,10 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(1, 300, 64, 16, 8, true),   // many chunks: the copy pipeline wraps
                       std::make_tuple(3, 50, 40, 5, 8, true),     // N padded to 8
                       std::make_tuple(2, 64, 96, 8, 8, false), std::make_tuple(2, 37, 64, 3, 8, true),
-                      std::make_tuple(2, 1, 64, 16, 8, true)));   // one step
+                      std::make_tuple(2, 1, 64, 16, 8, true),     // one step
+                      // 2-lane chunk-8 backward with N padded (12 of 16), E % 4 != 0: 4-byte
+                      // copies and one-float output stores
+                      std::make_tuple(2, 45, 70, 12, 8, true)));
 
 // chunk_states and u replaced after the GPU forward (as if they came from elsewhere, here
 // the CPU): the backward must use only what it is given. (A backend that keeps more of

@@ -38,3 +38,22 @@ TEST(Backend, UnknownDeviceThrows) {
   }
 #endif
 }
+
+// GEMM-operand activations (Operand): fp32 on the CPU; offsets count elements of the
+// dtype; a bf16 Operand reaching a CPU kernel is an error, not a silent misread.
+TEST(Backend, CpuOperandsAreFp32) {
+  auto be = make_backend("cpu");
+  EXPECT_EQ(be->operand_dtype(), Dtype::f32);
+  Operand o = be->alloc_operand(10, Dtype::f32);
+  EXPECT_EQ(static_cast<char*>((o + 3).p) - static_cast<char*>(o.p), 12);
+  Operand h = be->alloc_operand(10, Dtype::bf16);
+  EXPECT_EQ(static_cast<char*>((h + 3).p) - static_cast<char*>(h.p), 6);
+  EXPECT_EQ(ConstOperand(h + 3).dtype, Dtype::bf16);
+  EXPECT_NO_THROW(o.f32());
+  EXPECT_THROW(h.f32(), Error);
+  float x[4] = {1, 2, 3, 4}, w[4] = {1, 1, 1, 1}, rstd[1];
+  EXPECT_THROW(be->norm_forward(1, 4, true, 1e-5f, x, w, nullptr, h, nullptr, rstd), Error);
+  EXPECT_THROW(be->gemm(false, false, 1, 1, 1, h, 1, x, 1, 0.f, x, 1), Error);
+  be->free(o.p);
+  be->free(h.p);
+}

@@ -6,6 +6,7 @@
 #include <array>
 
 #include "kernel_test_util.h"
+#include "kernels/sampling.h"
 
 using namespace bhasa;
 using namespace bhasa::test;
@@ -108,4 +109,18 @@ TEST(DecodeStep, NormGemmMatchesNormThenGemm) {
                            got.data());
     EXPECT_LT(rel_err(got, want), 1e-12);
   }
+}
+
+// The Gumbel noise of the sampling rule is finite for every hash (U never 0 or 1) and
+// rises with the hash's top bits (U = (k + 0.5) / 2^23 increasing in k).
+TEST(DecodeStep, GumbelNoiseIsFiniteAndMonotone) {
+  float prev = -INFINITY;
+  for (uint64_t k = 0; k < (uint64_t(1) << 23); k += (k < 1024 || k > (uint64_t(1) << 23) - 1024) ? 1 : 997) {
+    const float g = gumbel_of_hash(k << 41 | 0x1ffffu);  // low bits do not matter
+    ASSERT_TRUE(std::isfinite(g)) << "k=" << k;
+    ASSERT_GE(g, prev) << "k=" << k;
+    prev = g;
+  }
+  EXPECT_TRUE(std::isfinite(gumbel_of_hash(~uint64_t(0))));
+  EXPECT_TRUE(std::isfinite(gumbel_of_hash(0)));
 }

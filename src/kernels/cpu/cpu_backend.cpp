@@ -48,9 +48,10 @@ class CpuBackend final : public Backend {
     if (n && dst != src) std::memmove(dst, src, n * sizeof(float));
   }
 
-  void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
+  // Every Operand is fp32 here (operand_dtype() is the default f32).
+  void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
             int ldb, float beta, float* C, int ldc) override {
-    cpu::gemm<float>(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    cpu::gemm<float>(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc);
   }
 
   void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
@@ -80,8 +81,8 @@ class CpuBackend final : public Backend {
   }
 
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                    const float* b, float* out, float* mean, float* rstd) override {
-    cpu::norm_forward<float>(T, D, rms, eps, x, w, b, out, mean, rstd);
+                    const float* b, Operand out, float* mean, float* rstd) override {
+    cpu::norm_forward<float>(T, D, rms, eps, x, w, b, out.f32(), mean, rstd);
   }
   void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
                      const float* mean, const float* rstd, float* dx, float* dw,
@@ -94,9 +95,9 @@ class CpuBackend final : public Backend {
     cpu::conv1d_silu_forward<float>(B, L, E, K, x, ldx, w, bias, out);
   }
   void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx,
-                            const float* w, const float* bias, const float* dout, float* dx,
+                            const float* w, const float* bias, const float* dout, Operand dx,
                             float* dw, float* dbias) override {
-    cpu::conv1d_silu_backward<float>(B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias);
+    cpu::conv1d_silu_backward<float>(B, L, E, K, x, ldx, w, bias, dout, dx.f32(), dw, dbias);
   }
 
   void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx,
@@ -107,19 +108,19 @@ class CpuBackend final : public Backend {
 
   void scan_forward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
                     const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
-                    int ld_bc, const float* D, const float* z, int ldz, float* out,
+                    int ld_bc, const float* D, const float* z, int ldz, Operand out,
                     float* chunk_states, const float* h0, float* h_last) override {
     cpu::scan_forward<float>(B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
-                             out, chunk_states, h0, h_last);
+                             out.f32(), chunk_states, h0, h_last);
   }
   void scan_backward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
                      const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                      const float* chunk_states, const float* dout, float* du, float* ddt,
-                     float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                     float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) override {
     cpu::scan_backward<float>(B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
-                              chunk_states, dout, du, ddt, dBm, dCm, dz, dA_log, dD, ddt_bias);
+                              chunk_states, dout, du, ddt, dBm, dCm, dz.f32(), dA_log, dD, ddt_bias);
   }
 
   void swiglu_forward(int T, int I, const float* f, float* out) override {
@@ -142,8 +143,8 @@ class CpuBackend final : public Backend {
   void axpy(size_t n, float alpha, const float* x, float* y) override {
     cpu::axpy<float>(n, alpha, x, y);
   }
-  void dropout(size_t n, float* x, float p, uint64_t seed) override {
-    cpu::dropout<float>(n, x, p, seed);
+  void dropout(size_t n, Operand x, float p, uint64_t seed) override {
+    cpu::dropout<float>(n, x.f32(), p, seed);
   }
 };
 

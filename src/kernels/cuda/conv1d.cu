@@ -36,13 +36,13 @@ __device__ __forceinline__ void load_c(float (&r)[C], const float* p) {
     for (int c = 0; c < C; ++c) r[c] = p[c];
   }
 }
-template <int C>
-__device__ __forceinline__ void store_c(float* p, const float (&r)[C]) {
-  if constexpr (C == 2) {
+template <int C, class O>
+__device__ __forceinline__ void store_c(O* p, const float (&r)[C]) {
+  if constexpr (C == 2 && std::is_same_v<O, float>) {
     *reinterpret_cast<float2*>(p) = make_float2(r[0], r[1]);
   } else {
 #pragma unroll
-    for (int c = 0; c < C; ++c) p[c] = r[c];
+    for (int c = 0; c < C; ++c) p[c] = from_float<O>(r[c]);
   }
 }
 
@@ -142,13 +142,13 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
   }
 }
 
-// dx[s, e] = sum_k w[e, k] dp[s + K-1-k, e]                      ("=", row stride ldx)
+// dx[s, e] = sum_k w[e, k] dp[s + K-1-k, e]        ("=", row stride ldx, fp32 or bf16: O)
 // partial[g][k][e] = sum over times of group g of dp[t, e] x[t-(K-1-k), e]; [K] is dbias.
 // Group g = b * gridDim.y + blockIdx.y: one sequence's kBlockTimes times.
-template <int K, int C>
+template <int K, int C, class O>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_backward_kernel(int L, int E, const float* x, int ldx, const float* w, const float* bias,
-                     const float* dout, float* dx, float* partial) {
+                     const float* dout, O* dx, float* partial) {
   __shared__ float red[kSlices][K + 1][kLanes * C];
   const int e = (blockIdx.x * kLanes + threadIdx.x) * C;
   const int b = blockIdx.z;
@@ -162,7 +162,7 @@ conv_backward_kernel(int L, int E, const float* x, int ldx, const float* w, cons
     const int t1 = min(t0 + kSteps, L);
     const float* xb = x + size_t(b) * L * ldx + e;
     const float* gb = dout + size_t(b) * L * E + e;
-    float* dxb = dx + size_t(b) * L * ldx + e;
+    O* dxb = dx + size_t(b) * L * ldx + e;
     float wk[K][C], bs[C];
 #pragma unroll
     for (int c = 0; c < C; ++c) {
@@ -338,7 +338,7 @@ void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, const float* x, int
 }
 
 void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
-                          const float* w, const float* bias, const float* dout, float* dx,
+                          const float* w, const float* bias, const float* dout, Operand dx,
                           float* dw, float* dbias) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
@@ -346,9 +346,11 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, in
   auto* partial = static_cast<float*>(
       c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
   const dim3 block(kLanes, kSlices);
-  with_k(K, [&](auto kc) {
-    conv_backward_kernel<decltype(kc)::value, 1><<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(
-        L, E, x, ldx, w, bias, dout, dx, partial);
+  with_operand(dx, [&](auto* d) {
+    with_k(K, [&](auto kc) {
+      conv_backward_kernel<decltype(kc)::value, 1><<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(
+          L, E, x, ldx, w, bias, dout, d, partial);
+    });
   });
   BHASA_LAUNCH_CHECK("conv1d_silu_backward");
   conv_backward_dw_finish<<<blocks_for(size_t(K + 1) * E, kColSumLanes), dim3(kColSumLanes, kColSumRows), 0,

@@ -1,6 +1,7 @@
 // The CUDA backend: device memory (cudaMalloc), one stream that every kernel, copy
 // and GEMM runs on, a cuBLASLt handle with a workspace allocated once, and grow-once
-// scratch for the kernels' partial sums. Storage is fp32, as the interface passes.
+// scratch for the kernels' partial sums. Storage is fp32, except the GEMM-operand
+// activations (Operand, kernels.h), which are bf16 when the GEMMs are (GemmMath::bf16).
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
@@ -83,22 +84,27 @@ class CudaBackend final : public Backend {
       BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
   void synchronize() override { BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // bf16 GEMMs round their operands to bf16 anyway: the producers do it once instead.
+  Dtype operand_dtype() const override {
+    return gemm_->math() == GemmMath::bf16 ? Dtype::bf16 : Dtype::f32;
+  }
 
   // ---- kernels --------------------------------------------------------------
-  void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
+  void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
             int ldb, float beta, float* C, int ldc) override {
     BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
     // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
-    if (gemv_ && !ta && tb && gemv_serves(M, N, K, A, lda, B, ldb, nullptr, nullptr))
-      return cuda::gemv(ctx_, M, N, K, A, lda, B, ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr);
+    const bool fp32 = A.dtype == Dtype::f32 && B.dtype == Dtype::f32;
+    if (gemv_ && fp32 && !ta && tb && gemv_serves(M, N, K, A.f32(), lda, B.f32(), ldb, nullptr, nullptr))
+      return cuda::gemv(ctx_, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr);
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
 
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
-  void linear_backward(int T, int O, int I, const float* dY, int ldy, const float* W, int ldw,
-                       const float* X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {
+  void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
+                       ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "linear_backward " + std::to_string(T) + "x" + std::to_string(O) + "x" + std::to_string(I));
-    gemm_->pin(dY);
+    gemm_->pin(dY.p);
     try {
       gemm_->run(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
       gemm_->run(true, false, O, I, T, dY, ldy, X, ldx, 1.0f, dW, ldw);
@@ -155,7 +161,7 @@ class CudaBackend final : public Backend {
     cuda::embedding_backward(ctx_, T, D, V, ids, dout, dtable);
   }
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                    const float* b, float* out, float* mean, float* rstd) override {
+                    const float* b, Operand out, float* mean, float* rstd) override {
     BHASA_PROFILE_OP(*profile_, "norm_forward");
     cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd);
   }
@@ -170,7 +176,7 @@ class CudaBackend final : public Backend {
     cuda::conv1d_silu_forward(ctx_, B, L, E, K, x, ldx, w, bias, out);
   }
   void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
-                            const float* bias, const float* dout, float* dx, float* dw,
+                            const float* bias, const float* dout, Operand dx, float* dw,
                             float* dbias) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_backward");
     cuda::conv1d_silu_backward(ctx_, B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias);
@@ -186,7 +192,7 @@ class CudaBackend final : public Backend {
   int scan_chunk() const override { return 8; }
   void scan_forward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
                     const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
-                    int ld_bc, const float* D, const float* z, int ldz, float* out,
+                    int ld_bc, const float* D, const float* z, int ldz, Operand out,
                     float* chunk_states, const float* h0, float* h_last) override {
     BHASA_PROFILE_OP(*profile_, "scan_forward");
     cuda::scan_forward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out,
@@ -195,7 +201,7 @@ class CudaBackend final : public Backend {
   void scan_backward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
                      const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
                      int ld_bc, const float* D, const float* z, int ldz, const float* chunk_states,
-                     const float* dout, float* du, float* ddt, float* dBm, float* dCm, float* dz,
+                     const float* dout, float* du, float* ddt, float* dBm, float* dCm, Operand dz,
                      float* dA_log, float* dD, float* ddt_bias) override {
     BHASA_PROFILE_OP(*profile_, "scan_backward");
     cuda::scan_backward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
@@ -214,7 +220,7 @@ class CudaBackend final : public Backend {
     BHASA_PROFILE_OP(*profile_, "cross_entropy");
     return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
   }
-  double head_loss(int T, int V, int D, const float* X, const float* W, const int32_t* targets,
+  double head_loss(int T, int V, int D, ConstOperand X, const float* W, const int32_t* targets,
                    float dlogits_scale, float* dX, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "head_loss " + std::to_string(T) + "x" + std::to_string(V) + "x" + std::to_string(D));
     return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, targets, dlogits_scale, dX, dW);
@@ -229,7 +235,7 @@ class CudaBackend final : public Backend {
     BHASA_PROFILE_OP(*profile_, "axpy");
     cuda::axpy(ctx_, n, alpha, x, y);
   }
-  void dropout(size_t n, float* x, float p, uint64_t seed) override {
+  void dropout(size_t n, Operand x, float p, uint64_t seed) override {
     BHASA_PROFILE_OP(*profile_, "dropout");
     cuda::dropout(ctx_, n, x, p, seed);
   }

@@ -8,11 +8,12 @@
 
 namespace bhasa {
 
-// How GEMMs multiply. Storage is fp32 in every mode; accumulation is always fp32.
+// How GEMMs multiply. Accumulation is always fp32; storage is fp32 except, in bf16 mode,
+// the GEMM-operand activations (Backend::operand_dtype, kernels.h).
 enum class GemmMath {
   fp32,       // full fp32 products: for tests that compare with the CPU tightly
   tf32,       // TF32 tensor cores (10-bit mantissa products)
-  bf16,       // operands rounded to bf16 (dense copies made per call), bf16 tensor cores
+  bf16,       // bf16 operands (activations stored so, fp32 ones copied per call), bf16 tensor cores
   bf16_fast,  // cuBLASLt's CUBLAS_COMPUTE_32F_FAST_16BF: fp32 operands, bf16 tensor cores
 };
 const char* gemm_math_name(GemmMath m);

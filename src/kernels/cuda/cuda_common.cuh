@@ -2,14 +2,17 @@
 // stream, grow-once scratch), and the host-side entry point of each kernel family.
 // Semantics, shapes and strides are those of kernels.h; these functions only launch.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/kernels.h"
 
 namespace bhasa::cuda {
 
@@ -98,7 +101,7 @@ void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const f
                         float* dtable);
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
-                  const float* b, float* out, float* mean, float* rstd);
+                  const float* b, Operand out, float* mean, float* rstd);
 void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const float* x,
                    const float* w, const float* mean, const float* rstd, float* dx, float* dw,
                    float* db);
@@ -106,7 +109,7 @@ void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const floa
 void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
                          const float* w, const float* bias, float* out);
 void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
-                          const float* w, const float* bias, const float* dout, float* dx,
+                          const float* w, const float* bias, const float* dout, Operand dx,
                           float* dw, float* dbias);
 void conv1d_silu_with_state(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
                             const float* w, const float* bias, float* state, float* out);
@@ -114,12 +117,12 @@ void conv1d_silu_with_state(Ctx& c, int B, int L, int E, int K, const float* x, 
 void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                  float* out, float* chunk_states, const float* h0, float* h_last);
+                  Operand out, float* chunk_states, const float* h0, float* h_last);
 void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                    const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                    const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                    const float* chunk_states, const float* dout, float* du, float* ddt,
-                   float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                   float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias);
 
 void swiglu_forward(Ctx& c, int T, int I, const float* f, float* out);
@@ -141,14 +144,14 @@ double xent_total(Ctx& c, int T, int V, const double* row_loss);
 
 class Gemm;
 // Backend::head_loss on row chunks of `chunk` rows (head.cu).
-double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, const float* X, const float* W,
+double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
                  const int32_t* targets, float dlogits_scale, float* dX, float* dW);
 
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
            float b2, float eps, float wd, int step, float grad_scale);
 double sum_squares(Ctx& c, size_t n, const float* g);
 void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
-void dropout(Ctx& c, size_t n, float* x, float p, uint64_t seed);
+void dropout(Ctx& c, size_t n, Operand x, float p, uint64_t seed);
 
 // Decoding (gemv.cu, ssm_step.cu); see kernels.h. gemv: C (M, N) = norm?(A) @ W^T + beta C,
 // W (N, K) row-major; norm 0 none, 1 rms, 2 layer (nw, nb as norm_forward).
@@ -179,6 +182,28 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);
+
+// Operands (kernels.h) on the device: fp32 or bf16 elements. Kernels template their
+// stores on the element type O (float or __nv_bfloat16); with_operand calls f with the
+// typed pointer.
+template <class F>
+void with_operand(Operand o, F&& f) {
+  if (o.dtype == Dtype::bf16) f(static_cast<__nv_bfloat16*>(o.p));
+  else f(static_cast<float*>(o.p));
+}
+template <class O>
+__device__ __forceinline__ O from_float(float v) {
+  if constexpr (std::is_same_v<O, float>) return v;
+  else return __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+// Four elements at p (4-element aligned): one 16-byte (fp32) or 8-byte (bf16) store.
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
+  __nv_bfloat162 q[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+  *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(q);
+}
 
 // Device-side math shared by the kernels (accurate libm versions: the tests hold
 // these kernels to 1e-5 of the CPU backend).

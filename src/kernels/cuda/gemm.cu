@@ -1,7 +1,8 @@
 // GEMM: cuBLASLt on the tensor cores, fp32 storage and fp32 accumulation; the products
 // are TF32 or bf16 (GemmMath, cuda_backend.h). In bf16 mode each operand is first
 // rounded into a dense bf16 copy (one elementwise pass), then multiplied by a bf16 x bf16
-// -> fp32 cuBLASLt kernel at about twice TF32's rate.
+// -> fp32 cuBLASLt kernel at about twice TF32's rate. Operands already in bf16 (the
+// activations the model stores in operand_dtype(), kernels.h) are read with no copy.
 //
 // Row-major to cuBLAS's column-major: a row-major (R, C) matrix with row stride ld
 // is a column-major (C, R) matrix with the same ld, so
@@ -26,7 +27,7 @@ void check_lt(cublasStatus_t st, const char* what) {
 }
 int alignment_of(const void* p) {
   const auto v = reinterpret_cast<uintptr_t>(p);
-  return v % 16 == 0 ? 16 : v % 8 == 0 ? 8 : v % 4 == 0 ? 4 : 2;
+  return v % 16 == 0 ? 16 : v % 8 == 0 ? 8 : v % 4 == 0 ? 4 : 2;  // 2: a bf16 operand's slice
 }
 
 // torch: dst = src[:rows, :cols].to(torch.bfloat16).contiguous()
@@ -147,7 +148,7 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
 }
 
 // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
-void Gemm::run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
+void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
                int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // C = beta * C: nothing to multiply
@@ -158,17 +159,20 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, c
     }
     if (beta == 1.0f) return;
   }
-  const void* a = A;
-  const void* b = B;
+  const void* a = A.p;
+  const void* b = B.p;
   // A thin output (x_proj's 80 columns, dt_proj's 48, their weight gradients) is
   // bound by reading the operands, not by the products: there the bf16 copies cost
-  // more than bf16 saves (measured in bench/cuda_lab/gemm_math.cpp), so TF32 it is.
-  const GemmMath math = math_ == GemmMath::bf16 && std::min(M, N) < 128 ? GemmMath::tf32 : math_;
+  // more than bf16 saves (measured in bench/cuda_lab/gemm_math.cpp), so TF32 it is,
+  // unless an operand is bf16 already.
+  const bool has_bf16 = A.dtype == Dtype::bf16 || B.dtype == Dtype::bf16;
+  const GemmMath math = has_bf16                                            ? GemmMath::bf16
+                        : math_ == GemmMath::bf16 && std::min(M, N) < 128 ? GemmMath::tf32
+                                                                           : math_;
   if (math == GemmMath::bf16) {
     // Row-major stored shapes: A is (M, K), or (K, M) when ta; B is (K, N), or (N, K) when tb.
-    a = to_bf16(A, ta ? K : M, ta ? M : K, lda, 0);
-    b = to_bf16(B, tb ? N : K, tb ? K : N, ldb, 1);
-    lda = ta ? M : K, ldb = tb ? K : N;
+    if (A.dtype == Dtype::f32) a = to_bf16(A.f32(), ta ? K : M, ta ? M : K, lda, 0), lda = ta ? M : K;
+    if (B.dtype == Dtype::f32) b = to_bf16(B.f32(), tb ? N : K, tb ? K : N, ldb, 1), ldb = tb ? K : N;
   }
   multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C, ldc, false);
 }

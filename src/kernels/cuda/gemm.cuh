@@ -18,7 +18,8 @@ class Gemm {
   Gemm(cudaStream_t stream, GemmMath math);
   ~Gemm();
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C   (row-major, as kernels.h)
-  void run(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B,
+  // A bf16 operand is multiplied as it is (bf16 math, the other operand copied if fp32).
+  void run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
            int ldb, float beta, float* C, int ldc);
   // The same on bf16 operands as they are (bf16 x bf16 products, fp32 accumulation);
   // C is fp32, or bf16 when c_bf16 (rounded once from the fp32 accumulators).
@@ -34,7 +35,7 @@ class Gemm {
   // While an operand is pinned, its bf16 copy is made once and reused by the following
   // run() calls that read the same matrix (a linear layer's dX and dW products share
   // dY). The caller guarantees the matrix does not change until unpin().
-  void pin(const float* operand) {
+  void pin(const void* operand) {
     pinned_ = operand;
     bf16_source_[0] = bf16_source_[1] = Source{};  // a copy made before the pin may be stale
   }
@@ -66,7 +67,7 @@ class Gemm {
     bool operator==(const Source&) const = default;
   };
   Source bf16_source_[2];
-  const float* pinned_ = nullptr;
+  const void* pinned_ = nullptr;
   OpProfile* profile_ = nullptr;
   std::map<Key, Plan> plans_;
 };

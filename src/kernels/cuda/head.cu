@@ -8,7 +8,7 @@
 //   loss rows, logits := bf16 dlogits          xent_bf16_rows: one read, one write
 //   dX[t0:] = dlogits @ W                      bf16 GEMM straight from the chunk
 //   dW     += dlogits^T @ X[t0:]               the same
-// X and W are rounded to bf16 once per call. Other GEMM maths run the same steps on an
+// W (and X when fp32) is rounded to bf16 once per call. Other GEMM maths run the same steps on an
 // fp32 chunk through the ordinary GEMM and cross-entropy (for tests against the CPU).
 // Measured at m130's (32768, 50280, 768) on the H200 (bench/cuda_lab/NOTES.md): 12.2 ms
 // per step at chunk 16384 against 18.1 ms for the separate ops; the three GEMMs are 80%
@@ -21,7 +21,7 @@
 
 namespace bhasa::cuda {
 
-double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, const float* X, const float* W,
+double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
                  const int32_t* targets, float dlogits_scale, float* dX, float* dW) {
   if (T == 0) return 0.0;
   // With BHASA_CUDA_PROFILE, each step of the loop gets its own (nested) row.
@@ -32,7 +32,9 @@ double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, const float
   auto* row_loss = static_cast<double*>(c.scratch->get(kRowLoss, size_t(T) * sizeof(double)));  // (T)
   int* flags = xent_flags(c);
   if (gemm.math() == GemmMath::bf16) {
-    const __nv_bfloat16* Xb = gemm.to_bf16(X, T, D, D, 0);  // (T, D)
+    // (T, D): the model stores it in bf16 already (operand_dtype())
+    const __nv_bfloat16* Xb = X.dtype == Dtype::bf16 ? static_cast<const __nv_bfloat16*>(X.p)
+                                                     : gemm.to_bf16(X.f32(), T, D, D, 0);
     const __nv_bfloat16* Wb = gemm.to_bf16(W, V, D, D, 1);  // (V, D)
     const int ldl = (V + 7) / 8 * 8;                         // 16-byte rows for the kernel
     auto* logits = static_cast<__nv_bfloat16*>(
@@ -60,7 +62,7 @@ double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, const float
     auto* logits = static_cast<float*>(c.scratch->get(kHeadLogits, size_t(rows) * V * sizeof(float)));  // (rows, V)
     for (int t0 = 0; t0 < T; t0 += rows) {
       const int n = std::min(rows, T - t0);
-      const float* x = X + size_t(t0) * D;
+      const ConstOperand x = X + size_t(t0) * D;
       gemm.run(false, true, n, V, D, x, D, W, D, 0.0f, logits, V);
       xent_rows(c, n, V, logits, V, targets + t0, dlogits_scale, row_loss + t0, flags);
       if (!grad) continue;

@@ -23,11 +23,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // rms:   torch: out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 // layer: torch: out = F.layer_norm(x, (D,), w, b, eps)
-// x (T, D), w (D), b (D) or null, out (T, D), mean (T) (layer only), rstd (T)
-template <int NV>
+// x (T, D), w (D), b (D) or null, out (T, D) fp32 or bf16 (O), mean (T) (layer only), rstd (T)
+template <int NV, class O>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
 norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float* w,
-                 const float* b, float* out, float* mean, float* rstd) {
+                 const float* b, O* out, float* mean, float* rstd) {
   const int t = blockIdx.x * kRowsPerBlock + threadIdx.y;
   const int lane = threadIdx.x, D4 = D / 4;
   if (t >= T) return;
@@ -53,7 +53,7 @@ norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float*
       ss += (a * a + bb * bb) + (c * c + d * d);
     }
   const float r = 1.0f / sqrtf(warp_sum(ss) / D + eps);
-  float4* ot = reinterpret_cast<float4*>(out + size_t(t) * D);
+  O* ot = out + size_t(t) * D;
   const float4* w4 = reinterpret_cast<const float4*>(w);
   const float4* b4 = reinterpret_cast<const float4*>(b);
 #pragma unroll
@@ -61,8 +61,8 @@ norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float*
     const int c = lane + 32 * j;
     if (c >= D4) continue;
     const float4 wv = w4[c], bv = b ? b4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-    ot[c] = make_float4((xv[j].x - mu) * r * wv.x + bv.x, (xv[j].y - mu) * r * wv.y + bv.y,
-                        (xv[j].z - mu) * r * wv.z + bv.z, (xv[j].w - mu) * r * wv.w + bv.w);
+    store4(ot + 4 * c, make_float4((xv[j].x - mu) * r * wv.x + bv.x, (xv[j].y - mu) * r * wv.y + bv.y,
+                                   (xv[j].z - mu) * r * wv.z + bv.z, (xv[j].w - mu) * r * wv.w + bv.w));
   }
   if (lane == 0) {
     if (mean) mean[t] = mu;
@@ -157,14 +157,15 @@ norm_backward_vec(int T, int D, const float* dout, const float* x, const float* 
 }
 
 // The plain kernels, for any D and alignment.
+template <class O>
 __global__ void norm_forward_kernel(int T, int D, bool rms, float eps, const float* x,
-                                    const float* w, const float* b, float* out, float* mean,
+                                    const float* w, const float* b, O* out, float* mean,
                                     float* rstd) {
   const int t = blockIdx.x * kRowsPerBlock + threadIdx.y;
   const int lane = threadIdx.x;
   if (t >= T) return;
   const float* xt = x + size_t(t) * D;
-  float* ot = out + size_t(t) * D;
+  O* ot = out + size_t(t) * D;
   float mu = 0.0f;
   if (!rms) {
     float s = 0.0f;
@@ -174,7 +175,7 @@ __global__ void norm_forward_kernel(int T, int D, bool rms, float eps, const flo
   float ss = 0.0f;  // sum of squares about mu
   for (int d = lane; d < D; d += 32) ss += (xt[d] - mu) * (xt[d] - mu);
   const float r = 1.0f / sqrtf(warp_sum(ss) / D + eps);
-  for (int d = lane; d < D; d += 32) ot[d] = (xt[d] - mu) * r * w[d] + (b ? b[d] : 0.0f);
+  for (int d = lane; d < D; d += 32) ot[d] = from_float<O>((xt[d] - mu) * r * w[d] + (b ? b[d] : 0.0f));
   if (lane == 0) {
     if (mean) mean[t] = mu;
     rstd[t] = r;
@@ -258,18 +259,22 @@ bool fast_path(int D, std::initializer_list<const void*> ptrs) {
 }  // namespace
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
-                  const float* b, float* out, float* mean, float* rstd) {
+                  const float* b, Operand out, float* mean, float* rstd) {
   if (T == 0) return;
   const dim3 block(32, kRowsPerBlock);
-  if (fast_path(D, {x, w, b, out})) {
-    with_vec(D, [&](auto nv) {
-      norm_forward_vec<decltype(nv)::value><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(
-          T, D, rms, eps, x, w, b, out, mean, rstd);
-    });
-  } else {
-    norm_forward_kernel<<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, eps, x, w, b, out,
-                                                                               mean, rstd);
-  }
+  with_operand(out, [&](auto* o) {
+    using O = std::remove_pointer_t<decltype(o)>;
+    // rows of 4-element stores: 16 bytes (fp32) or 8 (bf16) aligned
+    if (fast_path(D, {x, w, b}) && reinterpret_cast<uintptr_t>(o) % (4 * sizeof(O)) == 0) {
+      with_vec(D, [&](auto nv) {
+        norm_forward_vec<decltype(nv)::value, O><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(
+            T, D, rms, eps, x, w, b, o, mean, rstd);
+      });
+    } else {
+      norm_forward_kernel<O><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, eps, x, w, b, o,
+                                                                                    mean, rstd);
+    }
+  });
   BHASA_LAUNCH_CHECK("norm_forward");
 }
 

@@ -27,7 +27,8 @@
 // forward stores the state at compile-time-known steps, and the backward has no replay
 // pass, so for N <= 16 it runs 2 lanes per channel (8 states each: the per-(t, e) work
 // of loads, sums and stores is shared by half as many lanes) with the per-step values
-// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel).
+// packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel). For N in
+// 9..16 the forward runs 2 lanes per channel too (scan_forward_c8_kernel, scan_fwd_c8.cu).
 #include <cstdlib>
 
 #include "kernels/cuda/scan_common.cuh"
@@ -70,13 +71,15 @@ struct BwdLayout {
 // C8 (chunk == kSub): the chunk starts are the steps tt % 8 == 0 of each tile, known at
 // compile time in full tiles (no per-step test against a running next-save step), and
 // the state goes out in 16-byte stores where they line up (0.737 -> 0.620 ms here).
-template <int NPL, bool C8>
+// out (B, L, E): fp32 or bf16 (TY)
+// FSP: softplus from one exp and a short series (softplus_sigmoid; was log1pf(expf)).
+template <int NPL, bool C8, class TY, bool FSP = true>
 __global__ void __launch_bounds__(kThreads, kFwdMinBlocks)
 scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                     const float* __restrict__ dt, const float* __restrict__ dt_bias,
                     const float* __restrict__ A_log, const float* __restrict__ Bm,
                     const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
-                    const float* __restrict__ z, int ldz, float* __restrict__ out,
+                    const float* __restrict__ z, int ldz, TY* __restrict__ out,
                     float* __restrict__ chunk_states, const float* h0, float* h_last) {
   constexpr int NMAX = kLanes * NPL;
   constexpr int TC = kFwdTile * kChannels;
@@ -102,8 +105,38 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
   const float bias = dt_bias[ec], Dv = Dp[ec];
   const bool vec_save = C8 && NPL % 4 == 0 && N == NMAX && (reinterpret_cast<uintptr_t>(chunk_states) & 15) == 0;
 
+  // FSP at chunk 8: 16-byte copies with 32-bit offsets where everything lines up (u, dt,
+  // z rows of 4 channels, B and C rows of 4 states; every tensor < 2^31 elements): 8
+  // copies per thread and tile instead of 32, each a few integer instructions
+  auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  const size_t rows = size_t(gridDim.y) * L, lim = size_t(1) << 31;
+  const bool vec_in = C8 && FSP && NPL % 4 == 0 && N == NMAX && ((E | ldz | ld_bc) & 3) == 0 && al16(u) &&
+                      al16(dt) && al16(z) && al16(Bm) && al16(Cm) && rows * max(E, ldz) < lim && rows * ld_bc < lim;
   // Copies tile [t0, t0 + kFwdTile) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
+    if constexpr (C8 && FSP && NPL % 4 == 0) if (vec_in) {
+      constexpr int kQ = kChannels / 4, kQN = NMAX / 4;
+      static_assert((kFwdTile * kQ) % kThreads == 0 && (kFwdTile * kQN) % kThreads == 0, "fwd vector staging");
+#pragma unroll
+      for (int j = 0; j < kFwdTile * kQ / kThreads; ++j) {  // u, dt, z: (tile step, 4 channels)
+        const int i = tid + j * kThreads, r = i / kQ, c4 = (i % kQ) * 4, e4 = int(blockIdx.x) * kChannels + c4;
+        const bool ok = t0 + r < L && e4 < E;
+        const int row = b * L + (ok ? t0 + r : 0), col = ok ? e4 : 0, o = row * E + col;
+        cp_async16(&sU[buf][swz(r, c4)], u + o, ok);
+        cp_async16(&sDT[buf][swz(r, c4)], dt + o, ok);
+        cp_async16(&sZ[buf][swz(r, c4)], z + row * ldz + col, ok);
+      }
+#pragma unroll
+      for (int j = 0; j < kFwdTile * kQN / kThreads; ++j) {  // B, C: (tile step, 4 states)
+        const int i = tid + j * kThreads, tt = i / kQN, nq = (i % kQN) * 4;
+        const bool ok = t0 + tt < L;
+        const int off = ok ? (b * L + t0 + tt) * ld_bc + nq : 0;
+        cp_async16(&sB[buf][tt][nq], Bm + off, ok);
+        cp_async16(&sC[buf][tt][nq], Cm + off, ok);
+      }
+      cp_async_commit();
+      return;
+    }
     const int cc = tid % kChannels, ecc = min(int(blockIdx.x) * kChannels + cc, E - 1);
 #pragma unroll
     for (int j = 0; j < TC / kThreads; ++j) {
@@ -125,6 +158,9 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     cp_async_commit();
   };
 
+  // this lane's states of chunk 0, and the step between chunks (E N floats)
+  float* const cs_lane = chunk_states + (size_t(b) * n_chunks * E + ec) * N + n0;
+  const unsigned cs_step = unsigned(E) * N;
   const int n_tiles = (L + kFwdTile - 1) / kFwdTile;
   if (n_tiles > 0) stage(0, 0);
   int next_save = 0;  // the next chunk start
@@ -139,7 +175,8 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
     // and the group shares them by shuffles.
     auto steps4 = [&](int s0, int tn) {  // tn: the tile's length
       const int my = s0 + k;
-      const float my_delta = softplusf_(sDT[buf][swz(my, c)] + bias);
+      const float my_x = sDT[buf][swz(my, c)] + bias;
+      const float my_delta = FSP ? softplus_fast(my_x) : softplusf_(my_x);
       float ypart[kLanes];
 #pragma unroll
       for (int j = 0; j < kLanes; ++j) {
@@ -149,7 +186,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
         if (tt < tn) {  // uniform over the block
           if constexpr (C8) {
             if (chunk_states && tt % kSub == 0 && valid) {
-              float* cs = chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
+              float* cs = FSP ? cs_lane + size_t(t / kSub) * cs_step : chunk_states + ((size_t(b) * n_chunks + t / kSub) * E + e) * N + n0;
               if (vec_save) {
                 store_states<NPL>(cs, h);  // 16-byte stores
               } else {
@@ -183,7 +220,7 @@ scan_forward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
       const float y = group_sum_scatter(ypart, lane);
       if (valid && my < tn) {
         const float uu = su[swz(my, c)], zz = sZ[buf][swz(my, c)];
-        out[(size_t(b) * L + t0 + my) * E + e] = (y + Dv * uu) * zz * sigmoid_fast(zz);
+        out[(size_t(b) * L + t0 + my) * E + e] = from_float<TY>((y + Dv * uu) * zz * sigmoid_fast(zz));
       }
     };
     if (tn == kFwdTile) {  // full tile: unrolled, so shared-memory offsets are constants
@@ -235,7 +272,7 @@ struct BwdCursor {
 //   g_n = dh_n + dy * C_n;  ddelta = sum_n g_n (A_n a_n h_{t-1,n} + B_n u);  dB[t, n] = sum_e g_n delta u
 //   du = dy D + sum_n g_n delta B_n;  dA_log_n += g_n a_n h_{t-1,n} delta A_n;  dh_{t-1} = g a
 //   ddt = ddelta * sigmoid(dt + dt_bias);  ddt_bias += ddt        (a_n = exp(delta A_n))
-template <int NPL>
+template <int NPL, class TZ>  // dz fp32 or bf16 (TZ)
 __global__ void __launch_bounds__(kThreads, kBwdMinBlocks)
 scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u,
                      const float* __restrict__ dt, const float* __restrict__ dt_bias,
@@ -243,7 +280,7 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
                      const float* __restrict__ Cm, int ld_bc, const float* __restrict__ Dp,
                      const float* __restrict__ z, int ldz, const float* __restrict__ chunk_states,
                      const float* __restrict__ dout, float* __restrict__ du_out,
-                     float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                     float* __restrict__ ddt_out, TZ* __restrict__ dz_out,
                      float* __restrict__ bc_partials,     // (E/32 blocks, B, L, 2*NMAX)
                      float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -348,9 +385,11 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
       const int i = tid + j * kThreads;
       const bool ok = i / C < len;
       const float x = S[Lay::oDT + i] + bias_s;
-      S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
+      float sx;
+      const float delta = softplus_sigmoid(x, sx);
+      S[Lay::oDT + i] = ok ? delta : 0.0f;
       if (!cur.replay) {
-        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        S[Lay::oSIG + i] = ok ? sx : 0.0f;
         const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
         S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
         S[Lay::oDO + i] = go * zz * s;                        // dy
@@ -386,10 +425,9 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
     const float* ssig = S + Lay::oSIG;
     const float* sdzf = S + Lay::oZ;  // dout * silu'(z)
     const float* sdy = S + Lay::oDO;  // dout * silu(z)
-    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii at dst[ii * dst_ld])
+    // lane 0 of a group writes dz, lane 1 ddt, lane 2 du (row s0 + ii: dst.store(ii, .))
     const size_t row0 = size_t(b) * L + s0;
-    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
-    const int dst_ld = k == 0 ? ldz : E;
+    const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz, (k == 1 ? ddt_out : du_out) + row0 * E + e, E);
     float h_start[NPL], hs[kSub][NPL], as[kSub][NPL];  // h before the sub-chunk; h_t and exp(delta_t A)
     if (cur.n_sub == 1) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
@@ -436,8 +474,8 @@ scan_backward_kernel(int L, int E, int N, int chunk, const float* __restrict__ u
       float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
       const float red = group_sum_scatter(r, lane);
       if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-      if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
-        dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv);
+      if (valid && ii < len && k < 3)  // one store per lane: dz, ddt or du
+        dst.store(ii, k == 0 ? (red + Dv * uu) * sdzf[ii * C + c] : (k == 1 ? red * sig : red * delta + dy * Dv));
       // dB, dC of this channel; summed over the block's channels below
       store_states<NPL>(sred + ii * 2 * Lay::kHalf + c * NMAX + n0, v);
       store_states<NPL>(sred + ii * 2 * Lay::kHalf + Lay::kHalf + c * NMAX + n0, v + NPL);
@@ -497,18 +535,35 @@ template <int NPL>
 void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                     const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                    float* out, float* chunk_states, const float* h0, float* h_last) {
+                    Operand out, float* chunk_states, const float* h0, float* h_last) {
   dim3 grid(blocks_for(E, kChannels), B);
   static const bool c8_on = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
     return !v || std::atoi(v) != 0;
   }();
-  if (chunk == kSub && c8_on)
-    scan_forward_kernel<NPL, true><<<grid, kThreads, 0, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
-  else
-    scan_forward_kernel<NPL, false><<<grid, kThreads, 0, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  // BHASA_SCAN_FWD_VARIANT (timing): 10 the 4-lane kernel with log1pf(expf), 11 the 4-lane
+  // kernel with softplus_sigmoid; default: for N in 9..16 the 2-lane kernel (scan_fwd_c8.cu)
+  static const int variant = [] {
+    const char* v = std::getenv("BHASA_SCAN_FWD_VARIANT");
+    return v ? std::atoi(v) : 12;
+  }();
+  const bool fsp = variant != 10;
+  if (chunk == kSub && c8_on && NPL == 4 && variant >= 12) {
+    launch_forward_c8(c, B, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  } else {
+    with_operand(out, [&](auto* o) {
+      using TY = std::remove_pointer_t<decltype(o)>;
+      if (chunk == kSub && c8_on && !fsp)
+        scan_forward_kernel<NPL, true, TY, false><<<grid, kThreads, 0, c.stream>>>(
+            L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+      else if (chunk == kSub && c8_on)
+        scan_forward_kernel<NPL, true, TY><<<grid, kThreads, 0, c.stream>>>(
+            L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+      else
+        scan_forward_kernel<NPL, false, TY><<<grid, kThreads, 0, c.stream>>>(
+            L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, o, chunk_states, h0, h_last);
+    });
+  }
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
@@ -517,7 +572,7 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
                      const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                      const float* chunk_states, const float* dout, float* du, float* ddt,
-                     float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                     float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
   // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_C8=0 runs the
@@ -541,15 +596,16 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
     launch_backward_c8(c, NPL, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states,
                        dout, du, ddt, dz, bc_part, param_part);
   } else {
-    static bool attr_set = false;  // per template instance
-    if (!attr_set) {
-      BHASA_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<NPL>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
-      attr_set = true;
-    }
-    scan_backward_kernel<NPL><<<grid, kThreads, smem, c.stream>>>(
-        L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt,
-        dz, bc_part, param_part);
+    with_operand(dz, [&](auto* d) {
+      auto* kernel = scan_backward_kernel<NPL, std::remove_pointer_t<decltype(d)>>;
+      static bool attr_set = false;  // per template instance
+      if (!attr_set) {
+        BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+        attr_set = true;
+      }
+      kernel<<<grid, kThreads, smem, c.stream>>>(L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+                                                 chunk_states, dout, du, ddt, d, bc_part, param_part);
+    });
   }
   BHASA_LAUNCH_CHECK("scan_backward");
   scan_bc_finish<NMAX><<<blocks_for(rows * 2 * NMAX, 256), 256, 0, c.stream>>>(
@@ -571,7 +627,7 @@ void check_n(int N, int chunk) {
 void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                  float* out, float* chunk_states, const float* h0, float* h_last) {
+                  Operand out, float* chunk_states, const float* h0, float* h_last) {
   check_n(N, chunk);
   if (B == 0 || E == 0) return;
 #define BHASA_SCAN_FWD(NM) \
@@ -587,7 +643,7 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u
                    const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
                    const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
                    const float* chunk_states, const float* dout, float* du, float* ddt,
-                   float* dBm, float* dCm, float* dz, float* dA_log, float* dD,
+                   float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias) {
   check_n(N, chunk);
   if (B == 0 || E == 0 || L == 0) return;

@@ -1,6 +1,8 @@
 // The selective-scan backward at chunk == kSub (8, the CUDA backend's chunk); see scan.cu
 // for the layout and formulas it shares with scan_backward_kernel.
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/scan_common.cuh"
 
@@ -26,7 +28,15 @@ namespace {
 // vec (bits, checked by the host): kVecTE: u, dt, z, dout rows are copied 16 bytes at a
 // time (4 channels; E, ldz multiples of 4, aligned pointers); kVecBC: B, C rows and the
 // start states 16 bytes at a time (N == NMAX, aligned).
-constexpr int kVecTE = 1, kVecBC = 2;
+// kVecOut: dz, ddt, du go out 16 bytes at a time (V11; E, ldz multiples of 4, aligned).
+// V11 (the 2-lane layout only): dz, ddt and du of the chunk collect in shared memory and
+// go out after the walk in coalesced 16-byte stores (no per-step 64-bit address
+// arithmetic); dB/dC are stored unscaled (g and h) and the block sum, spread over all
+// threads, multiplies by delta u and dy (8 FMULs less per step per lane); softplus and
+// sigmoid of dt + bias from one exp.
+// kIdx32: every tensor has < 2^31 elements, so V11 indexes with 32-bit offsets (the
+// 64-bit index arithmetic was ~170 instructions per staged chunk and thread).
+constexpr int kVecTE = 1, kVecBC = 2, kVecOut = 4, kIdx32 = 8, kFast = kVecTE | kVecBC | kIdx32;
 template <int KL, int NPL>
 struct C8Layout {
   static constexpr int C = kThreads / KL, NMAX = KL * NPL, SC = kSub * C;
@@ -39,20 +49,33 @@ struct C8Layout {
   static constexpr int oH = oDO + SC;                // (C, NMAX): the chunk's saved start state
   static constexpr int kBuf = oH + C * NMAX;
   static constexpr int kHalf = C * NMAX + 16;        // dB | dC halves, padded (banks)
+  static constexpr int kOutLd = SC + 16;             // V11: dz | ddt | du, padded (banks)
   static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
   static constexpr int kChPer = SC / kThreads;
   static_assert(SC % kThreads == 0 && (C * NMAX) % kThreads == 0, "staging split");
-  static constexpr size_t bytes(int bufs, int rs) { return (size_t(bufs) * kBuf + size_t(rs) * 2 * kHalf) * sizeof(float); }
+  static constexpr size_t bytes(int bufs, int rs, bool v11 = false, bool db = false) {
+    return (size_t(bufs) * kBuf + size_t(db ? 2 : 1) * rs * 2 * kHalf + (v11 ? 3 * kOutLd : 0)) * sizeof(float);
+  }
 };
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK>
+// DB (V11 only): two sets of RS held rows, used in turn, so one barrier per RS steps
+// (after the rows are stored; the block sum of a set ends before the set is stored again,
+// two barriers later) instead of two.
+// SPLIT: the sums over this lane's states (y, sum_n q A, sum_n g B) in two chains of
+// NPL/2 (latency; the order differs from the CPU's, as with KL 2 already).
+// SWZ (V11 only): a lane's two 16-byte halves of its dB (and dC) row swap places on
+// channels with bit 1 set, so that 8 consecutive lanes' 16-byte stores hit 8 different
+// bank groups (lanes are 32 bytes apart: unswizzled, each store was a 2-way conflict).
+// TZ: dz's element type (float, or bf16 for a bf16 Operand).
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, class TZ, bool V11 = false,
+          bool DB = false, bool SPLIT = false, bool SWZ = false>
 __global__ void __launch_bounds__(kThreads, MINB)
 scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                         const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
                         const float* __restrict__ Dp, const float* __restrict__ z, int ldz,
                         const float* __restrict__ chunk_states, const float* __restrict__ dout,
-                        float* __restrict__ du_out, float* __restrict__ ddt_out, float* __restrict__ dz_out,
+                        float* __restrict__ du_out, float* __restrict__ ddt_out, TZ* __restrict__ dz_out,
                         float* __restrict__ bc_partials,     // (E/C blocks, B, L, 2*NMAX)
                         float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -62,8 +85,15 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   // the packed values (6 per (t, e)) fit over dt, sigmoid, u, z, dout and the start state
   static_assert(!PACK || 6 * Lay::SC <= 5 * Lay::SC + C * NMAX, "c8 packing");
   constexpr bool kPairSum = PACK && RS * NMAX >= kThreads;  // block sum in float2
+  // V11's block sum: warp w sums row w / 2 of the held rows, dB (w even) or dC; lane: 4
+  // states (lane % 4), channels lane / 4 + 8 m
+  static_assert(!V11 || (KL == 2 && PACK && RS == 2 && NMAX == 16 && C == 64 && kThreads == 128), "c8 v11 layout");
+  static_assert(!DB || V11, "c8 double-buffered rows");
+  static_assert(!SWZ || (V11 && NPL == 8), "c8 swizzled rows");
+  constexpr int kSet = RS * 2 * Lay::kHalf;  // one set of held rows
   extern __shared__ __align__(16) float smem[];
   float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
+  float* sout = sred + (DB ? 2 : 1) * kSet;  // V11: (3, kSub, C) + padding: dz, ddt, du of the chunk
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
@@ -96,6 +126,31 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     if (ch >= 0) {
       float* S = smem + buf * Lay::kBuf;
       const int s0 = ch * kSub, len = min(kSub, L - s0);
+      if constexpr (V11) if ((vec & kFast) == kFast) {  // 16-byte copies, 32-bit offsets
+        constexpr int kQ = NMAX / 4, kQE = C / 4;
+        static_assert(kSub * 2 * kQ <= kThreads && kSub * kQE == kThreads && (C * kQ) % kThreads == 0, "c8 v11 staging");
+        if (tid < kSub * 2 * kQ) {  // B, C: (kSub, 2 * NMAX / 4) vectors
+          const int tt = tid / (2 * kQ), q = tid % (2 * kQ);
+          const bool ok = tt < len;
+          const int off = ok ? (b * L + s0 + tt) * ld_bc + (q % kQ) * 4 : 0;
+          cp_async16(S + Lay::oBC + 4 * tid, (q < kQ ? Bm : Cm) + off, ok);
+        }
+#pragma unroll
+        for (int j = 0; j < (C * kQ) / kThreads; ++j) {  // start state: (C, NMAX / 4)
+          const int i = tid + j * kThreads, ecc = min(int(blockIdx.x) * C + i / kQ, E - 1);
+          cp_async16(S + Lay::oH + 4 * i, chunk_states + ((b * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
+        }
+        // u, dt, z, dout: (kSub, C / 4) vectors of 4 channels, one per thread
+        const int tt = tid / kQE, e4 = int(blockIdx.x) * C + (tid % kQE) * 4;
+        const bool ok = tt < len && e4 < E;
+        const int row = b * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0, o = row * E + col;
+        cp_async16(S + Lay::oDT + 4 * tid, dt + o, ok);
+        cp_async16(S + Lay::oU + 4 * tid, u + o, ok);
+        cp_async16(S + Lay::oZ + 4 * tid, z + row * ldz + col, ok);
+        cp_async16(S + Lay::oDO + 4 * tid, dout + o, ok);
+        cp_async_commit();
+        return;
+      }
       if (vec & kVecBC) {  // B, C: (kSub, 2 * NMAX / 4) vectors; start state: (C, NMAX / 4)
         constexpr int kQ = NMAX / 4;
 #pragma unroll
@@ -162,10 +217,32 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     }
     cp_async_commit();
   };
+  const float* Scur = smem;  // V11's block sum: the item's buffer (its packed delta u, dy)
   // the block's sum over its C channels of dB/dC rows lo .. lo+RS-1 of the chunk at s0,
   // in channel order: one partial per (block, row)
   auto block_sum = [&](int s0, int len, int lo) {
-    if constexpr (kPairSum) {
+    if constexpr (V11) {
+      // dB[t, n] = sum_c g[c, n] (delta u)[c], dC[t, n] = sum_c h[c, n] dy[c]: per lane 8
+      // channels (4 states, float4), then a reduce-scatter over the 8 lanes (fixed order)
+      const int w = tid / 32, r = w >> 1, half = w & 1, nq = lane & 3, j = lane >> 2;
+      const int q4 = SWZ ? (nq & 2) + ((nq & 1) ^ ((j >> 1) & 1)) : nq;  // cc = j + 8 m: bit 1 of cc is j's
+      const float* p = sred + (DB ? (lo / RS) % 2 * kSet : 0) + r * 2 * Lay::kHalf + half * Lay::kHalf + j * NMAX + q4 * 4;
+      const float* sc = Scur + Lay::oDT + ((lo + r) * C + j) * 4 + 1 + half;  // P4 .y / .z
+      float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int m = 0; m < C / 8; ++m) {
+        const float4 x = *reinterpret_cast<const float4*>(p + m * 8 * NMAX);
+        const float f = sc[m * 8 * 4];
+        v[0] = fmaf(x.x, f, v[0]);
+        v[1] = fmaf(x.y, f, v[1]);
+        v[2] = fmaf(x.z, f, v[2]);
+        v[3] = fmaf(x.w, f, v[3]);
+      }
+      int first = 0;
+      reduce_scatter<16, 4, 4, 4>(v, lane, first);
+      if ((lane & 4) == 0 && lo + r < len)
+        bc_partials[((size_t(blockIdx.x) * B + b) * L + s0 + lo + r) * (2 * NMAX) + half * NMAX + nq * 4 + first] = v[0];
+    } else if constexpr (kPairSum) {
       for (int i = tid; i < RS * NMAX; i += kThreads) {
         const int r = i / NMAX, kk2 = 2 * (i % NMAX);
         if (lo + r >= len) continue;
@@ -196,6 +273,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   for (int p = 0; p < BUFS - 1; ++p) stage(n_chunks - 1 - p, p);
   for (int it = 0; it < n_chunks; ++it) {
     float* S = smem + (it % BUFS) * Lay::kBuf;
+    Scur = S;
     const int ch = n_chunks - 1 - it, s0 = ch * kSub, len = min(kSub, L - s0);
     cp_async_wait<BUFS - 2>();  // this item's copies landed
     __syncthreads();            // ... for every thread; the previous item is finished
@@ -211,10 +289,17 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
         const int i = tid + j * kThreads;
         const bool ok = i / C < len;
         const float x = S[Lay::oDT + i] + bias_s, uu = S[Lay::oU + i];
-        const float delta = ok ? softplusf_(x) : 0.0f;
+        float delta, sx;
+        if constexpr (V11) {
+          delta = softplus_sigmoid(x, sx);
+        } else {
+          delta = softplusf_(x);
+          sx = sigmoid_fast(x);
+        }
+        delta = ok ? delta : 0.0f;
         const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], sz = sigmoid_fast(zz);
         p4[j] = make_float4(delta, delta * uu, go * zz * sz, uu);
-        p2[j] = make_float2(ok ? sigmoid_fast(x) : 0.0f, go * sz * (1.0f + zz * (1.0f - sz)));
+        p2[j] = make_float2(ok ? sx : 0.0f, go * sz * (1.0f + zz * (1.0f - sz)));
       }
       __syncthreads();  // every raw input was read
 #pragma unroll
@@ -230,8 +315,10 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
         const int i = tid + j * kThreads;
         const bool ok = i / C < len;
         const float x = S[Lay::oDT + i] + bias_s;
-        S[Lay::oDT + i] = ok ? softplusf_(x) : 0.0f;
-        S[Lay::oSIG + i] = ok ? sigmoid_fast(x) : 0.0f;
+        float sx;
+        const float delta = softplus_sigmoid(x, sx);
+        S[Lay::oDT + i] = ok ? delta : 0.0f;
+        S[Lay::oSIG + i] = ok ? sx : 0.0f;
         const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], s = sigmoid_fast(zz);
         S[Lay::oZ + i] = go * s * (1.0f + zz * (1.0f - s));  // dz = (y + D u) * this
         S[Lay::oDO + i] = go * zz * s;                        // dy
@@ -247,10 +334,9 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     const float* sdy = S + Lay::oDO;  // dout * silu(z)
     const size_t row0 = size_t(b) * L + s0;
     // KL 4: lane 0 of a group writes dz, lane 1 ddt, lane 2 du; KL 2: lane 0 dz and du,
-    // lane 1 ddt (row s0 + ii at dst[ii * dst_ld], dst2[ii * E])
-    float* dst = k == 0 ? dz_out + row0 * ldz + e : (k == 1 ? ddt_out : du_out) + row0 * E + e;
+    // lane 1 ddt (row s0 + ii: dst.store(ii, .), dst2[ii * E])
+    const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz, (k == 1 ? ddt_out : du_out) + row0 * E + e, E);
     float* dst2 = du_out + row0 * E + e;
-    const int dst_ld = k == 0 ? ldz : E;
     // replay the chunk keeping every step's state (and decay) in registers, then walk it
     // backwards carrying dh
     float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
@@ -292,53 +378,106 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       load_states<NPL>(sBC + ii * 2 * NMAX + n0, Bt);
       load_states<NPL>(sBC + ii * 2 * NMAX + NMAX + n0, Ct);
       dD_acc += dy * uu;
-      float ypart = 0.0f, qA = 0.0f, gB = 0.0f;
+      float ypart = 0.0f, qA = 0.0f, gB = 0.0f, ypart1 = 0.0f, qA1 = 0.0f, gB1 = 0.0f;
       float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
 #pragma unroll
       for (int i = 0; i < NPL; ++i) {
         const float a = KEEP_A ? as[KEEP_A ? ii : 0][i] : ex2_(delta * A2[i]);
         const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
-        ypart += Ct[i] * hs[ii][i];
+        const bool odd = SPLIT && i % 2 == 1;
+        (odd ? ypart1 : ypart) += Ct[i] * hs[ii][i];
         const float g = dh[i] + dy * Ct[i];
         const float q = g * a * hprev;
-        qA += q * A2[i];
-        gB += g * Bt[i];
+        (odd ? qA1 : qA) += q * A2[i];
+        (odd ? gB1 : gB) += g * Bt[i];
         dal[i] += q * delta;
         dh[i] = g * a;
-        v[i] = g * dlu;
-        v[NPL + i] = dy * hs[ii][i];
+        v[i] = V11 ? g : g * dlu;                      // V11: scaled in the block sum
+        v[NPL + i] = V11 ? hs[ii][i] : dy * hs[ii][i];
+      }
+      if constexpr (SPLIT) {
+        ypart += ypart1;
+        qA += qA1;
+        gB += gB1;
       }
       if constexpr (KL == 4) {
         // over the group: lane 0 gets y (-> dz), lane 1 ddelta (-> ddt), lane 2 sum_n g B (-> du)
         float r[kLanes] = {ypart, qA * kLn2 + gB * uu, gB, 0.0f};
         const float red = group_sum_scatter(r, lane);
         if (k == 1) dbias_acc += red * sig;  // sig = 0 past the end
-        if (valid && ii < len && k < 3)       // one store per lane: dz, ddt or du
-          dst[ii * dst_ld] = k == 0 ? (red + Dv * uu) * dzf : (k == 1 ? red * sig : red * delta + dy * Dv);
+        if (valid && ii < len && k < 3)  // one store per lane: dz, ddt or du
+          dst.store(ii, k == 0 ? (red + Dv * uu) * dzf : (k == 1 ? red * sig : red * delta + dy * Dv));
       } else {
         // over the pair: lane 0 gets y (-> dz) and sum_n g B (-> du), lane 1 ddelta (-> ddt)
         float r[4] = {ypart, gB, qA * kLn2 + gB * uu, 0.0f};
         int first = 0;
         reduce_scatter<1, 1, 4, 4>(r, lane, first);
         if (k == 1) dbias_acc += r[0] * sig;  // sig = 0 past the end
-        if (valid && ii < len) {
-          dst[ii * dst_ld] = k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig;
+        if constexpr (V11) {  // lane 0: dz, du; lane 1: ddt (out after the walk)
+          sout[k * Lay::kOutLd + ii * C + c] = k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig;
+          if (k == 0) sout[2 * Lay::kOutLd + ii * C + c] = r[1] * delta + dy * Dv;
+        } else if (valid && ii < len) {
+          dst.store(ii, k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig);
           if (k == 0) dst2[ii * E] = r[1] * delta + dy * Dv;
         }
       }
       // dB, dC of this channel; summed over the block's channels below
-      float* sr = sred + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
-      store_states<NPL>(sr, v);
-      store_states<NPL>(sr + Lay::kHalf, v + NPL);
-      if (ii % RS == 0 && ii > 0) {  // the held rows are complete: sum them, then reuse the space
+      float* sr = sred + (DB ? (ii / RS) % 2 * kSet : 0) + (ii % RS) * 2 * Lay::kHalf + c * NMAX + n0;
+      if constexpr (SWZ) {
+        const int sw = 4 * ((c >> 1) & 1);
+        *reinterpret_cast<float4*>(sr + sw) = make_float4(v[0], v[1], v[2], v[3]);
+        *reinterpret_cast<float4*>(sr + 4 - sw) = make_float4(v[4], v[5], v[6], v[7]);
+        *reinterpret_cast<float4*>(sr + Lay::kHalf + sw) = make_float4(v[8], v[9], v[10], v[11]);
+        *reinterpret_cast<float4*>(sr + Lay::kHalf + 4 - sw) = make_float4(v[12], v[13], v[14], v[15]);
+      } else {
+        store_states<NPL>(sr, v);
+        store_states<NPL>(sr + Lay::kHalf, v + NPL);
+      }
+      if constexpr (DB) {
+        if (ii % RS == 0) {  // the held rows are complete: sum them
+          __syncthreads();
+          block_sum(s0, len, ii);
+        }
+      } else if (ii % RS == 0 && ii > 0) {  // the held rows are complete: sum them, then reuse the space
         __syncthreads();
         block_sum(s0, len, ii);
         __syncthreads();
       }
     }
-    __syncthreads();
-    block_sum(s0, len, 0);
-    // the next item's first barrier keeps its writes to sred after these reads
+    if constexpr (!DB) {
+      __syncthreads();
+      block_sum(s0, len, 0);
+    }
+    if constexpr (V11) {  // the chunk's dz, ddt, du rows, (kSub, C) each
+      if (vec & kVecOut) {
+        constexpr int kQ = C / 4;
+        static_assert(kSub * kQ == kThreads, "one float4 per thread and output");
+        const int tt = tid / kQ, e4 = int(blockIdx.x) * C + (tid % kQ) * 4;
+        if (tt < len && e4 < E) {
+          const float4* so = reinterpret_cast<const float4*>(sout) + tid;
+          auto put = [&](auto row) {
+            store4(dz_out + row * ldz + e4, so[0]);  // fp32 or bf16
+            *reinterpret_cast<float4*>(ddt_out + row * E + e4) = so[Lay::kOutLd / 4];
+            *reinterpret_cast<float4*>(du_out + row * E + e4) = so[Lay::kOutLd / 2];
+          };
+          if (vec & kIdx32) put(b * L + s0 + tt);
+          else put(size_t(b) * L + s0 + tt);
+        }
+      } else {  // (rare: unaligned or E % 4 != 0) one float at a time, not unrolled (registers)
+#pragma unroll 1
+        for (int i = tid; i < 3 * Lay::SC; i += kThreads) {
+          const int a = i / Lay::SC, tt = (i % Lay::SC) / C, cc = i % C;
+          const int eo = int(blockIdx.x) * C + cc;
+          if (tt < len && eo < E) {
+            const size_t row = size_t(b) * L + s0 + tt;
+            const float v = sout[a * Lay::kOutLd + i % Lay::SC];
+            if (a == 0) dz_out[row * ldz + eo] = from_float<TZ>(v);
+            else (a == 1 ? ddt_out : du_out)[row * E + eo] = v;
+          }
+        }
+      }
+    }
+    // the next item's first barrier keeps its writes to sred (and sout) after these reads
   }
   if (valid) {
     float* pp = param_partials + (size_t(b) * E + e) * (NMAX + 2);
@@ -350,13 +489,14 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 }
 
 
-template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC>
+template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, class TZ, bool V11 = false,
+          bool DB = false, bool SPLIT = false, bool SWZ = false>
 void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-               float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
-  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK>;
+               float* du, float* ddt, TZ* dz, float* bc_part, float* param_part) {
+  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB);
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -365,9 +505,14 @@ void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const flo
   // 16-byte copies where every row lines up (VEC; otherwise 4-byte copies)
   auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   constexpr int NMAX = KL * NPL;
-  const int vec = !VEC ? 0
+  int vec = !VEC ? 0
                        : ((E % 4 == 0 && ldz % 4 == 0 && al(u) && al(dt) && al(z) && al(dout) ? kVecTE : 0) |
-                          (NPL % 4 == 0 && N == NMAX && ld_bc % 4 == 0 && al(Bm) && al(Cm) && al(chunk_states) ? kVecBC : 0));
+                          (NPL % 4 == 0 && N == NMAX && ld_bc % 4 == 0 && al(Bm) && al(Cm) && al(chunk_states) ? kVecBC : 0) |
+                          (E % 4 == 0 && ldz % 4 == 0 && al(dz) && al(ddt) && al(du) ? kVecOut : 0));
+  const size_t rows = size_t(grid.y) * L, lim = size_t(1) << 31;
+  const bool idx32 = rows * std::max(E, ldz) < lim && rows * ld_bc < lim &&
+                     size_t(grid.y) * ((L + kSub - 1) / kSub) * E * N < lim;
+  vec |= idx32 ? kIdx32 : 0;
   kernel<<<grid, kThreads, bytes, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
                                               chunk_states, dout, du, ddt, dz, bc_part, param_part);
 }
@@ -378,19 +523,32 @@ void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const flo
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, float* dz, float* bc_part, float* param_part) {
-#define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC)                                                         \
+                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part) {
+#define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC, ...)                                                    \
   static_assert(C8Layout<KL, NP>::C == c8_channels(NP * KL / kLanes), "c8 blocks");                               \
-  launch_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
-                                                       ldz, chunk_states, dout, du, ddt, dz, bc_part, param_part)
+  launch_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC, TZ, ##__VA_ARGS__>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
+                                                       ldz, chunk_states, dout, du, ddt, d, bc_part, param_part)
   // measured variants (bench/cuda_lab/NOTES.md, v9-v10): 2 lanes per channel with the
   // packed per-step values and 16-byte copies ran 1.65 ms, 4 lanes at 4 blocks/SM 1.93
-  switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)
-    case 1: { BHASA_C8(4, 1, 3, true, 3, 8, false, false); break; }
-    case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
-    case 4: { BHASA_C8(2, 8, 3, false, 3, 2, true, true); break; }
-    default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }
-  }
+  with_operand(dz, [&](auto* d) {
+    using TZ = std::remove_pointer_t<decltype(d)>;
+    switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)
+      case 1: { BHASA_C8(4, 1, 3, true, 3, 8, false, false); break; }
+      case 2: { BHASA_C8(4, 2, 3, true, 3, 8, false, false); break; }
+      case 4: {
+        // BHASA_SCAN_BWD_VARIANT=10: v10 (timing). Default: V11 + 2 buffers + DB + SPLIT + SWZ,
+        // 1.33 ms here against v10's 1.63 (bench/cuda_lab/NOTES.md has the other combinations)
+        static const bool v10 = [] {
+          const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
+          return v && std::atoi(v) == 10;
+        }();
+        if (v10) { BHASA_C8(2, 8, 3, false, 3, 2, true, true); }
+        else { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true); }
+        break;
+      }
+      default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }
+    }
+  });
 #undef BHASA_C8
 }
 

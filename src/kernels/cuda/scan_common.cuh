@@ -33,6 +33,29 @@ __device__ __forceinline__ float ex2_(float x) {
 // divide costs ~10 instructions more).
 __device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + ex2_(-x * kLog2e)); }
 
+// F.softplus(x) (threshold 20) and torch.sigmoid(x) from one exp, e = exp(-|x|):
+// softplus = max(x, 0) + log1p(e), log1p(e) = 2 atanh(s) with s = e / (2 + e) <= 1/3,
+// summed as 2 s (1 + s^2/3 + .. + s^12/13) (truncation < 2e-8 relative). ~18
+// instructions against ~35 and two branches for log1pf(expf(x)); for x > 20 the sum
+// rounds to x exactly, as torch's threshold.
+__device__ __forceinline__ float softplus_sigmoid(float x, float& sig) {
+  const float e = ex2_(-fabsf(x) * kLog2e);
+  const float s = __fdividef(e, 2.0f + e), s2 = s * s;
+  float p = 2.0f / 13.0f;
+  p = fmaf(p, s2, 2.0f / 11.0f);
+  p = fmaf(p, s2, 2.0f / 9.0f);
+  p = fmaf(p, s2, 2.0f / 7.0f);
+  p = fmaf(p, s2, 2.0f / 5.0f);
+  p = fmaf(p, s2, 2.0f / 3.0f);
+  p = fmaf(p, s2, 2.0f);
+  sig = __fdividef(x >= 0.0f ? 1.0f : e, 1.0f + e);
+  return fmaxf(x, 0.0f) + p * s;
+}
+__device__ __forceinline__ float softplus_fast(float x) {
+  float sig;
+  return softplus_sigmoid(x, sig);
+}
+
 // Index of (step r, channel c) in a (kFwdTile, 32) shared tile, columns XOR-swizzled by
 // r % 4 so that 4 consecutive steps of 8 channels (one warp's epilogue reads) hit 32 banks.
 __device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ ((r & 3) << 3)); }
@@ -123,12 +146,40 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 }
 
 
+// scan_fwd_c8.cu: the forward at chunk == kSub for N in 9..16 (2 lanes of 8 states)
+void launch_forward_c8(Ctx& c, int B, int L, int E, int N, const float* u, const float* dt, const float* dt_bias,
+                       const float* A_log, const float* Bm, const float* Cm, int ld_bc, const float* D,
+                       const float* z, int ldz, Operand out, float* chunk_states, const float* h0, float* h_last);  // out fp32 or bf16
+
 // scan_bwd_c8.cu: the backward at chunk == kSub, into the same partials as
 // scan_backward_kernel (bc_partials: one per block of c8_channels(NPL) channels).
+// The backward's one store per lane of a group: dz (element type TZ: float, or bf16 for a
+// bf16 Operand) on the dz lane, an fp32 output on the others, through one per-lane byte
+// pointer and row stride: no more registers than a float* and its stride, and no branch
+// in the unrolled walk (bf16: two predicated stores).
+template <class TZ>
+struct LaneOut {
+  char* p;
+  int ld;  // bytes
+  bool dz;
+  __device__ __forceinline__ LaneOut(bool dz_lane, TZ* dz_row, int ldz, float* row, int ld_row)
+      : p(dz_lane ? reinterpret_cast<char*>(dz_row) : reinterpret_cast<char*>(row)),
+        ld(dz_lane ? ldz * int(sizeof(TZ)) : ld_row * int(sizeof(float))), dz(dz_lane) {}
+  __device__ __forceinline__ void store(int ii, float v) const {  // row ii
+    char* q = p + ii * ld;
+    if constexpr (std::is_same_v<TZ, float>) {
+      *reinterpret_cast<float*>(q) = v;
+    } else {
+      if (dz) *reinterpret_cast<TZ*>(q) = from_float<TZ>(v);
+      if (!dz) *reinterpret_cast<float*>(q) = v;
+    }
+  }
+};
+
 constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels; }
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, float* dz, float* bc_part, float* param_part);
+                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part);  // dz fp32 or bf16
 
 }  // namespace bhasa::cuda::scan_detail
