@@ -38,12 +38,14 @@ struct MambaLM::Activations {
   float* f;         // (n_layer, T, 2I): fc1 output [value | gate]
   float* g;         // (n_layer, T, I): value * SiLU(gate)
   Operand normed_f; // (T, D)
-  float* logits;    // (T, V); becomes dlogits after a training forward. Inference: (B, V), last positions
+  // Inference: (B, V), the last positions. Training plans: (T, V) for evaluation forwards
+  // only, allocated by the first (the training forward's head_loss needs no logits buffer).
+  float* logits;
   int32_t* ids;     // (T)
   int32_t* targets; // (T)
   // backward scratch, one layer's worth, reused by every layer
   float* d_resid;   // (T, D)
-  float* d_normed;  // (T, D)
+  float* d_normed;  // (T, D); a training forward leaves d loss / d normed_f here (head_loss's dX)
   Operand d_xz;     // (T, 2E): in_proj's dY, [dx | dz]
   float *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
   std::vector<void*> owned;
@@ -83,7 +85,7 @@ struct MambaLM::Activations {
     f = take(nl * t * 2 * I);
     g = take(nl * t * I);
     normed_f = take_operand(t * D);
-    logits = take((train ? t : size_t(B)) * V);  // inference keeps the last position's only
+    logits = train ? nullptr : take(size_t(B) * V);  // inference keeps the last position's only
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
     bytes += 2 * t * sizeof(int32_t);
@@ -99,6 +101,15 @@ struct MambaLM::Activations {
       d_f = take(t * 2 * I);
       d_g = take(t * I);
     }
+  }
+  // The (T, V) logits of a training plan, allocated on first use.
+  float* full_logits(const ModelConfig& c) {
+    if (!logits) {
+      logits = be.alloc(size_t(T) * c.vocab_size);
+      owned.push_back(logits);
+      bytes += size_t(T) * c.vocab_size * sizeof(float);
+    }
+    return logits;
   }
   ~Activations() {
     for (void* p : owned) be.free(p);

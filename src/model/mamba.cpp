@@ -50,7 +50,7 @@ void MambaLM::plan(int B, int L) {
   act_ = std::make_unique<Activations>(be_, cfg_, B, L, /*train=*/true);
   B_ = B;
   L_ = L;
-  logits_ = act_->logits;
+  logits_ = nullptr;
 }
 
 size_t MambaLM::activation_bytes() const { return act_ ? act_->bytes : 0; }
@@ -124,17 +124,16 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
       sub++;
     }
   }
-  // final norm, then logits = normed_f @ embedding^T (the tied head)
+  // final norm; the training plan's head is forward()'s
   float* x_last = a.resid + sub * ls * TD;
   const size_t nf = sub * ls;  // the final norm's slot in mean/rstd
   be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_last, W + layout_.norm_f_w, opt(layout_.norm_f_b),
                    a.normed_f, a.mean + nf * T, a.rstd + nf * T);
-  if (a.training) {
-    be_.gemm(false, true, T, V, D, a.normed_f, D, W + layout_.embedding, D, 0.f, a.logits, V);
-  } else {
-    // Inference needs only each sequence's last position: rows L-1, 2L-1, ... of
-    // normed_f, one GEMM with a row stride of L*D. For a 512-token prompt on the
-    // mamba-130m shape this skips 30% of the prefill's FLOPs.
+  if (!a.training) {
+    // logits = normed_f @ embedding^T (the tied head). Inference needs only each
+    // sequence's last position: rows L-1, 2L-1, ... of normed_f, one GEMM with a row
+    // stride of L*D. For a 512-token prompt on the mamba-130m shape this skips 30% of
+    // the prefill's FLOPs.
     be_.gemm(false, true, a.B, V, D, a.normed_f + size_t(a.L - 1) * D, a.L * D, W + layout_.embedding, D,
              0.f, a.logits, V);
   }
@@ -189,10 +188,22 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
   last_drop_p_ = need_backward ? dropout_p_ : 0.0f;
   last_drop_seed_ = dropout_seed_;
   forward_stack(a, nullptr, last_drop_p_, last_drop_seed_);
-  if (n_valid == 0) return 0.0;
-  const float scale = need_backward ? 1.0f / n_valid : 0.0f;
-  const double loss_sum = be_.cross_entropy(a.T, V, a.logits, V, a.targets, scale);
-  return loss_sum / n_valid;
+  const int T = a.T, D = cfg_.d_model;
+  const float* emb = params_ + layout_.embedding;  // (V, D): the tied head's weight
+  if (!need_backward) {
+    // logits = normed_f @ embedding^T, kept for logits()
+    logits_ = a.full_logits(cfg_);
+    be_.gemm(false, true, T, V, D, a.normed_f, D, emb, D, 0.f, logits_, V);
+    return n_valid ? be_.cross_entropy(T, V, logits_, V, a.targets, 0.0f) / n_valid : 0.0;
+  }
+  // The head and its loss with their gradients at once: d_normed = d loss / d normed_f,
+  // and the embedding's gradient as the head's weight, added into grads_.
+  if (n_valid == 0) {
+    be_.zero(a.d_normed, size_t(T) * D);
+    return 0.0;
+  }
+  return be_.head_loss(T, V, D, a.normed_f, emb, a.targets, 1.0f / n_valid, a.d_normed,
+                       grads_ + layout_.embedding) / n_valid;
 }
 
 // ---------------------------------------------------------------------------
@@ -213,9 +224,7 @@ void MambaLM::backward() {
   int sub = c.n_layer * (mlp ? 2 : 1);
   const float drop_p = last_drop_p_;  // the masks of the forward: same seeds, same elements
 
-  // head: logits = normed_f @ emb^T, a.logits now holds dlogits
-  be_.linear_backward(T, V, D, a.logits, V, W + layout_.embedding, D, a.normed_f, D, 0.f, a.d_normed, D,
-                      G + layout_.embedding);
+  // The head's gradients came with the forward (head_loss): a.d_normed holds d loss / d normed_f.
   be_.zero(a.d_resid, TD);
   be_.norm_backward(T, D, c.rms_norm, a.d_normed, a.resid + sub * TD, W + layout_.norm_f_w,
                     a.mean + sub * T, a.rstd + sub * T, a.d_resid, G + layout_.norm_f_w,

@@ -46,15 +46,18 @@ class MambaLM {
 
   // ---- training and evaluation -----------------------------------------------
   // Plans every activation for batches of (B, L) once; forward/backward then
-  // allocate nothing. Calling plan again with another shape re-plans.
+  // allocate nothing (except the first evaluation forward's logits, see logits()).
+  // Calling plan again with another shape re-plans.
   void plan(int B, int L);
   int planned_batch() const { return B_; }
   int planned_seq_len() const { return L_; }
   // ids, targets: (B, L) host int32; targets < 0 are ignored. Returns the mean
-  // cross-entropy over valid targets (0 when none). With need_backward the
-  // logits buffer is turned into dlogits, ready for backward().
+  // cross-entropy over valid targets (0 when none). With need_backward the head's
+  // gradients come with the loss (Backend::head_loss): the tied embedding's share is
+  // added into grads here, so call zero_grads() before a step's first forward.
   double forward(const int32_t* ids, const int32_t* targets, bool need_backward);
-  // grads += d(mean loss)/d(params), for the batch of the last forward(..., true).
+  // grads += d(mean loss)/d(params), for the batch of the last forward(..., true)
+  // (from the final norm down; the head's share was added by that forward).
   void backward();
   // Dropout for the training forwards that follow (need_backward = true): each mixer's
   // gated scan output y (T, E) before out_proj and each MLP's g (T, I) before fc2, with
@@ -63,7 +66,8 @@ class MambaLM {
   // forwards, prefill and step never drop; p = 0 (the default) runs no dropout kernel.
   void set_dropout(float p, uint64_t seed);
   float dropout() const { return dropout_p_; }
-  // (B, L, V) backend memory; valid after forward(..., need_backward=false).
+  // (B, L, V) backend memory; valid after forward(..., need_backward=false). The
+  // first such forward of a plan allocates them (training forwards need none).
   const float* logits() const { return logits_; }
   // The activation bytes the plan holds (for reporting memory use).
   size_t activation_bytes() const;

@@ -57,6 +57,29 @@ TEST_P(Fixture, LogitsLossAndGradientsMatchReference) {
   std::printf("[%s] worst gradient rel err %.3g (%s)\n", GetParam(), worst, worst_name.c_str());
 }
 
+// No valid target: the loss is 0 and so is every gradient (the head's forward leaves a zero
+// d loss / d normed_f for backward, not stale logits).
+TEST(Model, AllTargetsIgnoredGivesZeroGradients) {
+  const std::string dir = test::fixture_dir("hf-tiny");
+  ModelFiles files = load_model_dir(dir);
+  const auto ref = read_tensors(dir + "/reference.safetensors");
+  const test::ReferenceBatch batch = test::reference_batch(ref.at("input_ids"));
+  auto backend = make_cpu_backend();
+  MambaLM model(files.cfg, *backend);
+  model.load_params(files.params.data());
+  model.plan(batch.B, batch.L);
+  model.zero_grads();
+  model.forward(batch.ids.data(), batch.targets.data(), true);  // leaves non-zero buffers behind
+  model.backward();
+  const std::vector<int32_t> none(batch.ids.size(), -1);
+  model.zero_grads();
+  EXPECT_EQ(model.forward(batch.ids.data(), none.data(), true), 0.0);
+  model.backward();
+  std::vector<float> grads(model.num_params());
+  model.store_grads(grads.data());
+  for (float g : grads) ASSERT_EQ(g, 0.0f);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllCases, Fixture, ::testing::Values("hf-tiny", "hf-small", "ssm-mlp-layernorm"),
                          [](const auto& info) {
                            std::string s = info.param;

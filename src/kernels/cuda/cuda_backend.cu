@@ -4,6 +4,7 @@
 // activations (Operand, kernels.h), which are bf16 when the GEMMs are (GemmMath::bf16);
 // in bf16 mode frozen weights also get a bf16 copy for decoding (weight_mirror.cuh),
 // so every call that writes memory tells the mirrors (wrote) what it wrote.
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -43,6 +44,7 @@ class CudaBackend final : public Backend {
     ctx_.sm_count = prop.multiProcessorCount;
     ctx_.pdl = opt.pdl;
     gemv_ = opt.gemv;
+    head_chunk_ = opt.head_chunk;
     name_ = std::string("cuda (") + prop.name + ", " + gemm_math_name(opt.gemm) + " gemm)";
   }
   ~CudaBackend() override {
@@ -286,6 +288,11 @@ class CudaBackend final : public Backend {
     if (dlogits_scale != 0.0f) wrote(logits, T, V, ldl);
     return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
   }
+  double head_loss(int T, int V, int D, ConstOperand X, const float* W, const int32_t* targets,
+                   float dlogits_scale, float* dX, float* dW) override {
+    BHASA_PROFILE_OP(*profile_, "head_loss " + std::to_string(T) + "x" + std::to_string(V) + "x" + std::to_string(D));
+    return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, targets, dlogits_scale, dX, dW);
+  }
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
     BHASA_PROFILE_OP(*profile_, "adamw");
@@ -408,6 +415,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::WeightMirrors> mirrors_;
   bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
+  int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
@@ -441,10 +449,12 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // launches the decode kernels without programmatic dependent launch, BHASA_CUDA_W16=0
 // decodes from the fp32 weights in bf16 mode too, BHASA_CUDA_TUNE=0 takes cuBLASLt's
 // first algorithm for the decode GEMMs, BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
-// output that rounds an fp32 A for a bf16 weight (default 128) (for comparisons).
+// output that rounds an fp32 A for a bf16 weight (default 128),
+// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk (for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
+  if (const char* chunk = std::getenv("BHASA_CUDA_HEAD_CHUNK")) opt.head_chunk = std::max(1, std::atoi(chunk));
   const char* gemv = std::getenv("BHASA_CUDA_GEMV");
   if (gemv && std::string(gemv) == "0") opt.gemv = false;
   const char* pdl = std::getenv("BHASA_CUDA_PDL");

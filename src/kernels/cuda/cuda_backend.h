@@ -32,6 +32,10 @@ struct CudaOptions {
   // Those GEMMs above the GEMV's 8 rows: time cuBLASLt's candidate algorithms on the
   // first call of a shape and keep the fastest (else the heuristic's first).
   bool tune_decode = true;
+  // Rows per chunk of the fused training head (head_loss): with bf16 GEMMs a chunk's
+  // logits are held as bf16, rows x V (1.65 GB at 16384 x 50280). At m130's 32768 x 50280:
+  // 12.2 ms per step at 16384, 12.5 at 8192 (bench/cuda_lab/NOTES.md).
+  int head_chunk = 16384;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

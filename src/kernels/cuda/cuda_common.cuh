@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kNumSlots
+  kSampleCounter, kDecodeA16, kHeadLogits, kNumSlots
 };
 
 class Scratch {
@@ -130,6 +130,22 @@ void swiglu_backward(Ctx& c, int T, int I, const float* f, const float* dout, fl
 
 double cross_entropy(Ctx& c, int T, int V, float* logits, int ldl, const int32_t* targets,
                      float dlogits_scale);
+// cross_entropy's pieces, for callers that run it on chunks of rows (head.cu): the
+// kernels write row_loss (T) and set flags[0] when a target is >= V; xent_total then
+// adds the row losses in a fixed order and returns the sum (one host synchronisation).
+// xent_bf16_rows reads bf16 logits (row stride ldl, a multiple of 8, 16-byte aligned)
+// and writes the bf16 gradient over them; softmax and loss in fp32.
+void xent_rows(Ctx& c, int T, int V, float* logits, int ldl, const int32_t* targets,
+               float dlogits_scale, double* row_loss, int* flags);
+void xent_bf16_rows(Ctx& c, int T, int V, void* logits, int ldl, const int32_t* targets,
+                    float dlogits_scale, double* row_loss, int* flags);
+int* xent_flags(Ctx& c);  // zeroed, on the stream
+double xent_total(Ctx& c, int T, int V, const double* row_loss);
+
+class Gemm;
+// Backend::head_loss on row chunks of `chunk` rows (head.cu).
+double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
+                 const int32_t* targets, float dlogits_scale, float* dX, float* dW);
 
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
            float b2, float eps, float wd, int step, float grad_scale);

@@ -55,9 +55,9 @@ __global__ void to_bf16_kernel(const float* __restrict__ src, int rows, int cols
 }
 }  // namespace
 
-const void* Gemm::to_bf16(const float* src, int rows, int cols, int ld, int slot) {
+const __nv_bfloat16* Gemm::to_bf16(const float* src, int rows, int cols, int ld, int slot) {
   const Source source{src, rows, cols, ld};
-  if (pinned_ && src == pinned_ && bf16_source_[slot] == source) return bf16_[slot];
+  if (pinned_ && src == pinned_ && bf16_source_[slot] == source) return static_cast<__nv_bfloat16*>(bf16_[slot]);
   bf16_source_[slot] = Source{};
   const size_t bytes = size_t(rows) * cols * sizeof(__nv_bfloat16);
   if (bytes > bf16_bytes_[slot]) {  // grows during warm-up only; steady state allocates nothing
@@ -106,7 +106,7 @@ Gemm::~Gemm() {
 const Gemm::Plan& Gemm::plan(const Key& key, const Tune* tune) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c] = key;
+  const auto [math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, c_bf16] = key;
   Plan p;
   const cublasComputeType_t compute = math == GemmMath::tf32        ? CUBLAS_COMPUTE_32F_FAST_TF32
                                       : math == GemmMath::bf16_fast ? CUBLAS_COMPUTE_32F_FAST_16BF
@@ -124,7 +124,7 @@ const Gemm::Plan& Gemm::plan(const Key& key, const Tune* tune) {
   const uint64_t r2 = ta ? M : K, c2 = ta ? K : M;  // A
   check_lt(cublasLtMatrixLayoutCreate(&p.b, operand, r1, c1, ldb), "layout B");
   check_lt(cublasLtMatrixLayoutCreate(&p.a, operand, r2, c2, lda), "layout A");
-  check_lt(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, N, M, ldc), "layout C");
+  check_lt(cublasLtMatrixLayoutCreate(&p.c, c_bf16 ? CUDA_R_16BF : CUDA_R_32F, N, M, ldc), "layout C");
 
   cublasLtMatmulPreference_t pref;
   check_lt(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
@@ -240,10 +240,22 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, C
     if (A.dtype == Dtype::f32) a = to_bf16(A.f32(), ta ? K : M, ta ? M : K, lda, 0), lda = ta ? M : K;
     if (B.dtype == Dtype::f32) b = to_bf16(B.f32(), tb ? N : K, tb ? K : N, ldb, 1), ldb = tb ? K : N;
   }
-  const int align_a = alignment_of(a), align_b = alignment_of(b);
-  const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, alignment_of(C)});
+  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C, ldc, false);
+}
+
+void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,
+                    const __nv_bfloat16* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
+  if (M == 0 || N == 0) return;
+  check(K > 0, "Gemm::run_bf16: K must be positive");
+  multiply(GemmMath::bf16, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, c_bf16);
+}
+
+void Gemm::multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
+                    const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
+  const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, alignment_of(A), alignment_of(B),
+                           alignment_of(C), c_bf16});
   const float alpha = 1.0f;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.b, a, p.a, &beta, C, p.c, C, p.c, &p.algo,
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),
            "cublasLtMatmul");
 }
@@ -255,7 +267,7 @@ void Gemm::run_w16(int M, int N, int K, const float* A, int lda, const void* a16
   check(K > 0, "run_w16: K must be positive");
   const void* a = a16 ? a16 : to_bf16(A, M, K, lda, 0);
   const Key key{GemmMath::bf16, false, true, M, N, K, K, ldw, ldc, alignment_of(a), alignment_of(W16),
-                alignment_of(C)};
+                alignment_of(C), false};
   const Tune tune{a, W16};
   const Plan& p = plan(key, tune_ ? &tune : nullptr);
   const float alpha = 1.0f;

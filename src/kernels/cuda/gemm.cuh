@@ -2,6 +2,7 @@
 // and the chosen algorithm cached per shape: after warm-up a call creates nothing.
 #pragma once
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <map>
@@ -28,9 +29,17 @@ class Gemm {
   void run_w16(int M, int N, int K, const float* A, int lda, const void* a16, const void* W16,
                int ldw, float beta, float* C, int ldc);
   void set_tune(bool tune) { tune_ = tune; }
+  // The same on bf16 operands as they are (bf16 x bf16 products, fp32 accumulation);
+  // C is fp32, or bf16 when c_bf16 (rounded once from the fp32 accumulators).
+  void run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,
+                const __nv_bfloat16* B, int ldb, float beta, void* C, int ldc, bool c_bf16);
+  // A dense bf16 copy of a strided fp32 (rows, cols) operand in grow-once scratch slot 0
+  // or 1 (the slots run() uses for its own copies: valid until the next run()).
+  const __nv_bfloat16* to_bf16(const float* src, int rows, int cols, int ld, int slot);
   GemmMath math() const { return math_; }
   // Times the bf16 copies on their own (nested inside the calling op's scope).
   void set_profile(OpProfile* profile) { profile_ = profile; }
+  OpProfile* profile() const { return profile_ && profile_->enabled() ? profile_ : nullptr; }  // null when off
   // While an operand is pinned, its bf16 copy is made once and reused by the following
   // run() calls that read the same matrix (a linear layer's dX and dW products share
   // dY). The caller guarantees the matrix does not change until unpin().
@@ -46,8 +55,8 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  // (math, ta, tb, M, N, K, lda, ldb, ldc, align A, align B, align C)
-  using Key = std::tuple<GemmMath, bool, bool, int, int, int, int, int, int, int, int, int>;
+  // (math, ta, tb, M, N, K, lda, ldb, ldc, align A, align B, align C, C is bf16)
+  using Key = std::tuple<GemmMath, bool, bool, int, int, int, int, int, int, int, int, int, bool>;
   // tune (optional): the operands of the call, to time the candidates on (C is not written)
   struct Tune {
     const void* a;
@@ -57,8 +66,9 @@ class Gemm {
   // the fastest of cuBLASLt's candidates for p on these operands (events, median of 5)
   cublasLtMatmulAlgo_t fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n,
                                const Tune& t, int M, int ldc);
-  // bf16 mode: a dense bf16 copy of a strided fp32 (rows, cols) operand, in grow-once scratch.
-  const void* to_bf16(const float* src, int rows, int cols, int ld, int slot);
+  // The cuBLASLt call on operands of the key's math (bf16: bf16 operands).
+  void multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
+                const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16);
 
   cudaStream_t stream_;
   GemmMath math_;
