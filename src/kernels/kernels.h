@@ -91,17 +91,6 @@ class Backend {
   // dY (T, O) row stride ldy; W and dW (O, I) row stride ldw; X (T, I) row stride ldx;
   // dX (T, I) row stride lddx. One call so that a backend can prepare dY once for both
   // products (the CUDA backend's bf16 copy of it). dY and X fp32 or operand_dtype().
-  // A linear layer with the residual add: Y (T, O) = R (T, O) + X (T, I) @ W^T, W (O, I).
-  // torch: Y = R + X @ W.T.  X row stride ldx, fp32 or operand_dtype(); W row stride ldw;
-  // R and Y dense (row stride O), Y may be R. This default copies R into Y and adds on the
-  // GEMM's beta; a backend whose GEMM reads C from one buffer and writes D to another skips
-  // the copy.
-  virtual void linear_residual(int T, int O, int I, ConstOperand X, int ldx, const float* W, int ldw,
-                               const float* R, float* Y) {
-    if (Y != R) copy(Y, R, size_t(T) * O);
-    gemm(false, true, T, O, I, X, ldx, W, ldw, 1.0f, Y, O);
-  }
-
   virtual void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
                                ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) {
     gemm(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);

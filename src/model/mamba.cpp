@@ -104,7 +104,8 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     // y = dropout(y): the saved y is the dropped one, which out_proj's weight gradient needs
     if (drop_p > 0) be_.dropout(size_t(T) * E, y, drop_p, layer_drop_seed(drop_seed, l, 0));
     // x_out = x_in + y @ out_proj^T  (the residual add rides on GEMM's beta)
-    be_.linear_residual(T, D, E, y, E, W + p.out_proj, E, x_in, x_out);
+    if (x_out != x_in) be_.copy(x_out, x_in, TD);
+    be_.gemm(false, true, T, D, E, y, E, W + p.out_proj, E, 1.f, x_out, D);
     sub++;
 
     if (mlp) {
@@ -118,7 +119,8 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
       be_.gemm(false, true, T, 2 * I, D, h2, D, W + p.fc1, D, 0.f, f, 2 * I);
       be_.swiglu_forward(T, I, f, g);
       if (drop_p > 0) be_.dropout(size_t(T) * I, g, drop_p, layer_drop_seed(drop_seed, l, 1));
-      be_.linear_residual(T, D, I, g, I, W + p.fc2, I, m_in, m_out);
+      if (m_out != m_in) be_.copy(m_out, m_in, TD);
+      be_.gemm(false, true, T, D, I, g, I, W + p.fc2, I, 1.f, m_out, D);
       sub++;
     }
   }

@@ -130,16 +130,6 @@ class CudaBackend final : public Backend {
     gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
 
-  // The residual add reads R as cuBLASLt's C and writes Y as its D: no copy of R into Y
-  // (2 x 100 MB a layer at m130 16 x 2048). Decode-sized products keep gemm()'s paths.
-  void linear_residual(int T, int O, int I, ConstOperand X, int ldx, const float* W, int ldw,
-                       const float* R, float* Y) override {
-    if (Y == R || T <= kDecodeMaxM || I == 0) return Backend::linear_residual(T, O, I, X, ldx, W, ldw, R, Y);
-    BHASA_PROFILE_OP(*profile_, "linear_residual " + std::to_string(T) + "x" + std::to_string(O) + "x" + std::to_string(I));
-    wrote(Y, size_t(T) * O);
-    gemm_->run(false, true, T, O, I, X, ldx, W, ldw, 1.0f, Y, O, R);
-  }
-
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
   void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
                        ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {

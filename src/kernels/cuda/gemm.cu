@@ -215,9 +215,8 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
 
 // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
 void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-               int ldb, float beta, float* C, int ldc, const float* C_in) {
+               int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
-  check(K > 0 || !C_in || C_in == C, "Gemm::run: a separate C_in needs K > 0");
   if (K == 0) {  // C = beta * C: nothing to multiply
     if (beta == 0.0f) {
       for (int r = 0; r < M; ++r)
@@ -241,7 +240,7 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, C
     if (A.dtype == Dtype::f32) a = to_bf16(A.f32(), ta ? K : M, ta ? M : K, lda, 0), lda = ta ? M : K;
     if (B.dtype == Dtype::f32) b = to_bf16(B.f32(), tb ? N : K, tb ? K : N, ldb, 1), ldb = tb ? K : N;
   }
-  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C, ldc, false, C_in);
+  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C, ldc, false);
 }
 
 void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,
@@ -252,12 +251,11 @@ void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* 
 }
 
 void Gemm::multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
-                    const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16, const void* C_in) {
-  if (!C_in) C_in = C;
+                    const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
   const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, alignment_of(A), alignment_of(B),
-                           std::min(alignment_of(C), alignment_of(C_in)), c_bf16});
+                           alignment_of(C), c_bf16});
   const float alpha = 1.0f;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, C_in, p.c, C, p.c, &p.algo,
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),
            "cublasLtMatmul");
 }

@@ -19,10 +19,8 @@ class Gemm {
   ~Gemm();
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C   (row-major, as kernels.h)
   // A bf16 operand is multiplied as it is (bf16 math, the other operand copied if fp32).
-  // C_in (optional, the same layout as C): the C that beta scales, read from there instead
-  // (C = beta * C_in + op(A) @ op(B): a residual add with no copy into C first).
   void run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-           int ldb, float beta, float* C, int ldc, const float* C_in = nullptr);
+           int ldb, float beta, float* C, int ldc);
   // Decoding with a frozen weight: C (M, N) = A (M, K) @ W^T + beta * C with W (N, K)
   // row stride ldw in bf16 (its mirror, weight_mirror.cuh) and A fp32 row stride lda
   // (rounded into a bf16 copy first) or, when a16 is given, A already bf16 (dense, row
@@ -70,8 +68,7 @@ class Gemm {
                                const Tune& t, int M, int ldc);
   // The cuBLASLt call on operands of the key's math (bf16: bf16 operands).
   void multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
-                const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16,
-                const void* C_in = nullptr);
+                const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16);
 
   cudaStream_t stream_;
   GemmMath math_;
