@@ -48,16 +48,13 @@ struct C8Layout {
   static constexpr int oDO = oZ + SC;                // (kSub, C): dout, then dy
   static constexpr int oH = oDO + SC;                // (C, NMAX): the chunk's saved start state
   static constexpr int kBuf = oH + C * NMAX;
-  static constexpr int oHI = oDT + 6 * SC;           // INPL: packed (4 SC) | pairs (2 SC) | start state
-  static constexpr int kBufI = oHI + C * NMAX;
   static constexpr int kHalf = C * NMAX + 16;        // dB | dC halves, padded (banks)
   static constexpr int kOutLd = SC + 16;             // V11: dz | ddt | du, padded (banks)
   static constexpr int kBCPer = (kSub * 2 * NMAX + kThreads - 1) / kThreads;
   static constexpr int kChPer = SC / kThreads;
   static_assert(SC % kThreads == 0 && (C * NMAX) % kThreads == 0, "staging split");
-  static constexpr size_t bytes(int bufs, int rs, bool v11 = false, bool db = false, bool inpl = false) {
-    return (size_t(bufs) * (inpl ? kBufI : kBuf) + size_t(db ? 2 : 1) * rs * 2 * kHalf + (v11 ? 3 * kOutLd : 0) +
-            (inpl ? C : 0)) * sizeof(float);
+  static constexpr size_t bytes(int bufs, int rs, bool v11 = false, bool db = false) {
+    return (size_t(bufs) * kBuf + size_t(db ? 2 : 1) * rs * 2 * kHalf + (v11 ? 3 * kOutLd : 0)) * sizeof(float);
   }
 };
 
@@ -70,19 +67,8 @@ struct C8Layout {
 // channels with bit 1 set, so that 8 consecutive lanes' 16-byte stores hit 8 different
 // bank groups (lanes are 32 bytes apart: unswizzled, each store was a 2-way conflict).
 // TZ: dz's element type (float, or bf16 for a bf16 Operand).
-// KA: the replay keeps the decays exp(delta A) of the chunk's last KA steps in registers,
-// the first KA steps of the reverse walk use them (no MUFU round trip at the walk's start).
-// BS2 (V11 only): the block sum's 8-channel FMA chains as two chains of 4 (latency).
-// XCH (KL 2): the per-step pair sum as two plain exchanges (lane 0 sends ddelta's part,
-// lane 1 its y part; both send the g B part): the same sums, 2 selects less per step.
-// INPL (V11, 16-byte copies only; the host picks it when vec has kFast): the thread that
-// copies 4 channels of a step (u, dt, z, dout as [dt4 | u4 | z4 | dout4], 16 floats) also
-// transforms them, into its own 16 floats of the packed {delta, delta u, dy, u} rows (in
-// place) and its {sigmoid, dz factor} pairs (a separate area, +4 KB per buffer): no thread
-// reads another's raw inputs, so a chunk starts with one barrier instead of three.
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, class TZ, bool V11 = false,
-          bool DB = false, bool SPLIT = false, bool SWZ = false, int KA = 0, bool BS2 = false, bool XCH = false,
-          bool INPL = false>
+          bool DB = false, bool SPLIT = false, bool SWZ = false>
 __global__ void __launch_bounds__(kThreads, MINB)
 scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
@@ -104,16 +90,10 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   static_assert(!V11 || (KL == 2 && PACK && RS == 2 && NMAX == 16 && C == 64 && kThreads == 128), "c8 v11 layout");
   static_assert(!DB || V11, "c8 double-buffered rows");
   static_assert(!SWZ || (V11 && NPL == 8), "c8 swizzled rows");
-  static_assert(!BS2 || V11, "c8 split block sum");
-  static_assert(!XCH || KL == 2, "c8 pair exchange");
-  static_assert(!INPL || (V11 && DB && Lay::kChPer == 4 && C / 4 * kSub == kThreads), "c8 in-place transform");
-  constexpr int kBufX = INPL ? Lay::kBufI : Lay::kBuf, oHX = INPL ? Lay::oHI : Lay::oH;
-  static_assert(KA >= 0 && KA <= kSub && (!KEEP_A || KA == 0), "c8 kept decays");
   constexpr int kSet = RS * 2 * Lay::kHalf;  // one set of held rows
   extern __shared__ __align__(16) float smem[];
-  float* sred = smem + BUFS * kBufX;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
+  float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
   float* sout = sred + (DB ? 2 : 1) * kSet;  // V11: (3, kSub, C) + padding: dz, ddt, du of the chunk
-  float* sbias = sout + 3 * Lay::kOutLd;     // INPL: (C) dt_bias of the block's channels
 
   const int B = gridDim.y;
   const int b = blockIdx.y;
@@ -144,7 +124,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   // buf; steps past L are zeros (exact no-ops). Always commits a group (empty for ch < 0).
   auto stage = [&](int ch, int buf) {
     if (ch >= 0) {
-      float* S = smem + buf * kBufX;
+      float* S = smem + buf * Lay::kBuf;
       const int s0 = ch * kSub, len = min(kSub, L - s0);
       if constexpr (V11) if ((vec & kFast) == kFast) {  // 16-byte copies, 32-bit offsets
         constexpr int kQ = NMAX / 4, kQE = C / 4;
@@ -158,23 +138,16 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 #pragma unroll
         for (int j = 0; j < (C * kQ) / kThreads; ++j) {  // start state: (C, NMAX / 4)
           const int i = tid + j * kThreads, ecc = min(int(blockIdx.x) * C + i / kQ, E - 1);
-          cp_async16(S + oHX + 4 * i, chunk_states + ((b * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
+          cp_async16(S + Lay::oH + 4 * i, chunk_states + ((b * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
         }
         // u, dt, z, dout: (kSub, C / 4) vectors of 4 channels, one per thread
         const int tt = tid / kQE, e4 = int(blockIdx.x) * C + (tid % kQE) * 4;
         const bool ok = tt < len && e4 < E;
         const int row = b * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0, o = row * E + col;
-        if constexpr (INPL) {  // [dt4 | u4 | z4 | dout4] per thread
-          cp_async16(S + Lay::oDT + 16 * tid, dt + o, ok);
-          cp_async16(S + Lay::oDT + 16 * tid + 4, u + o, ok);
-          cp_async16(S + Lay::oDT + 16 * tid + 8, z + row * ldz + col, ok);
-          cp_async16(S + Lay::oDT + 16 * tid + 12, dout + o, ok);
-        } else {
-          cp_async16(S + Lay::oDT + 4 * tid, dt + o, ok);
-          cp_async16(S + Lay::oU + 4 * tid, u + o, ok);
-          cp_async16(S + Lay::oZ + 4 * tid, z + row * ldz + col, ok);
-          cp_async16(S + Lay::oDO + 4 * tid, dout + o, ok);
-        }
+        cp_async16(S + Lay::oDT + 4 * tid, dt + o, ok);
+        cp_async16(S + Lay::oU + 4 * tid, u + o, ok);
+        cp_async16(S + Lay::oZ + 4 * tid, z + row * ldz + col, ok);
+        cp_async16(S + Lay::oDO + 4 * tid, dout + o, ok);
         cp_async_commit();
         return;
       }
@@ -255,20 +228,15 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       const int q4 = SWZ ? (nq & 2) + ((nq & 1) ^ ((j >> 1) & 1)) : nq;  // cc = j + 8 m: bit 1 of cc is j's
       const float* p = sred + (DB ? (lo / RS) % 2 * kSet : 0) + r * 2 * Lay::kHalf + half * Lay::kHalf + j * NMAX + q4 * 4;
       const float* sc = Scur + Lay::oDT + ((lo + r) * C + j) * 4 + 1 + half;  // P4 .y / .z
-      float v[4] = {0.0f, 0.0f, 0.0f, 0.0f}, v2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int m = 0; m < C / 8; ++m) {
         const float4 x = *reinterpret_cast<const float4*>(p + m * 8 * NMAX);
         const float f = sc[m * 8 * 4];
-        float* a = BS2 && m % 2 == 1 ? v2 : v;
-        a[0] = fmaf(x.x, f, a[0]);
-        a[1] = fmaf(x.y, f, a[1]);
-        a[2] = fmaf(x.z, f, a[2]);
-        a[3] = fmaf(x.w, f, a[3]);
-      }
-      if constexpr (BS2) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) v[i] += v2[i];
+        v[0] = fmaf(x.x, f, v[0]);
+        v[1] = fmaf(x.y, f, v[1]);
+        v[2] = fmaf(x.z, f, v[2]);
+        v[3] = fmaf(x.w, f, v[3]);
       }
       int first = 0;
       reduce_scatter<16, 4, 4, 4>(v, lane, first);
@@ -301,52 +269,18 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     }
   };
 
-  if constexpr (INPL) {
-    if (tid < C) sbias[tid] = dt_bias[min(int(blockIdx.x) * C + tid, E - 1)];
-    __syncthreads();  // the first chunk's transform reads it before the chunk's barrier
-  }
 #pragma unroll
   for (int p = 0; p < BUFS - 1; ++p) stage(n_chunks - 1 - p, p);
   for (int it = 0; it < n_chunks; ++it) {
-    float* S = smem + (it % BUFS) * kBufX;
+    float* S = smem + (it % BUFS) * Lay::kBuf;
     Scur = S;
     const int ch = n_chunks - 1 - it, s0 = ch * kSub, len = min(kSub, L - s0);
-    cp_async_wait<BUFS - 2>();  // this item's copies landed (for this thread)
+    cp_async_wait<BUFS - 2>();  // this item's copies landed
+    __syncthreads();            // ... for every thread; the previous item is finished
     float h_start[NPL];  // h before the chunk
     float4* P4 = reinterpret_cast<float4*>(S + Lay::oDT);                // (kSub, C): delta, delta u, dy, u
     float2* P2 = reinterpret_cast<float2*>(S + Lay::oDT + 4 * Lay::SC);  // (kSub, C): sigmoid, dz factor
-    if constexpr (INPL) {
-      // this thread's own copies: step tid / (C / 4), channels 4 (tid % (C / 4)) + 0..3,
-      // items 4 tid + 0..3; packed in place, before the chunk's one barrier
-      const int tt = tid / (C / 4);
-      const bool ok = tt < len;
-      float* own = S + Lay::oDT + 16 * tid;
-      const float4 dt4 = *reinterpret_cast<const float4*>(own), u4 = *reinterpret_cast<const float4*>(own + 4);
-      const float4 z4 = *reinterpret_cast<const float4*>(own + 8), do4 = *reinterpret_cast<const float4*>(own + 12);
-      const float4 bi4 = *reinterpret_cast<const float4*>(sbias + 4 * (tid % (C / 4)));
-      const float xs[4] = {dt4.x + bi4.x, dt4.y + bi4.y, dt4.z + bi4.z, dt4.w + bi4.w};
-      const float us[4] = {u4.x, u4.y, u4.z, u4.w}, zs[4] = {z4.x, z4.y, z4.z, z4.w};
-      const float gos[4] = {do4.x, do4.y, do4.z, do4.w};
-      float2 p2[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        float sx;
-        const float delta = ok ? softplus_sigmoid(xs[q], sx) : 0.0f;
-        const float zz = zs[q], go = gos[q], sz = sigmoid_fast(zz), uu = us[q];
-        reinterpret_cast<float4*>(own)[q] = make_float4(delta, delta * uu, go * zz * sz, uu);
-        p2[q] = make_float2(ok ? sx : 0.0f, go * sz * (1.0f + zz * (1.0f - sz)));
-      }
-      float4* o2 = reinterpret_cast<float4*>(P2 + 4 * tid);
-      o2[0] = make_float4(p2[0].x, p2[0].y, p2[1].x, p2[1].y);
-      o2[1] = make_float4(p2[2].x, p2[2].y, p2[3].x, p2[3].y);
-      __syncthreads();  // every copy and packed value of the chunk; the previous item is finished
-      load_states<NPL>(S + oHX + c * NMAX + n0, h_start);
-      stage(ch - (BUFS - 1), (it + BUFS - 1) % BUFS);  // the previous item's buffer
-    } else {
-      __syncthreads();  // this item's copies, for every thread; the previous item is finished
-    }
-    if constexpr (INPL) {
-    } else if constexpr (PACK) {
+    if constexpr (PACK) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
       float4 p4[Lay::kChPer];
       float2 p2[Lay::kChPer];
@@ -390,10 +324,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
         S[Lay::oDO + i] = go * zz * s;                        // dy
       }
     }
-    if constexpr (!INPL) {
-      stage(ch - (BUFS - 1), (it + BUFS - 1) % BUFS);  // the previous item's buffer
-      __syncthreads();
-    }
+    stage(ch - (BUFS - 1), (it + BUFS - 1) % BUFS);  // the previous item's buffer
+    __syncthreads();
     const float* sBC = S + Lay::oBC;
     const float* sdelta = S + Lay::oDT;
     const float* su = S + Lay::oU;
@@ -407,7 +339,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     float* dst2 = du_out + row0 * E + e;
     // replay the chunk keeping every step's state (and decay) in registers, then walk it
     // backwards carrying dh
-    float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL], ak[KA > 0 ? KA : 1][NPL];
+    float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
     if constexpr (!PACK) load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
 #pragma unroll
     for (int ii = 0; ii < kSub; ++ii) {
@@ -426,7 +358,6 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       for (int i = 0; i < NPL; ++i) {
         const float a = ex2_(delta * A2[i]);
         if constexpr (KEEP_A) as[ii][i] = a;
-        if constexpr (KA > 0) if (ii >= kSub - KA) ak[ii - (kSub - KA)][i] = a;
         hs[ii][i] = a * (ii > 0 ? hs[ii - 1][i] : h_start[i]) + dlu * Bt[i];
       }
     }
@@ -451,9 +382,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       float v[2 * NPL];  // [dB | dC] of this channel, for this lane's states
 #pragma unroll
       for (int i = 0; i < NPL; ++i) {
-        const float a = KEEP_A ? as[KEEP_A ? ii : 0][i]
-                        : (KA > 0 && ii >= kSub - KA ? ak[KA > 0 && ii >= kSub - KA ? ii - (kSub - KA) : 0][i]
-                                                      : ex2_(delta * A2[i]));
+        const float a = KEEP_A ? as[KEEP_A ? ii : 0][i] : ex2_(delta * A2[i]);
         const float hprev = ii > 0 ? hs[ii - 1][i] : h_start[i];
         const bool odd = SPLIT && i % 2 == 1;
         (odd ? ypart1 : ypart) += Ct[i] * hs[ii][i];
@@ -481,15 +410,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       } else {
         // over the pair: lane 0 gets y (-> dz) and sum_n g B (-> du), lane 1 ddelta (-> ddt)
         float r[4] = {ypart, gB, qA * kLn2 + gB * uu, 0.0f};
-        if constexpr (XCH) {  // lane 0: r[0] = y, r[1] = sum g B; lane 1: r[0] = ddelta / ln2-scaled sum
-          const float s1 = __shfl_xor_sync(kFull, k ? r[0] : r[2], 1);
-          const float s2 = __shfl_xor_sync(kFull, r[1], 1);
-          r[0] = (k ? r[2] : r[0]) + s1;
-          r[1] += s2;
-        } else {
-          int first = 0;
-          reduce_scatter<1, 1, 4, 4>(r, lane, first);
-        }
+        int first = 0;
+        reduce_scatter<1, 1, 4, 4>(r, lane, first);
         if (k == 1) dbias_acc += r[0] * sig;  // sig = 0 past the end
         if constexpr (V11) {  // lane 0: dz, du; lane 1: ddt (out after the walk)
           sout[k * Lay::kOutLd + ii * C + c] = k == 0 ? (r[0] + Dv * uu) * dzf : r[0] * sig;
@@ -568,14 +490,13 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 
 
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, class TZ, bool V11 = false,
-          bool DB = false, bool SPLIT = false, bool SWZ = false, int KA = 0, bool BS2 = false, bool XCH = false,
-          bool INPL = false>
+          bool DB = false, bool SPLIT = false, bool SWZ = false>
 void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
                float* du, float* ddt, TZ* dz, float* bc_part, float* param_part) {
-  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB, INPL);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ, KA, BS2, XCH, INPL>;
+  constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB);
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -592,14 +513,6 @@ void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const flo
   const bool idx32 = rows * std::max(E, ldz) < lim && rows * ld_bc < lim &&
                      size_t(grid.y) * ((L + kSub - 1) / kSub) * E * N < lim;
   vec |= idx32 ? kIdx32 : 0;
-  if constexpr (INPL) {  // the in-place transform needs the 16-byte copies
-    if ((vec & kFast) != kFast) {
-      launch_c8<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, VEC, TZ, V11, DB, SPLIT, SWZ, KA, BS2, XCH, false>(
-          c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, chunk_states, dout, du, ddt, dz, bc_part,
-          param_part);
-      return;
-    }
-  }
   kernel<<<grid, kThreads, bytes, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
                                               chunk_states, dout, du, ddt, dz, bc_part, param_part);
 }
@@ -625,23 +538,12 @@ void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const f
       case 4: {
         // BHASA_SCAN_BWD_VARIANT=10: v10 (timing). Default: V11 + 2 buffers + DB + SPLIT + SWZ,
         // 1.33 ms here against v10's 1.63 (bench/cuda_lab/NOTES.md has the other combinations)
-        // 22..29 (helper scan3, timing): kept decays of the last 2 steps (KA), the block sum
-        // in two chains (BS2), the pair exchange (XCH), the in-place transform (INPL), combined
-        static const int variant = [] {
+        static const bool v10 = [] {
           const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
-          return v ? std::atoi(v) : 0;
+          return v && std::atoi(v) == 10;
         }();
-        switch (variant) {
-          case 10: { BHASA_C8(2, 8, 3, false, 3, 2, true, true); break; }
-          case 22: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 2); break; }
-          case 23: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 0, true); break; }
-          case 25: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 0, false, true); break; }
-          case 26: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 0, false, false, true); break; }
-          case 27: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 0, false, true, true); break; }
-          case 28: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 0, true, true, true); break; }
-          case 29: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, 2, true, true, true); break; }
-          default: { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true); break; }
-        }
+        if (v10) { BHASA_C8(2, 8, 3, false, 3, 2, true, true); }
+        else { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true); }
         break;
       }
       default: { BHASA_C8(4, 8, 3, false, 3, 8, false, false); break; }
