@@ -4,16 +4,19 @@
 // 154 MB head), median of 15 replays, per call. Floor: weight bytes / 4.29 TB/s.
 // The weights live in one arena that is frozen (Backend::freeze_weights), so in bf16
 // mode the decode GEMMs read its bf16 copy; a tf32 backend is main's path.
-// Usage: cuda_decode_ops [all]: all adds bf16 weights with cuBLASLt's first algorithm (no autotune).
+// Usage: cuda_decode_ops [all | bf16]: all adds bf16 weights with cuBLASLt's first algorithm (no
+// autotune); bf16 runs the bf16 backend only. BHASA_CUDA_Y16 / BHASA_CUDA_XPROJ set its options.
 // The "step + out_proj" rows compare the decode step's y in fp32 (then rounded for
 // out_proj's cuBLASLt by rows_to_bf16) with y in decode_dtype(B) (bf16 at 8 < B <= 64).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -159,14 +162,17 @@ void run(const char* label, const CudaOptions& opt) {
 
 }  // namespace
 
-int main(int argc, char**) {
+int main(int argc, char** argv) {
   try {
+    const bool bf16_only = argc > 1 && std::string(argv[1]) == "bf16";
     CudaOptions tf32;
     tf32.gemm = GemmMath::tf32;
-    run("tf32: fp32 weights (main's decode path)", tf32);
+    if (!bf16_only) run("tf32: fp32 weights (main's decode path)", tf32);
     CudaOptions opt;
+    if (const char* v = std::getenv("BHASA_CUDA_Y16")) opt.y_bf16 = std::string(v) != "0";
+    if (const char* v = std::getenv("BHASA_CUDA_XPROJ")) opt.fused_xproj = std::atoi(v);
     run("bf16 weights (frozen), decode GEMMs autotuned", opt);
-    if (argc > 1) {  // the comparisons
+    if (argc > 1 && !bf16_only) {  // the comparisons
       CudaOptions o = opt;
       o.tune_decode = false;
       run("bf16 weights, cuBLASLt heuristic's first algorithm", o);

@@ -372,7 +372,9 @@ TEST(CudaDecodeStep, GemmReadsBf16Y) {
   BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
   for (int B : {1, 8, 9, 16, 64, 65})
     EXPECT_EQ(gpu->decode_dtype(B), B > 8 && B <= 64 ? Dtype::bf16 : Dtype::f32) << "B=" << B;
-  if (auto tf32 = gpu_or_null(GemmMath::tf32)) EXPECT_EQ(tf32->decode_dtype(16), Dtype::f32);
+  if (auto tf32 = gpu_or_null(GemmMath::tf32)) {
+    EXPECT_EQ(tf32->decode_dtype(16), Dtype::f32);
+  }
   auto cpu = make_cpu_backend();
   std::mt19937 rng(62);
   const int N = 768, K = 1536;

@@ -16,21 +16,22 @@ namespace bhasa::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kRows = 8;      // batch rows a block
-constexpr int kSliceE = 64;   // channels a block (the split of K = E)
 constexpr int kMaxP = 128;    // x_proj's outputs dt_rank + 2 d_state
 constexpr int kConvK = 4;     // d_conv
-constexpr int kWStride = kSliceE + 2;  // bf16 per shared weight row: 33 words, rows in distinct banks
+constexpr int kMinSlice = 64; // E must be a multiple of every tile's slice width
 
-// torch (per block): u = F.silu(conv(cat(state, x)))[b0:b0+8, e0:e0+64]
-//                    part[s, b, :] = u @ x_proj[:, e0:e0+64].T;  dbc = part.sum(0)  (in order)
+// A block: kRows batch rows x kSliceE channels (the tile variants are timed in NOTES.md).
+// torch (per block): u = F.silu(conv(cat(state, x)))[b0:b0+kRows, e0:e0+kSliceE]
+//                    part[s, b, :] = u @ x_proj[:, e0:e0+kSliceE].T;  dbc = part.sum(0)  (in order)
 // x (B, E) row stride ldx; state (B, 3, E); conv_w (E, 4); conv_b (E) or null;
 // w16 (P, E) bf16; part (S, B, P) fp32 scratch, S = E / kSliceE; counter (ceil(B / kRows)).
+template <int kRows, int kSliceE>
 __global__ void __launch_bounds__(kThreads)
 conv_xproj_kernel(int B, int E, int P, const float* __restrict__ x, int ldx, const float* __restrict__ state,
                   const float* __restrict__ conv_w, const float* __restrict__ conv_b,
                   const __nv_bfloat16* __restrict__ w16, float* __restrict__ part, unsigned* counter,
                   float* __restrict__ dbc) {
+  constexpr int kWStride = kSliceE + 2;  // bf16 a shared weight row: an odd word count, rows in distinct banks
   __shared__ __align__(16) __nv_bfloat16 sW[kMaxP * kWStride];  // (P, kSliceE) padded
   __shared__ __align__(16) float sU[kRows * kSliceE];            // (kRows, kSliceE)
   __shared__ bool last;
@@ -93,18 +94,28 @@ conv_xproj_kernel(int B, int E, int P, const float* __restrict__ x, int ldx, con
 
 bool conv_xproj_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
                        const void* w16) {
-  return w16 && B > 0 && K == kConvK && P >= 1 && P <= kMaxP && E % kSliceE == 0 && ldx >= E &&
+  return w16 && B > 0 && K == kConvK && P >= 1 && P <= kMaxP && E % (2 * kMinSlice) == 0 && ldx >= E &&
          (reinterpret_cast<uintptr_t>(w16) & 3) == 0 && E % 2 == 0;
 }
 
 void conv_xproj(Ctx& c, int B, int E, int P, const float* x, int ldx, const ConvIn& cv, const void* w16,
-                float* dbc) {
+                float* dbc, int variant) {
   check(conv_xproj_serves(B, E, cv.K, P, x, ldx, cv.state, w16), "conv_xproj: shape or alignment not served");
-  const int S = E / kSliceE, G = (B + kRows - 1) / kRows;
-  auto* part = static_cast<float*>(c.scratch->get(kXprojPartials, size_t(S) * B * P * sizeof(float)));
-  auto* counter = static_cast<unsigned*>(c.scratch->get(kXprojCounter, size_t(G) * sizeof(unsigned), true));
-  launch(conv_xproj_kernel, dim3(S, G), dim3(kThreads), 0, c.stream, c.pdl, B, E, P, x, ldx, cv.state, cv.w,
-         cv.b, static_cast<const __nv_bfloat16*>(w16), part, counter, dbc);
+  auto go = [&](auto kernel, int rows, int slice) {
+    const int S = E / slice, G = (B + rows - 1) / rows;
+    auto* part = static_cast<float*>(c.scratch->get(kXprojPartials, size_t(S) * B * P * sizeof(float)));
+    auto* counter = static_cast<unsigned*>(c.scratch->get(kXprojCounter, size_t(G) * sizeof(unsigned), true));
+    launch(kernel, dim3(S, G), dim3(kThreads), 0, c.stream, c.pdl, B, E, P, x, ldx, cv.state, cv.w, cv.b,
+           static_cast<const __nv_bfloat16*>(w16), part, counter, dbc);
+  };
+  // tiles (rows x channels): 1: 8 x 64 (B = 64, E = 1536: 192 blocks), 2: 16 x 64 (96),
+  // 3: 8 x 128 (96), 4: 4 x 64 (384)
+  switch (variant) {
+    case 2: go(conv_xproj_kernel<16, 64>, 16, 64); break;
+    case 3: go(conv_xproj_kernel<8, 128>, 8, 128); break;
+    case 4: go(conv_xproj_kernel<4, 64>, 4, 64); break;
+    default: go(conv_xproj_kernel<8, 64>, 8, 64); break;
+  }
   BHASA_LAUNCH_CHECK("conv_xproj");
 }
 

@@ -189,7 +189,7 @@ void conv_rows_bf16(Ctx& c, int B, int E, const float* x, int ldx, const ConvIn&
 bool conv_xproj_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
                        const void* w16);
 void conv_xproj(Ctx& c, int B, int E, int P, const float* x, int ldx, const ConvIn& cv, const void* w16,
-                float* dbc);
+                float* dbc, int variant = 1);  // variant: the block tile (conv_xproj.cu)
 void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
                  const float* conv_w, const float* conv_b, float* xs);  // u of ssm_decode_in, states untouched
 void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
