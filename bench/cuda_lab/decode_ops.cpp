@@ -5,7 +5,7 @@
 // The weights live in one arena that is frozen (Backend::freeze_weights), so in bf16
 // mode the decode GEMMs read its bf16 copy; a tf32 backend is main's path.
 // Usage: cuda_decode_ops [all | bf16]: all adds bf16 weights with cuBLASLt's first algorithm (no
-// autotune); bf16 runs the bf16 backend only. BHASA_CUDA_Y16 / BHASA_CUDA_XPROJ set its options.
+// autotune); bf16 runs the bf16 backend only. BHASA_CUDA_Y16 sets its option.
 // The "step + out_proj" rows compare the decode step's y in fp32 (then rounded for
 // out_proj's cuBLASLt by rows_to_bf16) with y in decode_dtype(B) (bf16 at 8 < B <= 64).
 #include <cuda_runtime.h>
@@ -170,7 +170,6 @@ int main(int argc, char** argv) {
     if (!bf16_only) run("tf32: fp32 weights (main's decode path)", tf32);
     CudaOptions opt;
     if (const char* v = std::getenv("BHASA_CUDA_Y16")) opt.y_bf16 = std::string(v) != "0";
-    if (const char* v = std::getenv("BHASA_CUDA_XPROJ")) opt.fused_xproj = std::atoi(v);
     run("bf16 weights (frozen), decode GEMMs autotuned", opt);
     if (argc > 1 && !bf16_only) {  // the comparisons
       CudaOptions o = opt;

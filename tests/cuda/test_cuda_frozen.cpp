@@ -154,67 +154,6 @@ TEST(FrozenWeights, NormGemmAndSsmDecodeIn) {
   }
 }
 
-// ssm_decode_in through conv_xproj.cu (CudaOptions::fused_xproj, 8 < B <= 64, each tile): u in fp32
-// and the bf16 weight, so within fp32 accuracy of the CPU on the rounded weight; every
-// row group size (B = 50: a last group of 2 rows), E split in 2 or 24 slices, P odd; three
-// calls each (the last-block counters must be back at zero), NaN-poisoned dbc.
-TEST(FrozenWeights, FusedXprojMatchesCpu) {
-  if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
-  auto cpu = make_cpu_backend();
-  std::mt19937 rng(13);
-  for (int variant = 4; variant >= 1; --variant) {  // the tiles; the model below runs tile 1
-    CudaOptions opt;
-    opt.gemm = GemmMath::bf16;
-    opt.fused_xproj = variant;
-    auto gpu = make_cuda_backend(opt);
-    struct Shape { int E, P; };
-    for (Shape sh : {Shape{1536, 80}, Shape{128, 17}}) {
-      const int E = sh.E, P = sh.P, K = 4;
-      auto Wx = randn(size_t(P) * E, rng, 1.0f / std::sqrt(float(E)));
-      const auto Wx16 = rounded(Wx);
-      DevBuf dWx(*gpu, Wx);
-      gpu->freeze_weights(dWx.p, Wx.size());
-      for (int B : {8, 9, 20, 50, 64})
-        for (int rep = 0; rep < 3; ++rep) {
-          auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
-               cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f);
-          DevBuf dxz(*gpu, xz), dst(*gpu, st), dcw(*gpu, cw), dcb(*gpu, cb), dbc(*gpu, std::vector<float>(size_t(B) * P, kNaN));
-          gpu->ssm_decode_in(B, E, K, P, dxz.p, 2 * E, dst.p, dcw.p, rep == 2 ? nullptr : dcb.p, dWx.p, dbc.p);
-          std::vector<float> ref(size_t(B) * P), ref16(size_t(B) * P);
-          const float* bias = rep == 2 ? nullptr : cb.data();
-          cpu->ssm_decode_in(B, E, K, P, xz.data(), 2 * E, st.data(), cw.data(), bias, Wx.data(), ref.data());
-          cpu->ssm_decode_in(B, E, K, P, xz.data(), 2 * E, st.data(), cw.data(), bias, Wx16.data(), ref16.data());
-          expect_path(dbc.host(), ref, ref16, Path::gemv16,
-                      "conv_xproj E=" + std::to_string(E) + " B=" + std::to_string(B) + " rep=" + std::to_string(rep));
-          EXPECT_EQ(dst.host(), st);  // states untouched
-        }
-    }
-    if (variant > 1) continue;
-    // a model decoding through it (tiny: E = 384, 6 slices): step logits in the CPU's bf16 band
-    ModelConfig cfg = preset_config("tiny", 300);
-    const int V = cfg.vocab_size;
-    MambaLM mg(cfg, *gpu), mc(cfg, *cpu);
-    mg.init_params(9);
-    mc.init_params(9);
-    for (int B : {16, 64}) {
-      std::vector<int32_t> prompt(size_t(B) * 4), ids(B);
-      for (auto& t : prompt) t = int32_t(rng() % V);
-      for (auto& t : ids) t = int32_t(rng() % V);
-      std::vector<float> lg(size_t(B) * V), lc(size_t(B) * V);
-      DecodeState sg = mg.new_state(B), sc = mc.new_state(B);
-      mg.prefill(sg, prompt.data(), 4, lg.data());
-      mc.prefill(sc, prompt.data(), 4, lc.data());
-      for (int i = 0; i < 3; ++i) {
-        mg.step(sg, ids.data(), lg.data());
-        mc.step(sc, ids.data(), lc.data());
-        EXPECT_LE(rel_l2(lg, lc), kBf16) << "model step " << i << " B=" << B;
-      }
-      mg.free_state(sg);
-      mc.free_state(sc);
-    }
-  }
-}
-
 // A write into the frozen range (upload, copy into part of it, adamw) drops the copy:
 // the next product reads the new fp32 weights; freezing again makes a new copy. A write
 // elsewhere keeps it.

@@ -39,7 +39,6 @@ class CudaBackend final : public Backend {
     mirrors_ = std::make_unique<cuda::WeightMirrors>(stream_);
     bf16_weights_ = opt.bf16_weights && opt.gemm == GemmMath::bf16;
     y_bf16_ = opt.y_bf16;
-    fused_xproj_ = opt.fused_xproj;
     if (const char* n = std::getenv("BHASA_CUDA_W16_MIN_N")) w16_min_n_ = std::atoi(n);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -191,11 +190,6 @@ class CudaBackend final : public Backend {
     // x_proj's weight frozen: u straight to bf16 for cuBLASLt (4.1 us at B = 64 against
     // 5.3 for TF32 on fp32 u; a separate rounding pass would cost that gain back)
     const void* w16 = decode_weight(B, P, E, x_proj, E);
-    if (fused_xproj_ && B > kGemvMaxM && cuda::conv_xproj_serves(B, E, K, P, x, ldx, conv_state, w16)) {
-      cuda::ConvIn cv;  // one kernel instead of conv_rows_bf16 + cuBLASLt (conv_xproj.cu)
-      cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
-      return cuda::conv_xproj(ctx_, B, E, P, x, ldx, cv, w16, dbc, fused_xproj_);
-    }
     if (w16 && cuda::conv_rows_serves(E, K, x, ldx, conv_state)) {
       cuda::ConvIn cv;
       cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
@@ -427,7 +421,6 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::WeightMirrors> mirrors_;
   bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
   bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM (with bf16_weights_)
-  int fused_xproj_ = 0;  // ssm_decode_in at 8 < B <= kDecodeMaxM through conv_xproj.cu (its tile variant), 0 off
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
@@ -465,7 +458,6 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // first algorithm for the decode GEMMs, BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
 // output that rounds an fp32 A for a bf16 weight (default 128), BHASA_CUDA_Y16=0 keeps the
 // decode step's y in fp32 at every batch (then rounded for out_proj by rows_to_bf16),
-// BHASA_CUDA_XPROJ=<1..4> runs ssm_decode_in at 8 < B <= 64 as one kernel (conv_xproj.cu, tile 1..4),
 // BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk (for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
@@ -481,8 +473,6 @@ static CudaOptions options_from_env() {
   if (tune && std::string(tune) == "0") opt.tune_decode = false;
   const char* y16 = std::getenv("BHASA_CUDA_Y16");
   if (y16 && std::string(y16) == "0") opt.y_bf16 = false;
-  const char* xproj = std::getenv("BHASA_CUDA_XPROJ");
-  if (xproj) opt.fused_xproj = std::max(0, std::atoi(xproj));
   return opt;
 }
 

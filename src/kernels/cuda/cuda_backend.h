@@ -35,10 +35,6 @@ struct CudaOptions {
   // With bf16_weights, the decode step at 8 < B <= kDecodeMaxM writes y in bf16
   // (decode_dtype): out_proj's cuBLASLt reads it as it is, no rounding kernel between.
   bool y_bf16 = true;
-  // ssm_decode_in at 8 < B <= kDecodeMaxM with a frozen x_proj as one kernel (conv +
-  // split-K x_proj on the bf16 copy, conv_xproj.cu) instead of conv_rows_bf16 + cuBLASLt:
-  // 0 off, 1..4 its block tile (rows x channels 8 x 64, 16 x 64, 8 x 128, 4 x 64).
-  int fused_xproj = 0;
   // Rows per chunk of the fused training head (head_loss): with bf16 GEMMs a chunk's
   // logits are held as bf16, rows x V (1.65 GB at 16384 x 50280). At m130's 32768 x 50280:
   // 12.2 ms per step at 16384, 12.5 at 8192 (bench/cuda_lab/NOTES.md).

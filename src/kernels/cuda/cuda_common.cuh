@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kHeadLogits, kXprojPartials, kXprojCounter, kNumSlots
+  kSampleCounter, kDecodeA16, kHeadLogits, kNumSlots
 };
 
 class Scratch {
@@ -184,12 +184,6 @@ bool rows_to_bf16_serves(int K, const float* A, int lda);
 void rows_to_bf16(Ctx& c, int M, int K, const float* A, int lda, void* out);
 bool conv_rows_serves(int E, int K, const float* x, int ldx, const float* state);
 void conv_rows_bf16(Ctx& c, int B, int E, const float* x, int ldx, const ConvIn& cv, void* u);
-// ssm_decode_in in one kernel for 8 < B <= 64 with x_proj's bf16 mirror w16 (conv_xproj.cu):
-// dbc (B, P) = silu(conv(state, x)) @ w16^T, u in fp32, split over E with an ordered last-block sum
-bool conv_xproj_serves(int B, int E, int K, int P, const float* x, int ldx, const float* state,
-                       const void* w16);
-void conv_xproj(Ctx& c, int B, int E, int P, const float* x, int ldx, const ConvIn& cv, const void* w16,
-                float* dbc, int variant = 1);  // variant: the block tile (conv_xproj.cu)
 void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
                  const float* conv_w, const float* conv_b, float* xs);  // u of ssm_decode_in, states untouched
 void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
