@@ -4,14 +4,19 @@
 // 154 MB head), median of 15 replays, per call. Floor: weight bytes / 4.29 TB/s.
 // The weights live in one arena that is frozen (Backend::freeze_weights), so in bf16
 // mode the decode GEMMs read its bf16 copy; a tf32 backend is main's path.
-// Usage: cuda_decode_ops [all]: all adds bf16 weights with cuBLASLt's first algorithm (no autotune).
+// Usage: cuda_decode_ops [all | bf16]: all adds bf16 weights with cuBLASLt's first algorithm (no
+// autotune); bf16 runs the bf16 backend only. BHASA_CUDA_Y16 sets its option.
+// The "step + out_proj" rows compare the decode step's y in fp32 (then rounded for
+// out_proj's cuBLASLt by rows_to_bf16) with y in decode_dtype(B) (bf16 at 8 < B <= 64).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -104,7 +109,7 @@ void run(const char* label, const CudaOptions& opt) {
   float* head[2] = {rnd(*be, size_t(V) * D, rng, 0.02f), rnd(*be, size_t(V) * D, rng, 0.02f)};
   arena = nullptr;
   be->freeze_weights(ar.base, ar.used);
-  for (int B : {1, 64}) {
+  for (int B : {1, 16, 64}) {
     // inputs random, not zeros (a product of zeros can run faster than one of data)
     float *x = rnd(*be, size_t(B) * D, rng, 1.f), *h = rnd(*be, size_t(B) * D, rng, 1.f),
           *xz = rnd(*be, size_t(B) * 2 * E, rng, 1.f), *xs = rnd(*be, size_t(B) * E, rng, 1.f),
@@ -112,6 +117,8 @@ void run(const char* label, const CudaOptions& opt) {
           *stats = be->alloc(2 * B), *logits = rnd(*be, size_t(B) * V, rng, 1.f),
           *conv = rnd(*be, size_t(kCopies) * B * (K - 1) * E, rng, 1.f),
           *ssm = rnd(*be, size_t(kCopies) * B * E * N, rng, 0.1f);
+    // y in the dtype the decode step writes at this batch (bf16 for 8 < B <= 64 in bf16 mode)
+    const Operand y16 = be->alloc_operand(size_t(B) * E, be->decode_dtype(B));
     int32_t *counter = be->alloc_i32(1), *ids = be->alloc_i32(B), *hist = be->alloc_i32(size_t(B) * 256);
     auto cs = [&](int i) { return conv + size_t(i % kCopies) * B * (K - 1) * E; };
     auto hs = [&](int i) { return ssm + size_t(i % kCopies) * B * E * N; };
@@ -124,6 +131,14 @@ void run(const char* label, const CudaOptions& opt) {
         {"norm_gemm in_proj", 4.0 * 2 * E * D, [&](int i) { be->norm_gemm(B, 2 * E, D, true, 1e-5f, x, L[i % kCopies].norm_w, nullptr, L[i % kCopies].in_proj, xz); }},
         {"ssm_decode_in (conv + x_proj)", 4.0 * P * E, [&](int i) { be->ssm_decode_in(B, E, K, P, xz, 2 * E, cs(i), L[i % kCopies].conv_w, L[i % kCopies].conv_b, L[i % kCopies].x_proj, dbc); }},
         {"ssm_decode_step", 4.0 * E * R, [&](int i) { be->ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, cs(i), L[i % kCopies].conv_w, L[i % kCopies].conv_b, dbc, L[i % kCopies].dt_w, L[i % kCopies].dt_b, L[i % kCopies].A_log, L[i % kCopies].Dp, hs(i), y); }},
+        {"step + out_proj, y fp32 (main)", 4.0 * (E * R + D * E), [&](int i) {
+           const Layer& l = L[i % kCopies];
+           be->ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, cs(i), l.conv_w, l.conv_b, dbc, l.dt_w, l.dt_b, l.A_log, l.Dp, hs(i), y);
+           be->gemm(false, true, B, D, E, y, E, l.out_proj, E, 1.f, x, D); }},
+        {"step + out_proj, y decode_dtype (new)", 4.0 * (E * R + D * E), [&](int i) {
+           const Layer& l = L[i % kCopies];
+           be->ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, cs(i), l.conv_w, l.conv_b, dbc, l.dt_w, l.dt_b, l.A_log, l.Dp, hs(i), y16);
+           be->gemm(false, true, B, D, E, y16, E, l.out_proj, E, 1.f, x, D); }},
         {"lm_head gemm (B,50280,768)", 4.0 * V * D, [&](int i) { be->gemm(false, true, B, V, D, h, D, head[i % 2], D, 0.f, logits, V); }},
         {"norm_gemm lm_head", 4.0 * V * D, [&](int i) { be->norm_gemm(B, V, D, true, 1e-5f, x, L[0].norm_w, nullptr, head[i % 2], logits); }},
         {"sample_tokens greedy", 0, [&](int i) { be->sample_tokens(B, V, logits, 0.f, 1, counter, ids, hist, 256); }},
@@ -139,6 +154,7 @@ void run(const char* label, const CudaOptions& opt) {
       std::fflush(stdout);
     }
     for (float* p : {x, h, xz, xs, dbc, dt, y, stats, logits, conv, ssm}) be->free(p);
+    be->free(y16.p);
     be->free(counter), be->free(ids), be->free(hist);
   }
   be->free(ar.base);
@@ -146,14 +162,16 @@ void run(const char* label, const CudaOptions& opt) {
 
 }  // namespace
 
-int main(int argc, char**) {
+int main(int argc, char** argv) {
   try {
+    const bool bf16_only = argc > 1 && std::string(argv[1]) == "bf16";
     CudaOptions tf32;
     tf32.gemm = GemmMath::tf32;
-    run("tf32: fp32 weights (main's decode path)", tf32);
+    if (!bf16_only) run("tf32: fp32 weights (main's decode path)", tf32);
     CudaOptions opt;
+    if (const char* v = std::getenv("BHASA_CUDA_Y16")) opt.y_bf16 = std::string(v) != "0";
     run("bf16 weights (frozen), decode GEMMs autotuned", opt);
-    if (argc > 1) {  // the comparisons
+    if (argc > 1 && !bf16_only) {  // the comparisons
       CudaOptions o = opt;
       o.tune_decode = false;
       run("bf16 weights, cuBLASLt heuristic's first algorithm", o);

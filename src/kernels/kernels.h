@@ -246,12 +246,17 @@ class Backend {
   // delta = softplus(dbc[b, :R] . dt_w[e] + dt_bias[e]); then scan_forward's update of
   // h (B, E, N) in place and y = (C . h + D u) * silu(z).
   // x, z (B, E) row stride ldxz; dbc (B, R + 2N) dense [dt_low | B | C]; dt_w (E, R);
-  // dt_bias, D (E); A_log (E, N); y (B, E) dense "=".
+  // dt_bias, D (E); A_log (E, N); y (B, E) dense "=", fp32 or decode_dtype(B).
   virtual void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z,
                                int ldxz, float* conv_state, const float* conv_w,
                                const float* conv_b, const float* dbc, const float* dt_w,
                                const float* dt_bias, const float* A_log, const float* D,
-                               float* h, float* y) = 0;
+                               float* h, Operand y) = 0;
+  // The dtype a decode step at batch B stores y in (out_proj's A, then read by gemm only):
+  // the CUDA backend in bf16 mode answers bf16 for 8 < B <= 64, where out_proj runs on
+  // cuBLASLt with the bf16 weight copy, so ssm_decode_step rounds y once and no separate
+  // rounding kernel runs before out_proj. f32 elsewhere.
+  virtual Dtype decode_dtype(int B) const { return Dtype::f32; }
 
   // The weights in [params, params + n) will not change until written again through
   // this backend; a backend may keep a lower-precision copy for the decode ops (the CUDA

@@ -12,7 +12,8 @@ namespace bhasa {
 // slice (kept for backward); in an inference plan layers share one slice
 // (layer_stride 0) since nothing is kept. The Operands are activations only GEMMs
 // read: a training plan stores them in the backend's operand_dtype() (bf16 for the
-// CUDA backend's bf16 GEMMs), an inference plan in fp32 (the decode step reads y).
+// CUDA backend's bf16 GEMMs), an inference plan in fp32, except y of a one-token plan:
+// Backend::decode_dtype(B), the dtype the decode step writes it in for out_proj.
 struct MambaLM::Activations {
   Backend& be;
   int B, L, T;
@@ -65,26 +66,26 @@ struct MambaLM::Activations {
       bytes += n * sizeof(float);
       return p;
     };
-    auto take_operand = [&](size_t n) {
-      Operand o = n ? be.alloc_operand(n, od) : Operand{nullptr, od};
+    auto take_operand = [&](size_t n, Dtype d) {
+      Operand o = n ? be.alloc_operand(n, d) : Operand{nullptr, d};
       if (o.p) owned.push_back(o.p);
-      bytes += n * dtype_bytes(od);
+      bytes += n * dtype_bytes(d);
       return o;
     };
     resid = take((ns + 1) * t * D);
-    normed = take_operand(ns * t * D);
+    normed = take_operand(ns * t * D, od);
     mean = take((ns + 1) * t);
     rstd = take((ns + 1) * t);
     xz = take(nl * t * 2 * E);
     xs = take(nl * t * E);
     dbc = take(nl * t * P);
     dt = take(nl * t * E);
-    y = take_operand(nl * t * E);
+    y = take_operand(nl * t * E, !train && L == 1 ? be.decode_dtype(B) : od);
     states_per_layer = B * n_chunks * E * N;
     states = train ? take(nl * states_per_layer) : nullptr;
     f = take(nl * t * 2 * I);
     g = take(nl * t * I);
-    normed_f = take_operand(t * D);
+    normed_f = take_operand(t * D, od);
     logits = train ? nullptr : take(size_t(B) * V);  // inference keeps the last position's only
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
@@ -93,7 +94,7 @@ struct MambaLM::Activations {
     if (train) {
       d_resid = take(t * D);
       d_normed = take(t * D);
-      d_xz = take_operand(t * 2 * E);
+      d_xz = take_operand(t * 2 * E, od);
       d_xs = take(t * E);
       d_dbc = take(t * P);
       d_dt = take(t * E);

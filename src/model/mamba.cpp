@@ -158,8 +158,8 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
     be_.ssm_decode_in(B, E, K, P, a.xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);
     // y = scan step (dt_proj inside) * silu(z); the conv and SSM states advance
     be_.ssm_decode_step(B, E, N, R, K, a.xz, a.xz + E, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b),
-                        a.dbc, W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y.f32());
-    // x += y @ out_proj^T
+                        a.dbc, W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y);
+    // x += y @ out_proj^T  (y in be_.decode_dtype(B), see Activations)
     be_.gemm(false, true, B, D, E, a.y, E, W + p.out_proj, E, 1.f, x, D);
     if (I > 0) {
       be_.norm_gemm(B, 2 * I, D, c.rms_norm, c.norm_eps, x, W + p.norm2_w, opt(p.norm2_b), W + p.fc1, a.f);

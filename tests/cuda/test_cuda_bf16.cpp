@@ -330,3 +330,69 @@ TEST(CudaBf16, DropoutTrainingPassTracksCpu) {
 }
 
 }  // namespace
+
+// The decode step's y in bf16 (Backend::decode_dtype, out_proj's cuBLASLt operand): the
+// CPU's y rounded, every kernel of ssm_decode_step (B = 1, 13: ssm_step4_kernel; 50, 64:
+// the tile kernel; N = 5: ssm_step_kernel), two steps each; h and the conv state stay fp32.
+TEST(CudaDecodeStep, SsmDecodeStepBf16Y) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(61);
+  struct Shape { int E, N, R, K; };
+  for (Shape s : {Shape{1536, 16, 48, 4}, Shape{384, 5, 12, 3}})
+    for (int B : {1, 13, 50, 64}) {
+      const int E = s.E, N = s.N, R = s.R, K = s.K, P = R + 2 * N;
+      auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
+           cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f), dbc = randn(size_t(B) * P, rng),
+           dtw = randn(size_t(E) * R, rng, 0.5f / std::sqrt(float(R))), dtb = randn(E, rng, 0.3f, -1.0f),
+           Alog = randn(size_t(E) * N, rng, 0.3f), D = randn(E, rng), h = randn(size_t(B) * E * N, rng, 0.5f);
+      DevBuf dxz(*gpu, xz), dst(*gpu, st), dcw(*gpu, cw), dcb(*gpu, cb), ddbc(*gpu, dbc), ddtw(*gpu, dtw),
+          ddtb(*gpu, dtb), dA(*gpu, Alog), dD(*gpu, D), dh(*gpu, h);
+      DevBf16 dy(*gpu, size_t(B) * E);  // NaN-poisoned
+      for (int rep = 0; rep < 2; ++rep) {
+        if (rep) dy.set(std::vector<float>(size_t(B) * E, std::numeric_limits<float>::quiet_NaN()));
+        gpu->ssm_decode_step(B, E, N, R, K, dxz.p, dxz.p + E, 2 * E, dst.p, dcw.p, dcb.p, ddbc.p, ddtw.p,
+                             ddtb.p, dA.p, dD.p, dh.p, dy.op);
+        std::vector<float> y(size_t(B) * E);
+        cpu->ssm_decode_step(B, E, N, R, K, xz.data(), xz.data() + E, 2 * E, st.data(), cw.data(), cb.data(),
+                             dbc.data(), dtw.data(), dtb.data(), Alog.data(), D.data(), h.data(), y.data());
+        const std::string what = "y E=" + std::to_string(E) + " B=" + std::to_string(B) + " rep=" + std::to_string(rep);
+        expect_bf16_of(dy.host(), y, what.c_str());
+        EXPECT_LE(rel_l2(dh.host(), h), kTol) << what;
+        EXPECT_EQ(dst.host(), st) << what;
+      }
+    }
+}
+
+// decode_dtype: bf16 exactly where out_proj reads y through cuBLASLt and a frozen weight's
+// bf16 copy (bf16 mode, 8 < B <= 64); fp32 on the GEMV's batches and in tf32 mode.
+// Then gemm with that bf16 y: against the CPU on the fp32 values (bf16 band, NaN-poisoned C
+// with beta 0; beta 1 adds the residual), frozen W (both bf16 on cuBLASLt) and not frozen.
+TEST(CudaDecodeStep, GemmReadsBf16Y) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  for (int B : {1, 8, 9, 16, 64, 65})
+    EXPECT_EQ(gpu->decode_dtype(B), B > 8 && B <= 64 ? Dtype::bf16 : Dtype::f32) << "B=" << B;
+  if (auto tf32 = gpu_or_null(GemmMath::tf32)) {
+    EXPECT_EQ(tf32->decode_dtype(16), Dtype::f32);
+  }
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(62);
+  const int N = 768, K = 1536;
+  auto W = randn(size_t(N) * K, rng, 0.03f);
+  DevBuf dW(*gpu, W);
+  for (bool frozen : {false, true}) {
+    if (frozen) gpu->freeze_weights(dW.p, dW.n);
+    for (int M : {9, 16, 64})
+      for (float beta : {0.0f, 1.0f}) {
+        const auto y = round_bf16(randn(size_t(M) * K, rng));  // the values y holds
+        auto c = beta == 0.0f ? std::vector<float>(size_t(M) * N, std::numeric_limits<float>::quiet_NaN())
+                              : randn(size_t(M) * N, rng);
+        DevBf16 dy(*gpu, y);
+        DevBuf dC(*gpu, c);
+        if (beta == 0.0f) std::fill(c.begin(), c.end(), 0.0f);
+        gpu->gemm(false, true, M, N, K, dy.op, K, dW.p, K, beta, dC.p, N);
+        cpu->gemm(false, true, M, N, K, y.data(), K, W.data(), K, beta, c.data(), N);
+        EXPECT_LE(rel_l2(dC.host(), c), 1e-2) << "M=" << M << " beta=" << beta << " frozen=" << frozen;
+      }
+  }
+}

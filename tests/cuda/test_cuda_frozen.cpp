@@ -229,7 +229,8 @@ TEST(FrozenWeights, OtherModesKeepFp32) {
 
 // A model decoding on a bf16 backend: logits within the bf16 band of the CPU's (and off
 // the fp32 ones); the graph path gives the step loop's tokens at B = 3 (GEMV) and 16
-// (cuBLASLt); after load_params / an adamw step the next decode uses the new weights.
+// and 64 (cuBLASLt; y in bf16, decode_dtype); after load_params / an adamw step the next
+// decode uses the new weights.
 TEST(FrozenWeights, ModelDecode) {
   auto gpu = bf16_gpu();
   if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
@@ -239,7 +240,7 @@ TEST(FrozenWeights, ModelDecode) {
   MambaLM mg(cfg, *gpu), mc(cfg, *cpu);
   mg.init_params(7);
   mc.init_params(7);
-  for (int B : {3, 16}) {
+  for (int B : {3, 16, 64}) {
     std::mt19937 rng(B);
     const int L = 5;
     std::vector<int32_t> prompt(size_t(B) * L), ids(B);

@@ -66,9 +66,9 @@ class CpuBackend final : public Backend {
   void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
                        float* conv_state, const float* conv_w, const float* conv_b,
                        const float* dbc, const float* dt_w, const float* dt_bias,
-                       const float* A_log, const float* D, float* h, float* y) override {
+                       const float* A_log, const float* D, float* h, Operand y) override {
     cpu::ssm_decode_step<float>(B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
-                                dt_bias, A_log, D, h, y);
+                                dt_bias, A_log, D, h, y.f32());
   }
 
   void embedding_forward(int T, int D, const int32_t* ids, const float* table,

@@ -38,6 +38,7 @@ class CudaBackend final : public Backend {
     gemm_->set_tune(opt.tune_decode);
     mirrors_ = std::make_unique<cuda::WeightMirrors>(stream_);
     bf16_weights_ = opt.bf16_weights && opt.gemm == GemmMath::bf16;
+    y_bf16_ = opt.y_bf16;
     if (const char* n = std::getenv("BHASA_CUDA_W16_MIN_N")) w16_min_n_ = std::atoi(n);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -108,6 +109,9 @@ class CudaBackend final : public Backend {
   void freeze_weights(const float* params, size_t n) override {
     if (bf16_weights_) mirrors_->freeze(params, n);
   }
+  Dtype decode_dtype(int B) const override {
+    return y_bf16_ && bf16_weights_ && B > kGemvMaxM && B <= kDecodeMaxM ? Dtype::bf16 : Dtype::f32;
+  }
 
   // ---- kernels --------------------------------------------------------------
   void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
@@ -115,12 +119,14 @@ class CudaBackend final : public Backend {
     BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
     wrote(C, M, N, ldc);
     const bool fp32 = A.dtype == Dtype::f32 && B.dtype == Dtype::f32;
-    const void* w16 = fp32 && !ta && tb ? decode_weight(M, N, K, B.f32(), ldb) : nullptr;  // (N, K) bf16, or null
+    const void* w16 = B.dtype == Dtype::f32 && !ta && tb ? decode_weight(M, N, K, B.f32(), ldb) : nullptr;  // (N, K) bf16, or null
+    // A bf16 A (the decode step's y, decode_dtype) with a frozen weight: both bf16 as they are
+    if (w16 && A.dtype == Dtype::bf16 && lda == K) return gemm_->run_w16(M, N, K, nullptr, K, A.p, w16, ldb, beta, C, ldc);
     // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
     if (gemv_ && fp32 && !ta && tb && gemv_serves(M, N, K, A.f32(), lda, B.f32(), ldb, nullptr, nullptr))
       return cuda::gemv(ctx_, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr, {},
                         gemv_w16_serves(K, ldb, w16) ? w16 : nullptr);
-    if (w16 && N >= w16_min_n_) {  // (N, K) bf16 weight: A rounded to bf16 too, for cuBLASLt
+    if (w16 && fp32 && N >= w16_min_n_) {  // (N, K) bf16 weight: A rounded to bf16 too, for cuBLASLt
       if (!cuda::rows_to_bf16_serves(K, A.f32(), lda))
         return gemm_->run_w16(M, N, K, A.f32(), lda, nullptr, w16, ldb, beta, C, ldc);
       void* a16 = scratch_.get(kDecodeA16, size_t(M) * K * 2);  // (M, K) bf16
@@ -198,7 +204,7 @@ class CudaBackend final : public Backend {
   void ssm_decode_step(int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
                        float* conv_state, const float* conv_w, const float* conv_b,
                        const float* dbc, const float* dt_w, const float* dt_bias,
-                       const float* A_log, const float* D, float* h, float* y) override {
+                       const float* A_log, const float* D, float* h, Operand y) override {
     BHASA_PROFILE_OP(*profile_, "ssm_decode_step");
     wrote(conv_state, size_t(B) * (K - 1) * E), wrote(h, size_t(B) * E * N), wrote(y, size_t(B) * E);
     cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
@@ -414,6 +420,7 @@ class CudaBackend final : public Backend {
   bool gemv_ = true;  // small-M products through gemv.cu
   std::unique_ptr<cuda::WeightMirrors> mirrors_;
   bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
+  bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM (with bf16_weights_)
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
@@ -449,7 +456,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // launches the decode kernels without programmatic dependent launch, BHASA_CUDA_W16=0
 // decodes from the fp32 weights in bf16 mode too, BHASA_CUDA_TUNE=0 takes cuBLASLt's
 // first algorithm for the decode GEMMs, BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
-// output that rounds an fp32 A for a bf16 weight (default 128),
+// output that rounds an fp32 A for a bf16 weight (default 128), BHASA_CUDA_Y16=0 keeps the
+// decode step's y in fp32 at every batch (then rounded for out_proj by rows_to_bf16),
 // BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk (for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
@@ -463,6 +471,8 @@ static CudaOptions options_from_env() {
   if (w16 && std::string(w16) == "0") opt.bf16_weights = false;
   const char* tune = std::getenv("BHASA_CUDA_TUNE");
   if (tune && std::string(tune) == "0") opt.tune_decode = false;
+  const char* y16 = std::getenv("BHASA_CUDA_Y16");
+  if (y16 && std::string(y16) == "0") opt.y_bf16 = false;
   return opt;
 }
 

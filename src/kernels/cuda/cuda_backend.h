@@ -32,6 +32,9 @@ struct CudaOptions {
   // Those GEMMs above the GEMV's 8 rows: time cuBLASLt's candidate algorithms on the
   // first call of a shape and keep the fastest (else the heuristic's first).
   bool tune_decode = true;
+  // With bf16_weights, the decode step at 8 < B <= kDecodeMaxM writes y in bf16
+  // (decode_dtype): out_proj's cuBLASLt reads it as it is, no rounding kernel between.
+  bool y_bf16 = true;
   // Rows per chunk of the fused training head (head_loss): with bf16 GEMMs a chunk's
   // logits are held as bf16, rows x V (1.65 GB at 16384 x 50280). At m130's 32768 x 50280:
   // 12.2 ms per step at 16384, 12.5 at 8192 (bench/cuda_lab/NOTES.md).

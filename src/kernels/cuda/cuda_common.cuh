@@ -189,7 +189,7 @@ void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const flo
 void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
                      int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
                      const float* dbc, const float* dt_w, const float* dt_bias,
-                     const float* A_log, const float* D, float* h, float* y);
+                     const float* A_log, const float* D, float* h, Operand y);  // y fp32 or bf16
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);

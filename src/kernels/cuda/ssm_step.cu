@@ -7,6 +7,8 @@
 // side, dbc = u @ x_proj^T, is gemv.cu's GEMV with the conv staged in front; conv_decode
 // here serves the shapes that does not. Both launch with programmatic dependent launch
 // (cuda_common.cuh): the constants are loaded before pdl_wait.
+// y is fp32 or bf16 (the kernels are templated on its element type Y; bf16 when the
+// backend's decode_dtype asks for it, so out_proj's cuBLASLt reads y as written).
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/scan_common.cuh"  // cp.async helpers
 
@@ -47,14 +49,14 @@ __global__ void conv_decode_kernel(int B, int E, int K, const float* x, int ldx,
 // torch (per channel): u = silu(conv(state, x)); state = cat(state, x)[1:]
 //   delta = F.softplus(dbc[:R] @ dt_w[e] + dt_bias[e]); h = exp(delta * -exp(A_log[e])) * h + delta * B * u
 //   y = (C @ h + D[e] * u) * F.silu(z)
-template <int J>
+template <int J, class Y>
 __global__ void __launch_bounds__(kStepThreads)
 ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
                 const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
                 const float* __restrict__ conv_w, const float* __restrict__ conv_b,
                 const float* __restrict__ dbc, const float* __restrict__ dt_w,
                 const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+                const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y) {
   const int gid = blockIdx.x * kStepThreads + threadIdx.x;
   const int k = gid % kLanes;
   const bool valid = gid / kLanes < B * E;
@@ -103,7 +105,7 @@ ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
   yp += __shfl_xor_sync(kFull, yp, 2);
   if (valid && k == 0) {
     const float zz = z[size_t(b) * ldxz + e];
-    y[size_t(b) * E + e] = (yp + Dp[e] * u) * zz * sigmoidf_(zz);
+    y[size_t(b) * E + e] = from_float<Y>((yp + Dp[e] * u) * zz * sigmoidf_(zz));
   }
 }
 
@@ -116,14 +118,14 @@ constexpr int kMaxR4 = 3;  // dt_w float4 per lane held in registers (R <= 48; m
 // channels of 4 rows, one row per warp, so the 4 warps read the same dt_w, A_log and
 // conv_w rows (L1 hits): at B = 64 with WB = 1 every (b, e) re-read its channel's
 // constants from L2, ~75 MB per step, and the kernel ran at ~1 TB/s.
-template <int J>
+template <int J, class Y>
 __global__ void __launch_bounds__(kStepThreads)
 ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restrict__ x,
                  const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
                  const float* __restrict__ conv_w, const float* __restrict__ conv_b,
                  const float* __restrict__ dbc, const float* __restrict__ dt_w,
                  const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                 const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+                 const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = lane % kLanes, cg = lane / kLanes;
   const int cpb = kStepThreads / kLanes / WB;  // channels per block
   const int e_raw = blockIdx.x * cpb + (WB == 1 ? warp * 8 : 0) + cg;
@@ -214,7 +216,7 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restr
   }
   yp += __shfl_xor_sync(kFull, yp, 1);
   yp += __shfl_xor_sync(kFull, yp, 2);
-  if (valid && k == 0) y[size_t(b) * E + e] = (yp + Dv * u) * zz * sigmoidf_(zz);
+  if (valid && k == 0) y[size_t(b) * E + e] = from_float<Y>((yp + Dv * u) * zz * sigmoidf_(zz));
 }
 
 // Many batch rows (B >= kTileMinB): a block owns channels e0 .. e0 + 63 of up to kMaxRB
@@ -242,14 +244,14 @@ __host__ __device__ inline int tile_floats(int N, int K, int R, int RB) {
   return kTileE * dt_stride(R) + RB * (tile_row_floats(N, K, R + 2 * N) + 4 * kTileE);
 }
 
-template <int J>
+template <int J, class Y>
 __global__ void __launch_bounds__(kTileThreads, 3)  // 3 blocks an SM: 80 registers
 ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __restrict__ x,
                      const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
                      const float* __restrict__ conv_w, const float* __restrict__ conv_b,
                      const float* __restrict__ dbc, const float* __restrict__ dt_w,
                      const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                     const float* __restrict__ Dp, float* __restrict__ h, float* __restrict__ y) {
+                     const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y) {
   extern __shared__ __align__(16) float smem[];
   const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4, RS = dt_stride(R);
   const int rowf = tile_row_floats(N, K, P);
@@ -364,7 +366,7 @@ ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __r
   for (int r = 0; r < kMaxRB; ++r)
     if (r < nr && k == 0) {
       const float4 sc = ssc[r * kTileE + c];
-      y[size_t(b0 + r) * E + e] = (yp[r] + sc.z) * sc.w;
+      y[size_t(b0 + r) * E + e] = from_float<Y>((yp[r] + sc.z) * sc.w);
     }
 }
 
@@ -374,24 +376,12 @@ void check_shapes(int E, int K) {
   check(E % 4 == 0, "decode step: d_inner must be a multiple of 4 on the CUDA backend");
 }
 
-}  // namespace
-
-void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
-                 const float* conv_w, const float* conv_b, float* xs) {
-  check_shapes(E, K);
-  if (B == 0) return;
-  launch(conv_decode_kernel, dim3(blocks_for(size_t(B) * E, 256)), dim3(256), 0, c.stream, c.pdl, B, E, K,
-         x, ldx, conv_state, conv_w, conv_b, xs);
-  BHASA_LAUNCH_CHECK("conv_decode");
-}
-
-void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
-                     int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
-                     const float* dbc, const float* dt_w, const float* dt_bias,
-                     const float* A_log, const float* D, float* h, float* y) {
-  check_shapes(E, K);
-  check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
-  if (B == 0) return;
+// The launch for y (B, E) in fp32 or bf16 (Y): the kernels' y store rounds once, so a
+// bf16 y is out_proj's cuBLASLt operand as it is (no rounding pass in between).
+template <class Y>
+void step_typed(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                float* conv_state, const float* conv_w, const float* conv_b, const float* dbc,
+                const float* dt_w, const float* dt_bias, const float* A_log, const float* D, float* h, Y* y) {
   const unsigned blocks = blocks_for(size_t(B) * E * kLanes, kStepThreads);
   auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   auto go = [&](auto kernel) {
@@ -413,9 +403,9 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
       launch(kernel, grid, dim3(kTileThreads), smem, c.stream, c.pdl, B, E, N, R, K, RB, x, z, ldxz,
              conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
     };
-    if (N <= 16) go_tile(ssm_step_tile_kernel<1>);
-    else if (N <= 32) go_tile(ssm_step_tile_kernel<2>);
-    else go_tile(ssm_step_tile_kernel<4>);
+    if (N <= 16) go_tile(ssm_step_tile_kernel<1, Y>);
+    else if (N <= 32) go_tile(ssm_step_tile_kernel<2, Y>);
+    else go_tile(ssm_step_tile_kernel<4, Y>);
   } else if (vec) {
     const int WB = B >= 4 ? 4 : 1, cpb = kStepThreads / kLanes / WB;
     const dim3 grid((E + cpb - 1) / cpb, (B + WB - 1) / WB);
@@ -423,14 +413,37 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
       launch(kernel, grid, dim3(kStepThreads), 0, c.stream, c.pdl, B, E, N, R, K, WB, x, z, ldxz,
              conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
     };
-    if (N <= 16) go4(ssm_step4_kernel<1>);
-    else if (N <= 32) go4(ssm_step4_kernel<2>);
-    else go4(ssm_step4_kernel<4>);
-  } else if (N <= 4) go(ssm_step_kernel<1>);
-  else if (N <= 8) go(ssm_step_kernel<2>);
-  else if (N <= 16) go(ssm_step_kernel<4>);
-  else if (N <= 32) go(ssm_step_kernel<8>);
-  else go(ssm_step_kernel<16>);
+    if (N <= 16) go4(ssm_step4_kernel<1, Y>);
+    else if (N <= 32) go4(ssm_step4_kernel<2, Y>);
+    else go4(ssm_step4_kernel<4, Y>);
+  } else if (N <= 4) go(ssm_step_kernel<1, Y>);
+  else if (N <= 8) go(ssm_step_kernel<2, Y>);
+  else if (N <= 16) go(ssm_step_kernel<4, Y>);
+  else if (N <= 32) go(ssm_step_kernel<8, Y>);
+  else go(ssm_step_kernel<16, Y>);
+}
+
+}  // namespace
+
+void conv_decode(Ctx& c, int B, int E, int K, const float* x, int ldx, const float* conv_state,
+                 const float* conv_w, const float* conv_b, float* xs) {
+  check_shapes(E, K);
+  if (B == 0) return;
+  launch(conv_decode_kernel, dim3(blocks_for(size_t(B) * E, 256)), dim3(256), 0, c.stream, c.pdl, B, E, K,
+         x, ldx, conv_state, conv_w, conv_b, xs);
+  BHASA_LAUNCH_CHECK("conv_decode");
+}
+
+void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z,
+                     int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
+                     const float* dbc, const float* dt_w, const float* dt_bias,
+                     const float* A_log, const float* D, float* h, Operand y) {
+  check_shapes(E, K);
+  check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
+  if (B == 0) return;
+  with_operand(y, [&](auto* yt) {
+    step_typed(c, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
+  });
   BHASA_LAUNCH_CHECK("ssm_decode_step");
 }
 
