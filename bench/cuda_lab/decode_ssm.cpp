@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/kernels.h"
+#include "graph_timer.h"
 
 using namespace bhasa;
 
@@ -30,34 +31,7 @@ float* rnd(Backend& be, size_t n, std::mt19937& rng, float scale, float mean = 0
   return p;
 }
 
-double time_op(Backend& be, const std::function<void(int)>& op) {
-  cudaStream_t s = static_cast<cudaStream_t>(cuda_stream_of(be));
-  for (int i = 0; i < kCalls; ++i) op(i);  // warm-up
-  be.synchronize();
-  be.graph_begin_capture();
-  for (int i = 0; i < kCalls; ++i) op(i);
-  const int g = be.graph_end_capture();
-  be.graph_replay(g);
-  be.synchronize();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<float> ms;
-  for (int r = 0; r < 15; ++r) {
-    cudaEventRecord(a, s);
-    be.graph_replay(g);
-    cudaEventRecord(b, s);
-    cudaEventSynchronize(b);
-    float t = 0;
-    cudaEventElapsedTime(&t, a, b);
-    ms.push_back(t);
-  }
-  be.graph_destroy(g);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return 1e3 * ms[ms.size() / 2] / kCalls;
-}
+double time_op(Backend& be, const std::function<void(int)>& op) { return time_in_graph(be, kCalls, op); }
 
 }  // namespace
 

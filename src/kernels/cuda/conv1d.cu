@@ -48,6 +48,18 @@ __device__ __forceinline__ void store_c(O* p, const float (&r)[C]) {
 
 // torch: out = F.silu(F.conv1d(x.transpose(1,2), w, bias, padding=K-1, groups=E)[..., :L]).transpose(1,2)
 // x (B, L, E) row stride ldx, w (E, K), bias (E) or null, out (B, L, E)
+// wk[k][c] = w[e + c, k], bs[c] = bias[e + c] (0 without a bias): channels e .. e+C-1
+template <int K, int C>
+__device__ __forceinline__ void load_conv_weights(const float* w, const float* bias, int e, float (&wk)[K][C],
+                                                  float (&bs)[C]) {
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    bs[c] = bias ? bias[e + c] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) wk[k][c] = w[size_t(e + c) * K + k];
+  }
+}
+
 template <int K, int C>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_forward_kernel(int L, int E, const float* x, int ldx, const float* w, const float* bias,
@@ -59,12 +71,7 @@ conv_forward_kernel(int L, int E, const float* x, int ldx, const float* w, const
   const float* xb = x + size_t(b) * L * ldx + e;
   float* ob = out + size_t(b) * L * E + e;
   float wk[K][C], bs[C];
-#pragma unroll
-  for (int c = 0; c < C; ++c) {
-    bs[c] = bias ? bias[e + c] : 0.0f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) wk[k][c] = w[size_t(e + c) * K + k];
-  }
+  load_conv_weights(w, bias, e, wk, bs);
   float xw[K][C];  // x[t-K+1 .. t], oldest first; slot K-1 is filled each step
 #pragma unroll
   for (int j = 0; j < K - 1; ++j) {
@@ -164,12 +171,7 @@ conv_backward_kernel(int L, int E, const float* x, int ldx, const float* w, cons
     const float* gb = dout + size_t(b) * L * E + e;
     O* dxb = dx + size_t(b) * L * ldx + e;
     float wk[K][C], bs[C];
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-      bs[c] = bias ? bias[e + c] : 0.0f;
-#pragma unroll
-      for (int k = 0; k < K; ++k) wk[k][c] = w[size_t(e + c) * K + k];
-    }
+    load_conv_weights(w, bias, e, wk, bs);
     float xw[K][C], dpw[K][C], dxt[C];
 #pragma unroll
     for (int j = 0; j < K; ++j)

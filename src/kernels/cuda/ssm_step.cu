@@ -45,6 +45,14 @@ __global__ void conv_decode_kernel(int B, int E, int K, const float* x, int ldx,
   xs[i] = conv_u(E, K, x, ldx, state, conv_w, conv_b, i / E, i % E);
 }
 
+// The conv state (H = K-1 rows, row stride E) takes x: row j := row j+1, the last := xv.
+// win holds the old rows; the kLanes lanes of a channel share the stores (lane k: j % kLanes == k).
+__device__ __forceinline__ void shift_conv_state(float* st, int E, int H, int k, const float (&win)[kMaxK], float xv) {
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j)
+    if (j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+}
+
 // One channel (b, e) per kLanes lanes; lane k owns states n = k, k + 4, ... (J of them).
 // torch (per channel): u = silu(conv(state, x)); state = cat(state, x)[1:]
 //   delta = F.softplus(dbc[:R] @ dt_w[e] + dt_bias[e]); h = exp(delta * -exp(A_log[e])) * h + delta * B * u
@@ -84,9 +92,7 @@ ssm_step_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
   p += conv_w[size_t(e) * K + H] * xv;
   const float u = p * sigmoidf_(p);
   __syncwarp();  // every lane of the group has read the old state
-#pragma unroll
-  for (int j = 0; j < kMaxK; ++j)
-    if (valid && j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+  if (valid) shift_conv_state(st, E, H, k, win, xv);
 
   const float du = delta * u;
   float yp = 0.0f;
@@ -193,9 +199,7 @@ ssm_step4_kernel(int B, int E, int N, int R, int K, int WB, const float* __restr
   for (int j = 0; j < kMaxK; ++j) p += cw[j] * (j < H ? win[j] : j == H ? xv : 0.0f);
   const float u = p * sigmoidf_(p);
   __syncwarp();  // every lane of the group has read the old state
-#pragma unroll
-  for (int j = 0; j < kMaxK; ++j)
-    if (valid && j < H && j % kLanes == k) st[size_t(j) * E] = j + 1 < H ? win[j + 1] : xv;
+  if (valid) shift_conv_state(st, E, H, k, win, xv);
 
   const float du = delta * u;
   float yp = 0.0f;
