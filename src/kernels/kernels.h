@@ -107,14 +107,17 @@ class Backend {
   // rms:   out = x * rsqrt(mean(x^2) + eps) * w
   // layer: out = (x - mean) * rsqrt(var + eps) * w + b
   // x (T, D), w (D), b (D) or null for rms, out (T, D) (fp32 or operand_dtype()),
-  // mean (T) (unused for rms), rstd (T)
+  // mean (T) (unused for rms), rstd (T). x_copy (T, D) or null: receives x too (torch:
+  // x_copy = x.clone()), the next sublayer's residual stream read while x is in hand.
   virtual void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                            const float* b, Operand out, float* mean, float* rstd) = 0;
+                            const float* b, Operand out, float* mean, float* rstd,
+                            float* x_copy = nullptr) = 0;
   // dx (T, D) +=  (so the residual stream's gradient passes straight through),
-  // dw (D) +=, db (D) += (null for rms)
+  // dw (D) +=, db (D) += (null for rms). dx_copy (T, D) (fp32 or operand_dtype()) or
+  // null: receives the updated dx too, for the GEMM that reads it next.
   virtual void norm_backward(int T, int D, bool rms, const float* dout, const float* x,
                              const float* w, const float* mean, const float* rstd, float* dx,
-                             float* dw, float* db) = 0;
+                             float* dw, float* db, Operand dx_copy = {}) = 0;
 
   // ---- causal depthwise conv1d + SiLU ---------------------------------------
   // torch: out = F.silu(F.conv1d(x.transpose(1,2), w, bias, padding=K-1, groups=E)[..., :L]).transpose(1,2)

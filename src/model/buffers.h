@@ -46,6 +46,7 @@ struct MambaLM::Activations {
   int32_t* targets; // (T)
   // backward scratch, one layer's worth, reused by every layer
   float* d_resid;   // (T, D)
+  Operand d_resid16;  // (T, D): d_resid in operand_dtype() for the GEMMs' dY; null when that is fp32
   float* d_normed;  // (T, D); a training forward leaves d loss / d normed_f here (head_loss's dX)
   Operand d_xz;     // (T, 2E): in_proj's dY, [dx | dz]
   float *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
@@ -93,6 +94,7 @@ struct MambaLM::Activations {
     d_resid = d_normed = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
     if (train) {
       d_resid = take(t * D);
+      if (od != Dtype::f32) d_resid16 = take_operand(t * D, od);
       d_normed = take(t * D);
       d_xz = take_operand(t * 2 * E, od);
       d_xs = take(t * E);

@@ -81,9 +81,9 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     float* dt = a.dt + l * ls * T * E;       // (T, E)
     Operand y = a.y + l * ls * T * E;        // (T, E)
 
-    // h = norm(x)
+    // h = norm(x); x_out = x (the residual, which out_proj adds into) in the same pass
     be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_in, W + p.norm_w, opt(p.norm_b), h,
-                     a.mean + sub * ls * T, a.rstd + sub * ls * T);
+                     a.mean + sub * ls * T, a.rstd + sub * ls * T, x_out != x_in ? x_out : nullptr);
     // xz = h @ in_proj^T
     be_.gemm(false, true, T, 2 * E, D, h, D, W + p.in_proj, D, 0.f, xz, 2 * E);
     // xs = silu(causal_conv1d(x))
@@ -104,7 +104,6 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     // y = dropout(y): the saved y is the dropped one, which out_proj's weight gradient needs
     if (drop_p > 0) be_.dropout(size_t(T) * E, y, drop_p, layer_drop_seed(drop_seed, l, 0));
     // x_out = x_in + y @ out_proj^T  (the residual add rides on GEMM's beta)
-    if (x_out != x_in) be_.copy(x_out, x_in, TD);
     be_.gemm(false, true, T, D, E, y, E, W + p.out_proj, E, 1.f, x_out, D);
     sub++;
 
@@ -115,11 +114,10 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
       float* f = a.f + l * ls * T * 2 * I;  // (T, 2I)
       float* g = a.g + l * ls * T * I;      // (T, I)
       be_.norm_forward(T, D, c.rms_norm, c.norm_eps, m_in, W + p.norm2_w, opt(p.norm2_b), h2,
-                       a.mean + sub * ls * T, a.rstd + sub * ls * T);
+                       a.mean + sub * ls * T, a.rstd + sub * ls * T, m_out != m_in ? m_out : nullptr);
       be_.gemm(false, true, T, 2 * I, D, h2, D, W + p.fc1, D, 0.f, f, 2 * I);
       be_.swiglu_forward(T, I, f, g);
       if (drop_p > 0) be_.dropout(size_t(T) * I, g, drop_p, layer_drop_seed(drop_seed, l, 1));
-      if (m_out != m_in) be_.copy(m_out, m_in, TD);
       be_.gemm(false, true, T, D, I, g, I, W + p.fc2, I, 1.f, m_out, D);
       sub++;
     }
@@ -224,11 +222,15 @@ void MambaLM::backward() {
   int sub = c.n_layer * (mlp ? 2 : 1);
   const float drop_p = last_drop_p_;  // the masks of the forward: same seeds, same elements
 
+  // d_resid as the next GEMM's dY: the norm backward that updates d_resid also writes
+  // it in operand_dtype() when that is not fp32 (saves the GEMM its own copy).
+  const ConstOperand d_res = a.d_resid16.p ? ConstOperand(a.d_resid16) : ConstOperand(a.d_resid);
+
   // The head's gradients came with the forward (head_loss): a.d_normed holds d loss / d normed_f.
   be_.zero(a.d_resid, TD);
   be_.norm_backward(T, D, c.rms_norm, a.d_normed, a.resid + sub * TD, W + layout_.norm_f_w,
                     a.mean + sub * T, a.rstd + sub * T, a.d_resid, G + layout_.norm_f_w,
-                    gopt(layout_.norm_f_b));
+                    gopt(layout_.norm_f_b), a.d_resid16);
 
   for (int l = c.n_layer - 1; l >= 0; l--) {
     const LayerParams& p = layout_.layers[l];
@@ -239,13 +241,13 @@ void MambaLM::backward() {
       const float* f = a.f + size_t(l) * T * 2 * I;
       const float* g = a.g + size_t(l) * T * I;
       // m_out = m_in + g @ fc2^T
-      be_.linear_backward(T, D, I, a.d_resid, D, W + p.fc2, I, g, I, 0.f, a.d_g, I, G + p.fc2);
+      be_.linear_backward(T, D, I, d_res, D, W + p.fc2, I, g, I, 0.f, a.d_g, I, G + p.fc2);
       if (drop_p > 0) be_.dropout(size_t(T) * I, a.d_g, drop_p, layer_drop_seed(last_drop_seed_, l, 1));
       be_.swiglu_backward(T, I, f, a.d_g, a.d_f);
       // f = h2 @ fc1^T
       be_.linear_backward(T, 2 * I, D, a.d_f, 2 * I, W + p.fc1, D, h2, D, 0.f, a.d_normed, D, G + p.fc1);
       be_.norm_backward(T, D, c.rms_norm, a.d_normed, m_in, W + p.norm2_w, a.mean + sub * T,
-                        a.rstd + sub * T, a.d_resid, G + p.norm2_w, gopt(p.norm2_b));
+                        a.rstd + sub * T, a.d_resid, G + p.norm2_w, gopt(p.norm2_b), a.d_resid16);
     }
     sub--;
     const float* x_in = a.resid + sub * TD;
@@ -257,7 +259,7 @@ void MambaLM::backward() {
     const ConstOperand y = a.y + size_t(l) * T * E;
     const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T
-    be_.linear_backward(T, D, E, a.d_resid, D, W + p.out_proj, E, y, E, 0.f, a.d_y, E, G + p.out_proj);
+    be_.linear_backward(T, D, E, d_res, D, W + p.out_proj, E, y, E, 0.f, a.d_y, E, G + p.out_proj);
     if (drop_p > 0) be_.dropout(size_t(T) * E, a.d_y, drop_p, layer_drop_seed(last_drop_seed_, l, 0));
     // the scan: d_y -> d_xs, d_dt, dB, dC (into d_dbc), dz (into d_xz's second half)
     be_.scan_backward(B, L, E, N, a.chunk, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,
@@ -272,8 +274,10 @@ void MambaLM::backward() {
                              G + p.conv_w, gopt(p.conv_b));
     // xz = h @ in_proj^T
     be_.linear_backward(T, 2 * E, D, a.d_xz, 2 * E, W + p.in_proj, D, h, D, 0.f, a.d_normed, D, G + p.in_proj);
+    // (the first layer's d_resid goes to the embedding only: no copy)
     be_.norm_backward(T, D, c.rms_norm, a.d_normed, x_in, W + p.norm_w, a.mean + sub * T,
-                      a.rstd + sub * T, a.d_resid, G + p.norm_w, gopt(p.norm_b));
+                      a.rstd + sub * T, a.d_resid, G + p.norm_w, gopt(p.norm_b),
+                      l > 0 ? a.d_resid16 : Operand{});
   }
   be_.embedding_backward(T, D, V, a.ids, a.d_resid, G + layout_.embedding);
 }

@@ -119,6 +119,27 @@ TEST_P(CudaBf16Norm, Forward) {
   expect_bf16_of(out.host(), ref, "norm_forward");
   EXPECT_LE(rel_l2(dRstd.host(), rstd), kTol);
 }
+// dx_copy in bf16: the updated fp32 dx rounded (what out_proj's dY copy was), dx as in fp32.
+TEST_P(CudaBf16Norm, BackwardCopiesDxInBf16) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  const auto [rms, D] = GetParam();
+  std::mt19937 rng(41 + D);
+  const int T = 333;
+  auto x = randn(size_t(T) * D, rng, 2.0f, 0.5f), w = randn(D, rng, 0.5f, 1.0f), dout = randn(size_t(T) * D, rng),
+       dx0 = randn(size_t(T) * D, rng);
+  std::vector<float> mean(T), rstd(T), h(size_t(T) * D), dx = dx0, dw(D), db(D);
+  cpu->norm_forward(T, D, rms, 1e-5f, x.data(), w.data(), nullptr, h.data(), mean.data(), rstd.data());
+  DevBuf dX(*gpu, x), dW(*gpu, w), dOut(*gpu, dout), dMean(*gpu, mean), dRstd(*gpu, rstd), dDx(*gpu, dx0),
+      dDw(*gpu, size_t(D)), dDb(*gpu, size_t(D));
+  DevBf16 copy(*gpu, size_t(T) * D);
+  gpu->norm_backward(T, D, rms, dOut.p, dX.p, dW.p, dMean.p, dRstd.p, dDx.p, dDw.p, rms ? nullptr : dDb.p, copy.op);
+  cpu->norm_backward(T, D, rms, dout.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
+                     rms ? nullptr : db.data());
+  const std::vector<float> gdx = dDx.host();
+  EXPECT_LE(rel_l2(gdx, dx), kTol);
+  EXPECT_EQ(copy.host(), round_bf16(gdx));
+}
 INSTANTIATE_TEST_SUITE_P(RmsAndLayer, CudaBf16Norm,
                          ::testing::Combine(::testing::Bool(), ::testing::Values(50, 52, 768)));
 
@@ -298,7 +319,7 @@ TEST(CudaBf16, PlanStoresOperandsInBf16) {
   }
   const size_t T = size_t(B) * L, D = cfg.d_model, E = cfg.d_inner(), n = cfg.n_layer;
   const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E;  // normed, normed_f, y, d_xz
-  EXPECT_EQ(bytes[0] - bytes[1], operands * 2);
+  EXPECT_EQ(bytes[0] - bytes[1], operands * 2 - T * D * 2);  // the bf16 plan adds d_resid16 (T, D)
 }
 
 // One training forward + backward with dropout on the bf16 backend against the CPU (the

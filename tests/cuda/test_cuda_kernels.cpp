@@ -152,7 +152,9 @@ TEST_P(CudaNorm, ForwardBackward) {
   DevBuf dX(*gpu, x), dW(*gpu, w), dBias(*gpu, b), dOut(*gpu, nans(size_t(T) * D)),
       dMean(*gpu, nans(T)), dRstd(*gpu, nans(T));
   const float* bptr = rms ? nullptr : dBias.p;
-  gpu->norm_forward(T, D, rms, 1e-5f, dX.p, dW.p, bptr, dOut.p, rms ? nullptr : dMean.p, dRstd.p);
+  DevBuf dXCopy(*gpu, nans(size_t(T) * D));
+  gpu->norm_forward(T, D, rms, 1e-5f, dX.p, dW.p, bptr, dOut.p, rms ? nullptr : dMean.p, dRstd.p, dXCopy.p);
+  EXPECT_EQ(dXCopy.host(), x);  // x_copy: x, bit for bit
   std::vector<float> out(size_t(T) * D), mean(T), rstd(T);
   cpu->norm_forward(T, D, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), out.data(),
                     rms ? nullptr : mean.data(), rstd.data());
@@ -162,9 +164,10 @@ TEST_P(CudaNorm, ForwardBackward) {
     EXPECT_LE(rel_l2(dMean.host(), mean), kTol);
   }
 
-  DevBuf dDout(*gpu, dout), dDx(*gpu, dx0), dDw(*gpu, dw0), dDb(*gpu, db0);
+  DevBuf dDout(*gpu, dout), dDx(*gpu, dx0), dDw(*gpu, dw0), dDb(*gpu, db0), dDxCopy(*gpu, nans(size_t(T) * D));
   gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx.p, dDw.p,
-                     rms ? nullptr : dDb.p);
+                     rms ? nullptr : dDb.p, dDxCopy.p);
+  EXPECT_EQ(dDxCopy.host(), dDx.host());  // dx_copy: the updated dx, bit for bit
   std::vector<float> dx = dx0, dw = dw0, db = db0;
   cpu->norm_backward(T, D, rms, dout.data(), x.data(), w.data(), rms ? nullptr : mean.data(),
                      rstd.data(), dx.data(), dw.data(), rms ? nullptr : db.data());

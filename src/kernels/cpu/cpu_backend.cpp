@@ -81,13 +81,15 @@ class CpuBackend final : public Backend {
   }
 
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                    const float* b, Operand out, float* mean, float* rstd) override {
+                    const float* b, Operand out, float* mean, float* rstd, float* x_copy) override {
     cpu::norm_forward<float>(T, D, rms, eps, x, w, b, out.f32(), mean, rstd);
+    if (x_copy) std::copy(x, x + size_t(T) * D, x_copy);
   }
   void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
-                     const float* mean, const float* rstd, float* dx, float* dw,
-                     float* db) override {
+                     const float* mean, const float* rstd, float* dx, float* dw, float* db,
+                     Operand dx_copy) override {
     cpu::norm_backward<float>(T, D, rms, dout, x, w, mean, rstd, dx, dw, db);
+    if (dx_copy.p) std::copy(dx, dx + size_t(T) * D, dx_copy.f32());
   }
 
   void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,

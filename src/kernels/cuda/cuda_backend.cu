@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
     gemm_->set_profile(profile_.get());
     gemm_->set_tune(opt.tune_decode);
+    gemm_->set_tune_all(opt.tune_all);
     mirrors_ = std::make_unique<cuda::WeightMirrors>(stream_);
     bf16_weights_ = opt.bf16_weights && opt.gemm == GemmMath::bf16;
     y_bf16_ = opt.y_bf16;
@@ -170,7 +171,7 @@ class CudaBackend final : public Backend {
       cuda::norm_rows(ctx_, M, K, rms, eps, x, w, b, h);
     } else {
       auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
-      cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
+      cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M, nullptr);
     }
     if (w16 && N >= w16_min_n_) return gemm_->run_w16(M, N, K, h, K, nullptr, w16, K, 0.f, out, N);
     gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
@@ -222,16 +223,17 @@ class CudaBackend final : public Backend {
     cuda::embedding_backward(ctx_, T, D, V, ids, dout, dtable);
   }
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                    const float* b, Operand out, float* mean, float* rstd) override {
+                    const float* b, Operand out, float* mean, float* rstd, float* x_copy) override {
     BHASA_PROFILE_OP(*profile_, "norm_forward");
-    wrote(out, size_t(T) * D), wrote(mean, T), wrote(rstd, T);
-    cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd);
+    wrote(out, size_t(T) * D), wrote(mean, T), wrote(rstd, T), wrote(x_copy, size_t(T) * D);
+    cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd, x_copy);
   }
   void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
-                     const float* mean, const float* rstd, float* dx, float* dw, float* db) override {
+                     const float* mean, const float* rstd, float* dx, float* dw, float* db,
+                     Operand dx_copy) override {
     BHASA_PROFILE_OP(*profile_, "norm_backward");
-    wrote(dx, size_t(T) * D), wrote(dw, D), wrote(db, D);
-    cuda::norm_backward(ctx_, T, D, rms, dout, x, w, mean, rstd, dx, dw, db);
+    wrote(dx, size_t(T) * D), wrote(dw, D), wrote(db, D), wrote(dx_copy, size_t(T) * D);
+    cuda::norm_backward(ctx_, T, D, rms, dout, x, w, mean, rstd, dx, dw, db, dx_copy);
   }
   void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                            const float* bias, float* out) override {
@@ -455,7 +457,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
 // launches the decode kernels without programmatic dependent launch, BHASA_CUDA_W16=0
 // decodes from the fp32 weights in bf16 mode too, BHASA_CUDA_TUNE=0 takes cuBLASLt's
-// first algorithm for the decode GEMMs, BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
+// first algorithm for the decode GEMMs (=all: times the candidates of every GEMM shape
+// at its first call), BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
 // output that rounds an fp32 A for a bf16 weight (default 128), BHASA_CUDA_Y16=0 keeps the
 // decode step's y in fp32 at every batch (then rounded for out_proj by rows_to_bf16),
 // BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk (for comparisons).
@@ -471,6 +474,7 @@ static CudaOptions options_from_env() {
   if (w16 && std::string(w16) == "0") opt.bf16_weights = false;
   const char* tune = std::getenv("BHASA_CUDA_TUNE");
   if (tune && std::string(tune) == "0") opt.tune_decode = false;
+  if (tune && std::string(tune) == "all") opt.tune_all = true;
   const char* y16 = std::getenv("BHASA_CUDA_Y16");
   if (y16 && std::string(y16) == "0") opt.y_bf16 = false;
   return opt;

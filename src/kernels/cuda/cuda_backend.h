@@ -32,6 +32,7 @@ struct CudaOptions {
   // Those GEMMs above the GEMV's 8 rows: time cuBLASLt's candidate algorithms on the
   // first call of a shape and keep the fastest (else the heuristic's first).
   bool tune_decode = true;
+  bool tune_all = false;  // every GEMM shape timed at its first call (BHASA_CUDA_TUNE=all)
   // With bf16_weights, the decode step at 8 < B <= kDecodeMaxM writes y in bf16
   // (decode_dtype): out_proj's cuBLASLt reads it as it is, no rounding kernel between.
   bool y_bf16 = true;

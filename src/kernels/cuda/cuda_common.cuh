@@ -101,10 +101,10 @@ void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const f
                         float* dtable);
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
-                  const float* b, Operand out, float* mean, float* rstd);
+                  const float* b, Operand out, float* mean, float* rstd, float* x_copy);
 void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const float* x,
                    const float* w, const float* mean, const float* rstd, float* dx, float* dw,
-                   float* db);
+                   float* db, Operand dx_copy);
 
 void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
                          const float* w, const float* bias, float* out);

@@ -252,8 +252,10 @@ void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* 
 
 void Gemm::multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
                     const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
+  const Tune tune{A, B};
   const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, alignment_of(A), alignment_of(B),
-                           alignment_of(C), c_bf16});
+                           alignment_of(C), c_bf16},
+                       tune_all_ ? &tune : nullptr);
   const float alpha = 1.0f;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),

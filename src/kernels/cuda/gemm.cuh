@@ -29,6 +29,8 @@ class Gemm {
   void run_w16(int M, int N, int K, const float* A, int lda, const void* a16, const void* W16,
                int ldw, float beta, float* C, int ldc);
   void set_tune(bool tune) { tune_ = tune; }
+  // Tune every shape, not only the decode products (run, run_bf16 too): for comparisons.
+  void set_tune_all(bool tune) { tune_all_ = tune; }
   // The same on bf16 operands as they are (bf16 x bf16 products, fp32 accumulation);
   // C is fp32, or bf16 when c_bf16 (rounded once from the fp32 accumulators).
   void run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,
@@ -86,6 +88,7 @@ class Gemm {
   const void* pinned_ = nullptr;
   OpProfile* profile_ = nullptr;
   bool tune_ = false;
+  bool tune_all_ = false;
   std::map<Key, Plan> plans_;
 };
 
