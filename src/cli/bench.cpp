@@ -55,6 +55,7 @@ void bench_train(const BenchOptions& o) {
     backend->mark(1);
     model.backward();
     backend->adamw(n, model.params(), model.grads(), m, v, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, s + 1, 1.0f);
+    backend->freeze_weights(model.params(), n);  // as AdamW::step: fixed until the next update
     backend->mark(2);
     if (s > 0) {
       times.push_back(backend->seconds(0, 2));

@@ -262,10 +262,11 @@ class Backend {
   virtual Dtype decode_dtype(int B) const { return Dtype::f32; }
 
   // The weights in [params, params + n) will not change until written again through
-  // this backend; a backend may keep a lower-precision copy for the decode ops (the CUDA
-  // backend in bf16 mode: a bf16 copy that norm_gemm, ssm_decode_in and gemm read at
-  // batch <= 64). Any write into the range drops the copy. Called where decoding starts;
-  // again while nothing was written, it is a check.
+  // this backend; a backend may keep a lower-precision copy (the CUDA backend in bf16
+  // mode: a bf16 copy that the decode ops read, and the GEMMs that run in bf16 anyway
+  // instead of rounding the weight per call). Any write into the range drops the copy.
+  // Called where decoding starts and by the optimizer after each update; again while
+  // nothing was written, it is a check.
   virtual void freeze_weights(const float* params, size_t n) {}
 
   // ---- decoding on the device (optional; see supports_graphs) -------------------

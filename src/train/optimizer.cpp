@@ -52,6 +52,9 @@ double AdamW::step(float lr, int t, float grad_scale) {
   for (const Segment& s : segments_)
     be.adamw(s.numel, p + s.offset, g + s.offset, m_ + s.offset, v_ + s.offset, lr, opt_.beta1, opt_.beta2,
              opt_.eps, s.decay ? opt_.weight_decay : 0.0f, t, scale);
+  // The weights stay as they are until the next step: a backend may keep a faster copy
+  // (the CUDA backend's bf16 mirror, read by the next forward and backward's GEMMs).
+  be.freeze_weights(p, n_);
   return norm;
 }
 

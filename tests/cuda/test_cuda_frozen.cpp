@@ -204,6 +204,56 @@ TEST(FrozenWeights, WriteDropsCopy) {
   EXPECT_LE(rel_l2(product(dW.p), cpu_product(W4)), kFp32) << "after adamw";
 }
 
+// Training-size products (the optimizer freezes the weights after each update): the
+// forward GEMM, linear_backward's dX and head_loss read the bf16 mirror instead of
+// rounding the weight per call: the same bits as without it (both round to nearest even),
+// and after a write into the weights the new values, not the stale mirror.
+TEST(FrozenWeights, TrainingProductsReadTheMirror) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(15);
+  const int T = 300, N = 256, K = 192, V = 160;
+  auto A = randn(size_t(T) * K, rng), dY = randn(size_t(T) * N, rng);
+  auto params = randn(size_t(N) * K + size_t(V) * K, rng, 0.05f);  // [W (N, K) | embedding (V, D = K)]
+  std::vector<int32_t> targets(T);
+  for (int t = 0; t < T; ++t) targets[t] = (t * 7) % V;
+  DevBuf dA(*gpu, A), ddY(*gpu, dY), dP(*gpu, params), dC(*gpu, size_t(T) * N), dX(*gpu, size_t(T) * K),
+      dW(*gpu, size_t(N) * K), dE(*gpu, size_t(V) * K);
+  int32_t* dT = gpu->alloc_i32(T);
+  gpu->upload_i32(dT, targets.data(), T);
+  const float* W = dP.p;
+  const float* emb = dP.p + size_t(N) * K;
+  struct Out { std::vector<float> c, dx, hx; double loss; };
+  auto run = [&] {
+    Out o;
+    gpu->gemm(false, true, T, N, K, dA.p, K, W, K, 0.0f, dC.p, N);
+    o.c = dC.host();
+    gpu->linear_backward(T, N, K, ddY.p, N, W, K, dA.p, K, 0.0f, dX.p, K, dW.p);
+    o.dx = dX.host();
+    gpu->zero(dE.p, size_t(V) * K);
+    o.loss = gpu->head_loss(T, V, K, dA.p, emb, dT, 1.0f / T, dX.p, dE.p);
+    o.hx = dX.host();
+    return o;
+  };
+  const Out copies = run();  // not frozen: each product rounds its own copy of W
+  gpu->freeze_weights(dP.p, params.size());
+  const Out mirror = run();
+  EXPECT_EQ(mirror.c, copies.c);
+  EXPECT_EQ(mirror.dx, copies.dx);
+  EXPECT_EQ(mirror.hx, copies.hx);
+  EXPECT_EQ(mirror.loss, copies.loss);
+  // a write into the weights: the products see it (against the CPU on the new weights)
+  auto params2 = randn(params.size(), rng, 0.05f);
+  gpu->upload(dP.p, params2.data(), params2.size());
+  const Out fresh = run();
+  std::vector<float> ref(size_t(T) * N);
+  cpu->gemm(false, true, T, N, K, A.data(), K, params2.data(), K, 0.0f, ref.data(), N);
+  EXPECT_LE(rel_l2(fresh.c, ref), kBf16);
+  EXPECT_GE(rel_l2(fresh.c, copies.c), 0.5);  // not the old weights' product
+  gpu->free(dT);
+}
+
 // tf32 and fp32 modes, and bf16 with the option off: freezing changes nothing (exact fp32 GEMV).
 TEST(FrozenWeights, OtherModesKeepFp32) {
   if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";

@@ -134,7 +134,7 @@ class CudaBackend final : public Backend {
       cuda::rows_to_bf16(ctx_, M, K, A.f32(), lda, a16);
       return gemm_->run_w16(M, N, K, nullptr, K, a16, w16, ldb, beta, C, ldc);
     }
-    gemm_->run(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, beta, C, ldc);
   }
 
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
@@ -144,7 +144,7 @@ class CudaBackend final : public Backend {
     wrote(dX, T, I, lddx), wrote(dW, O, I, ldw);
     gemm_->pin(dY.p);
     try {
-      gemm_->run(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
+      gemm_->run(false, false, T, I, O, dY, ldy, mirrored(W, O, I, ldw, dY, T, I), ldw, beta_dx, dX, lddx);
       gemm_->run(true, false, O, I, T, dY, ldy, X, ldx, 1.0f, dW, ldw);
     } catch (...) {
       gemm_->unpin();
@@ -299,7 +299,8 @@ class CudaBackend final : public Backend {
   double head_loss(int T, int V, int D, ConstOperand X, const float* W, const int32_t* targets,
                    float dlogits_scale, float* dX, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "head_loss " + std::to_string(T) + "x" + std::to_string(V) + "x" + std::to_string(D));
-    return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, targets, dlogits_scale, dX, dW);
+    const void* W16 = bf16_weights_ ? mirrors_->find(W, size_t(V) * D) : nullptr;
+    return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, W16, targets, dlogits_scale, dX, dW);
   }
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
@@ -405,6 +406,16 @@ class CudaBackend final : public Backend {
   const void* decode_weight(int M, int N, int K, const float* W, int ldw) const {
     if (!bf16_weights_ || M > kDecodeMaxM || N <= 0 || K <= 0) return nullptr;
     return mirrors_->find(W, size_t(N - 1) * ldw + K);
+  }
+  // X's bf16 mirror when X (rows, cols) row stride ld lies in frozen weights (freeze_weights;
+  // the optimizer freezes them after each update) and the (M, N) product runs in bf16
+  // anyway (Gemm::run's rule: the other operand bf16, or both sides >= 128): the GEMM
+  // then reads the mirror instead of rounding its own copy per call. Otherwise X.
+  ConstOperand mirrored(ConstOperand X, int rows, int cols, int ld, ConstOperand other, int M, int N) const {
+    if (!bf16_weights_ || X.dtype != Dtype::f32 || rows <= 0 || cols <= 0) return X;
+    if (other.dtype != Dtype::bf16 && std::min(M, N) < 128) return X;
+    const void* w16 = mirrors_->find(static_cast<const float*>(X.p), size_t(rows - 1) * ld + cols);
+    return w16 ? ConstOperand(w16, Dtype::bf16) : X;
   }
   void to_device(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;

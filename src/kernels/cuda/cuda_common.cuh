@@ -143,9 +143,9 @@ int* xent_flags(Ctx& c);  // zeroed, on the stream
 double xent_total(Ctx& c, int T, int V, const double* row_loss);
 
 class Gemm;
-// Backend::head_loss on row chunks of `chunk` rows (head.cu).
+// Backend::head_loss on row chunks of `chunk` rows (head.cu). W16: W's bf16 mirror or null.
 double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
-                 const int32_t* targets, float dlogits_scale, float* dX, float* dW);
+                 const void* W16, const int32_t* targets, float dlogits_scale, float* dX, float* dW);
 
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
            float b2, float eps, float wd, int step, float grad_scale);

@@ -22,7 +22,7 @@
 namespace bhasa::cuda {
 
 double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
-                 const int32_t* targets, float dlogits_scale, float* dX, float* dW) {
+                 const void* W16, const int32_t* targets, float dlogits_scale, float* dX, float* dW) {
   if (T == 0) return 0.0;
   // With BHASA_CUDA_PROFILE, each step of the loop gets its own (nested) row.
   OpProfile* prof = gemm.profile();
@@ -35,7 +35,8 @@ double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperan
     // (T, D): the model stores it in bf16 already (operand_dtype())
     const __nv_bfloat16* Xb = X.dtype == Dtype::bf16 ? static_cast<const __nv_bfloat16*>(X.p)
                                                      : gemm.to_bf16(X.f32(), T, D, D, 0);
-    const __nv_bfloat16* Wb = gemm.to_bf16(W, V, D, D, 1);  // (V, D)
+    // (V, D): the frozen weights' bf16 mirror when there is one
+    const __nv_bfloat16* Wb = W16 ? static_cast<const __nv_bfloat16*>(W16) : gemm.to_bf16(W, V, D, D, 1);
     const int ldl = (V + 7) / 8 * 8;                         // 16-byte rows for the kernel
     auto* logits = static_cast<__nv_bfloat16*>(
         c.scratch->get(kHeadLogits, size_t(rows) * ldl * sizeof(__nv_bfloat16)));  // (rows, ldl)
