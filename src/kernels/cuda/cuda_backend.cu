@@ -36,7 +36,7 @@ class CudaBackend final : public Backend {
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
     gemm_->set_profile(profile_.get());
     gemm_->set_tune(opt.tune_decode);
-    gemm_->set_tune_all(opt.tune_all);
+    gemm_->set_tune_products(opt.tune_decode && opt.tune_large, opt.tune_all);
     mirrors_ = std::make_unique<cuda::WeightMirrors>(stream_);
     bf16_weights_ = opt.bf16_weights && opt.gemm == GemmMath::bf16;
     y_bf16_ = opt.y_bf16;
@@ -468,8 +468,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // math; BHASA_CUDA_GEMV=0 sends small-M products to cuBLASLt too, BHASA_CUDA_PDL=0
 // launches the decode kernels without programmatic dependent launch, BHASA_CUDA_W16=0
 // decodes from the fp32 weights in bf16 mode too, BHASA_CUDA_TUNE=0 takes cuBLASLt's
-// first algorithm for the decode GEMMs (=all: times the candidates of every GEMM shape
-// at its first call), BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
+// first algorithm for every GEMM (by default the decode GEMMs and the large training
+// ones are timed at their first call; =all: every shape), BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
 // output that rounds an fp32 A for a bf16 weight (default 128), BHASA_CUDA_Y16=0 keeps the
 // decode step's y in fp32 at every batch (then rounded for out_proj by rows_to_bf16),
 // BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk (for comparisons).

@@ -32,6 +32,10 @@ struct CudaOptions {
   // Those GEMMs above the GEMV's 8 rows: time cuBLASLt's candidate algorithms on the
   // first call of a shape and keep the fastest (else the heuristic's first).
   bool tune_decode = true;
+  // Training products too, those of M N K >= 2^31 (Gemm::kTuneMinMacs): on the m130 step
+  // cuBLASLt's first pick is not its fastest (in_proj's forward 0.258 -> 0.209 ms tuned;
+  // the step 112.4 -> 110.4 ms).
+  bool tune_large = true;
   bool tune_all = false;  // every GEMM shape timed at its first call (BHASA_CUDA_TUNE=all)
   // With bf16_weights, the decode step at 8 < B <= kDecodeMaxM writes y in bf16
   // (decode_dtype): out_proj's cuBLASLt reads it as it is, no rounding kernel between.

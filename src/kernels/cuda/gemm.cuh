@@ -29,8 +29,10 @@ class Gemm {
   void run_w16(int M, int N, int K, const float* A, int lda, const void* a16, const void* W16,
                int ldw, float beta, float* C, int ldc);
   void set_tune(bool tune) { tune_ = tune; }
-  // Tune every shape, not only the decode products (run, run_bf16 too): for comparisons.
-  void set_tune_all(bool tune) { tune_all_ = tune; }
+  // run / run_bf16 (training and prefill): time the candidates of each large shape
+  // (M N K >= kTuneMinMacs) at its first call, or of every shape (tune_all, comparisons).
+  void set_tune_products(bool large, bool all) { tune_large_ = large, tune_all_ = all; }
+  static constexpr double kTuneMinMacs = 2147483648.0;  // 2^31: the m130 step's products, not tests'
   // The same on bf16 operands as they are (bf16 x bf16 products, fp32 accumulation);
   // C is fp32, or bf16 when c_bf16 (rounded once from the fp32 accumulators).
   void run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,
@@ -88,6 +90,7 @@ class Gemm {
   const void* pinned_ = nullptr;
   OpProfile* profile_ = nullptr;
   bool tune_ = false;
+  bool tune_large_ = false;
   bool tune_all_ = false;
   std::map<Key, Plan> plans_;
 };
