@@ -11,6 +11,7 @@
 // partial per (sequence, block of time), and then summed in group order: no
 // atomics, bitwise repeatable.
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -364,11 +365,27 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
   auto* partial = static_cast<float*>(
       c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
   const dim3 block(kLanes, kSlices);
+  // bf16 x (a bf16 training plan's xz): 2 channels per thread where the strides allow
+  // (4-byte bf16 pairs instead of 2-byte loads; BHASA_CONV_BWD_PAIRS=0: 1 channel, timing)
+  static const bool pairs_env = [] {
+    const char* v = std::getenv("BHASA_CONV_BWD_PAIRS");
+    return !v || std::atoi(v) != 0;
+  }();
+  const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) && aligned(dout, 8);
   with_operand(x, [&](auto* xp) {
     with_operand(dx, [&](auto* d) {
       with_k(K, [&](auto kc) {
         using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
-        conv_backward_kernel<decltype(kc)::value, 1, std::remove_pointer_t<decltype(d)>, TX>
+        using O = std::remove_pointer_t<decltype(d)>;
+        constexpr int KK = decltype(kc)::value;
+        if constexpr (!std::is_same_v<TX, float>) {
+          if (pairs) {
+            conv_backward_kernel<KK, 2, O, TX>
+                <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
+            return;
+          }
+        }
+        conv_backward_kernel<KK, 1, O, TX>
             <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
       });
     });

@@ -634,12 +634,14 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand
   BHASA_LAUNCH_CHECK("scan_param_finish");
 }
 
-// torch: dst = src[:, :cols].float()     src (rows, ld) bf16 -> dst (rows, cols) fp32
+// torch: dst[:, :cols] = src[:, :cols].float()     src, dst (rows, ld): bf16 -> fp32
 __global__ void widen_kernel(size_t rows, int cols, const __nv_bfloat16* __restrict__ src, int ld,
                              float* __restrict__ dst) {
   const size_t n = rows * cols, stride = size_t(gridDim.x) * blockDim.x;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    dst[i] = __bfloat162float(src[(i / cols) * ld + i % cols]);
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const size_t j = (i / cols) * ld + i % cols;
+    dst[j] = __bfloat162float(src[j]);
+  }
 }
 // torch: dst = src.to(torch.bfloat16)      (n) fp32 -> bf16
 __global__ void narrow_kernel(size_t n, const float* __restrict__ src, __nv_bfloat16* __restrict__ dst) {
@@ -648,15 +650,15 @@ __global__ void narrow_kernel(size_t n, const float* __restrict__ src, __nv_bflo
     dst[i] = __float2bfloat16_rn(src[i]);
 }
 unsigned copy_blocks(size_t n) { return unsigned(std::min<size_t>(blocks_for(n, 256), 132 * 16)); }
-// x as an fp32 operand for the kernels that read fp32 only: x itself, or (bf16) a dense
-// fp32 copy (rows, cols) in a grow-once scratch slot, and then ld = cols
-ConstOperand widen(Ctx& c, ScratchSlot slot, size_t rows, int cols, ConstOperand x, int& ld) {
+// x (rows, cols) row stride ld as an fp32 operand for the kernels that read fp32 only: x
+// itself, or (bf16) an fp32 copy with the same row stride in a grow-once scratch slot (the
+// same stride: the scan writes dz with z's)
+ConstOperand widen(Ctx& c, ScratchSlot slot, size_t rows, int cols, ConstOperand x, int ld) {
   if (x.dtype == Dtype::f32 || rows * cols == 0) return x;
-  auto* dst = static_cast<float*>(c.scratch->get(slot, rows * cols * sizeof(float)));
+  auto* dst = static_cast<float*>(c.scratch->get(slot, ((rows - 1) * ld + cols) * sizeof(float)));
   widen_kernel<<<copy_blocks(rows * cols), 256, 0, c.stream>>>(rows, cols, static_cast<const __nv_bfloat16*>(x.p),
                                                               ld, dst);
   BHASA_LAUNCH_CHECK("scan: widen bf16");
-  ld = cols;
   return dst;
 }
 void narrow(Ctx& c, size_t n, const float* src, void* dst) {
@@ -683,9 +685,8 @@ void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
   const bool any16 = u.dtype == Dtype::bf16 || dt.dtype == Dtype::bf16 || z.dtype == Dtype::bf16;
   if (any16 && !(fwd_two_lane(N, chunk) && forward_c8_reads_bf16(B, L, E, N, u, dt, Bm, Cm, ld_bc, z, ldz))) {
     const size_t rows = size_t(B) * L;
-    int ld = E;
-    u = widen(c, kScanWide0, rows, E, u, ld);
-    dt = widen(c, kScanWide1, rows, E, dt, ld);
+    u = widen(c, kScanWide0, rows, E, u, E);
+    dt = widen(c, kScanWide1, rows, E, dt, E);
     z = widen(c, kScanWide2, rows, E, z, ldz);
   }
 #define BHASA_SCAN_FWD(NM) \
@@ -717,11 +718,10 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u
     if (!(c8 && backward_c8_reads_bf16(4, grid, L, E, N, u, dt, Bm, Cm, ld_bc, z, ldz, chunk_states, dout, du,
                                        ddt, dz))) {
       const size_t rows = size_t(B) * L;
-      int ld = E;
-      u = widen(c, kScanWide0, rows, E, u, ld);
-      dt = widen(c, kScanWide1, rows, E, dt, ld);
-      z = widen(c, kScanWide2, rows, E, z, ldz);
-      dout = widen(c, kScanWide3, rows, E, dout, ld);
+      u = widen(c, kScanWide0, rows, E, u, E);
+      dt = widen(c, kScanWide1, rows, E, dt, E);
+      z = widen(c, kScanWide2, rows, E, z, ldz);  // dz keeps its stride ldz
+      dout = widen(c, kScanWide3, rows, E, dout, E);
       if (ddt.dtype == bf) ddt = static_cast<float*>(c.scratch->get(kScanWide4, rows * E * sizeof(float)));
     }
   }
