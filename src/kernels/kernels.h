@@ -8,9 +8,10 @@
 // - A row stride (ld) is given wherever a kernel reads a column slice of a wider
 //   matrix, e.g. x and z are the two halves of in_proj's (T, 2*d_inner) output.
 // - Kernels are deterministic for a fixed thread count (no atomics in reductions).
-// - Storage is fp32, except the activations that are only ever GEMM operands: those
-//   are Operands, in the backend's operand_dtype() (bf16 for the CUDA backend's bf16
-//   GEMMs, so the producing kernels round once and the GEMMs read them without a copy).
+// - Storage is fp32, except the activations that GEMMs, the conv and the scan read
+//   (and their gradients in_proj's dY, dt_proj's dY, out_proj's dX): those are Operands,
+//   in the backend's operand_dtype() (bf16 for the CUDA backend's bf16 GEMMs, so the
+//   producing kernels round once and the consumers read them without a copy).
 #pragma once
 #include <algorithm>
 #include <chrono>
