@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -189,6 +190,36 @@ void scan_rows(Lab& lab, bool profile_only = false) {
   // the same again: the spread between two timings of one version
   const double t_f2 = lab.time_ms(fwd), t_b2 = lab.time_ms(bwd);
   std::printf("  scan repeat timing: fwd %.3f ms, bwd %.3f ms\n", t_f2, t_b2);
+  {  // u, dt, z, dout in bf16 and ddt out in bf16 (a bf16 training plan's), dz fp32 as above
+    std::vector<void*> held;
+    auto bf16_of = [&](const std::vector<float>& v) {  // round to nearest even, 2 per word
+      Operand o = lab.gpu.alloc_operand(v.size(), Dtype::bf16);
+      held.push_back(o.p);
+      std::vector<uint16_t> h(v.size() + 1, 0);
+      for (size_t i = 0; i < v.size(); ++i) {
+        uint32_t w;
+        std::memcpy(&w, &v[i], 4);
+        h[i] = uint16_t((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
+      }
+      lab.gpu.upload(static_cast<float*>(o.p), reinterpret_cast<const float*>(h.data()), (v.size() + 1) / 2);
+      return o;
+    };
+    const Operand hu = bf16_of(u), hdt = bf16_of(dt), hxz = bf16_of(xz), hdo = bf16_of(dout),
+                  hddt = lab.gpu.alloc_operand(ble, Dtype::bf16);
+    held.push_back(hddt.p);
+    auto f16 = [&] {
+      lab.gpu.scan_forward(B, L, E, N, chunk, hu, hdt, dbias, dA, dbc + R, dbc + R + N, P, dD, hxz + E, 2 * E, out,
+                           states, nullptr, nullptr);
+    };
+    auto b16 = [&] {
+      lab.gpu.scan_backward(B, L, E, N, chunk, hu, hdt, dbias, dA, dbc + R, dbc + R + N, P, dD, hxz + E, 2 * E,
+                            states, hdo, gu, hddt, gbc + R, gbc + R + N, gxz + E, gA, gD, gb);
+    };
+    const double tf16 = lab.time_ms(f16), tb16 = lab.time_ms(b16);
+    std::printf("  scan bf16 u, dt, z, dout, ddt: fwd %.3f ms, bwd %.3f ms (fp32 inputs: %.3f, %.3f)\n", tf16, tb16,
+                t_f2, t_b2);
+    for (void* p : held) lab.gpu.free(p);
+  }
   for (const int c8 : {8, 16, 64}) {  // chunk 8 = the backward's sub-chunk: no replay phase
     if (c8 == chunk || std::getenv("LAB_SCAN_ONE_CHUNK")) continue;  // set: only the backend's chunk
     float* st8 = lab.dev(size_t(B) * ((L + c8 - 1) / c8) * E * N);

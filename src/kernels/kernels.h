@@ -8,9 +8,10 @@
 // - A row stride (ld) is given wherever a kernel reads a column slice of a wider
 //   matrix, e.g. x and z are the two halves of in_proj's (T, 2*d_inner) output.
 // - Kernels are deterministic for a fixed thread count (no atomics in reductions).
-// - Storage is fp32, except the activations that are only ever GEMM operands: those
-//   are Operands, in the backend's operand_dtype() (bf16 for the CUDA backend's bf16
-//   GEMMs, so the producing kernels round once and the GEMMs read them without a copy).
+// - Storage is fp32, except the activations that GEMMs, the conv and the scan read
+//   (and their gradients in_proj's dY, dt_proj's dY, out_proj's dX): those are Operands,
+//   in the backend's operand_dtype() (bf16 for the CUDA backend's bf16 GEMMs, so the
+//   producing kernels round once and the consumers read them without a copy).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -82,17 +83,18 @@ class Backend {
   // ---- GEMM ---------------------------------------------------------------
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C,  op(X) = X^T when trans.
   // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
-  // A and B fp32 or operand_dtype(); C fp32.
+  // A and B fp32 or operand_dtype(); C fp32, or operand_dtype() (an activation the
+  // next kernels read: rounded once from the fp32 accumulators).
   virtual void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda,
-                    ConstOperand B, int ldb, float beta, float* C, int ldc) = 0;
+                    ConstOperand B, int ldb, float beta, Operand C, int ldc) = 0;
 
   // A linear layer's backward. For Y (T, O) = X (T, I) @ W^T, W (O, I):
   // torch: dX = beta_dx * dX + dY @ W;  dW += dY.T @ X
   // dY (T, O) row stride ldy; W and dW (O, I) row stride ldw; X (T, I) row stride ldx;
   // dX (T, I) row stride lddx. One call so that a backend can prepare dY once for both
-  // products (the CUDA backend's bf16 copy of it). dY and X fp32 or operand_dtype().
+  // products (the CUDA backend's bf16 copy of it). dY, X and dX fp32 or operand_dtype().
   virtual void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
-                               ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) {
+                               ConstOperand X, int ldx, float beta_dx, Operand dX, int lddx, float* dW) {
     gemm(false, false, T, I, O, dY, ldy, W, ldw, beta_dx, dX, lddx);
     gemm(true, false, O, I, T, dY, ldy, X, ldx, 1.0f, dW, ldw);
   }
@@ -121,12 +123,13 @@ class Backend {
 
   // ---- causal depthwise conv1d + SiLU ---------------------------------------
   // torch: out = F.silu(F.conv1d(x.transpose(1,2), w, bias, padding=K-1, groups=E)[..., :L]).transpose(1,2)
-  // x (B, L, E) with row stride ldx, w (E, K), bias (E) or null, out (B, L, E) dense
-  virtual void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx,
-                                   const float* w, const float* bias, float* out) = 0;
+  // x (B, L, E) with row stride ldx, w (E, K), bias (E) or null, out (B, L, E) dense;
+  // x and out fp32 or operand_dtype()
+  virtual void conv1d_silu_forward(int B, int L, int E, int K, ConstOperand x, int ldx,
+                                   const float* w, const float* bias, Operand out) = 0;
   // Recomputes the pre-activation. dx (B, L, E) row stride ldx, "=" (fp32 or
-  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=
-  virtual void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx,
+  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=; x as forward
+  virtual void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx,
                                     const float* w, const float* bias, const float* dout,
                                     Operand dx, float* dw, float* dbias) = 0;
 
@@ -143,6 +146,7 @@ class Backend {
   // out[t,e]   = (sum_n Cm[t,n] * h[t,e,n] + D[e] * u[t,e]) * silu(z[t,e])
   // u, dt (B, L, E) dense; Bm, Cm (B, L, N) with row stride ld_bc; z (B, L, E) row stride ldz;
   // dt_bias, D (E); A_log (E, N); out (B, L, E) dense, fp32 or operand_dtype().
+  // u, dt, z fp32 or operand_dtype() (the bf16 activations of a bf16 training plan).
   // chunk_states (B, n_chunks, E, N), n_chunks = ceil(L / chunk): the state h at the
   // *start* of each chunk, so the backward pass can recompute within a chunk.
   // May be null (inference): then nothing is saved.
@@ -151,18 +155,18 @@ class Backend {
   // The chunk length this backend's scan runs best at: a shorter chunk saves more
   // states (B * ceil(L / chunk) * E * N floats per layer) and recomputes less in backward.
   virtual int scan_chunk() const { return 64; }
-  virtual void scan_forward(int B, int L, int E, int N, int chunk, const float* u,
-                            const float* dt, const float* dt_bias, const float* A_log,
+  virtual void scan_forward(int B, int L, int E, int N, int chunk, ConstOperand u,
+                            ConstOperand dt, const float* dt_bias, const float* A_log,
                             const float* Bm, const float* Cm, int ld_bc, const float* D,
-                            const float* z, int ldz, Operand out, float* chunk_states,
+                            ConstOperand z, int ldz, Operand out, float* chunk_states,
                             const float* h0, float* h_last) = 0;
-  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs; dz fp32 or operand_dtype());
-  // "+=" for dA_log (E, N), dD (E), ddt_bias (E).
-  virtual void scan_backward(int B, int L, int E, int N, int chunk, const float* u,
-                             const float* dt, const float* dt_bias, const float* A_log,
+  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs; ddt, dz fp32 or
+  // operand_dtype()); "+=" for dA_log (E, N), dD (E), ddt_bias (E). u, dt, z, dout as forward.
+  virtual void scan_backward(int B, int L, int E, int N, int chunk, ConstOperand u,
+                             ConstOperand dt, const float* dt_bias, const float* A_log,
                              const float* Bm, const float* Cm, int ld_bc, const float* D,
-                             const float* z, int ldz, const float* chunk_states,
-                             const float* dout, float* du, float* ddt, float* dBm, float* dCm,
+                             ConstOperand z, int ldz, const float* chunk_states,
+                             ConstOperand dout, float* du, Operand ddt, float* dBm, float* dCm,
                              Operand dz, float* dA_log, float* dD, float* ddt_bias) = 0;
 
   // ---- gated MLP activation -------------------------------------------------

@@ -1,6 +1,7 @@
 // What the model allocates besides its parameters: the activation plan of a
 // (B, L) batch, and the captured decode step. Private to src/model/.
 #pragma once
+#include <cstdlib>
 #include <vector>
 
 #include "model/mamba.h"
@@ -14,6 +15,18 @@ namespace bhasa {
 // read: a training plan stores them in the backend's operand_dtype() (bf16 for the
 // CUDA backend's bf16 GEMMs), an inference plan in fp32, except y of a one-token plan:
 // Backend::decode_dtype(B), the dtype the decode step writes it in for out_proj.
+// The mixer's (T, E) activations (xz, xs, dt, and the backward's d_dt, d_y) are
+// Operands too: a training plan keeps them in operand_dtype() as mamba_ssm does under
+// autocast (their producers round once, the scan, conv and GEMMs read them as they are),
+// which halves their bytes in bf16. BHASA_BF16_ACTS (bits: 1 d_dt, 2 xs, 4 dt, 8 xz,
+// 16 d_y; default all) keeps the cleared ones fp32 (timing).
+inline bool bf16_act(int bit) {
+  static const int mask = [] {
+    const char* v = std::getenv("BHASA_BF16_ACTS");
+    return v ? std::atoi(v) : 31;
+  }();
+  return (mask & bit) != 0;
+}
 struct MambaLM::Activations {
   Backend& be;
   int B, L, T;
@@ -24,10 +37,10 @@ struct MambaLM::Activations {
   Operand normed;   // (n_sub, T, D): the pre-norm output each sublayer reads
   float* mean;      // (n_sub + 1, T)  (LayerNorm only; the last is the final norm's)
   float* rstd;      // (n_sub + 1, T)
-  float* xz;        // (n_layer, T, 2E): in_proj output, [x | z]
-  float* xs;        // (n_layer, T, E): SiLU(conv(x)), the scan's input u
+  Operand xz;       // (n_layer, T, 2E): in_proj output, [x | z]
+  Operand xs;       // (n_layer, T, E): SiLU(conv(x)), the scan's input u
   float* dbc;       // (n_layer, T, P): x_proj output, [dt_low | B | C]
-  float* dt;        // (n_layer, T, E): dt_proj output (before bias and softplus)
+  Operand dt;       // (n_layer, T, E): dt_proj output (before bias and softplus)
   Operand y;        // (n_layer, T, E): gated scan output (after dropout)
   // The scan's chunk (Backend::scan_chunk): the forward pass saves the state only every
   // chunk steps, the backward pass recomputes inside a chunk. 64 (CPU) keeps the saved
@@ -49,7 +62,9 @@ struct MambaLM::Activations {
   Operand d_resid16;  // (T, D): d_resid in operand_dtype() for the GEMMs' dY; null when that is fp32
   float* d_normed;  // (T, D); a training forward leaves d loss / d normed_f here (head_loss's dX)
   Operand d_xz;     // (T, 2E): in_proj's dY, [dx | dz]
-  float *d_xs, *d_dbc, *d_dt, *d_y, *d_f, *d_g;
+  float *d_xs, *d_dbc, *d_f, *d_g;
+  Operand d_dt;     // (T, E): dt_proj's dY (the scan's ddt)
+  Operand d_y;      // (T, E): out_proj's dX (the scan's dout)
   std::vector<void*> owned;
 
   Activations(Backend& backend, const ModelConfig& c, int B_, int L_, bool train)
@@ -61,6 +76,7 @@ struct MambaLM::Activations {
     const size_t n_sub = c.n_layer * (I > 0 ? 2 : 1), ns = train ? n_sub : 1;
     const size_t n_chunks = (L + chunk - 1) / chunk;
     const Dtype od = train ? be.operand_dtype() : Dtype::f32;
+    auto act = [&](int bit) { return bf16_act(bit) ? od : Dtype::f32; };
     auto take = [&](size_t n) {
       float* p = n ? be.alloc(n) : nullptr;
       if (p) owned.push_back(p);
@@ -77,10 +93,10 @@ struct MambaLM::Activations {
     normed = take_operand(ns * t * D, od);
     mean = take((ns + 1) * t);
     rstd = take((ns + 1) * t);
-    xz = take(nl * t * 2 * E);
-    xs = take(nl * t * E);
+    xz = take_operand(nl * t * 2 * E, act(8));
+    xs = take_operand(nl * t * E, act(2));
     dbc = take(nl * t * P);
-    dt = take(nl * t * E);
+    dt = take_operand(nl * t * E, act(4));
     y = take_operand(nl * t * E, !train && L == 1 ? be.decode_dtype(B) : od);
     states_per_layer = B * n_chunks * E * N;
     states = train ? take(nl * states_per_layer) : nullptr;
@@ -91,7 +107,7 @@ struct MambaLM::Activations {
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
     bytes += 2 * t * sizeof(int32_t);
-    d_resid = d_normed = d_xs = d_dbc = d_dt = d_y = d_f = d_g = nullptr;
+    d_resid = d_normed = d_xs = d_dbc = d_f = d_g = nullptr;
     if (train) {
       d_resid = take(t * D);
       if (od != Dtype::f32) d_resid16 = take_operand(t * D, od);
@@ -99,8 +115,8 @@ struct MambaLM::Activations {
       d_xz = take_operand(t * 2 * E, od);
       d_xs = take(t * E);
       d_dbc = take(t * P);
-      d_dt = take(t * E);
-      d_y = take(t * E);
+      d_dt = take_operand(t * E, act(1));
+      d_y = take_operand(t * E, act(16));
       d_f = take(t * 2 * I);
       d_g = take(t * I);
     }

@@ -75,10 +75,10 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     float* x_in = a.resid + sub * ls * TD;   // (T, D)
     float* x_out = x_in + ls * TD;           // (T, D)
     Operand h = a.normed + sub * ls * TD;    // (T, D)
-    float* xz = a.xz + l * ls * T * 2 * E;   // (T, 2E)
-    float* xs = a.xs + l * ls * T * E;       // (T, E)
+    Operand xz = a.xz + l * ls * T * 2 * E;  // (T, 2E)
+    Operand xs = a.xs + l * ls * T * E;      // (T, E)
     float* dbc = a.dbc + l * ls * T * P;     // (T, P)
-    float* dt = a.dt + l * ls * T * E;       // (T, E)
+    Operand dt = a.dt + l * ls * T * E;      // (T, E)
     Operand y = a.y + l * ls * T * E;        // (T, E)
 
     // h = norm(x); x_out = x (the residual, which out_proj adds into) in the same pass
@@ -89,7 +89,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     // xs = silu(causal_conv1d(x))
     if (s) {
       float* conv_state = s->conv + size_t(l) * B * (K - 1) * E;  // (B, K-1, E)
-      be_.conv1d_silu_with_state(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), conv_state, xs);
+      be_.conv1d_silu_with_state(B, L, E, K, xz.f32(), 2 * E, W + p.conv_w, opt(p.conv_b), conv_state, xs.f32());
     } else {
       be_.conv1d_silu_forward(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), xs);
     }
@@ -152,10 +152,11 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
     float* conv_state = s.conv + size_t(l) * B * (K - 1) * E;  // (B, K-1, E)
     float* h_state = s.ssm + size_t(l) * B * E * N;            // (B, E, N)
     // xz = norm(x) @ in_proj^T;  dbc = silu(conv(x)) @ x_proj^T
-    be_.norm_gemm(B, 2 * E, D, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b), W + p.in_proj, a.xz);
-    be_.ssm_decode_in(B, E, K, P, a.xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);
+    float* xz = a.xz.f32();  // an inference plan's activations are fp32
+    be_.norm_gemm(B, 2 * E, D, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b), W + p.in_proj, xz);
+    be_.ssm_decode_in(B, E, K, P, xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);
     // y = scan step (dt_proj inside) * silu(z); the conv and SSM states advance
-    be_.ssm_decode_step(B, E, N, R, K, a.xz, a.xz + E, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b),
+    be_.ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b),
                         a.dbc, W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y);
     // x += y @ out_proj^T  (y in be_.decode_dtype(B), see Activations)
     be_.gemm(false, true, B, D, E, a.y, E, W + p.out_proj, E, 1.f, x, D);
@@ -252,10 +253,10 @@ void MambaLM::backward() {
     sub--;
     const float* x_in = a.resid + sub * TD;
     const ConstOperand h = a.normed + sub * TD;
-    const float* xz = a.xz + size_t(l) * T * 2 * E;
-    const float* xs = a.xs + size_t(l) * T * E;
+    const ConstOperand xz = a.xz + size_t(l) * T * 2 * E;
+    const ConstOperand xs = a.xs + size_t(l) * T * E;
     const float* dbc = a.dbc + size_t(l) * T * P;
-    const float* dt = a.dt + size_t(l) * T * E;
+    const ConstOperand dt = a.dt + size_t(l) * T * E;
     const ConstOperand y = a.y + size_t(l) * T * E;
     const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T

@@ -221,6 +221,141 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaBf16Scan,
                                            std::make_tuple(3, 50, 40, 5, 8), std::make_tuple(2, 100, 48, 16, 64),
                                            std::make_tuple(2, 70, 40, 16, 12)));
 
+// The scan on bf16 inputs (a bf16 training plan's u = xs, dt, z = the second half of xz,
+// dout = d_y) with bf16 outputs y, ddt, dz, against the CPU fed the same bf16 values:
+// the fp32 outputs (chunk states, du, dB, dC, dA_log, dD, ddt_bias) within 1e-5, the
+// bf16 ones the CPU's rounded. (B, L, E, N, chunk, mode): mode 0 all five bf16 (the
+// chunk-8 kernels read them as they are where N is 9..16 and rows line up: E a multiple
+// of 8, else copies), 1 the same with u, dt, dout one element past a 16-byte boundary
+// (copies), 2 only ddt and u bf16 (mixed: copies).
+class CudaBf16ScanInputs : public ::testing::TestWithParam<std::tuple<int, int, int, int, int, int>> {};
+
+TEST_P(CudaBf16ScanInputs, AgainstCpuOnRoundedValues) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  const auto [B, L, E, N, chunk, mode] = GetParam();
+  std::mt19937 rng(160 + L + N + chunk + mode);
+  const int R = 4, P = R + 2 * N, ldz = 2 * E, n_chunks = (L + chunk - 1) / chunk, off = mode == 1 ? 1 : 0;
+  const size_t T = size_t(B) * L;
+  const bool all = mode != 2;
+  auto u = round_bf16(randn(T * E, rng)), dt = randn(T * E, rng, 1.0f, -1.0f), dt_bias = randn(E, rng, 0.5f),
+       A_log = randn(size_t(E) * N, rng, 0.5f, 0.5f), bc = randn(T * P, rng), D = randn(E, rng),
+       xz = randn(T * ldz, rng), dout = randn(T * E, rng);
+  if (all) dt = round_bf16(dt), xz = round_bf16(xz), dout = round_bf16(dout);
+  auto padded = [&](const std::vector<float>& v) {  // off leading elements, then v
+    std::vector<float> w(off, 0.0f);
+    w.insert(w.end(), v.begin(), v.end());
+    return w;
+  };
+  DevBf16 hu(*gpu, padded(u)), hdt(*gpu, padded(dt)), hxz(*gpu, xz), hdout(*gpu, padded(dout));
+  DevBuf fdt(*gpu, dt), fxz(*gpu, xz), fdout(*gpu, dout), dbias_(*gpu, dt_bias), dAlog(*gpu, A_log),
+      dbc(*gpu, bc), dD(*gpu, D), states(*gpu, size_t(B) * n_chunks * E * N);
+  const ConstOperand gu = hu.op + off;
+  const ConstOperand gdt = all ? ConstOperand(hdt.op + off) : ConstOperand(fdt.p);
+  const ConstOperand gz = all ? ConstOperand(hxz.op + E) : ConstOperand(fxz.p + E);
+  const ConstOperand gdout = all ? ConstOperand(hdout.op + off) : ConstOperand(fdout.p);
+  DevBf16 y(*gpu, T * E);
+  gpu->scan_forward(B, L, E, N, chunk, gu, gdt, dbias_.p, dAlog.p, dbc.p + R, dbc.p + R + N, P, dD.p, gz, ldz,
+                    y.op, states.p, nullptr, nullptr);
+  std::vector<float> ry(T * E), rstates(size_t(B) * n_chunks * E * N);
+  cpu->scan_forward(B, L, E, N, chunk, u.data(), dt.data(), dt_bias.data(), A_log.data(), bc.data() + R,
+                    bc.data() + R + N, P, D.data(), xz.data() + E, ldz, ry.data(), rstates.data(), nullptr,
+                    nullptr);
+  expect_bf16_of(y.host(), ry, "scan_forward y");
+  EXPECT_LE(rel_l2(states.host(), rstates), kTol) << "chunk states";
+
+  DevBuf gdu(*gpu, std::vector<float>(T * E, std::numeric_limits<float>::quiet_NaN())), gdbc(*gpu, T * P),
+      gdA(*gpu, size_t(E) * N), gdD(*gpu, size_t(E)), gdbias(*gpu, size_t(E));
+  DevBf16 gddt(*gpu, T * E), dxz(*gpu, T * ldz);
+  gpu->scan_backward(B, L, E, N, chunk, gu, gdt, dbias_.p, dAlog.p, dbc.p + R, dbc.p + R + N, P, dD.p, gz, ldz,
+                     states.p, gdout, gdu.p, gddt.op, gdbc.p + R, gdbc.p + R + N, dxz.op + E, gdA.p, gdD.p,
+                     gdbias.p);
+  std::vector<float> rdu(T * E), rddt(T * E), rdbc(T * P), rdz(T * ldz), rdA(size_t(E) * N), rdD(E), rdb(E);
+  cpu->scan_backward(B, L, E, N, chunk, u.data(), dt.data(), dt_bias.data(), A_log.data(), bc.data() + R,
+                     bc.data() + R + N, P, D.data(), xz.data() + E, ldz, rstates.data(), dout.data(), rdu.data(),
+                     rddt.data(), rdbc.data() + R, rdbc.data() + R + N, rdz.data() + E, rdA.data(), rdD.data(),
+                     rdb.data());
+  const auto got = dxz.host();
+  expect_bf16_of(columns(got, T, ldz, E, E), columns(rdz, T, ldz, E, E), "scan_backward dz");
+  EXPECT_TRUE(all_nan(columns(got, T, ldz, 0, E))) << "wrote outside dz";
+  expect_bf16_of(gddt.host(), rddt, "scan_backward ddt");
+  EXPECT_LE(rel_l2(gdu.host(), rdu), kTol) << "du";
+  EXPECT_LE(rel_l2(columns(gdbc.host(), T, P, R, 2 * N), columns(rdbc, T, P, R, 2 * N)), kTol) << "dB, dC";
+  EXPECT_LE(rel_l2(gdA.host(), rdA), kTol) << "dA_log";
+  EXPECT_LE(rel_l2(gdD.host(), rdD), kTol) << "dD";
+  EXPECT_LE(rel_l2(gdbias.host(), rdb), kTol) << "ddt_bias";
+}
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaBf16ScanInputs,
+    ::testing::Values(std::make_tuple(2, 100, 48, 16, 8, 0), std::make_tuple(1, 300, 64, 16, 8, 0),
+                      std::make_tuple(2, 77, 136, 16, 8, 0), std::make_tuple(2, 100, 36, 16, 8, 0),
+                      std::make_tuple(2, 100, 48, 16, 8, 1), std::make_tuple(2, 100, 48, 16, 8, 2),
+                      std::make_tuple(3, 50, 40, 5, 8, 0), std::make_tuple(2, 100, 48, 16, 64, 0),
+                      std::make_tuple(2, 70, 40, 20, 12, 0)));
+
+// conv1d_silu_forward on bf16 x (the first half of a bf16 xz, row stride 2E) into a bf16
+// out (xs), and the backward on the same bf16 x: against the CPU on the rounded x.
+TEST(CudaBf16, ConvReadsBf16X) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  for (int E : {200, 33}) {
+    const int B = 2, L = 300, K = 4, ldx = 2 * E;
+    std::mt19937 rng(150 + E);
+    auto x = round_bf16(randn(size_t(B) * L * ldx, rng)), w = randn(size_t(E) * K, rng, 0.5f),
+         bias = randn(E, rng), dout = randn(size_t(B) * L * E, rng), dw0 = randn(size_t(E) * K, rng),
+         db0 = randn(E, rng);
+    DevBf16 hx(*gpu, x), out(*gpu, size_t(B) * L * E);
+    DevBuf dW(*gpu, w), dBias(*gpu, bias), dDout(*gpu, dout), dDw(*gpu, dw0), dDb(*gpu, db0),
+        gdx(*gpu, size_t(B) * L * ldx);
+    gpu->conv1d_silu_forward(B, L, E, K, hx.op, ldx, dW.p, dBias.p, out.op);
+    std::vector<float> ref(size_t(B) * L * E);
+    cpu->conv1d_silu_forward(B, L, E, K, x.data(), ldx, w.data(), bias.data(), ref.data());
+    expect_bf16_of(out.host(), ref, "conv1d_silu_forward (bf16 x, out)");
+
+    gpu->conv1d_silu_backward(B, L, E, K, hx.op, ldx, dW.p, dBias.p, dDout.p, gdx.p, dDw.p, dDb.p);
+    std::vector<float> rdx(size_t(B) * L * ldx), rdw = dw0, rdb = db0;
+    cpu->conv1d_silu_backward(B, L, E, K, x.data(), ldx, w.data(), bias.data(), dout.data(), rdx.data(),
+                              rdw.data(), rdb.data());
+    EXPECT_LE(rel_l2(columns(gdx.host(), size_t(B) * L, ldx, 0, E), columns(rdx, size_t(B) * L, ldx, 0, E)), kTol)
+        << "dx E=" << E;
+    EXPECT_LE(rel_l2(dDw.host(), rdw), kTol) << "dw E=" << E;
+    EXPECT_LE(rel_l2(dDb.host(), rdb), kTol) << "dbias E=" << E;
+  }
+}
+
+// gemm into a bf16 C (in_proj's xz, dt_proj's dt: the thin K = 48 product from a strided
+// fp32 A), and linear_backward's dX in bf16 (out_proj's d_y): the CPU's product of the
+// rounded operands, rounded; C NaN-poisoned, a strided C keeps its gaps.
+TEST(CudaBf16, GemmWritesBf16C) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(170);
+  struct Shape { int M, N, K, lda, ldc; };
+  for (Shape s : {Shape{300, 192, 136, 136, 192}, Shape{300, 160, 48, 80, 160}, Shape{200, 96, 64, 64, 200}}) {
+    auto A = round_bf16(randn(size_t(s.M) * s.lda, rng)), W = round_bf16(randn(size_t(s.N) * s.K, rng));
+    DevBuf fA(*gpu, A), fW(*gpu, W);
+    DevBf16 C(*gpu, size_t(s.M) * s.ldc);
+    gpu->gemm(false, true, s.M, s.N, s.K, fA.p, s.lda, fW.p, s.K, 0.0f, C.op, s.ldc);
+    std::vector<float> ref(size_t(s.M) * s.N);
+    cpu->gemm(false, true, s.M, s.N, s.K, A.data(), s.lda, W.data(), s.K, 0.0f, ref.data(), s.N);
+    const auto got = C.host();
+    const std::string what = "gemm bf16 C N=" + std::to_string(s.N) + " K=" + std::to_string(s.K);
+    expect_bf16_of(columns(got, s.M, s.ldc, 0, s.N), ref, what.c_str());
+    if (s.ldc > s.N) EXPECT_TRUE(all_nan(columns(got, s.M, s.ldc, s.N, s.ldc - s.N))) << what;
+  }
+  const int T = 300, O = 160, I = 136;
+  auto dY = round_bf16(randn(size_t(T) * O, rng)), W = round_bf16(randn(size_t(O) * I, rng)),
+       X = round_bf16(randn(size_t(T) * I, rng)), dW0 = randn(size_t(O) * I, rng);
+  DevBf16 hY(*gpu, dY), hX(*gpu, X), gdX(*gpu, size_t(T) * I);
+  DevBuf dW(*gpu, W), gdW(*gpu, dW0);
+  gpu->linear_backward(T, O, I, hY.op, O, dW.p, I, hX.op, I, 0.0f, gdX.op, I, gdW.p);
+  std::vector<float> rdX(size_t(T) * I), rdW = dW0;
+  cpu->gemm(false, false, T, I, O, dY.data(), O, W.data(), I, 0.0f, rdX.data(), I);
+  cpu->gemm(true, false, O, I, T, dY.data(), O, X.data(), I, 1.0f, rdW.data(), I);
+  expect_bf16_of(gdX.host(), rdX, "linear_backward bf16 dX");
+  EXPECT_LE(rel_l2(gdW.host(), rdW), 1e-4);
+}
+
 // Dropout in place on bf16: the CPU's mask and product on the same (bf16) values, rounded
 // again: bitwise equal.
 TEST(CudaBf16, Dropout) {
@@ -318,7 +453,8 @@ TEST(CudaBf16, PlanStoresOperandsInBf16) {
     bytes[k++] = m.activation_bytes();
   }
   const size_t T = size_t(B) * L, D = cfg.d_model, E = cfg.d_inner(), n = cfg.n_layer;
-  const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E;  // normed, normed_f, y, d_xz
+  // normed, normed_f, y, d_xz; xz, xs, dt; d_dt, d_y
+  const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E + n * T * 4 * E + 2 * T * E;
   EXPECT_EQ(bytes[0] - bytes[1], operands * 2 - T * D * 2);  // the bf16 plan adds d_resid16 (T, D)
 }
 

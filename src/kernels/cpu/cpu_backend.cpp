@@ -50,8 +50,8 @@ class CpuBackend final : public Backend {
 
   // Every Operand is fp32 here (operand_dtype() is the default f32).
   void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-            int ldb, float beta, float* C, int ldc) override {
-    cpu::gemm<float>(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc);
+            int ldb, float beta, Operand C, int ldc) override {
+    cpu::gemm<float>(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C.f32(), ldc);
   }
 
   void norm_gemm(int M, int N, int K, bool rms, float eps, const float* x, const float* w,
@@ -92,14 +92,14 @@ class CpuBackend final : public Backend {
     if (dx_copy.p) std::copy(dx, dx + size_t(T) * D, dx_copy.f32());
   }
 
-  void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
-                           const float* bias, float* out) override {
-    cpu::conv1d_silu_forward<float>(B, L, E, K, x, ldx, w, bias, out);
+  void conv1d_silu_forward(int B, int L, int E, int K, ConstOperand x, int ldx, const float* w,
+                           const float* bias, Operand out) override {
+    cpu::conv1d_silu_forward<float>(B, L, E, K, x.f32(), ldx, w, bias, out.f32());
   }
-  void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx,
+  void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx,
                             const float* w, const float* bias, const float* dout, Operand dx,
                             float* dw, float* dbias) override {
-    cpu::conv1d_silu_backward<float>(B, L, E, K, x, ldx, w, bias, dout, dx.f32(), dw, dbias);
+    cpu::conv1d_silu_backward<float>(B, L, E, K, x.f32(), ldx, w, bias, dout, dx.f32(), dw, dbias);
   }
 
   void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx,
@@ -108,21 +108,21 @@ class CpuBackend final : public Backend {
     cpu::conv1d_silu_with_state<float>(B, L, E, K, x, ldx, w, bias, state, out);
   }
 
-  void scan_forward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
+  void scan_forward(int B, int L, int E, int N, int chunk, ConstOperand u, ConstOperand dt,
                     const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
-                    int ld_bc, const float* D, const float* z, int ldz, Operand out,
+                    int ld_bc, const float* D, ConstOperand z, int ldz, Operand out,
                     float* chunk_states, const float* h0, float* h_last) override {
-    cpu::scan_forward<float>(B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
+    cpu::scan_forward<float>(B, L, E, N, chunk, u.f32(), dt.f32(), dt_bias, A_log, Bm, Cm, ld_bc, D, z.f32(), ldz,
                              out.f32(), chunk_states, h0, h_last);
   }
-  void scan_backward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
+  void scan_backward(int B, int L, int E, int N, int chunk, ConstOperand u, ConstOperand dt,
                      const float* dt_bias, const float* A_log, const float* Bm,
-                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                     const float* chunk_states, const float* dout, float* du, float* ddt,
+                     const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
+                     const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
                      float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) override {
-    cpu::scan_backward<float>(B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
-                              chunk_states, dout, du, ddt, dBm, dCm, dz.f32(), dA_log, dD, ddt_bias);
+    cpu::scan_backward<float>(B, L, E, N, chunk, u.f32(), dt.f32(), dt_bias, A_log, Bm, Cm, ld_bc, D, z.f32(), ldz,
+                              chunk_states, dout.f32(), du, ddt.f32(), dBm, dCm, dz.f32(), dA_log, dD, ddt_bias);
   }
 
   void swiglu_forward(int T, int I, const float* f, float* out) override {

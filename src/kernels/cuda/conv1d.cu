@@ -11,6 +11,7 @@
 // partial per (sequence, block of time), and then summed in group order: no
 // atomics, bitwise repeatable.
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -25,12 +26,18 @@ constexpr int kSteps = 32;   // times per thread
 constexpr int kLoad = 8;     // times whose loads are issued together
 constexpr int kBlockTimes = kSlices * kSteps;
 
-// C floats at p (4 * C-byte aligned) in one access: float2 or float.
-template <int C>
-__device__ __forceinline__ void load_c(float (&r)[C], const float* p) {
-  if constexpr (C == 2) {
+// C elements at p (C-element aligned) in one access: float2, bf16x2 or one element.
+template <int C, class X>
+__device__ __forceinline__ void load_c(float (&r)[C], const X* p) {
+  if constexpr (C == 2 && std::is_same_v<X, float>) {
     const float2 q = *reinterpret_cast<const float2*>(p);
     r[0] = q.x; r[1] = q.y;
+  } else if constexpr (C == 2) {
+    const float2 q = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    r[0] = q.x; r[1] = q.y;
+  } else if constexpr (!std::is_same_v<X, float>) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) r[c] = to_float(p[c]);
   } else {
 #pragma unroll
     for (int c = 0; c < C; ++c) r[c] = p[c];
@@ -40,6 +47,8 @@ template <int C, class O>
 __device__ __forceinline__ void store_c(O* p, const float (&r)[C]) {
   if constexpr (C == 2 && std::is_same_v<O, float>) {
     *reinterpret_cast<float2*>(p) = make_float2(r[0], r[1]);
+  } else if constexpr (C == 2) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(r[0], r[1]);
   } else {
 #pragma unroll
     for (int c = 0; c < C; ++c) p[c] = from_float<O>(r[c]);
@@ -47,7 +56,7 @@ __device__ __forceinline__ void store_c(O* p, const float (&r)[C]) {
 }
 
 // torch: out = F.silu(F.conv1d(x.transpose(1,2), w, bias, padding=K-1, groups=E)[..., :L]).transpose(1,2)
-// x (B, L, E) row stride ldx, w (E, K), bias (E) or null, out (B, L, E)
+// x (B, L, E) row stride ldx, w (E, K), bias (E) or null, out (B, L, E); x, out fp32 or bf16
 // wk[k][c] = w[e + c, k], bs[c] = bias[e + c] (0 without a bias): channels e .. e+C-1
 template <int K, int C>
 __device__ __forceinline__ void load_conv_weights(const float* w, const float* bias, int e, float (&wk)[K][C],
@@ -60,16 +69,16 @@ __device__ __forceinline__ void load_conv_weights(const float* w, const float* b
   }
 }
 
-template <int K, int C>
+template <int K, int C, class TX, class TO>
 __global__ void __launch_bounds__(kLanes * kSlices)
-conv_forward_kernel(int L, int E, const float* x, int ldx, const float* w, const float* bias,
-                    float* out) {
+conv_forward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
+                    TO* out) {
   const int e = (blockIdx.x * kLanes + threadIdx.x) * C;
   const int b = blockIdx.z;
   const int t0 = (blockIdx.y * kSlices + threadIdx.y) * kSteps;
   if (e >= E || t0 >= L) return;
-  const float* xb = x + size_t(b) * L * ldx + e;
-  float* ob = out + size_t(b) * L * E + e;
+  const TX* xb = x + size_t(b) * L * ldx + e;
+  TO* ob = out + size_t(b) * L * E + e;
   float wk[K][C], bs[C];
   load_conv_weights(w, bias, e, wk, bs);
   float xw[K][C];  // x[t-K+1 .. t], oldest first; slot K-1 is filled each step
@@ -150,11 +159,12 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
 }
 
 // dx[s, e] = sum_k w[e, k] dp[s + K-1-k, e]        ("=", row stride ldx, fp32 or bf16: O)
+// x fp32 or bf16 (TX)
 // partial[g][k][e] = sum over times of group g of dp[t, e] x[t-(K-1-k), e]; [K] is dbias.
 // Group g = b * gridDim.y + blockIdx.y: one sequence's kBlockTimes times.
-template <int K, int C, class O>
+template <int K, int C, class O, class TX>
 __global__ void __launch_bounds__(kLanes * kSlices)
-conv_backward_kernel(int L, int E, const float* x, int ldx, const float* w, const float* bias,
+conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
                      const float* dout, O* dx, float* partial) {
   __shared__ float red[kSlices][K + 1][kLanes * C];
   const int e = (blockIdx.x * kLanes + threadIdx.x) * C;
@@ -167,7 +177,7 @@ conv_backward_kernel(int L, int E, const float* x, int ldx, const float* w, cons
     for (int c = 0; c < C; ++c) acc[k][c] = 0.0f;
   if (e < E && t0 < L) {
     const int t1 = min(t0 + kSteps, L);
-    const float* xb = x + size_t(b) * L * ldx + e;
+    const TX* xb = x + size_t(b) * L * ldx + e;
     const float* gb = dout + size_t(b) * L * E + e;
     O* dxb = dx + size_t(b) * L * ldx + e;
     float wk[K][C], bs[C];
@@ -298,8 +308,9 @@ bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) %
 // Measured on the H200 at (16, 2048, 1536, 4), x at row stride 2E (fwd / bwd ms):
 // C = 1: 0.118 / 0.183, C = 2: 0.113 / 0.197, C = 4: 0.124 / 0.215 (C = 4's backward
 // needs 128 registers: 2 blocks per SM). So the backward stays at C = 1.
-bool pairs_ok(int E, int ldx, const void* x, const void* out) {
-  return E % 2 == 0 && ldx % 2 == 0 && aligned(x, 8) && aligned(out, 8);
+bool pairs_ok(int E, int ldx, ConstOperand x, ConstOperand out) {
+  return E % 2 == 0 && ldx % 2 == 0 && aligned(x.p, 2 * int(dtype_bytes(x.dtype))) &&
+         aligned(out.p, 2 * int(dtype_bytes(out.dtype)));
 }
 
 // Calls f(std::integral_constant<int, K>) for the run-time K in 1..kMaxK.
@@ -323,23 +334,29 @@ dim3 conv_grid(int B, int L, int E, int C) {
 
 }  // namespace
 
-void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
-                         const float* w, const float* bias, float* out) {
+void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
+                         const float* w, const float* bias, Operand out) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
   const bool pairs = pairs_ok(E, ldx, x, out);
   const dim3 block(kLanes, kSlices);
-  with_k(K, [&](auto kc) {
-    constexpr int KK = decltype(kc)::value;
-    if (pairs)
-      conv_forward_kernel<KK, 2><<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, x, ldx, w, bias, out);
-    else
-      conv_forward_kernel<KK, 1><<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, x, ldx, w, bias, out);
+  with_operand(x, [&](auto* xp) {
+    with_operand(out, [&](auto* o) {
+      with_k(K, [&](auto kc) {
+        constexpr int KK = decltype(kc)::value;
+        using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
+        using TO = std::remove_pointer_t<decltype(o)>;
+        if (pairs)
+          conv_forward_kernel<KK, 2, TX, TO><<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
+        else
+          conv_forward_kernel<KK, 1, TX, TO><<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
+      });
+    });
   });
   BHASA_LAUNCH_CHECK("conv1d_silu_forward");
 }
 
-void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
+void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
                           const float* w, const float* bias, const float* dout, Operand dx,
                           float* dw, float* dbias) {
   check_k(K);
@@ -348,10 +365,29 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, in
   auto* partial = static_cast<float*>(
       c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
   const dim3 block(kLanes, kSlices);
-  with_operand(dx, [&](auto* d) {
-    with_k(K, [&](auto kc) {
-      conv_backward_kernel<decltype(kc)::value, 1><<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(
-          L, E, x, ldx, w, bias, dout, d, partial);
+  // bf16 x (a bf16 training plan's xz): 2 channels per thread where the strides allow
+  // (4-byte bf16 pairs instead of 2-byte loads; BHASA_CONV_BWD_PAIRS=0: 1 channel, timing)
+  static const bool pairs_env = [] {
+    const char* v = std::getenv("BHASA_CONV_BWD_PAIRS");
+    return !v || std::atoi(v) != 0;
+  }();
+  const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) && aligned(dout, 8);
+  with_operand(x, [&](auto* xp) {
+    with_operand(dx, [&](auto* d) {
+      with_k(K, [&](auto kc) {
+        using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
+        using O = std::remove_pointer_t<decltype(d)>;
+        constexpr int KK = decltype(kc)::value;
+        if constexpr (!std::is_same_v<TX, float>) {
+          if (pairs) {
+            conv_backward_kernel<KK, 2, O, TX>
+                <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
+            return;
+          }
+        }
+        conv_backward_kernel<KK, 1, O, TX>
+            <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
+      });
     });
   });
   BHASA_LAUNCH_CHECK("conv1d_silu_backward");

@@ -116,9 +116,13 @@ class CudaBackend final : public Backend {
 
   // ---- kernels --------------------------------------------------------------
   void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-            int ldb, float beta, float* C, int ldc) override {
+            int ldb, float beta, Operand Cop, int ldc) override {
     BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
-    wrote(C, M, N, ldc);
+    wrote(Cop, M, N, ldc);
+    // a bf16 C (a training activation): cuBLASLt writes it from the fp32 accumulators
+    if (Cop.dtype == Dtype::bf16)
+      return gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, beta, Cop, ldc);
+    float* C = Cop.f32();
     const bool fp32 = A.dtype == Dtype::f32 && B.dtype == Dtype::f32;
     const void* w16 = B.dtype == Dtype::f32 && !ta && tb ? decode_weight(M, N, K, B.f32(), ldb) : nullptr;  // (N, K) bf16, or null
     // A bf16 A (the decode step's y, decode_dtype) with a frozen weight: both bf16 as they are
@@ -139,7 +143,7 @@ class CudaBackend final : public Backend {
 
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
   void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
-                       ConstOperand X, int ldx, float beta_dx, float* dX, int lddx, float* dW) override {
+                       ConstOperand X, int ldx, float beta_dx, Operand dX, int lddx, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "linear_backward " + std::to_string(T) + "x" + std::to_string(O) + "x" + std::to_string(I));
     wrote(dX, T, I, lddx), wrote(dW, O, I, ldw);
     gemm_->pin(dY.p);
@@ -235,13 +239,13 @@ class CudaBackend final : public Backend {
     wrote(dx, size_t(T) * D), wrote(dw, D), wrote(db, D), wrote(dx_copy, size_t(T) * D);
     cuda::norm_backward(ctx_, T, D, rms, dout, x, w, mean, rstd, dx, dw, db, dx_copy);
   }
-  void conv1d_silu_forward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
-                           const float* bias, float* out) override {
+  void conv1d_silu_forward(int B, int L, int E, int K, ConstOperand x, int ldx, const float* w,
+                           const float* bias, Operand out) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_forward");
     wrote(out, size_t(B) * L * E);
     cuda::conv1d_silu_forward(ctx_, B, L, E, K, x, ldx, w, bias, out);
   }
-  void conv1d_silu_backward(int B, int L, int E, int K, const float* x, int ldx, const float* w,
+  void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx, const float* w,
                             const float* bias, const float* dout, Operand dx, float* dw,
                             float* dbias) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_backward");
@@ -258,9 +262,9 @@ class CudaBackend final : public Backend {
   // forward + backward against 3.17 ms at chunk 64, for 9.7 GB more saved states
   // (bench/cuda_lab/NOTES.md).
   int scan_chunk() const override { return 8; }
-  void scan_forward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
+  void scan_forward(int B, int L, int E, int N, int chunk, ConstOperand u, ConstOperand dt,
                     const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
-                    int ld_bc, const float* D, const float* z, int ldz, Operand out,
+                    int ld_bc, const float* D, ConstOperand z, int ldz, Operand out,
                     float* chunk_states, const float* h0, float* h_last) override {
     BHASA_PROFILE_OP(*profile_, "scan_forward");
     wrote(out, size_t(B) * L * E), wrote(h_last, size_t(B) * E * N);
@@ -268,10 +272,10 @@ class CudaBackend final : public Backend {
     cuda::scan_forward(ctx_, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out,
                        chunk_states, h0, h_last);
   }
-  void scan_backward(int B, int L, int E, int N, int chunk, const float* u, const float* dt,
+  void scan_backward(int B, int L, int E, int N, int chunk, ConstOperand u, ConstOperand dt,
                      const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
-                     int ld_bc, const float* D, const float* z, int ldz, const float* chunk_states,
-                     const float* dout, float* du, float* ddt, float* dBm, float* dCm, Operand dz,
+                     int ld_bc, const float* D, ConstOperand z, int ldz, const float* chunk_states,
+                     ConstOperand dout, float* du, Operand ddt, float* dBm, float* dCm, Operand dz,
                      float* dA_log, float* dD, float* ddt_bias) override {
     BHASA_PROFILE_OP(*profile_, "scan_backward");
     wrote(du, size_t(B) * L * E), wrote(ddt, size_t(B) * L * E), wrote(dBm, B * L, N, ld_bc);

@@ -35,7 +35,8 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kHeadLogits, kNumSlots
+  kSampleCounter, kDecodeA16, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4,
+  kNumSlots
 };
 
 class Scratch {
@@ -106,22 +107,23 @@ void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const floa
                    const float* w, const float* mean, const float* rstd, float* dx, float* dw,
                    float* db, Operand dx_copy);
 
-void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
-                         const float* w, const float* bias, float* out);
-void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
+void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
+                         const float* w, const float* bias, Operand out);  // x, out fp32 or bf16
+void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
                           const float* w, const float* bias, const float* dout, Operand dx,
                           float* dw, float* dbias);
 void conv1d_silu_with_state(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
                             const float* w, const float* bias, float* state, float* out);
 
-void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
-                  const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
-                  const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
+// u, dt, z, dout, ddt, out, dz: fp32 or bf16 (Backend::scan_forward / scan_backward)
+void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
+                  ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
+                  const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
                   Operand out, float* chunk_states, const float* h0, float* h_last);
-void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
-                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
-                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                   const float* chunk_states, const float* dout, float* du, float* ddt,
+void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
+                   ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
+                   const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
+                   const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
                    float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias);
 
@@ -201,6 +203,11 @@ template <class F>
 void with_operand(Operand o, F&& f) {
   if (o.dtype == Dtype::bf16) f(static_cast<__nv_bfloat16*>(o.p));
   else f(static_cast<float*>(o.p));
+}
+template <class F>
+void with_operand(ConstOperand o, F&& f) {  // the same, read-only
+  if (o.dtype == Dtype::bf16) f(static_cast<const __nv_bfloat16*>(o.p));
+  else f(static_cast<const float*>(o.p));
 }
 template <class O>
 __device__ __forceinline__ O from_float(float v) {

@@ -222,12 +222,13 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
 
 // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
 void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-               int ldb, float beta, float* C, int ldc) {
+               int ldb, float beta, Operand C, int ldc) {
   if (M == 0 || N == 0) return;
+  const bool c_bf16 = C.dtype == Dtype::bf16;
   if (K == 0) {  // C = beta * C: nothing to multiply
     if (beta == 0.0f) {
       for (int r = 0; r < M; ++r)
-        BHASA_CUDA_CHECK(cudaMemsetAsync(C + static_cast<size_t>(r) * ldc, 0, N * sizeof(float), stream_));
+        BHASA_CUDA_CHECK(cudaMemsetAsync((C + static_cast<size_t>(r) * ldc).p, 0, N * dtype_bytes(C.dtype), stream_));
       return;
     }
     if (beta == 1.0f) return;
@@ -238,7 +239,7 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, C
   // bound by reading the operands, not by the products: there the bf16 copies cost
   // more than bf16 saves (measured in bench/cuda_lab/gemm_math.cpp), so TF32 it is,
   // unless an operand is bf16 already.
-  const bool has_bf16 = A.dtype == Dtype::bf16 || B.dtype == Dtype::bf16;
+  const bool has_bf16 = A.dtype == Dtype::bf16 || B.dtype == Dtype::bf16 || c_bf16;
   const GemmMath math = has_bf16                                            ? GemmMath::bf16
                         : math_ == GemmMath::bf16 && std::min(M, N) < 128 ? GemmMath::tf32
                                                                            : math_;
@@ -247,7 +248,7 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, C
     if (A.dtype == Dtype::f32) a = to_bf16(A.f32(), ta ? K : M, ta ? M : K, lda, 0), lda = ta ? M : K;
     if (B.dtype == Dtype::f32) b = to_bf16(B.f32(), tb ? N : K, tb ? K : N, ldb, 1), ldb = tb ? K : N;
   }
-  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C, ldc, false);
+  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C.p, ldc, c_bf16);
 }
 
 void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,

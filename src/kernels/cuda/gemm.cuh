@@ -19,8 +19,9 @@ class Gemm {
   ~Gemm();
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C   (row-major, as kernels.h)
   // A bf16 operand is multiplied as it is (bf16 math, the other operand copied if fp32).
+  // A bf16 C is written from the fp32 accumulators (bf16 math: both operands bf16).
   void run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-           int ldb, float beta, float* C, int ldc);
+           int ldb, float beta, Operand C, int ldc);
   // Decoding with a frozen weight: C (M, N) = A (M, K) @ W^T + beta * C with W (N, K)
   // row stride ldw in bf16 (its mirror, weight_mirror.cuh) and A fp32 row stride lda
   // (rounded into a bf16 copy first) or, when a16 is given, A already bf16 (dense, row

@@ -29,6 +29,7 @@
 // of loads, sums and stores is shared by half as many lanes) with the per-step values
 // packed in shared memory and 16-byte staging copies (scan_backward_c8_kernel). For N in
 // 9..16 the forward runs 2 lanes per channel too (scan_forward_c8_kernel, scan_fwd_c8.cu).
+#include <algorithm>
 #include <cstdlib>
 
 #include "kernels/cuda/scan_common.cuh"
@@ -531,26 +532,45 @@ __global__ void scan_param_finish(int B, int E, int N, const float* partials, fl
   else ddt_bias[e] += s;
 }
 
-template <int NPL>
-void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
-                    const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
-                    const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                    Operand out, float* chunk_states, const float* h0, float* h_last) {
-  dim3 grid(blocks_for(E, kChannels), B);
-  static const bool c8_on = [] {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
+bool fwd_c8_on() {  // BHASA_SCAN_FWD_C8=0: the general kernel at chunk 8 too (timing)
+  static const bool on = [] {
     const char* v = std::getenv("BHASA_SCAN_FWD_C8");
     return !v || std::atoi(v) != 0;
   }();
-  // BHASA_SCAN_FWD_VARIANT (timing): 10 the 4-lane kernel with log1pf(expf), 11 the 4-lane
-  // kernel with softplus_sigmoid; default: for N in 9..16 the 2-lane kernel (scan_fwd_c8.cu)
+  return on;
+}
+// BHASA_SCAN_FWD_VARIANT (timing): 10 the 4-lane kernel with log1pf(expf), 11 the 4-lane
+// kernel with softplus_sigmoid; default: for N in 9..16 the 2-lane kernel (scan_fwd_c8.cu)
+int fwd_variant() {
   static const int variant = [] {
     const char* v = std::getenv("BHASA_SCAN_FWD_VARIANT");
     return v ? std::atoi(v) : 12;
   }();
-  const bool fsp = variant != 10;
-  if (chunk == kSub && c8_on && NPL == 4 && variant >= 12) {
-    launch_forward_c8(c, B, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last);
+  return variant;
+}
+// The forward at chunk 8 for N in 9..16 runs scan_fwd_c8.cu's 2-lane kernel
+bool fwd_two_lane(int N, int chunk) { return chunk == kSub && fwd_c8_on() && N > 8 && N <= 16 && fwd_variant() >= 12; }
+bool bwd_c8_on() {  // BHASA_SCAN_BWD_C8=0: the general kernel at chunk 8 too (timing)
+  static const bool on = [] {
+    const char* v = std::getenv("BHASA_SCAN_BWD_C8");
+    return !v || std::atoi(v) != 0;
+  }();
+  return on;
+}
+
+// u, dt, z fp32 here, but for the 2-lane kernel, which reads them all bf16 too
+template <int NPL>
+void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u_,
+                    ConstOperand dt_, const float* dt_bias, const float* A_log, const float* Bm,
+                    const float* Cm, int ld_bc, const float* D, ConstOperand z_, int ldz,
+                    Operand out, float* chunk_states, const float* h0, float* h_last) {
+  dim3 grid(blocks_for(E, kChannels), B);
+  const bool c8_on = fwd_c8_on();
+  const bool fsp = fwd_variant() != 10;
+  if (NPL == 4 && fwd_two_lane(N, chunk)) {
+    launch_forward_c8(c, B, L, E, N, u_, dt_, dt_bias, A_log, Bm, Cm, ld_bc, D, z_, ldz, out, chunk_states, h0, h_last);
   } else {
+    const float *u = u_.f32(), *dt = dt_.f32(), *z = z_.f32();
     with_operand(out, [&](auto* o) {
       using TY = std::remove_pointer_t<decltype(o)>;
       if (chunk == kSub && c8_on && !fsp)
@@ -567,21 +587,18 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* 
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
+// u, dt, z, dout, ddt fp32 here, but for the V11 chunk-8 kernel, which reads them all bf16 too
 template <int NPL>
-void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
-                     const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
-                     const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                     const float* chunk_states, const float* dout, float* du, float* ddt,
+void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
+                     ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
+                     const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
+                     const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
                      float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
   // At chunk == kSub the chunk-8 kernel (no replay pass); BHASA_SCAN_BWD_C8=0 runs the
   // general one there too (timing). For N in 9..16 (the models' 16) the 2-lane layout.
-  static const bool c8_on = [] {
-    const char* v = std::getenv("BHASA_SCAN_BWD_C8");
-    return !v || std::atoi(v) != 0;
-  }();
-  const bool c8 = chunk == kSub && c8_on;
+  const bool c8 = chunk == kSub && bwd_c8_on();
   const int n_blocks = int(blocks_for(E, c8 ? c8_channels(NPL) : kChannels));
   const size_t rows = size_t(B) * L;
   auto* bc_part = static_cast<float*>(
@@ -603,8 +620,9 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
         BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
         attr_set = true;
       }
-      kernel<<<grid, kThreads, smem, c.stream>>>(L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
-                                                 chunk_states, dout, du, ddt, d, bc_part, param_part);
+      kernel<<<grid, kThreads, smem, c.stream>>>(L, E, N, chunk, u.f32(), dt.f32(), dt_bias, A_log, Bm, Cm, ld_bc, D,
+                                                 z.f32(), ldz, chunk_states, dout.f32(), du, ddt.f32(), d, bc_part,
+                                                 param_part);
     });
   }
   BHASA_LAUNCH_CHECK("scan_backward");
@@ -616,6 +634,38 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float*
   BHASA_LAUNCH_CHECK("scan_param_finish");
 }
 
+// torch: dst[:, :cols] = src[:, :cols].float()     src, dst (rows, ld): bf16 -> fp32
+__global__ void widen_kernel(size_t rows, int cols, const __nv_bfloat16* __restrict__ src, int ld,
+                             float* __restrict__ dst) {
+  const size_t n = rows * cols, stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const size_t j = (i / cols) * ld + i % cols;
+    dst[j] = __bfloat162float(src[j]);
+  }
+}
+// torch: dst = src.to(torch.bfloat16)      (n) fp32 -> bf16
+__global__ void narrow_kernel(size_t n, const float* __restrict__ src, __nv_bfloat16* __restrict__ dst) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+unsigned copy_blocks(size_t n) { return unsigned(std::min<size_t>(blocks_for(n, 256), 132 * 16)); }
+// x (rows, cols) row stride ld as an fp32 operand for the kernels that read fp32 only: x
+// itself, or (bf16) an fp32 copy with the same row stride in a grow-once scratch slot (the
+// same stride: the scan writes dz with z's)
+ConstOperand widen(Ctx& c, ScratchSlot slot, size_t rows, int cols, ConstOperand x, int ld) {
+  if (x.dtype == Dtype::f32 || rows * cols == 0) return x;
+  auto* dst = static_cast<float*>(c.scratch->get(slot, ((rows - 1) * ld + cols) * sizeof(float)));
+  widen_kernel<<<copy_blocks(rows * cols), 256, 0, c.stream>>>(rows, cols, static_cast<const __nv_bfloat16*>(x.p),
+                                                              ld, dst);
+  BHASA_LAUNCH_CHECK("scan: widen bf16");
+  return dst;
+}
+void narrow(Ctx& c, size_t n, const float* src, void* dst) {
+  narrow_kernel<<<copy_blocks(n), 256, 0, c.stream>>>(n, src, static_cast<__nv_bfloat16*>(dst));
+  BHASA_LAUNCH_CHECK("scan: round ddt to bf16");
+}
+
 void check_n(int N, int chunk) {
   check(N >= 1 && N <= 32, "selective scan: d_state = " + std::to_string(N) +
                                " is not supported by the CUDA backend (1..32); use --device cpu");
@@ -624,12 +674,21 @@ void check_n(int N, int chunk) {
 
 }  // namespace
 
-void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
-                  const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
-                  const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
+void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
+                  ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
+                  const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
                   Operand out, float* chunk_states, const float* h0, float* h_last) {
   check_n(N, chunk);
   if (B == 0 || E == 0) return;
+  // bf16 inputs: read as they are by the 2-lane chunk-8 kernel (all three bf16, rows
+  // aligned); anywhere else widened to fp32 copies first
+  const bool any16 = u.dtype == Dtype::bf16 || dt.dtype == Dtype::bf16 || z.dtype == Dtype::bf16;
+  if (any16 && !(fwd_two_lane(N, chunk) && forward_c8_reads_bf16(B, L, E, N, u, dt, Bm, Cm, ld_bc, z, ldz))) {
+    const size_t rows = size_t(B) * L;
+    u = widen(c, kScanWide0, rows, E, u, E);
+    dt = widen(c, kScanWide1, rows, E, dt, E);
+    z = widen(c, kScanWide2, rows, E, z, ldz);
+  }
 #define BHASA_SCAN_FWD(NM) \
   launch_forward<NM>(c, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, out, chunk_states, h0, h_last)
   if (N <= 4) BHASA_SCAN_FWD(1);
@@ -639,14 +698,33 @@ void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
 #undef BHASA_SCAN_FWD
 }
 
-void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u,
-                   const float* dt, const float* dt_bias, const float* A_log, const float* Bm,
-                   const float* Cm, int ld_bc, const float* D, const float* z, int ldz,
-                   const float* chunk_states, const float* dout, float* du, float* ddt,
+void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
+                   ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
+                   const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
+                   const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
                    float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias) {
   check_n(N, chunk);
   if (B == 0 || E == 0 || L == 0) return;
+  // bf16 u, dt, z, dout, ddt: read and written as they are by the V11 chunk-8 kernel (all
+  // five bf16, rows aligned); anywhere else the inputs are widened to fp32 copies first and
+  // ddt is written to an fp32 copy, rounded after
+  const auto bf = Dtype::bf16;
+  const bool any16 = u.dtype == bf || dt.dtype == bf || z.dtype == bf || dout.dtype == bf || ddt.dtype == bf;
+  Operand ddt_out = ddt;
+  if (any16) {
+    const bool c8 = chunk == kSub && bwd_c8_on() && N > 8 && N <= 16;
+    const dim3 grid(blocks_for(E, c8_channels(4)), B);
+    if (!(c8 && backward_c8_reads_bf16(4, grid, L, E, N, u, dt, Bm, Cm, ld_bc, z, ldz, chunk_states, dout, du,
+                                       ddt, dz))) {
+      const size_t rows = size_t(B) * L;
+      u = widen(c, kScanWide0, rows, E, u, E);
+      dt = widen(c, kScanWide1, rows, E, dt, E);
+      z = widen(c, kScanWide2, rows, E, z, ldz);  // dz keeps its stride ldz
+      dout = widen(c, kScanWide3, rows, E, dout, E);
+      if (ddt.dtype == bf) ddt = static_cast<float*>(c.scratch->get(kScanWide4, rows * E * sizeof(float)));
+    }
+  }
 #define BHASA_SCAN_BWD(NM)                                                                      \
   launch_backward<NM>(c, B, L, E, N, chunk, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz, \
                       chunk_states, dout, du, ddt, dBm, dCm, dz, dA_log, dD, ddt_bias)
@@ -655,6 +733,7 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, const float* u
   else if (N <= 16) BHASA_SCAN_BWD(4);
   else BHASA_SCAN_BWD(8);
 #undef BHASA_SCAN_BWD
+  if (ddt.p != ddt_out.p) narrow(c, size_t(B) * L * E, ddt.f32(), ddt_out.p);
 }
 
 }  // namespace bhasa::cuda

@@ -67,15 +67,19 @@ struct C8Layout {
 // channels with bit 1 set, so that 8 consecutive lanes' 16-byte stores hit 8 different
 // bank groups (lanes are 32 bytes apart: unswizzled, each store was a 2-way conflict).
 // TZ: dz's element type (float, or bf16 for a bf16 Operand).
+// TA (V11 only, with every vec bit: the host checks, backward_c8_reads_bf16): the element
+// type of u, dt, z, dout and ddt, float or bf16. bf16 inputs are staged as they are (a
+// 16-byte copy is 8 channels: half the threads copy dt and u, half z and dout) and
+// widened in the transform; ddt goes out in 8-byte stores.
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, class TZ, bool V11 = false,
-          bool DB = false, bool SPLIT = false, bool SWZ = false>
+          bool DB = false, bool SPLIT = false, bool SWZ = false, class TA = float>
 __global__ void __launch_bounds__(kThreads, MINB)
-scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
+scan_backward_c8_kernel(int vec, int L, int E, int N, const TA* __restrict__ u, const TA* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                         const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
-                        const float* __restrict__ Dp, const float* __restrict__ z, int ldz,
-                        const float* __restrict__ chunk_states, const float* __restrict__ dout,
-                        float* __restrict__ du_out, float* __restrict__ ddt_out, TZ* __restrict__ dz_out,
+                        const float* __restrict__ Dp, const TA* __restrict__ z, int ldz,
+                        const float* __restrict__ chunk_states, const TA* __restrict__ dout,
+                        float* __restrict__ du_out, TA* __restrict__ ddt_out, TZ* __restrict__ dz_out,
                         float* __restrict__ bc_partials,     // (E/C blocks, B, L, 2*NMAX)
                         float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -90,6 +94,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
   static_assert(!V11 || (KL == 2 && PACK && RS == 2 && NMAX == 16 && C == 64 && kThreads == 128), "c8 v11 layout");
   static_assert(!DB || V11, "c8 double-buffered rows");
   static_assert(!SWZ || (V11 && NPL == 8), "c8 swizzled rows");
+  constexpr bool kF32 = std::is_same_v<TA, float>;
+  static_assert(kF32 || V11, "c8: bf16 inputs in the V11 kernel only");
   constexpr int kSet = RS * 2 * Lay::kHalf;  // one set of held rows
   extern __shared__ __align__(16) float smem[];
   float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
@@ -140,79 +146,95 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
           const int i = tid + j * kThreads, ecc = min(int(blockIdx.x) * C + i / kQ, E - 1);
           cp_async16(S + Lay::oH + 4 * i, chunk_states + ((b * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
         }
-        // u, dt, z, dout: (kSub, C / 4) vectors of 4 channels, one per thread
-        const int tt = tid / kQE, e4 = int(blockIdx.x) * C + (tid % kQE) * 4;
-        const bool ok = tt < len && e4 < E;
-        const int row = b * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0, o = row * E + col;
-        cp_async16(S + Lay::oDT + 4 * tid, dt + o, ok);
-        cp_async16(S + Lay::oU + 4 * tid, u + o, ok);
-        cp_async16(S + Lay::oZ + 4 * tid, z + row * ldz + col, ok);
-        cp_async16(S + Lay::oDO + 4 * tid, dout + o, ok);
+        if constexpr (kF32) {
+          // u, dt, z, dout: (kSub, C / 4) vectors of 4 channels, one per thread
+          const int tt = tid / kQE, e4 = int(blockIdx.x) * C + (tid % kQE) * 4;
+          const bool ok = tt < len && e4 < E;
+          const int row = b * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0, o = row * E + col;
+          cp_async16(S + Lay::oDT + 4 * tid, dt + o, ok);
+          cp_async16(S + Lay::oU + 4 * tid, u + o, ok);
+          cp_async16(S + Lay::oZ + 4 * tid, z + row * ldz + col, ok);
+          cp_async16(S + Lay::oDO + 4 * tid, dout + o, ok);
+        } else {
+          // bf16: (kSub, C / 8) vectors of 8 channels; threads 0..63 copy dt and u, 64..127 z
+          // and dout (each into the first half of its fp32 region)
+          constexpr int kQ8 = C / 8;
+          static_assert(2 * kSub * kQ8 == kThreads, "c8 v11 bf16 staging");
+          const int v = tid % (kSub * kQ8), tt = v / kQ8, e8 = int(blockIdx.x) * C + (v % kQ8) * 8;
+          const bool ok = tt < len && e8 < E, lo = tid < kSub * kQ8;
+          const int row = b * L + s0 + (ok ? tt : 0), col = ok ? e8 : 0, o = row * E + col;
+          TA* s1 = reinterpret_cast<TA*>(S + (lo ? Lay::oDT : Lay::oZ)) + 8 * v;
+          TA* s2 = reinterpret_cast<TA*>(S + (lo ? Lay::oU : Lay::oDO)) + 8 * v;
+          cp_async16(s1, lo ? dt + o : z + row * ldz + col, ok);
+          cp_async16(s2, (lo ? u : dout) + o, ok);
+        }
         cp_async_commit();
         return;
       }
-      if (vec & kVecBC) {  // B, C: (kSub, 2 * NMAX / 4) vectors; start state: (C, NMAX / 4)
-        constexpr int kQ = NMAX / 4;
+      if constexpr (kF32) {  // (bf16 runs the 16-byte path above only: the host checks)
+        if (vec & kVecBC) {  // B, C: (kSub, 2 * NMAX / 4) vectors; start state: (C, NMAX / 4)
+          constexpr int kQ = NMAX / 4;
 #pragma unroll
-        for (int j = 0; j < (kSub * 2 * kQ + kThreads - 1) / kThreads; ++j) {
-          const int i = tid + j * kThreads, tt = i / (2 * kQ), q = i % (2 * kQ);
-          if (i < kSub * 2 * kQ) {
-            const bool ok = tt < len;
-            const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + (q % kQ) * 4 : 0;
-            cp_async16(S + Lay::oBC + 4 * i, (q < kQ ? Bm : Cm) + off, ok);
+          for (int j = 0; j < (kSub * 2 * kQ + kThreads - 1) / kThreads; ++j) {
+            const int i = tid + j * kThreads, tt = i / (2 * kQ), q = i % (2 * kQ);
+            if (i < kSub * 2 * kQ) {
+              const bool ok = tt < len;
+              const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + (q % kQ) * 4 : 0;
+              cp_async16(S + Lay::oBC + 4 * i, (q < kQ ? Bm : Cm) + off, ok);
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < (C * kQ) / kThreads; ++j) {
+            const int i = tid + j * kThreads, cc = i / kQ;
+            const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
+            cp_async16(S + Lay::oH + 4 * i, chunk_states + ((size_t(b) * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
+          }
+        }
+        if (vec & kVecTE) {  // (kSub, C / 4) vectors of 4 channels; channels past E read zeros
+          constexpr int kQ = C / 4;
+#pragma unroll
+          for (int j = 0; j < (kSub * kQ + kThreads - 1) / kThreads; ++j) {
+            const int i = tid + j * kThreads, tt = i / kQ, e4 = int(blockIdx.x) * C + (i % kQ) * 4;
+            if (i < kSub * kQ) {
+              const bool ok = tt < len && e4 < E;
+              const size_t row = size_t(b) * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0;
+              cp_async16(S + Lay::oDT + 4 * i, dt + row * E + col, ok);
+              cp_async16(S + Lay::oU + 4 * i, u + row * E + col, ok);
+              cp_async16(S + Lay::oZ + 4 * i, z + row * ldz + col, ok);
+              cp_async16(S + Lay::oDO + 4 * i, dout + row * E + col, ok);
+            }
           }
         }
 #pragma unroll
-        for (int j = 0; j < (C * kQ) / kThreads; ++j) {
-          const int i = tid + j * kThreads, cc = i / kQ;
+        for (int j = 0; j < Lay::kBCPer; ++j) {
+          const int i = tid + j * kThreads;
+          const int tt = i / (2 * NMAX), kk2 = i % (2 * NMAX), n = kk2 % NMAX;
+          if (i < kSub * 2 * NMAX && !(vec & kVecBC)) {
+            const bool ok = tt < len && n < N;
+            const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + n : 0;
+            cp_async4(S + Lay::oBC + i, (kk2 < NMAX ? Bm : Cm) + off, ok);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < Lay::kChPer; ++j) {
+          if (vec & kVecTE) break;
+          const int i = tid + j * kThreads, tt = i / C;
+          const bool ok = tt < len, real = ok && es_real;
+          const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
+          cp_async4(S + Lay::oDT + i, dt + row * E + es, ok);
+          cp_async4(S + Lay::oU + i, u + row * E + es, real);
+          cp_async4(S + Lay::oZ + i, z + row * ldz + es, ok);
+          cp_async4(S + Lay::oDO + i, dout + row * E + es, real);
+        }
+#pragma unroll
+        for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
+          if (vec & kVecBC) break;
+          const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
           const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
-          cp_async16(S + Lay::oH + 4 * i, chunk_states + ((size_t(b) * n_chunks + ch) * E + ecc) * N + (i % kQ) * 4, true);
+          const bool ok = n < N;
+          const size_t off = ok ? ((size_t(b) * n_chunks + ch) * E + ecc) * N + n : 0;
+          cp_async4(S + Lay::oH + i, chunk_states + off, ok);
         }
-      }
-      if (vec & kVecTE) {  // (kSub, C / 4) vectors of 4 channels; channels past E read zeros
-        constexpr int kQ = C / 4;
-#pragma unroll
-        for (int j = 0; j < (kSub * kQ + kThreads - 1) / kThreads; ++j) {
-          const int i = tid + j * kThreads, tt = i / kQ, e4 = int(blockIdx.x) * C + (i % kQ) * 4;
-          if (i < kSub * kQ) {
-            const bool ok = tt < len && e4 < E;
-            const size_t row = size_t(b) * L + s0 + (ok ? tt : 0), col = ok ? e4 : 0;
-            cp_async16(S + Lay::oDT + 4 * i, dt + row * E + col, ok);
-            cp_async16(S + Lay::oU + 4 * i, u + row * E + col, ok);
-            cp_async16(S + Lay::oZ + 4 * i, z + row * ldz + col, ok);
-            cp_async16(S + Lay::oDO + 4 * i, dout + row * E + col, ok);
-          }
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < Lay::kBCPer; ++j) {
-        const int i = tid + j * kThreads;
-        const int tt = i / (2 * NMAX), kk2 = i % (2 * NMAX), n = kk2 % NMAX;
-        if (i < kSub * 2 * NMAX && !(vec & kVecBC)) {
-          const bool ok = tt < len && n < N;
-          const size_t off = ok ? (size_t(b) * L + s0 + tt) * ld_bc + n : 0;
-          cp_async4(S + Lay::oBC + i, (kk2 < NMAX ? Bm : Cm) + off, ok);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < Lay::kChPer; ++j) {
-        if (vec & kVecTE) break;
-        const int i = tid + j * kThreads, tt = i / C;
-        const bool ok = tt < len, real = ok && es_real;
-        const size_t row = size_t(b) * L + s0 + (ok ? tt : 0);
-        cp_async4(S + Lay::oDT + i, dt + row * E + es, ok);
-        cp_async4(S + Lay::oU + i, u + row * E + es, real);
-        cp_async4(S + Lay::oZ + i, z + row * ldz + es, ok);
-        cp_async4(S + Lay::oDO + i, dout + row * E + es, real);
-      }
-#pragma unroll
-      for (int j = 0; j < (C * NMAX) / kThreads; ++j) {
-        if (vec & kVecBC) break;
-        const int i = tid + j * kThreads, cc = i / NMAX, n = i % NMAX;
-        const int ecc = min(int(blockIdx.x) * C + cc, E - 1);
-        const bool ok = n < N;
-        const size_t off = ok ? ((size_t(b) * n_chunks + ch) * E + ecc) * N + n : 0;
-        cp_async4(S + Lay::oH + i, chunk_states + off, ok);
       }
     }
     cp_async_commit();
@@ -280,6 +302,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     float h_start[NPL];  // h before the chunk
     float4* P4 = reinterpret_cast<float4*>(S + Lay::oDT);                // (kSub, C): delta, delta u, dy, u
     float2* P2 = reinterpret_cast<float2*>(S + Lay::oDT + 4 * Lay::SC);  // (kSub, C): sigmoid, dz factor
+    // the staged u, dt, z, dout (fp32, or bf16 in the first half of their regions)
+    auto in = [&](int off, int i) { return to_float(reinterpret_cast<const TA*>(S + off)[i]); };
     if constexpr (PACK) {
       load_states<NPL>(S + Lay::oH + c * NMAX + n0, h_start);
       float4 p4[Lay::kChPer];
@@ -288,7 +312,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
       for (int j = 0; j < Lay::kChPer; ++j) {
         const int i = tid + j * kThreads;
         const bool ok = i / C < len;
-        const float x = S[Lay::oDT + i] + bias_s, uu = S[Lay::oU + i];
+        const float x = in(Lay::oDT, i) + bias_s, uu = in(Lay::oU, i);
         float delta, sx;
         if constexpr (V11) {
           delta = softplus_sigmoid(x, sx);
@@ -297,7 +321,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
           sx = sigmoid_fast(x);
         }
         delta = ok ? delta : 0.0f;
-        const float zz = S[Lay::oZ + i], go = S[Lay::oDO + i], sz = sigmoid_fast(zz);
+        const float zz = in(Lay::oZ, i), go = in(Lay::oDO, i), sz = sigmoid_fast(zz);
         p4[j] = make_float4(delta, delta * uu, go * zz * sz, uu);
         p2[j] = make_float2(ok ? sx : 0.0f, go * sz * (1.0f + zz * (1.0f - sz)));
       }
@@ -335,7 +359,9 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
     const size_t row0 = size_t(b) * L + s0;
     // KL 4: lane 0 of a group writes dz, lane 1 ddt, lane 2 du; KL 2: lane 0 dz and du,
     // lane 1 ddt (row s0 + ii: dst.store(ii, .), dst2[ii * E])
-    const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz, (k == 1 ? ddt_out : du_out) + row0 * E + e, E);
+    // (TA is float but in V11, which does not use dst)
+    const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz,
+                          (k == 1 ? reinterpret_cast<float*>(ddt_out) : du_out) + row0 * E + e, E);
     float* dst2 = du_out + row0 * E + e;
     // replay the chunk keeping every step's state (and decay) in registers, then walk it
     // backwards carrying dh
@@ -457,7 +483,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
           const float4* so = reinterpret_cast<const float4*>(sout) + tid;
           auto put = [&](auto row) {
             store4(dz_out + row * ldz + e4, so[0]);  // fp32 or bf16
-            *reinterpret_cast<float4*>(ddt_out + row * E + e4) = so[Lay::kOutLd / 4];
+            store4(ddt_out + row * E + e4, so[Lay::kOutLd / 4]);  // fp32 or bf16
             *reinterpret_cast<float4*>(du_out + row * E + e4) = so[Lay::kOutLd / 2];
           };
           if (vec & kIdx32) put(b * L + s0 + tt);
@@ -472,7 +498,8 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
             const size_t row = size_t(b) * L + s0 + tt;
             const float v = sout[a * Lay::kOutLd + i % Lay::SC];
             if (a == 0) dz_out[row * ldz + eo] = from_float<TZ>(v);
-            else (a == 1 ? ddt_out : du_out)[row * E + eo] = v;
+            else if (a == 1) ddt_out[row * E + eo] = from_float<TA>(v);
+            else du_out[row * E + eo] = v;
           }
         }
       }
@@ -489,30 +516,42 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const float* __restrict__ 
 }
 
 
+// The vec bits (kVecTE ...) for these pointers; el: channels per 16-byte copy of u, dt,
+// z, dout (4 fp32, 8 bf16).
+int c8_vec(bool vec_ok, int npl, dim3 grid, int L, int E, int N, int el, const void* u, const void* dt,
+           const float* Bm, const float* Cm, int ld_bc, const void* z, int ldz, const float* chunk_states,
+           const void* dout, const void* du, const void* ddt, const void* dz) {
+  auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  const int NMAX = npl == 4 ? 16 : kLanes * npl;  // the layout's states per channel (KL * NPL)
+  int vec = !vec_ok ? 0
+                    : ((E % el == 0 && ldz % el == 0 && al(u) && al(dt) && al(z) && al(dout) ? kVecTE : 0) |
+                       (npl % 4 == 0 && N == NMAX && ld_bc % 4 == 0 && al(Bm) && al(Cm) && al(chunk_states) ? kVecBC : 0) |
+                       (E % 4 == 0 && ldz % 4 == 0 && al(dz) && al(ddt) && al(du) ? kVecOut : 0));
+  const size_t rows = size_t(grid.y) * L, lim = size_t(1) << 31;
+  const bool idx32 = rows * std::max(E, ldz) < lim && rows * ld_bc < lim &&
+                     size_t(grid.y) * ((L + kSub - 1) / kSub) * E * N < lim;
+  return vec | (idx32 ? kIdx32 : 0);
+}
+
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, class TZ, bool V11 = false,
-          bool DB = false, bool SPLIT = false, bool SWZ = false>
-void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+          bool DB = false, bool SPLIT = false, bool SWZ = false, class TA = float>
+void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const TA* u, const TA* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
-               const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-               float* du, float* ddt, TZ* dz, float* bc_part, float* param_part) {
+               const float* D, const TA* z, int ldz, const float* chunk_states, const TA* dout,
+               float* du, TA* ddt, TZ* dz, float* bc_part, float* param_part) {
   constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ>;
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ, TA>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     attr_set = true;
   }
   // 16-byte copies where every row lines up (VEC; otherwise 4-byte copies)
-  auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  constexpr int NMAX = KL * NPL;
-  int vec = !VEC ? 0
-                       : ((E % 4 == 0 && ldz % 4 == 0 && al(u) && al(dt) && al(z) && al(dout) ? kVecTE : 0) |
-                          (NPL % 4 == 0 && N == NMAX && ld_bc % 4 == 0 && al(Bm) && al(Cm) && al(chunk_states) ? kVecBC : 0) |
-                          (E % 4 == 0 && ldz % 4 == 0 && al(dz) && al(ddt) && al(du) ? kVecOut : 0));
-  const size_t rows = size_t(grid.y) * L, lim = size_t(1) << 31;
-  const bool idx32 = rows * std::max(E, ldz) < lim && rows * ld_bc < lim &&
-                     size_t(grid.y) * ((L + kSub - 1) / kSub) * E * N < lim;
-  vec |= idx32 ? kIdx32 : 0;
+  static_assert(KL * NPL == 16 || KL == kLanes, "c8_vec's NMAX");
+  const int vec = c8_vec(VEC, KL * NPL / kLanes, grid, L, E, N, 16 / sizeof(TA), u, dt, Bm, Cm, ld_bc, z, ldz,
+                         chunk_states, dout, du, ddt, dz);
+  if constexpr (!std::is_same_v<TA, float>)
+    check((vec & (kFast | kVecOut)) == (kFast | kVecOut), "scan_backward: bf16 inputs need the 16-byte copies");
   kernel<<<grid, kThreads, bytes, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, ldz,
                                               chunk_states, dout, du, ddt, dz, bc_part, param_part);
 }
@@ -520,16 +559,50 @@ void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const float* u, const flo
 
 }  // namespace
 
-void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+static bool bwd_v10() {  // BHASA_SCAN_BWD_VARIANT=10: v10 (timing)
+  static const bool v10 = [] {
+    const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
+    return v && std::atoi(v) == 10;
+  }();
+  return v10;
+}
+
+bool backward_c8_reads_bf16(int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
+                            const float* Bm, const float* Cm, int ld_bc, ConstOperand z, int ldz,
+                            const float* chunk_states, ConstOperand dout, const float* du, Operand ddt, Operand dz) {
+  const auto bf = Dtype::bf16;
+  if (npl != 4 || bwd_v10() || u.dtype != bf || dt.dtype != bf || z.dtype != bf || dout.dtype != bf || ddt.dtype != bf)
+    return false;
+  const int vec = c8_vec(true, npl, grid, L, E, N, 8, u.p, dt.p, Bm, Cm, ld_bc, z.p, ldz, chunk_states, dout.p, du,
+                         ddt.p, dz.p);
+  return (vec & (kFast | kVecOut)) == (kFast | kVecOut);
+}
+
+void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, ConstOperand u_, ConstOperand dt_,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
-                        const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part) {
+                        const float* D, ConstOperand z_, int ldz, const float* chunk_states, ConstOperand dout_,
+                        float* du, Operand ddt_, Operand dz, float* bc_part, float* param_part) {
 #define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC, ...)                                                    \
   static_assert(C8Layout<KL, NP>::C == c8_channels(NP * KL / kLanes), "c8 blocks");                               \
   launch_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC, TZ, ##__VA_ARGS__>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
                                                        ldz, chunk_states, dout, du, ddt, d, bc_part, param_part)
   // measured variants (bench/cuda_lab/NOTES.md, v9-v10): 2 lanes per channel with the
   // packed per-step values and 16-byte copies ran 1.65 ms, 4 lanes at 4 blocks/SM 1.93
+  if (u_.dtype == Dtype::bf16) {  // the V11 kernel on bf16 u, dt, z, dout, ddt
+    check(backward_c8_reads_bf16(npl, grid, L, E, N, u_, dt_, Bm, Cm, ld_bc, z_, ldz, chunk_states, dout_, du, ddt_, dz),
+          "scan_backward: the chunk-8 kernel reads u, dt, z, dout (and writes ddt) all fp32 or all bf16 (aligned)");
+    using T = __nv_bfloat16;
+    const T *u = static_cast<const T*>(u_.p), *dt = static_cast<const T*>(dt_.p), *z = static_cast<const T*>(z_.p),
+            *dout = static_cast<const T*>(dout_.p);
+    T* ddt = static_cast<T*>(ddt_.p);
+    with_operand(dz, [&](auto* d) {
+      using TZ = std::remove_pointer_t<decltype(d)>;
+      BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, T);
+    });
+    return;
+  }
+  const float *u = u_.f32(), *dt = dt_.f32(), *z = z_.f32(), *dout = dout_.f32();
+  float* ddt = ddt_.f32();
   with_operand(dz, [&](auto* d) {
     using TZ = std::remove_pointer_t<decltype(d)>;
     switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)
@@ -538,11 +611,7 @@ void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const f
       case 4: {
         // BHASA_SCAN_BWD_VARIANT=10: v10 (timing). Default: V11 + 2 buffers + DB + SPLIT + SWZ,
         // 1.33 ms here against v10's 1.63 (bench/cuda_lab/NOTES.md has the other combinations)
-        static const bool v10 = [] {
-          const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
-          return v && std::atoi(v) == 10;
-        }();
-        if (v10) { BHASA_C8(2, 8, 3, false, 3, 2, true, true); }
+        if (bwd_v10()) { BHASA_C8(2, 8, 3, false, 3, 2, true, true); }
         else { BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true); }
         break;
       }

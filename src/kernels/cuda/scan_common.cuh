@@ -61,13 +61,14 @@ __device__ __forceinline__ float softplus_fast(float x) {
 __device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ ((r & 3) << 3)); }
 
 // cp.async: a 4-byte copy global -> shared that bypasses registers; ok = false writes 0.
-__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool ok) {
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
                : "memory");
 }
-// cp.async of 16 bytes (both addresses 16-byte aligned); ok = false writes zeros.
-__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool ok) {
+// cp.async of 16 bytes (both addresses 16-byte aligned: 4 floats or 8 bf16); ok = false
+// writes zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0)
                : "memory");
@@ -146,10 +147,14 @@ __device__ __forceinline__ void store_states(float* p, const float* v) {
 }
 
 
-// scan_fwd_c8.cu: the forward at chunk == kSub for N in 9..16 (2 lanes of 8 states)
-void launch_forward_c8(Ctx& c, int B, int L, int E, int N, const float* u, const float* dt, const float* dt_bias,
+// scan_fwd_c8.cu: the forward at chunk == kSub for N in 9..16 (2 lanes of 8 states).
+// u, dt, z: all fp32, or all bf16 where forward_c8_reads_bf16 (16-byte copies of 8
+// channels); out fp32 or bf16.
+bool forward_c8_reads_bf16(int B, int L, int E, int N, ConstOperand u, ConstOperand dt, const float* Bm,
+                           const float* Cm, int ld_bc, ConstOperand z, int ldz);
+void launch_forward_c8(Ctx& c, int B, int L, int E, int N, ConstOperand u, ConstOperand dt, const float* dt_bias,
                        const float* A_log, const float* Bm, const float* Cm, int ld_bc, const float* D,
-                       const float* z, int ldz, Operand out, float* chunk_states, const float* h0, float* h_last);  // out fp32 or bf16
+                       ConstOperand z, int ldz, Operand out, float* chunk_states, const float* h0, float* h_last);
 
 // scan_bwd_c8.cu: the backward at chunk == kSub, into the same partials as
 // scan_backward_kernel (bc_partials: one per block of c8_channels(NPL) channels).
@@ -177,9 +182,14 @@ struct LaneOut {
 };
 
 constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels; }
-void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, const float* u, const float* dt,
+// u, dt, z, dout in and ddt out: all fp32, or all bf16 where backward_c8_reads_bf16 (the
+// V11 kernel's 16-byte copies); dz fp32 or bf16.
+bool backward_c8_reads_bf16(int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
+                            const float* Bm, const float* Cm, int ld_bc, ConstOperand z, int ldz,
+                            const float* chunk_states, ConstOperand dout, const float* du, Operand ddt, Operand dz);
+void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
-                        const float* D, const float* z, int ldz, const float* chunk_states, const float* dout,
-                        float* du, float* ddt, Operand dz, float* bc_part, float* param_part);  // dz fp32 or bf16
+                        const float* D, ConstOperand z, int ldz, const float* chunk_states, ConstOperand dout,
+                        float* du, Operand ddt, Operand dz, float* bc_part, float* param_part);
 
 }  // namespace bhasa::cuda::scan_detail

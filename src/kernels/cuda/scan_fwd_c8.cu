@@ -28,17 +28,20 @@ __device__ __forceinline__ int swz2(int r, int c) { return r * kC + (c ^ ((r & 1
 // with 32-bit offsets (E, ldz, ld_bc multiples of 4, aligned rows, N == 16, every tensor
 // < 2^31 elements).
 // 118 registers: 4 blocks per SM hold the (16, 1536) grid (384 blocks) in one wave.
-// out (B, L, E): fp32 or bf16 (TY)
-template <class TY>
+// out (B, L, E): fp32 or bf16 (TY). u, dt, z: fp32 or bf16 (TA), staged as they are (a
+// bf16 16-byte copy is 8 channels) and widened where the walk reads them; bf16 runs
+// only with vec (the host checks: forward_c8_reads_bf16).
+template <class TY, class TA>
 __global__ void __launch_bounds__(kThreads, 4)
-scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ u, const float* __restrict__ dt,
+scan_forward_c8_kernel(bool vec, int L, int E, int N, const TA* __restrict__ u, const TA* __restrict__ dt,
                        const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                        const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
-                       const float* __restrict__ Dp, const float* __restrict__ z, int ldz, TY* __restrict__ out,
+                       const float* __restrict__ Dp, const TA* __restrict__ z, int ldz, TY* __restrict__ out,
                        float* __restrict__ chunk_states, const float* h0, float* h_last) {
+  constexpr bool kF32 = std::is_same_v<TA, float>;
   __shared__ __align__(16) float sB[2][kT][kNMAX];
   __shared__ __align__(16) float sC[2][kT][kNMAX];
-  __shared__ __align__(16) float sU[2][kTC], sDT[2][kTC], sZ[2][kTC];  // swizzled by swz2
+  __shared__ __align__(16) TA sU[2][kTC], sDT[2][kTC], sZ[2][kTC];  // swizzled by swz2
   const int b = blockIdx.y, tid = threadIdx.x;
   const int lane = tid % 32, k = lane % kKL, group0 = lane - k;
   const int c = tid / kKL;
@@ -65,11 +68,12 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
   // Copies tile [t0, t0 + kT) into buffer buf; steps past L and states past N are zeros.
   auto stage = [&](int t0, int buf) {
     if (vec) {
-      constexpr int kQ = kC / 4, kQN = kNMAX / 4;
-      static_assert(kTC % (4 * kThreads) == 0 && 2 * kT * kQN == kThreads, "fwd c8 staging");
+      constexpr int kEl = 16 / sizeof(TA);  // channels per 16-byte copy: 4 fp32 or 8 bf16
+      constexpr int kQ = kC / kEl, kQN = kNMAX / 4;
+      static_assert(kTC % (kEl * kThreads) == 0 && 2 * kT * kQN == kThreads, "fwd c8 staging");
 #pragma unroll
-      for (int j = 0; j < kTC / (4 * kThreads); ++j) {  // u, dt, z: (tile step, 4 channels)
-        const int i = tid + j * kThreads, r = i / kQ, c4 = (i % kQ) * 4, e4 = int(blockIdx.x) * kC + c4;
+      for (int j = 0; j < kTC / (kEl * kThreads); ++j) {  // u, dt, z: (tile step, kEl channels)
+        const int i = tid + j * kThreads, r = i / kQ, c4 = (i % kQ) * kEl, e4 = int(blockIdx.x) * kC + c4;
         const bool ok = t0 + r < L && e4 < E;
         const int row = b * L + (ok ? t0 + r : 0), col = ok ? e4 : 0, o = row * E + col;
         cp_async16(&sU[buf][swz2(r, c4)], u + o, ok);
@@ -81,7 +85,7 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
       const bool ok = t0 + tt < L;
       const int off = ok ? (b * L + t0 + tt) * ld_bc + nq : 0;
       cp_async16(tid < kT * kQN ? &sB[buf][tt][nq] : &sC[buf][tt][nq], (tid < kT * kQN ? Bm : Cm) + off, ok);
-    } else {
+    } else if constexpr (kF32) {
       const int cc = tid % kC, ecc = min(int(blockIdx.x) * kC + cc, E - 1);
 #pragma unroll
       for (int j = 0; j < kTC / kThreads; ++j) {
@@ -112,12 +116,12 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
     else cp_async_commit();
     cp_async_wait<1>();  // this tile landed (the next may still be in flight)
     __syncthreads();
-    const float* su = sU[buf];
+    const TA* su = sU[buf];
     // Two steps; lane k finishes step s0 + k. Each lane computes one step's softplus and
     // the pair shares them by shuffles.
     auto steps2 = [&](int s0, int tn) {  // tn: the tile's length
       const int my = s0 + k;
-      const float my_delta = softplus_fast(sDT[buf][swz2(my, c)] + bias);
+      const float my_delta = softplus_fast(to_float(sDT[buf][swz2(my, c)]) + bias);
       float ypart[kKL];
 #pragma unroll
       for (int j = 0; j < kKL; ++j) {
@@ -135,7 +139,7 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
                 if (n0 + i < N) cs[i] = h[i];
             }
           }
-          const float dlu = delta * su[swz2(tt, c)];
+          const float dlu = delta * to_float(su[swz2(tt, c)]);
           float Bt[kNPL], Ct[kNPL];
           load_states<kNPL>(&sB[buf][tt][n0], Bt);
           load_states<kNPL>(&sC[buf][tt][n0], Ct);
@@ -153,7 +157,7 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
       reduce_scatter<1, 1, kKL, kKL>(ypart, lane, first);  // lane k: the sum of step s0 + k
       const float y = ypart[0];
       if (valid && my < tn) {
-        const float uu = su[swz2(my, c)], zz = sZ[buf][swz2(my, c)];
+        const float uu = to_float(su[swz2(my, c)]), zz = to_float(sZ[buf][swz2(my, c)]);
         out_lane[size_t(t0 + my) * E] = from_float<TY>((y + Dv * uu) * zz * sigmoid_fast(zz));
       }
     };
@@ -175,18 +179,42 @@ scan_forward_c8_kernel(bool vec, int L, int E, int N, const float* __restrict__ 
 
 }  // namespace
 
-void launch_forward_c8(Ctx& c, int B, int L, int E, int N, const float* u, const float* dt, const float* dt_bias,
-                       const float* A_log, const float* Bm, const float* Cm, int ld_bc, const float* D,
-                       const float* z, int ldz, Operand out, float* chunk_states, const float* h0, float* h_last) {
+// The 16-byte copies: rows of el channels (4 fp32, 8 bf16) line up.
+static bool fwd_vec(int B, int L, int E, int N, int el, const void* u, const void* dt, const float* Bm,
+                    const float* Cm, int ld_bc, const void* z, int ldz) {
   auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   const size_t rows = size_t(B) * L, lim = size_t(1) << 31;
-  const bool vec = E % 4 == 0 && ldz % 4 == 0 && ld_bc % 4 == 0 && N == kNMAX && al(u) && al(dt) && al(z) &&
-                   al(Bm) && al(Cm) && rows * std::max(E, ldz) < lim && rows * ld_bc < lim;
+  return E % el == 0 && ldz % el == 0 && ld_bc % 4 == 0 && N == kNMAX && al(u) && al(dt) && al(z) && al(Bm) &&
+         al(Cm) && rows * std::max(E, ldz) < lim && rows * ld_bc < lim;
+}
+
+bool forward_c8_reads_bf16(int B, int L, int E, int N, ConstOperand u, ConstOperand dt, const float* Bm,
+                           const float* Cm, int ld_bc, ConstOperand z, int ldz) {
+  return u.dtype == Dtype::bf16 && dt.dtype == Dtype::bf16 && z.dtype == Dtype::bf16 &&
+         fwd_vec(B, L, E, N, 8, u.p, dt.p, Bm, Cm, ld_bc, z.p, ldz);
+}
+
+void launch_forward_c8(Ctx& c, int B, int L, int E, int N, ConstOperand u, ConstOperand dt, const float* dt_bias,
+                       const float* A_log, const float* Bm, const float* Cm, int ld_bc, const float* D,
+                       ConstOperand z, int ldz, Operand out, float* chunk_states, const float* h0, float* h_last) {
+  const bool bf16 = u.dtype == Dtype::bf16;
+  check(bf16 ? forward_c8_reads_bf16(B, L, E, N, u, dt, Bm, Cm, ld_bc, z, ldz)
+             : dt.dtype == Dtype::f32 && z.dtype == Dtype::f32,
+        "scan_forward: the chunk-8 kernel reads u, dt, z all fp32 or all bf16 (aligned)");
   dim3 grid(blocks_for(E, kC), B);
   with_operand(out, [&](auto* o) {
     using TY = std::remove_pointer_t<decltype(o)>;
-    scan_forward_c8_kernel<TY><<<grid, kThreads, 0, c.stream>>>(vec, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D,
-                                                                z, ldz, o, chunk_states, h0, h_last);
+    if (bf16) {
+      using T = __nv_bfloat16;
+      scan_forward_c8_kernel<TY, T><<<grid, kThreads, 0, c.stream>>>(
+          true, L, E, N, static_cast<const T*>(u.p), static_cast<const T*>(dt.p), dt_bias, A_log, Bm, Cm, ld_bc, D,
+          static_cast<const T*>(z.p), ldz, o, chunk_states, h0, h_last);
+    } else {
+      const bool vec = fwd_vec(B, L, E, N, 4, u.p, dt.p, Bm, Cm, ld_bc, z.p, ldz);
+      scan_forward_c8_kernel<TY, float><<<grid, kThreads, 0, c.stream>>>(
+          vec, L, E, N, u.f32(), dt.f32(), dt_bias, A_log, Bm, Cm, ld_bc, D, z.f32(), ldz, o, chunk_states, h0,
+          h_last);
+    }
   });
 }
 
