@@ -1,4 +1,4 @@
-// ssm_decode_step and sample_tokens on the m130 shape at B = 1, 8, 32, 64, with a
+// ssm_decode_step and sample_tokens on the m130 shape at B = 1, 8, 12, 16, 32, 64, with a
 // device copy of the SSM state for scale. As decode_ops: 24 calls captured in one CUDA
 // graph, states rotated over 8 copies (logits over 4, or 1 = L2-resident), median of
 // 15 replays, us per call. Floors at 4.29 TB/s. Environment: LAB_LABEL names the variant
@@ -56,7 +56,7 @@ int main() {
     const bool do_step = !std::getenv("LAB_STEP") || std::atoi(std::getenv("LAB_STEP")) != 0;
     const bool do_sample = !std::getenv("LAB_SAMPLE") || std::atoi(std::getenv("LAB_SAMPLE")) != 0;
     std::printf("| op | B | variant | us/call | floor us |\n|---|---|---|---|---|\n");
-    for (int B : {1, 8, 16, 32, 64}) {
+    for (int B : {1, 8, 12, 16, 32, 64}) {
       float *xz = rnd(*be, size_t(B) * 2 * E, rng, 1.f), *dbc = rnd(*be, size_t(B) * P, rng, 0.5f),
             *y = be->alloc(size_t(B) * E), *conv = rnd(*be, size_t(kCopies) * B * (K - 1) * E, rng, 1.f),
             *ssm = rnd(*be, size_t(kCopies) * B * E * N, rng, 0.1f),

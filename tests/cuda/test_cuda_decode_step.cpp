@@ -130,9 +130,9 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
 }
 
 // Steps queued back to back with no host call between (the graph's case, where a step
-// kernel may start before the previous one ends, programmatic dependent launch):
-// ssm_step_rows_kernel loads h and the conv state before pdl_wait and triggers only after
-// its stores. Three steps on one state (and, interleaved, a second state), then the CPU's.
+// kernel may start before the previous one ends, programmatic dependent launch: what it
+// loads before pdl_wait must not be what the previous one writes). Two states, one of
+// them stepped twice in a row, then the CPU's.
 TEST(CudaDecodeStep, SsmDecodeStepBackToBack) {
   BHASA_REQUIRE_GPU(gpu);
   auto cpu = make_cpu_backend();
@@ -201,11 +201,12 @@ TEST(CudaDecodeStep, SampleTokensMatchRule) {
   std::mt19937 rng(8);
   // V % 4 == 0: float4 loads, else scalar; B = 300 at V = 50280: more (row, slice)
   // partials than the last block stages in shared memory; off = 1: rows not 16-byte aligned;
-  // scale 8: logits spread as a language model's (most skip the noise at temperature 0.8)
+  // scale 8: logits spread as a language model's; V 50281 at B 64: the scalar loads with the
+  // noise skipped (a thread has several units of its slice)
   struct Case { int V, B, off; float scale = 1.0f; };
   for (Case cs : {Case{50280, 1, 0}, Case{50280, 3, 0}, Case{50280, 64, 0}, Case{50280, 300, 0}, Case{97, 1, 0},
                   Case{97, 3, 0}, Case{97, 64, 0}, Case{5000, 1, 0}, Case{5000, 3, 0}, Case{5000, 64, 0},
-                  Case{5000, 8, 1}, Case{50280, 64, 0, 8.0f}, Case{5000, 8, 1, 8.0f}})
+                  Case{5000, 8, 1}, Case{50280, 64, 0, 8.0f}, Case{5000, 8, 1, 8.0f}, Case{50281, 64, 0}})
     for (float temp : {0.0f, 0.8f}) {
       const int V = cs.V, B = cs.B;
       auto logits = randn(size_t(B) * V, rng, cs.scale);
