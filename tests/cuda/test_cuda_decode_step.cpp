@@ -100,11 +100,11 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
   auto cpu = make_cpu_backend();
   std::mt19937 rng(6);
   struct Shape { int E, N, R, K; };
-  // B > 8 with d_state % 4 == 0, d_state <= 32, dt_rank <= 64, d_conv <= 4:
-  // ssm_step_rows_kernel (B = 13, 50: a last group of 1 / 2 rows; d_inner 100: a last block
-  // of 4 channels of 32; d_state 32: 2 chunks a lane); d_state 64 at B >= 32: ssm_step_tile_kernel
-  // (BHASA_SSM_ROWS_MIN_B=1000 sends every B >= 32 there); otherwise ssm_step4_kernel
-  // (float4 states) or ssm_step_kernel (d_state 5)
+  // B >= 16 with d_state % 4 == 0, d_state <= 32, dt_rank <= 64, d_conv <= 4:
+  // ssm_step_rows_kernel (B = 50: a last group of 2 rows; d_inner 100: a last block of 4
+  // channels of 32; d_state 32: 2 chunks a lane; BHASA_SSM_ROWS_MIN_B=9 takes B = 13 there
+  // too); d_state 64 at B >= 32: ssm_step_tile_kernel (BHASA_SSM_ROWS_MIN_B=1000 sends
+  // every B >= 32 there); otherwise ssm_step4_kernel (float4 states) or ssm_step_kernel (d_state 5)
   for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{448, 16, 12, 3}, Shape{384, 5, 12, 3},
                   Shape{96, 16, 8, 4}, Shape{128, 64, 16, 1}, Shape{100, 16, 12, 4}})
     for (int B : {1, 3, 8, 13, 50, 64}) {

@@ -69,11 +69,10 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
   // reach a score already seen in the warp is not scored. The noise of hash h is at
   // most gub[h >> 56] (its top 8 bits' bucket: the rule's noise at the bucket's largest
   // k, computed here by the rule's code, plus 1e-3 for a logf that is not monotone in
-  // the last bit), l / T at most l (1 / T) (1 + 1e-6): so the two logf and the division
-  // are skipped where logit / T + gub < the warp's best, and the ids are the rule's (a
+  // the last bit), l / T at most s0 = l (1 / T) + |l (1 / T)| 1e-6: so the two logf and the
+  // division are skipped where s0 + gub < the warp's best, and the ids are the rule's (a
   // skipped score is strictly below another's). The hash (2 64-bit multiplies) stays.
   __shared__ float gub[256];
-  constexpr bool skip = kSkip;
   const uint64_t rowh = mix64(seed ^ (uint64_t(step) << 32 | uint32_t(b)));  // gumbel_noise's inner hash
   const float invT = 1.0f / temperature;
   float thr = -FLT_MAX;  // a score some lane of this warp has
@@ -89,12 +88,12 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
         q[i][0] = ci < c1 ? __ldg(row + ci) : 0.0f;
       }
     }
-    if constexpr (skip) if (base == c0) {  // the bucket bounds, while the loads fly
+    if constexpr (kSkip) if (base == c0) {  // the bucket bounds, while the loads fly
       static_assert(kThreads == 256, "one bucket a thread");
       gub[threadIdx.x] = gumbel_of_hash((uint64_t(threadIdx.x) << 56) | (uint64_t(0x7fff) << 41)) + 1e-3f;
       __syncthreads();
     }
-    if constexpr (skip) {
+    if constexpr (kSkip) {
       // the first unit's logits scored, the warp's best of them the threshold; of the rest,
       // a bit for each that may reach it, then those alone (a loop as long as the warp's
       // longest list: a branch a logit ran the scoring whenever any lane needed it)
@@ -226,7 +225,7 @@ void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature,
   auto* part_idx = static_cast<int*>(c.scratch->get(kSampleIdx, size_t(B) * S * sizeof(int)));
   auto* done = static_cast<unsigned*>(c.scratch->get(kSampleCounter, sizeof(unsigned), /*zeroed=*/true));
   static const bool skip = [] { const char* e = std::getenv("BHASA_SAMPLE_SKIP"); return !(e && e[0] == '0'); }();
-  // the skip pays where a thread has several units of a slice (B >= 16 at V = 50280)
+  // the skip pays where a thread has several units of a slice (B >= 12 at V = 50280)
   const bool skip_here = skip && temperature > 0.0f && (n + S - 1) / S >= 2 * kThreads;
   auto kernel = skip_here ? (vec4 ? sample_kernel<true, true> : sample_kernel<false, true>)
                                            : (vec4 ? sample_kernel<true, false> : sample_kernel<false, false>);

@@ -3,7 +3,8 @@
 //   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
 // in one kernel (the unfused step ran conv, dt_proj and the scan as three): ssm_step_kernel
 // for any shape, ssm_step4_kernel (float4 states) for few batch rows, ssm_step_tile_kernel
-// (rows staged in shared memory, two phases) for B >= kTileMinB. The input
+// (rows staged in shared memory, two phases) for B >= kTileMinB, and where it serves
+// (B >= 16; m130's shape) ssm_step_rows.cu's kernel before all of these. The input
 // side, dbc = u @ x_proj^T, is gemv.cu's GEMV with the conv staged in front; conv_decode
 // here serves the shapes that does not. Both launch with programmatic dependent launch
 // (cuda_common.cuh): the constants are loaded before pdl_wait.
@@ -13,7 +14,6 @@
 #include "kernels/cuda/scan_common.cuh"  // cp.async helpers
 
 #include <algorithm>
-#include <cstdlib>
 
 namespace bhasa::cuda {
 
@@ -375,201 +375,6 @@ ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __r
     }
 }
 
-// 8 < B (ssm_step_rows_kernel): a warp owns 8 channels x G groups of 4 batch rows; lane
-// k of a channel's 4 lanes, per group:
-//   phase 1: the channel's scalars for row k of the group (delta, u, the conv state shift,
-//     D u, silu(z)): once per (row, channel), as the tile kernel, but in registers; the dt
-//     dot as lane partials over the group's 4 rows (lane k holds dt_w's float4 chunks
-//     k, k + 4, .. in registers), summed and scattered to row k's lane by 3 shuffles;
-//   phase 2: the float4 chunks k, k + 4, .. (J of them) of each row's state: delta and
-//     delta u of row r come from lane r by shuffle, C . h is summed and scattered back the
-//     same way, so lane k writes y of row k.
-// Shared memory holds only dbc's rows (B and C are read by every channel), one barrier
-// after their copy. Every state load of the block is issued right after pdl_wait, before
-// phase 1 (which does not need h). G = 2 halves the blocks' re-reads of the channel
-// constants (dt_w, A_log, conv_w: ~9 KB a block from L2, 7 MB a step at B = 64, G = 1).
-// The scalar functions are scan_common.cuh's (softplus_fast, sigmoid_fast: 2 ulp, as the
-// scan's) and the decay ex2.approx, as the tile kernel; offsets in 32 bits (B E N < 2^31).
-// Tried (NOTES.md): loading h before pdl_wait, the kernel triggering its dependents after
-// its stores so that the next step's early loads were safe: slower (the trigger at the
-// end keeps the next kernel from starting early).
-// torch (per row b, channel e): as ssm_step_kernel.
-constexpr int kRowsWarps = 4, kRowsThreads = 32 * kRowsWarps, kRowsE = 8 * kRowsWarps;  // channels a block
-constexpr int kRowsMaxK = 4;  // d_conv (registers: the conv weights and window)
-
-// v[r] summed over the 4 lanes of a channel; lane k gets row k's sum (rows 0..3)
-__device__ __forceinline__ float sum4_scatter(const float (&v)[kLanes], int k) {
-  const bool hi = k & 2, odd = k & 1;
-  float a = hi ? v[2] : v[0], b = hi ? v[3] : v[1];               // rows (k & 2) + 0, 1
-  a += __shfl_xor_sync(kFull, hi ? v[0] : v[2], 2);
-  b += __shfl_xor_sync(kFull, hi ? v[1] : v[3], 2);
-  return (odd ? b : a) + __shfl_xor_sync(kFull, odd ? a : b, 1);  // row (k & 2) + odd
-}
-
-// A load issued where it stands: x and z, read through __restrict__ const pointers, were
-// otherwise sunk below the barrier after the dbc copy (a second L2 round trip in a row).
-__device__ __forceinline__ float ld_now(const float* p) {
-  float v;
-  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
-}
-
-// J state chunks a lane (N <= 16 J), RJ dt_w chunks a lane (R <= 16 RJ), G row groups a warp
-template <int J, int RJ, int G, class Y>
-__global__ void __launch_bounds__(kRowsThreads, G == 1 && J == 1 ? 6 : 4)  // B = 64, G = 1: 768 blocks, one wave
-ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
-                     const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
-                     const float* __restrict__ conv_w, const float* __restrict__ conv_b,
-                     const float* __restrict__ dbc, const float* __restrict__ dt_w,
-                     const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                     const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y) {
-  extern __shared__ __align__(16) float sdb[];  // (4 G, P): dbc of the block's rows
-  const int k = threadIdx.x % kLanes;
-  const int e_raw = blockIdx.x * kRowsE + threadIdx.x / kLanes;
-  const bool valid = e_raw < E;
-  const int e = valid ? e_raw : 0;  // inactive channels compute channel 0 and store nothing
-  const int b0 = blockIdx.y * kLanes * G, nr = min(kLanes * G, B - b0);  // the block's rows b0 ..
-  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4;
-
-  float4 dtw[RJ];
-#pragma unroll
-  for (int i = 0; i < RJ; ++i) {
-    const int q = k + kLanes * i;
-    dtw[i] = q < R4 ? reinterpret_cast<const float4*>(dt_w + unsigned(e) * R)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  float4 a4[J];  // A_log; A log2(e) (A = -exp(A_log)) once the states' loads are out
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int q = k + kLanes * j;
-    a4[j] = q < N4 ? reinterpret_cast<const float4*>(A_log + unsigned(e) * N)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  float cw[kRowsMaxK];
-#pragma unroll
-  for (int j = 0; j < kRowsMaxK; ++j) cw[j] = j < K ? conv_w[unsigned(e) * K + j] : 0.0f;
-  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
-  pdl_trigger();
-  pdl_wait();
-
-  // the step's inputs, all in flight at once: h of every row (this lane's chunks), the
-  // conv window, x and z of the lane's phase-1 rows; then dbc's rows
-  float4 h4[G][kLanes][J];
-  float win[G][kRowsMaxK], xv[G], zz[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-#pragma unroll
-    for (int r = 0; r < kLanes; ++r)
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int q = k + kLanes * j;
-        h4[g][r][j] = kLanes * g + r < nr && q < N4
-                          ? reinterpret_cast<const float4*>(h + (unsigned(b0 + kLanes * g + r) * E + e) * N)[q]
-                          : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-    const int b1 = b0 + (kLanes * g + k < nr ? kLanes * g + k : 0);  // absent rows read row b0
-#pragma unroll
-    for (int j = 0; j < kRowsMaxK; ++j) win[g][j] = j < H ? conv_state[(unsigned(b1) * H + j) * E + e] : 0.0f;
-    xv[g] = ld_now(x + unsigned(b1) * ldxz + e);
-    zz[g] = ld_now(z + unsigned(b1) * ldxz + e);
-  }
-  // dbc's rows into shared memory (after the state loads: ptxas otherwise moved the copy's
-  // wait above them)
-  const int P4 = P / 4;
-  for (int i = threadIdx.x; i < kLanes * G * P4; i += kRowsThreads) {
-    const int r = i / P4;
-    scan_detail::cp_async16(sdb + 4 * i, dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (i - r * P4), r < nr);
-  }
-  scan_detail::cp_async_commit();
-#pragma unroll
-  for (int j = 0; j < J; ++j) {  // (before pdl_wait, this wait for A_log held the state loads back)
-    using scan_detail::ex2_;
-    using scan_detail::kLog2e;
-    a4[j] = make_float4(-ex2_(a4[j].x * kLog2e) * kLog2e, -ex2_(a4[j].y * kLog2e) * kLog2e,
-                        -ex2_(a4[j].z * kLog2e) * kLog2e, -ex2_(a4[j].w * kLog2e) * kLog2e);
-  }
-  scan_detail::cp_async_wait<0>();
-  __syncthreads();
-
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (kLanes * g >= nr) break;  // uniform over the block
-    const int r0 = kLanes * g;     // the group's first row in sdb
-    const bool mine = r0 + k < nr;  // lane k's phase-1 row b0 + r0 + k exists
-    const int b1 = b0 + r0 + k;
-    // phase 1: delta of row k from the 4 lanes' partial dots
-    float d[kLanes];
-#pragma unroll
-    for (int r = 0; r < kLanes; ++r) {
-      d[r] = 0.0f;
-      const float4* db4 = reinterpret_cast<const float4*>(sdb + (r0 + r) * P);
-#pragma unroll
-      for (int i = 0; i < RJ; ++i) {
-        const int q = k + kLanes * i;
-        if (q < R4) {
-          const float4 v = db4[q];
-          d[r] += v.x * dtw[i].x + v.y * dtw[i].y + v.z * dtw[i].z + v.w * dtw[i].w;
-        }
-      }
-    }
-    const float delta = scan_detail::softplus_fast(sum4_scatter(d, k) + bias);
-    float p = cb;
-#pragma unroll
-    for (int j = 0; j < kRowsMaxK; ++j)
-      if (j < K) p += cw[j] * (j < H ? win[g][j] : xv[g]);
-    const float u = p * scan_detail::sigmoid_fast(p);
-    if (valid && mine)
-#pragma unroll
-      for (int j = 0; j < kRowsMaxK; ++j)
-        if (j < H) conv_state[(unsigned(b1) * H + j) * E + e] = j + 1 < H ? win[g][j + 1] : xv[g];
-    const float du = delta * u;
-
-    // phase 2: the group's state chunks
-    float yp[kLanes];
-#pragma unroll
-    for (int r = 0; r < kLanes; ++r) {
-      yp[r] = 0.0f;
-      if (r0 + r < nr) {  // uniform over the block
-        const float dr = __shfl_sync(kFull, delta, r, kLanes), dur = __shfl_sync(kFull, du, r, kLanes);
-        const float* db = sdb + (r0 + r) * P;
-        float4* hc = reinterpret_cast<float4*>(h + (unsigned(b0 + r0 + r) * E + e) * N);
-#pragma unroll
-        for (int j = 0; j < J; ++j) {
-          const int q = k + kLanes * j;
-          if (q < N4) {
-            const float4 bv = reinterpret_cast<const float4*>(db + R)[q];
-            const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
-            const float4 hv = h4[g][r][j];
-            float4 hn;
-            hn.x = scan_detail::ex2_(dr * a4[j].x) * hv.x + dur * bv.x;
-            hn.y = scan_detail::ex2_(dr * a4[j].y) * hv.y + dur * bv.y;
-            hn.z = scan_detail::ex2_(dr * a4[j].z) * hv.z + dur * bv.z;
-            hn.w = scan_detail::ex2_(dr * a4[j].w) * hv.w + dur * bv.w;
-            yp[r] += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
-            if (valid) hc[q] = hn;
-          }
-        }
-      }
-    }
-    const float ys = sum4_scatter(yp, k);
-    if (valid && mine) y[unsigned(b1) * E + e] = from_float<Y>((ys + Dv * u) * (zz[g] * scan_detail::sigmoid_fast(zz[g])));
-  }
-}
-
-// Environment switches for A/B timing (read once): BHASA_SSM_ROWS_MIN_B (default 9) the
-// smallest B for ssm_step_rows_kernel (e.g. 1000: never, the tile kernel as before);
-// BHASA_SSM_ROWS_G: row groups a warp (1 or 2).
-int env_int(const char* name, int dflt) {
-  const char* s = std::getenv(name);
-  return s ? std::atoi(s) : dflt;
-}
-int rows_min_b() {
-  static const int v = env_int("BHASA_SSM_ROWS_MIN_B", 9);
-  return v;
-}
-int rows_g() {
-  static const int v = env_int("BHASA_SSM_ROWS_G", 1);
-  return v;
-}
-
 void check_shapes(int E, int K) {
   check(K >= 1 && K <= kMaxK, "decode step: d_conv = " + std::to_string(K) +
                                   " is not supported by the CUDA backend (1.." + std::to_string(kMaxK) + ")");
@@ -590,19 +395,7 @@ void step_typed(Ctx& c, int B, int E, int N, int R, int K, const float* x, const
   };
   const bool vec = N % 4 == 0 && R % 4 == 0 && aligned16(A_log) && aligned16(h) && aligned16(dt_w) &&
                    aligned16(dbc);
-  if (vec && B >= rows_min_b() && N <= 32 && R <= 64 && K <= kRowsMaxK &&
-      size_t(B) * std::max(size_t(E) * std::max(N, K), size_t(ldxz)) < (size_t(1) << 31)) {  // 32-bit offsets
-    const bool small = N <= 16 && R <= 48;
-    const int G = rows_g() == 2 && small ? 2 : 1;  // (J = 2 with G = 2 spills)
-    const dim3 grid((E + kRowsE - 1) / kRowsE, (B + kLanes * G - 1) / (kLanes * G));
-    const size_t smem = size_t(kLanes) * G * (R + 2 * N) * sizeof(float);
-    auto go_rows = [&](auto kernel) {
-      launch(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz, conv_state,
-             conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y);
-    };
-    if (G == 1) go_rows(small ? ssm_step_rows_kernel<1, 3, 1, Y> : ssm_step_rows_kernel<2, 4, 1, Y>);
-    else go_rows(ssm_step_rows_kernel<1, 3, 2, Y>);
-  } else if (vec && B >= kTileMinB && E % kTileE == 0 && ldxz % 4 == 0 && aligned16(x) && aligned16(z) &&
+  if (vec && B >= kTileMinB && E % kTileE == 0 && ldxz % 4 == 0 && aligned16(x) && aligned16(z) &&
       aligned16(conv_state) && tile_floats(N, K, R, 1) * sizeof(float) <= 48 * 1024) {
     // rows a block: all blocks resident at once (3 an SM) where B allows, at most
     // kMaxRB and 48 KB of shared memory (B = 64: 4 rows, 384 blocks; 2 rows: 9.7 us, 4: 7.9)
@@ -653,6 +446,10 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
   check_shapes(E, K);
   check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
   if (B == 0) return;
+  if (ssm_step_rows(c, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y)) {
+    BHASA_LAUNCH_CHECK("ssm_decode_step");
+    return;
+  }
   with_operand(y, [&](auto* yt) {
     step_typed(c, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
   });
