@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -63,6 +64,7 @@ void bench(MambaLM& m, int B, int prompt_len, int n_new) {
 
 // Usage: cuda_decode [precision ...]: one table per GEMM precision (fp32 | tf32 | bf16;
 // default: the backend's default, bf16, which decodes from a bf16 copy of the weights).
+// DECODE_BATCHES="16 64" picks the batch sizes (default 1 and 64).
 int main(int argc, char** argv) {
   try {
     std::vector<std::string> precisions(argv + 1, argv + argc);
@@ -73,7 +75,18 @@ int main(int argc, char** argv) {
       MambaLM m(cfg, *be);
       m.init_params(3);
       std::printf("%s, m130 (%zu params)\n", be->name().c_str(), m.num_params());
-      for (int B : {1, 64}) bench(m, B, 64, 256);
+      std::vector<int> batches = {1, 64};
+      if (const char* bs = std::getenv("DECODE_BATCHES")) {  // e.g. "16 64"
+        batches.clear();
+        for (char* p = const_cast<char*>(bs); *p;) {
+          char* end;
+          const long b = std::strtol(p, &end, 10);
+          if (end == p) break;
+          batches.push_back(int(b));
+          p = end;
+        }
+      }
+      for (int B : batches) bench(m, B, 64, 256);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "decode bench failed: %s\n", e.what());

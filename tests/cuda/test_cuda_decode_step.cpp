@@ -100,11 +100,13 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
   auto cpu = make_cpu_backend();
   std::mt19937 rng(6);
   struct Shape { int E, N, R, K; };
-  // B >= 32 with d_inner % 64 == 0 and d_state % 4 == 0: ssm_step_tile_kernel (B = 50:
-  // a last block of 2 rows; R = 64: 2 rows a block; K = 1: no conv state); otherwise
-  // ssm_step4_kernel (float4 states) or ssm_step_kernel (d_state 5, d_inner 96)
+  // B >= 16 with d_state % 4 == 0, d_state <= 32, dt_rank <= 64, d_conv <= 4:
+  // ssm_step_rows_kernel (B = 50: a last group of 2 rows; d_inner 100: a last block of 4
+  // channels of 32; d_state 32: 2 chunks a lane; BHASA_SSM_ROWS_MIN_B=9 takes B = 13 there
+  // too); d_state 64 at B >= 32: ssm_step_tile_kernel (BHASA_SSM_ROWS_MIN_B=1000 sends
+  // every B >= 32 there); otherwise ssm_step4_kernel (float4 states) or ssm_step_kernel (d_state 5)
   for (Shape s : {Shape{1536, 16, 48, 4}, Shape{1024, 32, 64, 4}, Shape{448, 16, 12, 3}, Shape{384, 5, 12, 3},
-                  Shape{96, 16, 8, 4}, Shape{128, 64, 16, 1}})
+                  Shape{96, 16, 8, 4}, Shape{128, 64, 16, 1}, Shape{100, 16, 12, 4}})
     for (int B : {1, 3, 8, 13, 50, 64}) {
       const int E = s.E, N = s.N, R = s.R, K = s.K, P = R + 2 * N;
       auto xz = randn(size_t(B) * 2 * E, rng), st = randn(size_t(B) * (K - 1) * E, rng),
@@ -125,6 +127,41 @@ TEST(CudaDecodeStep, SsmDecodeStepMatchesCpu) {
         EXPECT_EQ(dst.host(), st) << "E=" << E << " B=" << B << " rep=" << rep;
       }
     }
+}
+
+// Steps queued back to back with no host call between (the graph's case, where a step
+// kernel may start before the previous one ends, programmatic dependent launch: what it
+// loads before pdl_wait must not be what the previous one writes). Two states, one of
+// them stepped twice in a row, then the CPU's.
+TEST(CudaDecodeStep, SsmDecodeStepBackToBack) {
+  BHASA_REQUIRE_GPU(gpu);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(16);
+  const int E = 1536, N = 16, R = 48, K = 4, P = R + 2 * N;
+  for (int B : {9, 13, 64}) {
+    auto xz = randn(size_t(B) * 2 * E, rng), cw = randn(size_t(E) * K, rng, 0.5f), cb = randn(E, rng, 0.2f),
+         dbc = randn(size_t(B) * P, rng), dtw = randn(size_t(E) * R, rng, 0.5f / std::sqrt(float(R))),
+         dtb = randn(E, rng, 0.3f, -1.0f), Alog = randn(size_t(E) * N, rng, 0.3f), D = randn(E, rng);
+    std::vector<float> st[2], h[2];
+    for (int i = 0; i < 2; ++i) st[i] = randn(size_t(B) * (K - 1) * E, rng), h[i] = randn(size_t(B) * E * N, rng, 0.5f);
+    DevBuf dxz(*gpu, xz), dcw(*gpu, cw), dcb(*gpu, cb), ddbc(*gpu, dbc), ddtw(*gpu, dtw), ddtb(*gpu, dtb),
+        dA(*gpu, Alog), dD(*gpu, D), dst0(*gpu, st[0]), dst1(*gpu, st[1]), dh0(*gpu, h[0]), dh1(*gpu, h[1]),
+        dy(*gpu, nans(size_t(B) * E));
+    DevBuf* dst[2] = {&dst0, &dst1};
+    DevBuf* dh[2] = {&dh0, &dh1};
+    std::vector<float> y(size_t(B) * E);
+    for (int s : {0, 0, 1, 0, 1, 1}) {  // 0 0: the same state twice in a row
+      gpu->ssm_decode_step(B, E, N, R, K, dxz.p, dxz.p + E, 2 * E, dst[s]->p, dcw.p, dcb.p, ddbc.p, ddtw.p,
+                           ddtb.p, dA.p, dD.p, dh[s]->p, dy.p);
+      cpu->ssm_decode_step(B, E, N, R, K, xz.data(), xz.data() + E, 2 * E, st[s].data(), cw.data(), cb.data(),
+                           dbc.data(), dtw.data(), dtb.data(), Alog.data(), D.data(), h[s].data(), y.data());
+    }
+    EXPECT_LE(rel_l2(dy.host(), y), kTol) << "B=" << B;
+    for (int s = 0; s < 2; ++s) {
+      EXPECT_LE(rel_l2(dh[s]->host(), h[s]), kTol) << "B=" << B << " state " << s;
+      EXPECT_EQ(dst[s]->host(), st[s]) << "B=" << B << " state " << s;
+    }
+  }
 }
 
 // A whole decode (prefill, then steps through the fused ops) on the GPU with fp32
@@ -163,14 +200,16 @@ TEST(CudaDecodeStep, SampleTokensMatchRule) {
   BHASA_REQUIRE_GPU(gpu);
   std::mt19937 rng(8);
   // V % 4 == 0: float4 loads, else scalar; B = 300 at V = 50280: more (row, slice)
-  // partials than the last block stages in shared memory; off = 1: rows not 16-byte aligned
-  struct Case { int V, B, off; };
+  // partials than the last block stages in shared memory; off = 1: rows not 16-byte aligned;
+  // scale 8: logits spread as a language model's; V 50281 at B 64: the scalar loads with the
+  // noise skipped (a thread has several units of its slice)
+  struct Case { int V, B, off; float scale = 1.0f; };
   for (Case cs : {Case{50280, 1, 0}, Case{50280, 3, 0}, Case{50280, 64, 0}, Case{50280, 300, 0}, Case{97, 1, 0},
                   Case{97, 3, 0}, Case{97, 64, 0}, Case{5000, 1, 0}, Case{5000, 3, 0}, Case{5000, 64, 0},
-                  Case{5000, 8, 1}})
+                  Case{5000, 8, 1}, Case{50280, 64, 0, 8.0f}, Case{5000, 8, 1, 8.0f}, Case{50281, 64, 0}})
     for (float temp : {0.0f, 0.8f}) {
       const int V = cs.V, B = cs.B;
-      auto logits = randn(size_t(B) * V, rng);
+      auto logits = randn(size_t(B) * V, rng, cs.scale);
       if (B > 1) {  // row 1: a tie between two maxima; row 0 with B > 1: all -inf
         const int a = V / 3, c = V - 2;
         logits[size_t(1) * V + a] = logits[size_t(1) * V + c] = 100.0f;

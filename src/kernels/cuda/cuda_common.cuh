@@ -192,6 +192,12 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
                      int ldxz, float* conv_state, const float* conv_w, const float* conv_b,
                      const float* dbc, const float* dt_w, const float* dt_bias,
                      const float* A_log, const float* D, float* h, Operand y);  // y fp32 or bf16
+// ssm_decode_step's kernel for many rows (ssm_step_rows.cu): launches it and returns true
+// where it serves (B >= 16, d_state % 4 == 0 and <= 32, dt_rank % 4 == 0 and <= 64, d_conv <= 4)
+bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                   float* conv_state, const float* conv_w, const float* conv_b, const float* dbc,
+                   const float* dt_w, const float* dt_bias, const float* A_log, const float* D, float* h,
+                   Operand y);
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);

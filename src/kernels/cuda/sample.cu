@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/sampling.h"
@@ -46,7 +47,7 @@ constexpr int kMergeMax = 2048;   // (row, slice) partials the last block stages
 
 // grid (S, B): block (s, b) scores row b's slice s; the last block finishes.
 // ids[b] = argmax_v sample_score(logits[b, v]); history[step, b] = ids[b]; *counter += 1
-template <bool kVec4>
+template <bool kVec4, bool kSkip>
 __global__ void __launch_bounds__(kThreads)
 sample_kernel(int B, int V, const float* __restrict__ logits, float temperature, uint64_t seed,
               int32_t* counter, int32_t* __restrict__ ids, int32_t* __restrict__ history, int capacity,
@@ -64,6 +65,17 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
   const float* row = logits + size_t(b) * V;
   float best = -FLT_MAX;
   int best_v = INT_MAX;  // sentinel larger than any index
+  // kSkip (temperature > 0, unless BHASA_SAMPLE_SKIP=0): a logit whose score cannot
+  // reach a score already seen in the warp is not scored. The noise of hash h is at
+  // most gub[h >> 56] (its top 8 bits' bucket: the rule's noise at the bucket's largest
+  // k, computed here by the rule's code, plus 1e-3 for a logf that is not monotone in
+  // the last bit), l / T at most s0 = l (1 / T) + |l (1 / T)| 1e-6: so the two logf and the
+  // division are skipped where s0 + gub < the warp's best, and the ids are the rule's (a
+  // skipped score is strictly below another's). The hash (2 64-bit multiplies) stays.
+  __shared__ float gub[256];
+  const uint64_t rowh = mix64(seed ^ (uint64_t(step) << 32 | uint32_t(b)));  // gumbel_noise's inner hash
+  const float invT = 1.0f / temperature;
+  float thr = -FLT_MAX;  // a score some lane of this warp has
   for (int base = c0; base < c1; base += kThreads * kVec) {
     float q[kVec][W];
 #pragma unroll
@@ -76,15 +88,58 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
         q[i][0] = ci < c1 ? __ldg(row + ci) : 0.0f;
       }
     }
+    if constexpr (kSkip) if (base == c0) {  // the bucket bounds, while the loads fly
+      static_assert(kThreads == 256, "one bucket a thread");
+      gub[threadIdx.x] = gumbel_of_hash((uint64_t(threadIdx.x) << 56) | (uint64_t(0x7fff) << 41)) + 1e-3f;
+      __syncthreads();
+    }
+    if constexpr (kSkip) {
+      // the first unit's logits scored, the warp's best of them the threshold; of the rest,
+      // a bit for each that may reach it, then those alone (a loop as long as the warp's
+      // longest list: a branch a logit ran the scoring whenever any lane needed it)
+      static_assert(kVec * W <= 32, "a bit a logit");
+      unsigned cand = 0;
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      const int ci = base + threadIdx.x + i * kThreads;
-      if (ci < c1) {
+      for (int i = 0; i < kVec; ++i) {
+        const int ci = base + threadIdx.x + i * kThreads;
+        if (ci < c1) {
 #pragma unroll
-        for (int j = 0; j < W; ++j) {
-          const int v = W * ci + j;
-          const float sc = sample_score(q[i][j], temperature, seed, uint32_t(step), uint32_t(b), uint32_t(v));
-          if (sc > best) { best = sc; best_v = v; }  // v rises within a thread: ties keep the first
+          for (int j = 0; j < W; ++j) {
+            const int v = W * ci + j;
+            const uint64_t hv = mix64(rowh ^ uint32_t(v));
+            if (i == 0) {
+              const float sc = q[i][j] / temperature + gumbel_of_hash(hv);  // = sample_score
+              if (sc > best) { best = sc; best_v = v; }
+            } else {
+              float s0 = q[i][j] * invT;
+              s0 += fabsf(s0) * 1e-6f;
+              if (!(s0 + gub[hv >> 56] < thr)) cand |= 1u << (i * W + j);
+            }
+          }
+        }
+        if (i == 0) {
+          thr = fmaxf(thr, best);
+          for (int o = 16; o > 0; o >>= 1) thr = fmaxf(thr, __shfl_xor_sync(kFull, thr, o));
+        }
+      }
+      while (cand) {  // in v order: ties keep the first
+        const int bit = __ffs(cand) - 1;
+        cand &= cand - 1;
+        const int v = W * (base + threadIdx.x + (bit / W) * kThreads) + bit % W;
+        const float sc = __ldg(row + v) / temperature + gumbel_of_hash(mix64(rowh ^ uint32_t(v)));
+        if (sc > best) { best = sc; best_v = v; }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const int ci = base + threadIdx.x + i * kThreads;
+        if (ci < c1) {
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            const int v = W * ci + j;
+            const float sc = sample_score(q[i][j], temperature, seed, uint32_t(step), uint32_t(b), uint32_t(v));
+            if (sc > best) { best = sc; best_v = v; }  // v rises within a thread: ties keep the first
+          }
         }
       }
     }
@@ -169,8 +224,13 @@ void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature,
   auto* part_val = static_cast<float*>(c.scratch->get(kSampleVal, size_t(B) * S * sizeof(float)));
   auto* part_idx = static_cast<int*>(c.scratch->get(kSampleIdx, size_t(B) * S * sizeof(int)));
   auto* done = static_cast<unsigned*>(c.scratch->get(kSampleCounter, sizeof(unsigned), /*zeroed=*/true));
-  launch(vec4 ? sample_kernel<true> : sample_kernel<false>, dim3(S, B), dim3(kThreads), 0, c.stream, c.pdl, B,
-         V, logits, temperature, seed, counter, ids, history, capacity, part_val, part_idx, done);
+  static const bool skip = [] { const char* e = std::getenv("BHASA_SAMPLE_SKIP"); return !(e && e[0] == '0'); }();
+  // the skip pays where a thread has several units of a slice (B >= 12 at V = 50280)
+  const bool skip_here = skip && temperature > 0.0f && (n + S - 1) / S >= 2 * kThreads;
+  auto kernel = skip_here ? (vec4 ? sample_kernel<true, true> : sample_kernel<false, true>)
+                                           : (vec4 ? sample_kernel<true, false> : sample_kernel<false, false>);
+  launch(kernel, dim3(S, B), dim3(kThreads), 0, c.stream, c.pdl, B, V, logits, temperature, seed, counter, ids,
+         history, capacity, part_val, part_idx, done);
   BHASA_LAUNCH_CHECK("sample_tokens");
 }
 

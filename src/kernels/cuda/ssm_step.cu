@@ -3,7 +3,8 @@
 //   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
 // in one kernel (the unfused step ran conv, dt_proj and the scan as three): ssm_step_kernel
 // for any shape, ssm_step4_kernel (float4 states) for few batch rows, ssm_step_tile_kernel
-// (rows staged in shared memory, two phases) for B >= kTileMinB. The input
+// (rows staged in shared memory, two phases) for B >= kTileMinB, and where it serves
+// (B >= 16; m130's shape) ssm_step_rows.cu's kernel before all of these. The input
 // side, dbc = u @ x_proj^T, is gemv.cu's GEMV with the conv staged in front; conv_decode
 // here serves the shapes that does not. Both launch with programmatic dependent launch
 // (cuda_common.cuh): the constants are loaded before pdl_wait.
@@ -445,6 +446,10 @@ void ssm_decode_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, 
   check_shapes(E, K);
   check(N >= 1 && N <= 64, "decode step: d_state must be 1..64 on the CUDA backend");
   if (B == 0) return;
+  if (ssm_step_rows(c, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, y)) {
+    BHASA_LAUNCH_CHECK("ssm_decode_step");
+    return;
+  }
   with_operand(y, [&](auto* yt) {
     step_typed(c, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
   });

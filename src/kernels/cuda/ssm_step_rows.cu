@@ -1,0 +1,218 @@
+// ssm_decode_step (ssm_step.cu) for many batch rows: ssm_step_rows_kernel, one kernel per
+// step as the others there, computing per (row b, channel e)
+//   u = silu(conv(state, x)); conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
+//   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
+// with the state h (B, E, N) and the conv state (B, K-1, E) fp32, y fp32 or bf16 (Y).
+#include <algorithm>
+#include <cstdlib>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/scan_common.cuh"  // ex2_, softplus_fast, sigmoid_fast, cp.async
+
+namespace bhasa::cuda {
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kLanes = 4;  // lanes per channel, and batch rows per warp
+
+// B >= 16 (ssm_step_rows_kernel): a warp owns 8 channels x 4 batch rows; lane k of a
+// channel's 4 lanes
+//   phase 1: the channel's scalars for row k (delta, u, the conv state shift, D u,
+//     silu(z)): once per (row, channel), as the tile kernel, but in registers; the dt dot
+//     as lane partials over the 4 rows (lane k holds dt_w's float4 chunks k, k + 4, .. in
+//     registers), summed and scattered to row k's lane by 3 shuffles;
+//   phase 2: the float4 chunks k, k + 4, .. (J of them) of each row's state: delta and
+//     delta u of row r come from lane r by shuffle, C . h is summed and scattered back the
+//     same way, so lane k writes y of row k.
+// Shared memory holds only dbc's 4 rows (B and C are read by every channel), one barrier
+// after their copy. Every state load is issued right after pdl_wait, ahead of the dbc copy
+// and phase 1 (which does not need h). The scalar functions are scan_common.cuh's
+// (softplus_fast, sigmoid_fast: 2 ulp, as the scan's) and the decay ex2.approx, as the tile
+// kernel; offsets in 32 bits (B E N < 2^31). Measured (NOTES.md), B = 64: 5.7 us against
+// the tile kernel's 7.8; slower: 2 row groups a warp (6.5), loading h before pdl_wait with
+// the trigger after the stores (the next step's early loads then safe; 7.7: the next kernel
+// no longer starts early), and B = 12 (2.4 against ssm_step4_kernel's 2.3).
+// torch (per row b, channel e): as ssm_step.cu's ssm_step_kernel.
+constexpr int kRowsWarps = 4, kRowsThreads = 32 * kRowsWarps, kRowsE = 8 * kRowsWarps;  // channels a block
+constexpr int kRowsMaxK = 4;  // d_conv (registers: the conv weights and window)
+
+// v[r] summed over the 4 lanes of a channel; lane k gets row k's sum (rows 0..3)
+__device__ __forceinline__ float sum4_scatter(const float (&v)[kLanes], int k) {
+  const bool hi = k & 2, odd = k & 1;
+  float a = hi ? v[2] : v[0], b = hi ? v[3] : v[1];               // rows (k & 2) + 0, 1
+  a += __shfl_xor_sync(kFull, hi ? v[0] : v[2], 2);
+  b += __shfl_xor_sync(kFull, hi ? v[1] : v[3], 2);
+  return (odd ? b : a) + __shfl_xor_sync(kFull, odd ? a : b, 1);  // row (k & 2) + odd
+}
+
+// A load issued where it stands: x and z, read through __restrict__ const pointers, were
+// otherwise sunk below the barrier after the dbc copy (a second L2 round trip in a row).
+__device__ __forceinline__ float ld_now(const float* p) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+// J state chunks a lane (N <= 16 J), RJ dt_w chunks a lane (R <= 16 RJ)
+template <int J, int RJ, class Y>
+__global__ void __launch_bounds__(kRowsThreads, J == 1 ? 6 : 4)  // B = 64: 768 blocks, one wave
+ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
+                     const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
+                     const float* __restrict__ conv_w, const float* __restrict__ conv_b,
+                     const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                     const float* __restrict__ dt_bias, const float* __restrict__ A_log,
+                     const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y) {
+  extern __shared__ __align__(16) float sdb[];  // (4, P): dbc of the block's rows
+  const int k = threadIdx.x % kLanes;
+  const int e_raw = blockIdx.x * kRowsE + threadIdx.x / kLanes;
+  const bool valid = e_raw < E;
+  const int e = valid ? e_raw : 0;  // inactive channels compute channel 0 and store nothing
+  const int b0 = blockIdx.y * kLanes, nr = min(kLanes, B - b0);  // the block's rows b0 .. b0 + nr - 1
+  const bool mine = k < nr;         // lane k's phase-1 row b1 exists
+  const int b1 = b0 + (mine ? k : 0);  // (absent rows read row b0)
+  const int H = K - 1, P = R + 2 * N, N4 = N / 4, R4 = R / 4;
+
+  float4 dtw[RJ];
+#pragma unroll
+  for (int i = 0; i < RJ; ++i) {
+    const int q = k + kLanes * i;
+    dtw[i] = q < R4 ? reinterpret_cast<const float4*>(dt_w + unsigned(e) * R)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float4 a4[J];  // A_log; A log2(e) (A = -exp(A_log)) once the states' loads are out
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int q = k + kLanes * j;
+    a4[j] = q < N4 ? reinterpret_cast<const float4*>(A_log + unsigned(e) * N)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float cw[kRowsMaxK];
+#pragma unroll
+  for (int j = 0; j < kRowsMaxK; ++j) cw[j] = j < K ? conv_w[unsigned(e) * K + j] : 0.0f;
+  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
+  pdl_trigger();
+  pdl_wait();
+
+  // the step's inputs, all in flight at once: h of the 4 rows (this lane's chunks), the
+  // conv window, x and z of row b1; then dbc's rows
+  float4 h4[kLanes][J];
+#pragma unroll
+  for (int r = 0; r < kLanes; ++r)
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int q = k + kLanes * j;
+      h4[r][j] = r < nr && q < N4 ? reinterpret_cast<const float4*>(h + (unsigned(b0 + r) * E + e) * N)[q]
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  float win[kRowsMaxK];
+#pragma unroll
+  for (int j = 0; j < kRowsMaxK; ++j) win[j] = j < H ? conv_state[(unsigned(b1) * H + j) * E + e] : 0.0f;
+  const float xv = ld_now(x + unsigned(b1) * ldxz + e), zz = ld_now(z + unsigned(b1) * ldxz + e);
+  // dbc's rows into shared memory (after the state loads: ptxas otherwise moved the copy's
+  // wait above them)
+  const int P4 = P / 4;
+  for (int i = threadIdx.x; i < kLanes * P4; i += kRowsThreads) {
+    const int r = i / P4;
+    scan_detail::cp_async16(sdb + 4 * i, dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (i - r * P4), r < nr);
+  }
+  scan_detail::cp_async_commit();
+#pragma unroll
+  for (int j = 0; j < J; ++j) {  // (before pdl_wait, this wait for A_log held the state loads back)
+    using scan_detail::ex2_;
+    using scan_detail::kLog2e;
+    a4[j] = make_float4(-ex2_(a4[j].x * kLog2e) * kLog2e, -ex2_(a4[j].y * kLog2e) * kLog2e,
+                        -ex2_(a4[j].z * kLog2e) * kLog2e, -ex2_(a4[j].w * kLog2e) * kLog2e);
+  }
+  scan_detail::cp_async_wait<0>();
+  __syncthreads();
+
+  // phase 1: delta of row k from the 4 lanes' partial dots
+  float d[kLanes];
+#pragma unroll
+  for (int r = 0; r < kLanes; ++r) {
+    d[r] = 0.0f;
+    const float4* db4 = reinterpret_cast<const float4*>(sdb + r * P);
+#pragma unroll
+    for (int i = 0; i < RJ; ++i) {
+      const int q = k + kLanes * i;
+      if (q < R4) {
+        const float4 v = db4[q];
+        d[r] += v.x * dtw[i].x + v.y * dtw[i].y + v.z * dtw[i].z + v.w * dtw[i].w;
+      }
+    }
+  }
+  const float delta = scan_detail::softplus_fast(sum4_scatter(d, k) + bias);
+  float p = cb;
+#pragma unroll
+  for (int j = 0; j < kRowsMaxK; ++j)
+    if (j < K) p += cw[j] * (j < H ? win[j] : xv);
+  const float u = p * scan_detail::sigmoid_fast(p);
+  if (valid && mine)
+#pragma unroll
+    for (int j = 0; j < kRowsMaxK; ++j)
+      if (j < H) conv_state[(unsigned(b1) * H + j) * E + e] = j + 1 < H ? win[j + 1] : xv;
+  const float du = delta * u;
+
+  // phase 2: the 4 rows' state chunks
+  float yp[kLanes];
+#pragma unroll
+  for (int r = 0; r < kLanes; ++r) {
+    yp[r] = 0.0f;
+    if (r < nr) {  // uniform over the block
+      const float dr = __shfl_sync(kFull, delta, r, kLanes), dur = __shfl_sync(kFull, du, r, kLanes);
+      const float* db = sdb + r * P;
+      float4* hc = reinterpret_cast<float4*>(h + (unsigned(b0 + r) * E + e) * N);
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int q = k + kLanes * j;
+        if (q < N4) {
+          const float4 bv = reinterpret_cast<const float4*>(db + R)[q];
+          const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
+          const float4 hv = h4[r][j];
+          float4 hn;
+          hn.x = scan_detail::ex2_(dr * a4[j].x) * hv.x + dur * bv.x;
+          hn.y = scan_detail::ex2_(dr * a4[j].y) * hv.y + dur * bv.y;
+          hn.z = scan_detail::ex2_(dr * a4[j].z) * hv.z + dur * bv.z;
+          hn.w = scan_detail::ex2_(dr * a4[j].w) * hv.w + dur * bv.w;
+          yp[r] += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
+          if (valid) hc[q] = hn;
+        }
+      }
+    }
+  }
+  const float ys = sum4_scatter(yp, k);
+  if (valid && mine) y[unsigned(b1) * E + e] = from_float<Y>((ys + Dv * u) * (zz * scan_detail::sigmoid_fast(zz)));
+}
+
+// BHASA_SSM_ROWS_MIN_B (read once; default 16): the smallest B for ssm_step_rows_kernel,
+// for A/B timing (e.g. 1000: never, the tile kernel and ssm_step4_kernel as before).
+int rows_min_b() {
+  static const int v = [] { const char* s = std::getenv("BHASA_SSM_ROWS_MIN_B"); return s ? std::atoi(s) : 16; }();
+  return v;
+}
+
+}  // namespace
+
+bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                   float* conv_state, const float* conv_w, const float* conv_b, const float* dbc,
+                   const float* dt_w, const float* dt_bias, const float* A_log, const float* D, float* h,
+                   Operand y) {
+  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (!(B >= rows_min_b() && N % 4 == 0 && N <= 32 && R % 4 == 0 && R <= 64 && K <= kRowsMaxK &&
+        aligned16(A_log) && aligned16(h) && aligned16(dt_w) && aligned16(dbc) &&
+        size_t(B) * std::max(size_t(E) * std::max(N, K), size_t(ldxz)) < (size_t(1) << 31)))  // 32-bit offsets
+    return false;
+  const dim3 grid((E + kRowsE - 1) / kRowsE, (B + kLanes - 1) / kLanes);
+  const size_t smem = size_t(kLanes) * (R + 2 * N) * sizeof(float);
+  with_operand(y, [&](auto* yt) {
+    using Y = std::remove_pointer_t<decltype(yt)>;
+    auto go = [&](auto kernel) {
+      launch(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz, conv_state,
+             conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
+    };
+    if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y>);
+    else go(ssm_step_rows_kernel<2, 4, Y>);
+  });
+  return true;
+}
+
+}  // namespace bhasa::cuda
