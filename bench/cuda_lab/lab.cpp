@@ -285,50 +285,6 @@ void conv_rows(Lab& lab) {
   lab.release();
 }
 
-// The bf16 training path of the conv (x in a bf16 xz, row stride 2E; out and dx bf16; dout
-// fp32) under each tile of conv1d.cu's environment switches; each variant's outputs
-// against the default's (the same arithmetic per element: 0 expected).
-void conv_bf16_variants(Lab& lab) {
-  std::vector<void*> held;
-  auto bf16_dev = [&](size_t n) {
-    Operand o = lab.gpu.alloc_operand(n, Dtype::bf16);
-    held.push_back(o.p);
-    return o;
-  };
-  auto xz = randn(size_t(T) * 2 * E), w = randn(size_t(E) * K, 0.5f), b = randn(E), dout = randn(size_t(T) * E);
-  std::vector<uint16_t> h(xz.size());
-  for (size_t i = 0; i < xz.size(); ++i) {
-    uint32_t u;
-    std::memcpy(&u, &xz[i], 4);
-    h[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  }
-  const Operand x16 = bf16_dev(xz.size()), out16 = bf16_dev(size_t(T) * E), gx16 = bf16_dev(xz.size());
-  lab.gpu.upload(static_cast<float*>(x16.p), reinterpret_cast<const float*>(h.data()), xz.size() / 2);
-  float *dw = lab.dev(w), *db = lab.dev(b), *dd = lab.dev(dout), *gw = lab.dev(size_t(E) * K), *gb = lab.dev(E);
-  auto words = [&](Operand o, size_t n) { return lab.host(static_cast<float*>(o.p), n / 2); };
-  struct V { const char* fwd_c; const char* bwd_c; const char* bwd_load; };
-  const V variants[] = {{"0", "0", "0"}, {"1", "1", "0"}, {"4", "4", "0"}, {"8", "4", "4"},
-                        {"2", "2", "4"}, {"1", "1", "4"}};
-  std::vector<float> ref_out, ref_gx;
-  for (const V& v : variants) {
-    setenv("BHASA_CONV_FWD_C", v.fwd_c, 1);
-    setenv("BHASA_CONV_BWD_C", v.bwd_c, 1);
-    setenv("BHASA_CONV_BWD_LOAD", v.bwd_load, 1);
-    const double tf = lab.time_ms([&] { lab.gpu.conv1d_silu_forward(B, L, E, K, x16, 2 * E, dw, db, out16); });
-    const double tb = lab.time_ms([&] { lab.gpu.conv1d_silu_backward(B, L, E, K, x16, 2 * E, dw, db, dd, gx16, gw, gb); });
-    const auto o = words(out16, size_t(T) * E), g = words(gx16, xz.size());
-    if (ref_out.empty()) ref_out = o, ref_gx = g;
-    const double e = std::max(rel_l2(o.data(), ref_out.data(), o.size()), rel_l2(g.data(), ref_gx.data(), g.size()));
-    std::printf("  conv bf16 fwd C=%s: %.4f ms | bwd C=%s load=%s: %.4f ms | vs default %.2g\n", v.fwd_c, tf, v.bwd_c,
-                v.bwd_load, tb, e);
-  }
-  unsetenv("BHASA_CONV_FWD_C");
-  unsetenv("BHASA_CONV_BWD_C");
-  unsetenv("BHASA_CONV_BWD_LOAD");
-  for (void* p : held) lab.gpu.free(p);
-  lab.release();
-}
-
 // norm (RMS) over the residual stream; checks on the first 256 rows.
 void norm_rows(Lab& lab) {
   auto x = randn(size_t(T) * Dm), w = randn(Dm, 0.2f, 1.0f), dout = randn(size_t(T) * Dm);
@@ -487,7 +443,6 @@ int main(int argc, char** argv) {
   }
   if (want("scan")) scan_rows(lab);
   if (want("conv")) conv_rows(lab);
-  if (want("conv16")) conv_bf16_variants(lab);
   if (want("norm")) norm_rows(lab);
   if (want("swiglu")) swiglu_rows(lab);
   if (want("embedding")) embedding_rows(lab);

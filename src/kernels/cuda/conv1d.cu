@@ -26,49 +26,29 @@ constexpr int kSteps = 32;   // times per thread
 constexpr int kLoad = 8;     // times whose loads are issued together
 constexpr int kBlockTimes = kSlices * kSteps;
 
-// C elements at p (C-element aligned) in one access where C is 2, 4 or 8: float2 / float4
-// (two for 8 floats), or 4, 8 or 16 bytes of bf16; else one element at a time.
+// C elements at p (C-element aligned) in one access: float2, bf16x2 or one element.
 template <int C, class X>
 __device__ __forceinline__ void load_c(float (&r)[C], const X* p) {
-  if constexpr (std::is_same_v<X, float> && C == 2) {
+  if constexpr (C == 2 && std::is_same_v<X, float>) {
     const float2 q = *reinterpret_cast<const float2*>(p);
     r[0] = q.x; r[1] = q.y;
-  } else if constexpr (std::is_same_v<X, float> && C % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < C / 4; ++i) {
-      const float4 q = reinterpret_cast<const float4*>(p)[i];
-      r[4 * i] = q.x; r[4 * i + 1] = q.y; r[4 * i + 2] = q.z; r[4 * i + 3] = q.w;
-    }
-  } else if constexpr (!std::is_same_v<X, float> && (C == 2 || C == 4 || C == 8)) {
-    // C bf16 = 2 C bytes: one 4-, 8- or 16-byte load, widened in pairs
-    using V = std::conditional_t<C == 2, unsigned, std::conditional_t<C == 4, uint2, uint4>>;
-    const V q = *reinterpret_cast<const V*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&q);
-#pragma unroll
-    for (int i = 0; i < C / 2; ++i) {
-      const float2 f = __bfloat1622float2(h[i]);
-      r[2 * i] = f.x; r[2 * i + 1] = f.y;
-    }
-  } else {
+  } else if constexpr (C == 2) {
+    const float2 q = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    r[0] = q.x; r[1] = q.y;
+  } else if constexpr (!std::is_same_v<X, float>) {
 #pragma unroll
     for (int c = 0; c < C; ++c) r[c] = to_float(p[c]);
+  } else {
+#pragma unroll
+    for (int c = 0; c < C; ++c) r[c] = p[c];
   }
 }
 template <int C, class O>
 __device__ __forceinline__ void store_c(O* p, const float (&r)[C]) {
-  if constexpr (std::is_same_v<O, float> && C == 2) {
+  if constexpr (C == 2 && std::is_same_v<O, float>) {
     *reinterpret_cast<float2*>(p) = make_float2(r[0], r[1]);
-  } else if constexpr (std::is_same_v<O, float> && C % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < C / 4; ++i)
-      reinterpret_cast<float4*>(p)[i] = make_float4(r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]);
-  } else if constexpr (!std::is_same_v<O, float> && (C == 2 || C == 4 || C == 8)) {
-    using V = std::conditional_t<C == 2, unsigned, std::conditional_t<C == 4, uint2, uint4>>;
-    V q;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&q);
-#pragma unroll
-    for (int i = 0; i < C / 2; ++i) h[i] = __floats2bfloat162_rn(r[2 * i], r[2 * i + 1]);
-    *reinterpret_cast<V*>(p) = q;
+  } else if constexpr (C == 2) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(r[0], r[1]);
   } else {
 #pragma unroll
     for (int c = 0; c < C; ++c) p[c] = from_float<O>(r[c]);
@@ -89,7 +69,7 @@ __device__ __forceinline__ void load_conv_weights(const float* w, const float* b
   }
 }
 
-template <int K, int C, class TX, class TO, int LOAD = kLoad>
+template <int K, int C, class TX, class TO>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_forward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
                     TO* out) {
@@ -111,15 +91,15 @@ conv_forward_kernel(int L, int E, const TX* x, int ldx, const float* w, const fl
       for (int c = 0; c < C; ++c) xw[j][c] = 0.0f;
   }
 #pragma unroll 1
-  for (int j0 = 0; j0 < kSteps; j0 += LOAD) {
-    float xs[LOAD][C];
+  for (int j0 = 0; j0 < kSteps; j0 += kLoad) {
+    float xs[kLoad][C];
 #pragma unroll
-    for (int j = 0; j < LOAD; ++j) {
+    for (int j = 0; j < kLoad; ++j) {
       const int t = t0 + j0 + j;
       if (t < L) load_c<C>(xs[j], xb + size_t(t) * ldx);
     }
 #pragma unroll
-    for (int j = 0; j < LOAD; ++j) {
+    for (int j = 0; j < kLoad; ++j) {
       const int t = t0 + j0 + j;
       if (t >= L) break;
 #pragma unroll
@@ -182,7 +162,7 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
 // x fp32 or bf16 (TX)
 // partial[g][k][e] = sum over times of group g of dp[t, e] x[t-(K-1-k), e]; [K] is dbias.
 // Group g = b * gridDim.y + blockIdx.y: one sequence's kBlockTimes times.
-template <int K, int C, class O, class TX, int LOAD = kLoad>
+template <int K, int C, class O, class TX>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
                      const float* dout, O* dx, float* partial) {
@@ -231,10 +211,10 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
     }
     // Main: step t = t0+K-1+j finishes dx[t0+j].
 #pragma unroll 1
-    for (int j0 = 0; j0 < kSteps; j0 += LOAD) {
-      float xs[LOAD][C], gs[LOAD][C];
+    for (int j0 = 0; j0 < kSteps; j0 += kLoad) {
+      float xs[kLoad][C], gs[kLoad][C];
 #pragma unroll
-      for (int j = 0; j < LOAD; ++j) {
+      for (int j = 0; j < kLoad; ++j) {
         const int t = t0 + K - 1 + j0 + j;
 #pragma unroll
         for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = 0.0f;
@@ -244,7 +224,7 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
         }
       }
 #pragma unroll
-      for (int j = 0; j < LOAD; ++j) {
+      for (int j = 0; j < kLoad; ++j) {
         const int s = t0 + j0 + j;  // the dx row this step finishes
         if (s >= t1) break;
         conv_backward_step<K, C>(wk, bs, xw, dpw, xs[j], gs[j], s + K - 1 < t1, acc, dxt);
@@ -332,18 +312,6 @@ bool pairs_ok(int E, int ldx, ConstOperand x, ConstOperand out) {
   return E % 2 == 0 && ldx % 2 == 0 && aligned(x.p, 2 * int(dtype_bytes(x.dtype))) &&
          aligned(out.p, 2 * int(dtype_bytes(out.dtype)));
 }
-// C channels a thread with one access each (E, ldx multiples of C, rows C-element aligned).
-bool vec_ok(int C, int E, int ldx, ConstOperand x, ConstOperand out, const float* dout = nullptr) {
-  return E % C == 0 && ldx % C == 0 && aligned(x.p, C * int(dtype_bytes(x.dtype))) &&
-         aligned(out.p, C * int(dtype_bytes(out.dtype))) && (!dout || aligned(dout, 4 * C));
-}
-// The bf16 training path's tile (x bf16, K = 4) from the environment, for A/B timing:
-// BHASA_CONV_FWD_C = 1|2|4|8 channels a forward thread, BHASA_CONV_BWD_C = 1|2|4 and
-// BHASA_CONV_BWD_LOAD = 4|8 (times loaded together) for the backward; 0 = the default.
-int env_int(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? std::atoi(v) : 0;
-}
 
 // Calls f(std::integral_constant<int, K>) for the run-time K in 1..kMaxK.
 template <class F>
@@ -372,26 +340,12 @@ void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int
   if (size_t(B) * L * E == 0) return;
   const bool pairs = pairs_ok(E, ldx, x, out);
   const dim3 block(kLanes, kSlices);
-  const int fwd_c = x.dtype == Dtype::bf16 && K == 4 ? env_int("BHASA_CONV_FWD_C") : 0;
   with_operand(x, [&](auto* xp) {
     with_operand(out, [&](auto* o) {
       with_k(K, [&](auto kc) {
         constexpr int KK = decltype(kc)::value;
         using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
         using TO = std::remove_pointer_t<decltype(o)>;
-        if constexpr (KK == 4 && !std::is_same_v<TX, float>) {
-          if ((fwd_c == 4 || fwd_c == 8) && vec_ok(fwd_c, E, ldx, x, out)) {
-            if (fwd_c == 4)
-              conv_forward_kernel<KK, 4, TX, TO><<<conv_grid(B, L, E, 4), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
-            else
-              conv_forward_kernel<KK, 8, TX, TO><<<conv_grid(B, L, E, 8), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
-            return;
-          }
-          if (fwd_c == 1) {
-            conv_forward_kernel<KK, 1, TX, TO><<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
-            return;
-          }
-        }
         if (pairs)
           conv_forward_kernel<KK, 2, TX, TO><<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
         else
@@ -418,35 +372,12 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
     return !v || std::atoi(v) != 0;
   }();
   const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) && aligned(dout, 8);
-  const bool tuned = x.dtype == Dtype::bf16 && K == 4;
-  const int bwd_c = tuned ? env_int("BHASA_CONV_BWD_C") : 0, bwd_load = tuned ? env_int("BHASA_CONV_BWD_LOAD") : 0;
   with_operand(x, [&](auto* xp) {
     with_operand(dx, [&](auto* d) {
       with_k(K, [&](auto kc) {
         using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
         using O = std::remove_pointer_t<decltype(d)>;
         constexpr int KK = decltype(kc)::value;
-        if constexpr (KK == 4 && !std::is_same_v<TX, float>) {
-          const dim3 g1 = conv_grid(B, L, E, 1), g2 = conv_grid(B, L, E, 2), g4 = conv_grid(B, L, E, 4);
-          if (bwd_c == 4 && vec_ok(4, E, ldx, x, dx, dout)) {
-            if (bwd_load == 4)
-              conv_backward_kernel<KK, 4, O, TX, 4><<<g4, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
-            else
-              conv_backward_kernel<KK, 4, O, TX><<<g4, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
-            return;
-          }
-          if (bwd_load == 4 && (bwd_c == 2 || bwd_c == 0) && pairs) {
-            conv_backward_kernel<KK, 2, O, TX, 4><<<g2, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
-            return;
-          }
-          if (bwd_c == 1) {
-            if (bwd_load == 4)
-              conv_backward_kernel<KK, 1, O, TX, 4><<<g1, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
-            else
-              conv_backward_kernel<KK, 1, O, TX><<<g1, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
-            return;
-          }
-        }
         if constexpr (!std::is_same_v<TX, float>) {
           if (pairs) {
             conv_backward_kernel<KK, 2, O, TX>
