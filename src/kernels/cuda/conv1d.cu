@@ -159,11 +159,10 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
 }
 
 // dx[s, e] = sum_k w[e, k] dp[s + K-1-k, e]        ("=", row stride ldx, fp32 or bf16: O)
-// x fp32 or bf16 (TX); with G2, dout2 (B, L, E) bf16 is added to dout (loaded with it: a
-// run-time test between the loads kept them from being issued together, 0.22 -> 0.35 ms)
+// x fp32 or bf16 (TX); dout2 (B, L, E) bf16 or null: added to dout as it is read
 // partial[g][k][e] = sum over times of group g of dp[t, e] x[t-(K-1-k), e]; [K] is dbias.
 // Group g = b * gridDim.y + blockIdx.y: one sequence's kBlockTimes times.
-template <int K, int C, class O, class TX, bool G2 = false>
+template <int K, int C, class O, class TX>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
                      const float* dout, const __nv_bfloat16* dout2, O* dx, float* partial) {
@@ -180,7 +179,17 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
     const int t1 = min(t0 + kSteps, L);
     const TX* xb = x + size_t(b) * L * ldx + e;
     const float* gb = dout + size_t(b) * L * E + e;
-    const __nv_bfloat16* g2b = G2 ? dout2 + size_t(b) * L * E + e : nullptr;
+    const __nv_bfloat16* g2b = dout2 ? dout2 + size_t(b) * L * E + e : nullptr;
+    // d out at time t: dout, plus dout2 when given
+    auto load_g = [&](float (&g)[C], int t) {
+      load_c<C>(g, gb + size_t(t) * E);
+      if (g2b) {
+        float g2[C];
+        load_c<C>(g2, g2b + size_t(t) * E);
+#pragma unroll
+        for (int c = 0; c < C; ++c) g[c] += g2[c];
+      }
+    };
     O* dxb = dx + size_t(b) * L * ldx + e;
     float wk[K][C], bs[C];
     load_conv_weights(w, bias, e, wk, bs);
@@ -196,23 +205,17 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
     }
     // Warm-up: dp at t0 .. t0+K-2 (no dx yet).
     {
-      float xs[K][C], gs[K][C], g2s[G2 ? K : 1][C];
+      float xs[K][C], gs[K][C];
 #pragma unroll
       for (int j = 0; j + 1 < K; ++j) {
         const int t = t0 + j;
 #pragma unroll
-        for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = g2s[G2 ? j : 0][c] = 0.0f;
+        for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = 0.0f;
         if (t < L) {
           load_c<C>(xs[j], xb + size_t(t) * ldx);
-          load_c<C>(gs[j], gb + size_t(t) * E);
-          if constexpr (G2) load_c<C>(g2s[j], g2b + size_t(t) * E);
+          load_g(gs[j], t);
         }
       }
-      if constexpr (G2)
-#pragma unroll
-        for (int j = 0; j + 1 < K; ++j)
-#pragma unroll
-          for (int c = 0; c < C; ++c) gs[j][c] += g2s[j][c];
 #pragma unroll
       for (int j = 0; j + 1 < K; ++j)
         conv_backward_step<K, C>(wk, bs, xw, dpw, xs[j], gs[j], t0 + j < t1, acc, dxt);
@@ -220,23 +223,17 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
     // Main: step t = t0+K-1+j finishes dx[t0+j].
 #pragma unroll 1
     for (int j0 = 0; j0 < kSteps; j0 += kLoad) {
-      float xs[kLoad][C], gs[kLoad][C], g2s[G2 ? kLoad : 1][C];
+      float xs[kLoad][C], gs[kLoad][C];
 #pragma unroll
       for (int j = 0; j < kLoad; ++j) {
         const int t = t0 + K - 1 + j0 + j;
 #pragma unroll
-        for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = g2s[G2 ? j : 0][c] = 0.0f;
+        for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = 0.0f;
         if (t < L) {
           load_c<C>(xs[j], xb + size_t(t) * ldx);
-          load_c<C>(gs[j], gb + size_t(t) * E);
-          if constexpr (G2) load_c<C>(g2s[j], g2b + size_t(t) * E);
+          load_g(gs[j], t);
         }
       }
-      if constexpr (G2)
-#pragma unroll
-        for (int j = 0; j < kLoad; ++j)
-#pragma unroll
-          for (int c = 0; c < C; ++c) gs[j][c] += g2s[j][c];
 #pragma unroll
       for (int j = 0; j < kLoad; ++j) {
         const int s = t0 + j0 + j;  // the dx row this step finishes
@@ -403,23 +400,14 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
         using O = std::remove_pointer_t<decltype(d)>;
         constexpr int KK = decltype(kc)::value;
         if constexpr (!std::is_same_v<TX, float>) {
-          if (pairs && g2) {  // the bf16 training plan's: x_proj's dX as dout2
-            conv_backward_kernel<KK, 2, O, TX, true>
-                <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
-            return;
-          }
           if (pairs) {
             conv_backward_kernel<KK, 2, O, TX>
                 <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
             return;
           }
         }
-        if (g2)
-          conv_backward_kernel<KK, 1, O, TX, true>
-              <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
-        else
-          conv_backward_kernel<KK, 1, O, TX>
-              <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
+        conv_backward_kernel<KK, 1, O, TX>
+            <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
       });
     });
   });
