@@ -128,13 +128,10 @@ class Backend {
   virtual void conv1d_silu_forward(int B, int L, int E, int K, ConstOperand x, int ldx,
                                    const float* w, const float* bias, Operand out) = 0;
   // Recomputes the pre-activation. dx (B, L, E) row stride ldx, "=" (fp32 or
-  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=; x as forward.
-  // dout2 (B, L, E) dense, fp32 or operand_dtype(), or null: a second share of d out,
-  // added to dout (torch: dout = dout + dout2), so that x_proj's dX need not be added
-  // into the scan's du in memory first.
+  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=; x as forward
   virtual void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx,
                                     const float* w, const float* bias, const float* dout,
-                                    Operand dx, float* dw, float* dbias, ConstOperand dout2 = {}) = 0;
+                                    Operand dx, float* dw, float* dbias) = 0;
 
   // The same with history, for inference: state (B, K-1, E) holds the previous K-1
   // inputs (zeros at the start of a sequence) and is updated in place to the last

@@ -64,9 +64,6 @@ struct MambaLM::Activations {
   Operand d_xz;     // (T, 2E): in_proj's dY, [dx | dz]
   float *d_xs, *d_dbc, *d_f, *d_g;
   Operand d_dt;     // (T, E): dt_proj's dY (the scan's ddt)
-  // (T, E): x_proj's dX in operand_dtype(), which conv1d_silu_backward adds to the scan's du
-  // (d_xs) as it reads both; null when that is fp32 (then x_proj adds into d_xs)
-  Operand d_xp;
   Operand d_y;      // (T, E): out_proj's dX (the scan's dout)
   std::vector<void*> owned;
 
@@ -119,7 +116,6 @@ struct MambaLM::Activations {
       d_xs = take(t * E);
       d_dbc = take(t * P);
       d_dt = take_operand(t * E, act(1));
-      if (od != Dtype::f32) d_xp = take_operand(t * E, od);
       d_y = take_operand(t * E, act(16));
       d_f = take(t * 2 * I);
       d_g = take(t * I);

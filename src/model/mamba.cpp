@@ -268,14 +268,11 @@ void MambaLM::backward() {
                       a.d_dbc + R + N, a.d_xz + E, G + p.A_log, G + p.D, G + p.dt_proj_b);
     // dt = dbc[:, :R] @ dt_proj^T
     be_.linear_backward(T, E, R, a.d_dt, E, W + p.dt_proj_w, R, dbc, P, 0.f, a.d_dbc, P, G + p.dt_proj_w);
-    // dbc = xs @ x_proj^T: its dX into d_xp when there is one (the conv adds it), else into d_xs
-    if (a.d_xp.p)
-      be_.linear_backward(T, P, E, a.d_dbc, P, W + p.x_proj, E, xs, E, 0.f, a.d_xp, E, G + p.x_proj);
-    else
-      be_.linear_backward(T, P, E, a.d_dbc, P, W + p.x_proj, E, xs, E, 1.f, a.d_xs, E, G + p.x_proj);
-    // xs = silu(conv(x)): d_xs (+ d_xp) -> d_x (first half of d_xz)
+    // dbc = xs @ x_proj^T
+    be_.linear_backward(T, P, E, a.d_dbc, P, W + p.x_proj, E, xs, E, 1.f, a.d_xs, E, G + p.x_proj);
+    // xs = silu(conv(x)): d_xs -> d_x (first half of d_xz)
     be_.conv1d_silu_backward(B, L, E, K, xz, 2 * E, W + p.conv_w, opt(p.conv_b), a.d_xs, a.d_xz,
-                             G + p.conv_w, gopt(p.conv_b), a.d_xp);
+                             G + p.conv_w, gopt(p.conv_b));
     // xz = h @ in_proj^T
     be_.linear_backward(T, 2 * E, D, a.d_xz, 2 * E, W + p.in_proj, D, h, D, 0.f, a.d_normed, D, G + p.in_proj);
     // (the first layer's d_resid goes to the embedding only: no copy)

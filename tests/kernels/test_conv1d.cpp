@@ -80,29 +80,6 @@ TEST(Conv1d, FloatBackwardIsDeterministic) {
   for (int k = 0; k < 3; ++k) EXPECT_EQ(0, std::memcmp(r[0][k].data(), r[1][k].data(), r[0][k].size() * 4));
 }
 
-// dout2: a second share of d out, the same as passing dout + dout2.
-TEST(Conv1d, BackwardAddsDout2) {
-  const int B = 2, L = 20, E = 12, K = 4;
-  const auto x = to_float(randn(B * L * E, 15)), w = to_float(randn(E * K, 16)), bias = to_float(randn(E, 17));
-  const auto G = to_float(randn(B * L * E, 18)), G2 = to_float(randn(B * L * E, 19));
-  std::vector<float> sum(G.size());
-  for (size_t i = 0; i < sum.size(); ++i) sum[i] = G[i] + G2[i];
-  auto be = make_cpu_backend();
-  std::vector<float> r[2][3];
-  for (int k = 0; k < 2; ++k) {
-    r[k][0].assign(x.size(), 0.f);
-    r[k][1].assign(w.size(), 0.f);
-    r[k][2].assign(E, 0.f);
-    if (k == 0)
-      be->conv1d_silu_backward(B, L, E, K, x.data(), E, w.data(), bias.data(), G.data(), r[k][0].data(),
-                               r[k][1].data(), r[k][2].data(), G2.data());
-    else
-      be->conv1d_silu_backward(B, L, E, K, x.data(), E, w.data(), bias.data(), sum.data(), r[k][0].data(),
-                               r[k][1].data(), r[k][2].data());
-  }
-  for (int k = 0; k < 3; ++k) EXPECT_EQ(r[0][k], r[1][k]);  // an ignored dout2 differs: G2 is not 0
-}
-
 TEST(Conv1d, WithStateTokenByTokenEqualsFullSequence) {
   const int B = 2, L = 9, E = 70, K = 4, ldx = E + 3;
   const auto x = to_float(randn(static_cast<size_t>(B) * L * ldx, 12));

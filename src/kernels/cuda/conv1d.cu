@@ -159,13 +159,13 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
 }
 
 // dx[s, e] = sum_k w[e, k] dp[s + K-1-k, e]        ("=", row stride ldx, fp32 or bf16: O)
-// x fp32 or bf16 (TX); dout2 (B, L, E) bf16 or null: added to dout as it is read
+// x fp32 or bf16 (TX)
 // partial[g][k][e] = sum over times of group g of dp[t, e] x[t-(K-1-k), e]; [K] is dbias.
 // Group g = b * gridDim.y + blockIdx.y: one sequence's kBlockTimes times.
 template <int K, int C, class O, class TX>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
-                     const float* dout, const __nv_bfloat16* dout2, O* dx, float* partial) {
+                     const float* dout, O* dx, float* partial) {
   __shared__ float red[kSlices][K + 1][kLanes * C];
   const int e = (blockIdx.x * kLanes + threadIdx.x) * C;
   const int b = blockIdx.z;
@@ -179,17 +179,6 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
     const int t1 = min(t0 + kSteps, L);
     const TX* xb = x + size_t(b) * L * ldx + e;
     const float* gb = dout + size_t(b) * L * E + e;
-    const __nv_bfloat16* g2b = dout2 ? dout2 + size_t(b) * L * E + e : nullptr;
-    // d out at time t: dout, plus dout2 when given
-    auto load_g = [&](float (&g)[C], int t) {
-      load_c<C>(g, gb + size_t(t) * E);
-      if (g2b) {
-        float g2[C];
-        load_c<C>(g2, g2b + size_t(t) * E);
-#pragma unroll
-        for (int c = 0; c < C; ++c) g[c] += g2[c];
-      }
-    };
     O* dxb = dx + size_t(b) * L * ldx + e;
     float wk[K][C], bs[C];
     load_conv_weights(w, bias, e, wk, bs);
@@ -213,7 +202,7 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
         for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = 0.0f;
         if (t < L) {
           load_c<C>(xs[j], xb + size_t(t) * ldx);
-          load_g(gs[j], t);
+          load_c<C>(gs[j], gb + size_t(t) * E);
         }
       }
 #pragma unroll
@@ -231,7 +220,7 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
         for (int c = 0; c < C; ++c) xs[j][c] = gs[j][c] = 0.0f;
         if (t < L) {
           load_c<C>(xs[j], xb + size_t(t) * ldx);
-          load_g(gs[j], t);
+          load_c<C>(gs[j], gb + size_t(t) * E);
         }
       }
 #pragma unroll
@@ -369,18 +358,9 @@ void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int
 
 void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
                           const float* w, const float* bias, const float* dout, Operand dx,
-                          float* dw, float* dbias, ConstOperand dout2) {
+                          float* dw, float* dbias) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
-  const size_t n = size_t(B) * L * E;
-  if (dout2.p && dout2.dtype == Dtype::f32) {  // fp32 dout2 (no model passes one): summed first
-    auto* sum = static_cast<float*>(c.scratch->get(kConvDoutSum, n * sizeof(float)));
-    BHASA_CUDA_CHECK(cudaMemcpyAsync(sum, dout, n * sizeof(float), cudaMemcpyDeviceToDevice, c.stream));
-    axpy(c, n, 1.0f, static_cast<const float*>(dout2.p), sum);
-    dout = sum;
-    dout2 = {};
-  }
-  const auto* g2 = static_cast<const __nv_bfloat16*>(dout2.p);
   const int groups = B * int(blocks_for(L, kBlockTimes));
   auto* partial = static_cast<float*>(
       c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
@@ -391,8 +371,7 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
     const char* v = std::getenv("BHASA_CONV_BWD_PAIRS");
     return !v || std::atoi(v) != 0;
   }();
-  const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) && aligned(dout, 8) &&
-                     aligned(g2, 4);
+  const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) && aligned(dout, 8);
   with_operand(x, [&](auto* xp) {
     with_operand(dx, [&](auto* d) {
       with_k(K, [&](auto kc) {
@@ -402,12 +381,12 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
         if constexpr (!std::is_same_v<TX, float>) {
           if (pairs) {
             conv_backward_kernel<KK, 2, O, TX>
-                <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
+                <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
             return;
           }
         }
         conv_backward_kernel<KK, 1, O, TX>
-            <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, g2, d, partial);
+            <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
       });
     });
   });

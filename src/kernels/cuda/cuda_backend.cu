@@ -247,10 +247,10 @@ class CudaBackend final : public Backend {
   }
   void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx, const float* w,
                             const float* bias, const float* dout, Operand dx, float* dw,
-                            float* dbias, ConstOperand dout2) override {
+                            float* dbias) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_backward");
     wrote(dx, B * L, E, ldx), wrote(dw, size_t(E) * K), wrote(dbias, E);
-    cuda::conv1d_silu_backward(ctx_, B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias, dout2);
+    cuda::conv1d_silu_backward(ctx_, B, L, E, K, x, ldx, w, bias, dout, dx, dw, dbias);
   }
   void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx, const float* w,
                               const float* bias, float* state, float* out) override {

@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kConvDoutSum, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4,
+  kSampleCounter, kDecodeA16, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4,
   kNumSlots
 };
 
@@ -111,7 +111,7 @@ void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int
                          const float* w, const float* bias, Operand out);  // x, out fp32 or bf16
 void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
                           const float* w, const float* bias, const float* dout, Operand dx,
-                          float* dw, float* dbias, ConstOperand dout2);  // dout2 fp32, bf16 or null
+                          float* dw, float* dbias);
 void conv1d_silu_with_state(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
                             const float* w, const float* bias, float* state, float* out);
 
