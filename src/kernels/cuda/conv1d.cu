@@ -110,7 +110,7 @@ conv_forward_kernel(int L, int E, const TX* x, int ldx, const float* w, const fl
         float p = bs[c];
 #pragma unroll
         for (int k = 0; k < K; ++k) p += wk[k][c] * xw[k][c];
-        o[c] = p * sigmoidf_(p);
+        o[c] = p * sigmoid_fast(p);
       }
       store_c<C>(ob + size_t(t) * E, o);
 #pragma unroll
@@ -138,7 +138,7 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
     float p = bs[c];
 #pragma unroll
     for (int k = 0; k < K; ++k) p += wk[k][c] * xw[k][c];
-    const float s = sigmoidf_(p);
+    const float s = sigmoid_fast(p);
     const float dp = gt[c] * s * (1.0f + p * (1.0f - s));
     dpw[K - 1][c] = dp;
     if (own) {
@@ -286,7 +286,7 @@ __global__ void conv_with_state_kernel(int B, int L, int E, int K, const float* 
 #pragma unroll
     for (int k = 0; k < kMaxK; ++k)
       if (k < K) p += wk[k] * win[k];
-    out[(size_t(b) * L + t) * E + e] = p * sigmoidf_(p);
+    out[(size_t(b) * L + t) * E + e] = p * sigmoid_fast(p);
 #pragma unroll
     for (int j = 0; j + 1 < kMaxK; ++j)
       if (j < H) win[j] = win[j + 1];

@@ -6,7 +6,6 @@
 
 namespace bhasa::cuda::scan_detail {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kLanes = 4;                      // lanes per channel
@@ -21,17 +20,7 @@ constexpr int kBwdBufs = 3;   // backward staging buffers: copies run 2 sub-chun
 constexpr int kBwdMinBlocks = 3;
 static_assert(kFwdTile % kLanes == 0 && kChannels == 32, "tile sizes");
 
-// 2^x on the special-function unit, denormal results flushed to 0 (exp2f adds a
-// denormal range fix-up, ~3 instructions per decay; a decay under 2^-126 contributes
-// nothing anyway).
-__device__ __forceinline__ float ex2_(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-// sigmoid(x) = 1 / (1 + exp(-x)) with the approximate divide (2 ulp; sigmoidf_'s IEEE
-// divide costs ~10 instructions more).
-__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + ex2_(-x * kLog2e)); }
+// ex2_ and sigmoid_fast: cuda_common.cuh
 
 // F.softplus(x) (threshold 20) and torch.sigmoid(x) from one exp, e = exp(-|x|):
 // softplus = max(x, 0) + log1p(e), log1p(e) = 2 atanh(s) with s = e / (2 + e) <= 1/3,

@@ -282,8 +282,8 @@ ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __r
   for (int j = 0; j < J; ++j) {
     const int q = k + kLanes * j;
     a4[j] = q < N4 ? reinterpret_cast<const float4*>(A_log + size_t(e) * N)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
-    a4[j] = make_float4(-expf(a4[j].x) * scan_detail::kLog2e, -expf(a4[j].y) * scan_detail::kLog2e,
-                        -expf(a4[j].z) * scan_detail::kLog2e, -expf(a4[j].w) * scan_detail::kLog2e);
+    a4[j] = make_float4(-expf(a4[j].x) * kLog2e, -expf(a4[j].y) * kLog2e,
+                        -expf(a4[j].z) * kLog2e, -expf(a4[j].w) * kLog2e);
   }
   pdl_trigger();
   pdl_wait();
@@ -352,10 +352,10 @@ ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __r
           const float4 bv = reinterpret_cast<const float4*>(db + R)[q];
           const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
           float4 hn;
-          hn.x = scan_detail::ex2_(sc.x * a4[j].x) * hv.x + sc.y * bv.x;
-          hn.y = scan_detail::ex2_(sc.x * a4[j].y) * hv.y + sc.y * bv.y;
-          hn.z = scan_detail::ex2_(sc.x * a4[j].z) * hv.z + sc.y * bv.z;
-          hn.w = scan_detail::ex2_(sc.x * a4[j].w) * hv.w + sc.y * bv.w;
+          hn.x = ex2_(sc.x * a4[j].x) * hv.x + sc.y * bv.x;
+          hn.y = ex2_(sc.x * a4[j].y) * hv.y + sc.y * bv.y;
+          hn.z = ex2_(sc.x * a4[j].z) * hv.z + sc.y * bv.z;
+          hn.w = ex2_(sc.x * a4[j].w) * hv.w + sc.y * bv.w;
           yp[r] += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
           reinterpret_cast<float4*>(hc)[q] = hn;
         }

@@ -117,8 +117,6 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   scan_detail::cp_async_commit();
 #pragma unroll
   for (int j = 0; j < J; ++j) {  // (before pdl_wait, this wait for A_log held the state loads back)
-    using scan_detail::ex2_;
-    using scan_detail::kLog2e;
     a4[j] = make_float4(-ex2_(a4[j].x * kLog2e) * kLog2e, -ex2_(a4[j].y * kLog2e) * kLog2e,
                         -ex2_(a4[j].z * kLog2e) * kLog2e, -ex2_(a4[j].w * kLog2e) * kLog2e);
   }
@@ -145,7 +143,7 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
 #pragma unroll
   for (int j = 0; j < kRowsMaxK; ++j)
     if (j < K) p += cw[j] * (j < H ? win[j] : xv);
-  const float u = p * scan_detail::sigmoid_fast(p);
+  const float u = p * sigmoid_fast(p);
   if (valid && mine)
 #pragma unroll
     for (int j = 0; j < kRowsMaxK; ++j)
@@ -169,10 +167,10 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
           const float4 cv = reinterpret_cast<const float4*>(db + R + N)[q];
           const float4 hv = h4[r][j];
           float4 hn;
-          hn.x = scan_detail::ex2_(dr * a4[j].x) * hv.x + dur * bv.x;
-          hn.y = scan_detail::ex2_(dr * a4[j].y) * hv.y + dur * bv.y;
-          hn.z = scan_detail::ex2_(dr * a4[j].z) * hv.z + dur * bv.z;
-          hn.w = scan_detail::ex2_(dr * a4[j].w) * hv.w + dur * bv.w;
+          hn.x = ex2_(dr * a4[j].x) * hv.x + dur * bv.x;
+          hn.y = ex2_(dr * a4[j].y) * hv.y + dur * bv.y;
+          hn.z = ex2_(dr * a4[j].z) * hv.z + dur * bv.z;
+          hn.w = ex2_(dr * a4[j].w) * hv.w + dur * bv.w;
           yp[r] += cv.x * hn.x + cv.y * hn.y + cv.z * hn.z + cv.w * hn.w;
           if (valid) hc[q] = hn;
         }
@@ -180,7 +178,7 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
     }
   }
   const float ys = sum4_scatter(yp, k);
-  if (valid && mine) y[unsigned(b1) * E + e] = from_float<Y>((ys + Dv * u) * (zz * scan_detail::sigmoid_fast(zz)));
+  if (valid && mine) y[unsigned(b1) * E + e] = from_float<Y>((ys + Dv * u) * (zz * sigmoid_fast(zz)));
 }
 
 // BHASA_SSM_ROWS_MIN_B (read once; default 16): the smallest B for ssm_step_rows_kernel,

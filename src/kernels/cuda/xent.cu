@@ -152,14 +152,8 @@ xent_row_in_smem_kernel(int V, float* logits, int ldl, const int32_t* targets, f
 // an SM's shared memory (2 x 100.5 KB at V = 50280) and one row's read phase overlaps the
 // other's write phase. 16-byte accesses: 8 logits each.
 constexpr int kBf16Threads = 512;
-constexpr float kLog2e = 1.4426950408889634f;
 
-// exp2 on the special-function unit (rel. error ~2^-22): exp(x - m) = ex2(x log2e - m log2e)
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
+// exp(x - m) = ex2_(x log2e - m log2e): exp2 on the special-function unit (rel. error ~2^-22)
 
 __device__ __forceinline__ void unpack8(const uint4& v, float* x) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
@@ -219,13 +213,13 @@ xent_bf16_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, 
         if (i * 8 + j >= V) x[j] = -INFINITY;  // the padding after the last column
       const float m8 = fmaxf(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])), fmaxf(fmaxf(x[4], x[5]), fmaxf(x[6], x[7])));
       if (m8 > m) {
-        s *= ex2((m - m8) * kLog2e);
+        s *= ex2_((m - m8) * kLog2e);
         m = m8;
       }
       const float ml = m * kLog2e;
       float e = 0.0f;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) e += ex2(fmaf(x[j], kLog2e, -ml));
+      for (int j = 0; j < 8; ++j) e += ex2_(fmaf(x[j], kLog2e, -ml));
       s += e;
     }
   }
@@ -250,8 +244,8 @@ xent_bf16_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, 
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int c = i * 8 + 2 * j;
-      float g0 = c < V ? ex2(fmaf(x[2 * j], kLog2e, -ml)) * k : 0.0f;
-      float g1 = c + 1 < V ? ex2(fmaf(x[2 * j + 1], kLog2e, -ml)) * k : 0.0f;
+      float g0 = c < V ? ex2_(fmaf(x[2 * j], kLog2e, -ml)) * k : 0.0f;
+      float g1 = c + 1 < V ? ex2_(fmaf(x[2 * j + 1], kLog2e, -ml)) * k : 0.0f;
       if (c == target) g0 -= scale;
       if (c + 1 == target) g1 -= scale;
       h[j] = __floats2bfloat162_rn(g0, g1);
