@@ -229,6 +229,9 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
   *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(q);
 }
 
+// torch: dst = src.to(torch.bfloat16)   src (n) fp32, dst (n) bf16, on stream (weight_mirror.cu)
+void flat_to_bf16(cudaStream_t stream, const float* src, size_t n, void* dst);
+
 // Device-side math shared by the kernels (accurate libm versions: the tests hold
 // these kernels to 1e-5 of the CPU backend).
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }

@@ -643,12 +643,6 @@ __global__ void widen_kernel(size_t rows, int cols, const __nv_bfloat16* __restr
     dst[j] = __bfloat162float(src[j]);
   }
 }
-// torch: dst = src.to(torch.bfloat16)      (n) fp32 -> bf16
-__global__ void narrow_kernel(size_t n, const float* __restrict__ src, __nv_bfloat16* __restrict__ dst) {
-  const size_t stride = size_t(gridDim.x) * blockDim.x;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    dst[i] = __float2bfloat16_rn(src[i]);
-}
 unsigned copy_blocks(size_t n) { return unsigned(std::min<size_t>(blocks_for(n, 256), 132 * 16)); }
 // x (rows, cols) row stride ld as an fp32 operand for the kernels that read fp32 only: x
 // itself, or (bf16) an fp32 copy with the same row stride in a grow-once scratch slot (the
@@ -660,10 +654,6 @@ ConstOperand widen(Ctx& c, ScratchSlot slot, size_t rows, int cols, ConstOperand
                                                               ld, dst);
   BHASA_LAUNCH_CHECK("scan: widen bf16");
   return dst;
-}
-void narrow(Ctx& c, size_t n, const float* src, void* dst) {
-  narrow_kernel<<<copy_blocks(n), 256, 0, c.stream>>>(n, src, static_cast<__nv_bfloat16*>(dst));
-  BHASA_LAUNCH_CHECK("scan: round ddt to bf16");
 }
 
 void check_n(int N, int chunk) {
@@ -733,7 +723,7 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u
   else if (N <= 16) BHASA_SCAN_BWD(4);
   else BHASA_SCAN_BWD(8);
 #undef BHASA_SCAN_BWD
-  if (ddt.p != ddt_out.p) narrow(c, size_t(B) * L * E, ddt.f32(), ddt_out.p);
+  if (ddt.p != ddt_out.p) flat_to_bf16(c.stream, ddt.f32(), size_t(B) * L * E, ddt_out.p);
 }
 
 }  // namespace bhasa::cuda

@@ -14,7 +14,7 @@ namespace {
 // torch: dst = src.to(torch.bfloat16)     src (n) fp32, dst (n) bf16; 4 a thread (16-byte loads)
 // when src is 16-byte aligned. (gemm.cu's operand copy takes an int column count and
 // a row stride; a 130M-parameter flat range needs neither.)
-__global__ void flat_to_bf16(const float* __restrict__ src, size_t n, __nv_bfloat16* __restrict__ dst) {
+__global__ void flat_to_bf16_kernel(const float* __restrict__ src, size_t n, __nv_bfloat16* __restrict__ dst) {
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   const size_t n4 = reinterpret_cast<uintptr_t>(src) % 16 == 0 ? n / 4 : 0;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n4; i += stride) {
@@ -56,10 +56,15 @@ void WeightMirrors::freeze(const float* params, size_t n) {
     m.capacity = n;
   }
   m.n = n;
-  const unsigned blocks = unsigned(std::min<size_t>(blocks_for(n / 4 + 1, 256), 132 * 16));
-  flat_to_bf16<<<blocks, 256, 0, stream_>>>(params, n, static_cast<__nv_bfloat16*>(m.bf16));
-  BHASA_LAUNCH_CHECK("flat_to_bf16");
+  flat_to_bf16(stream_, params, n, m.bf16);
   m.valid = true;
+}
+
+void flat_to_bf16(cudaStream_t stream, const float* src, size_t n, void* dst) {
+  if (n == 0) return;
+  const unsigned blocks = unsigned(std::min<size_t>(blocks_for(n / 4 + 1, 256), 132 * 16));
+  flat_to_bf16_kernel<<<blocks, 256, 0, stream>>>(src, n, static_cast<__nv_bfloat16*>(dst));
+  BHASA_LAUNCH_CHECK("flat_to_bf16");
 }
 
 const void* WeightMirrors::find(const float* w, size_t n) const {
