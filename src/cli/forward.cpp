@@ -37,7 +37,7 @@ void run_forward(const ForwardOptions& o) {
   for (int b = 0; b < B; b++)
     for (int t = 0; t < L; t++) {
       const int64_t id = in.i64[size_t(b) * L + t];
-      check(id >= 0 && id < V, "input_ids holds " + std::to_string(id) + ", outside the vocabulary of " + std::to_string(V));
+      check(id >= 0 && id < V, [&] { return "input_ids holds " + std::to_string(id) + ", outside the vocabulary of " + std::to_string(V); });
       ids[size_t(b) * L + t] = int32_t(id);
       targets[size_t(b) * L + t] = t + 1 < L ? int32_t(in.i64[size_t(b) * L + t + 1]) : -1;
     }

@@ -53,8 +53,8 @@ EvalResult evaluate_text(MambaLM& model, const Tokenizer& tok, std::string_view 
   if (max_tokens > 0 && int64_t(ids.size()) > max_tokens) ids.resize(size_t(max_tokens));
   const int V = model.config().vocab_size;
   for (int32_t id : ids)
-    check(id >= 0 && id < V, "the tokenizer produced id " + std::to_string(id) +
-                                 " but the model has only " + std::to_string(V) + " rows");
+    check(id >= 0 && id < V, [&] { return "the tokenizer produced id " + std::to_string(id) +
+                                 " but the model has only " + std::to_string(V) + " rows"; });
 
   EvalResult r;
   std::tie(r.total_nats, r.tokens) = evaluate_ids(model, ids, seq_len, batch);

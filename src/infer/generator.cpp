@@ -60,8 +60,8 @@ void Generator::feed(std::span<const int32_t> ids) {
   // Checked up front (prefill checks too) so a bad id cannot leave a half-fed state.
   const int V = model_.config().vocab_size;
   for (int32_t id : ids)
-    check(id >= 0 && id < V, "token id " + std::to_string(id) + " is outside the model's vocabulary [0, " +
-                                 std::to_string(V) + ")");
+    check(id >= 0 && id < V, [&] { return "token id " + std::to_string(id) + " is outside the model's vocabulary [0, " +
+                                 std::to_string(V) + ")"; });
   for (size_t at = 0; at < ids.size(); at += kPrefillChunk) {
     int L = int(std::min<size_t>(kPrefillChunk, ids.size() - at));
     model_.prefill(state_, ids.data() + at, L, logits_.data());

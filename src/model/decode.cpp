@@ -44,8 +44,8 @@ void MambaLM::reset_state(DecodeState& s) {
 
 static void check_ids(const int32_t* ids, size_t n, int V) {
   for (size_t i = 0; i < n; i++)
-    check(ids[i] >= 0 && ids[i] < V, "token id " + std::to_string(ids[i]) +
-                                         " is outside the model's vocabulary of " + std::to_string(V));
+    check(ids[i] >= 0 && ids[i] < V, [&] { return "token id " + std::to_string(ids[i]) +
+                                         " is outside the model's vocabulary of " + std::to_string(V); });
 }
 
 void MambaLM::prefill(DecodeState& s, const int32_t* ids, int L, float* last_logits) {

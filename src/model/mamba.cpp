@@ -177,8 +177,8 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
   const int V = cfg_.vocab_size;
   int n_valid = 0;
   for (int t = 0; t < a.T; t++) {
-    check(ids[t] >= 0 && ids[t] < V, "token id " + std::to_string(ids[t]) + " is outside the model's vocabulary of " + std::to_string(V));
-    check(targets[t] < V, "target id " + std::to_string(targets[t]) + " is outside the model's vocabulary of " + std::to_string(V));
+    check(ids[t] >= 0 && ids[t] < V, [&] { return "token id " + std::to_string(ids[t]) + " is outside the model's vocabulary of " + std::to_string(V); });
+    check(targets[t] < V, [&] { return "target id " + std::to_string(targets[t]) + " is outside the model's vocabulary of " + std::to_string(V); });
     n_valid += targets[t] >= 0;
   }
   be_.upload_i32(a.ids, ids, a.T);

@@ -23,9 +23,9 @@ void embedding_forward(int n_tok, int D, const int32_t* ids, const T* table, T* 
 template <class T>
 void embedding_backward(int n_tok, int D, int V, const int32_t* ids, const T* dout, T* dtable) {
   for (int t = 0; t < n_tok; ++t)
-    check(ids[t] >= 0 && ids[t] < V, "embedding_backward: token id " + std::to_string(ids[t]) +
+    check(ids[t] >= 0 && ids[t] < V, [&] { return "embedding_backward: token id " + std::to_string(ids[t]) +
                                          " is outside the vocabulary [0, " + std::to_string(V) +
-                                         "); check the tokenizer matches the model");
+                                         "); check the tokenizer matches the model"; });
   constexpr int kCols = 64;
   const int n_slices = (D + kCols - 1) / kCols;
 #pragma omp parallel for schedule(static)

@@ -15,9 +15,9 @@ template <class T>
 double cross_entropy(int n_tok, int V, T* logits, int ldl, const int32_t* targets,
                      T dlogits_scale) {
   for (int t = 0; t < n_tok; ++t)
-    check(targets[t] < V, "cross_entropy: target id " + std::to_string(targets[t]) +
+    check(targets[t] < V, [&] { return "cross_entropy: target id " + std::to_string(targets[t]) +
                               " is outside the vocabulary of " + std::to_string(V) +
-                              "; check the data was tokenized for this model");
+                              "; check the data was tokenized for this model"; });
   static thread_local std::vector<double> row_loss_buf;
   double* row_loss = scratch(row_loss_buf, static_cast<size_t>(n_tok));  // (T)
   const bool grad = dlogits_scale != T(0);
