@@ -71,6 +71,9 @@ class Backend {
   virtual void download(float* dst, const float* src, size_t n) = 0;    // backend -> host
   virtual void upload_i32(int32_t* dst, const int32_t* src, size_t n) = 0;
   virtual void zero(float* p, size_t n) = 0;
+  void zero_operand(Operand o, size_t n) {  // n elements; alloc_operand's whole buffers
+    zero(static_cast<float*>(o.p), (n * dtype_bytes(o.dtype) + sizeof(float) - 1) / sizeof(float));
+  }
   virtual void copy(float* dst, const float* src, size_t n) = 0;        // within backend
   virtual void synchronize() {}
   // The dtype the GEMM-operand activations are stored in (see Operand), and an
@@ -87,6 +90,15 @@ class Backend {
   // next kernels read: rounded once from the fp32 accumulators).
   virtual void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda,
                     ConstOperand B, int ldb, float beta, Operand C, int ldc) = 0;
+  // The residual add into another buffer: C (M, N) = R + op(A) @ op(B), R and C fp32 with
+  // row stride ldc (R may be C). A training plan keeps each sublayer's input, so its
+  // output goes elsewhere; a backend that can read R while it writes C saves the copy.
+  // torch: C = R + (A.T if ta else A) @ (B.T if tb else B)
+  virtual void gemm_residual(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda,
+                             ConstOperand B, int ldb, const float* R, float* C, int ldc) {
+    if (R != C) copy(C, R, size_t(M - 1) * ldc + N);
+    gemm(ta, tb, M, N, K, A, lda, B, ldb, 1.0f, C, ldc);
+  }
 
   // A linear layer's backward. For Y (T, O) = X (T, I) @ W^T, W (O, I):
   // torch: dX = beta_dx * dX + dY @ W;  dW += dY.T @ X
@@ -109,15 +121,13 @@ class Backend {
   // rms:   out = x * rsqrt(mean(x^2) + eps) * w
   // layer: out = (x - mean) * rsqrt(var + eps) * w + b
   // x (T, D), w (D), b (D) or null for rms, out (T, D) (fp32 or operand_dtype()),
-  // mean (T) (unused for rms), rstd (T). x_copy (T, D) or null: receives x too (torch:
-  // x_copy = x.clone()), the next sublayer's residual stream read while x is in hand.
+  // mean (T) (unused for rms), rstd (T).
   virtual void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                            const float* b, Operand out, float* mean, float* rstd,
-                            float* x_copy = nullptr) = 0;
+                            const float* b, Operand out, float* mean, float* rstd) = 0;
   // dx (T, D) +=  (so the residual stream's gradient passes straight through),
   // dw (D) +=, db (D) += (null for rms). dx_copy (T, D) (fp32 or operand_dtype()) or
   // null: receives the updated dx too, for the GEMM that reads it next.
-  virtual void norm_backward(int T, int D, bool rms, const float* dout, const float* x,
+  virtual void norm_backward(int T, int D, bool rms, ConstOperand dout, const float* x,
                              const float* w, const float* mean, const float* rstd, float* dx,
                              float* dw, float* db, Operand dx_copy = {}) = 0;
 
@@ -197,7 +207,7 @@ class Backend {
   // fp32 logits at a time (one chunk, the same arithmetic as the separate calls, when the
   // batch's logits fit).
   virtual double head_loss(int T, int V, int D, ConstOperand X, const float* W, const int32_t* targets,
-                           float dlogits_scale, float* dX, float* dW) {
+                           float dlogits_scale, Operand dX, float* dW) {
     const int rows = std::max(1, std::min(T, int((size_t(1) << 24) / size_t(V))));
     float* logits = alloc(size_t(rows) * V);  // (rows, V)
     double loss = 0.0;

@@ -81,9 +81,9 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
     Operand dt = a.dt + l * ls * T * E;      // (T, E)
     Operand y = a.y + l * ls * T * E;        // (T, E)
 
-    // h = norm(x); x_out = x (the residual, which out_proj adds into) in the same pass
+    // h = norm(x)
     be_.norm_forward(T, D, c.rms_norm, c.norm_eps, x_in, W + p.norm_w, opt(p.norm_b), h,
-                     a.mean + sub * ls * T, a.rstd + sub * ls * T, x_out != x_in ? x_out : nullptr);
+                     a.mean + sub * ls * T, a.rstd + sub * ls * T);
     // xz = h @ in_proj^T
     be_.gemm(false, true, T, 2 * E, D, h, D, W + p.in_proj, D, 0.f, xz, 2 * E);
     // xs = silu(causal_conv1d(x))
@@ -103,8 +103,8 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
                      h_state, h_state);
     // y = dropout(y): the saved y is the dropped one, which out_proj's weight gradient needs
     if (drop_p > 0) be_.dropout(size_t(T) * E, y, drop_p, layer_drop_seed(drop_seed, l, 0));
-    // x_out = x_in + y @ out_proj^T  (the residual add rides on GEMM's beta)
-    be_.gemm(false, true, T, D, E, y, E, W + p.out_proj, E, 1.f, x_out, D);
+    // x_out = x_in + y @ out_proj^T  (the GEMM reads x_in as its C: no copy of the residual)
+    be_.gemm_residual(false, true, T, D, E, y, E, W + p.out_proj, E, x_in, x_out, D);
     sub++;
 
     if (mlp) {
@@ -114,11 +114,11 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
       float* f = a.f + l * ls * T * 2 * I;  // (T, 2I)
       float* g = a.g + l * ls * T * I;      // (T, I)
       be_.norm_forward(T, D, c.rms_norm, c.norm_eps, m_in, W + p.norm2_w, opt(p.norm2_b), h2,
-                       a.mean + sub * ls * T, a.rstd + sub * ls * T, m_out != m_in ? m_out : nullptr);
+                       a.mean + sub * ls * T, a.rstd + sub * ls * T);
       be_.gemm(false, true, T, 2 * I, D, h2, D, W + p.fc1, D, 0.f, f, 2 * I);
       be_.swiglu_forward(T, I, f, g);
       if (drop_p > 0) be_.dropout(size_t(T) * I, g, drop_p, layer_drop_seed(drop_seed, l, 1));
-      be_.gemm(false, true, T, D, I, g, I, W + p.fc2, I, 1.f, m_out, D);
+      be_.gemm_residual(false, true, T, D, I, g, I, W + p.fc2, I, m_in, m_out, D);
       sub++;
     }
   }
@@ -198,7 +198,7 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
   // The head and its loss with their gradients at once: d_normed = d loss / d normed_f,
   // and the embedding's gradient as the head's weight, added into grads_.
   if (n_valid == 0) {
-    be_.zero(a.d_normed, size_t(T) * D);
+    be_.zero_operand(a.d_normed, size_t(T) * D);
     return 0.0;
   }
   return be_.head_loss(T, V, D, a.normed_f, emb, a.targets, 1.0f / n_valid, a.d_normed,

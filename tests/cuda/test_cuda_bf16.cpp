@@ -140,6 +140,34 @@ TEST_P(CudaBf16Norm, BackwardCopiesDxInBf16) {
   EXPECT_LE(rel_l2(gdx, dx), kTol);
   EXPECT_EQ(copy.host(), round_bf16(gdx));
 }
+// dout in bf16 (in_proj's dX in a bf16 training plan): the same as the CPU on the rounded
+// dout, to fp32 accuracy, dw and db included; dx_copy in bf16 as above.
+TEST_P(CudaBf16Norm, BackwardReadsBf16Dout) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  const auto [rms, D] = GetParam();
+  std::mt19937 rng(42 + D);
+  const int T = 333;
+  auto x = randn(size_t(T) * D, rng, 2.0f, 0.5f), w = randn(D, rng, 0.5f, 1.0f),
+       dout = round_bf16(randn(size_t(T) * D, rng)), dx0 = randn(size_t(T) * D, rng), dw0 = randn(D, rng),
+       db0 = randn(D, rng);
+  std::vector<float> mean(T), rstd(T), h(size_t(T) * D), dx = dx0, dw = dw0, db = db0;
+  cpu->norm_forward(T, D, rms, 1e-5f, x.data(), w.data(), nullptr, h.data(), mean.data(), rstd.data());
+  DevBuf dX(*gpu, x), dW(*gpu, w), dMean(*gpu, mean), dRstd(*gpu, rstd), dDx(*gpu, dx0), dDw(*gpu, dw0),
+      dDb(*gpu, db0);
+  DevBf16 dOut(*gpu, dout), copy(*gpu, size_t(T) * D);
+  gpu->norm_backward(T, D, rms, dOut.op, dX.p, dW.p, dMean.p, dRstd.p, dDx.p, dDw.p, rms ? nullptr : dDb.p,
+                     copy.op);
+  cpu->norm_backward(T, D, rms, dout.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
+                     rms ? nullptr : db.data());
+  const std::vector<float> gdx = dDx.host();
+  EXPECT_LE(rel_l2(gdx, dx), kTol);
+  EXPECT_LE(rel_l2(dDw.host(), dw), kTol);
+  if (!rms) {
+    EXPECT_LE(rel_l2(dDb.host(), db), kTol);
+  }
+  EXPECT_EQ(copy.host(), round_bf16(gdx));
+}
 INSTANTIATE_TEST_SUITE_P(RmsAndLayer, CudaBf16Norm,
                          ::testing::Combine(::testing::Bool(), ::testing::Values(50, 52, 768)));
 
@@ -440,8 +468,8 @@ TEST(CudaBf16, LinearBackwardBf16) {
   EXPECT_LE(rel_l2(gdW.host(), rdW), 1e-4);
 }
 
-// A training plan stores h, y, the final norm's output and in_proj's dY in bf16 on a
-// bf16 backend: 2 bytes less per element than the same plan in tf32.
+// A training plan stores h, y, the final norm's output, in_proj's dY and the norms'
+// dout in bf16 on a bf16 backend: 2 bytes less per element than the same plan in tf32.
 TEST(CudaBf16, PlanStoresOperandsInBf16) {
   ModelConfig cfg;
   cfg.d_model = 64, cfg.n_layer = 2, cfg.vocab_size = 96, cfg.d_state = 16, cfg.dt_rank = 4;
@@ -455,8 +483,8 @@ TEST(CudaBf16, PlanStoresOperandsInBf16) {
     bytes[k++] = m.activation_bytes();
   }
   const size_t T = size_t(B) * L, D = cfg.d_model, E = cfg.d_inner(), n = cfg.n_layer;
-  // normed, normed_f, y, d_xz; xz, xs, dt; d_dt, d_y
-  const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E + n * T * 4 * E + 2 * T * E;
+  // normed, normed_f, y, d_xz; xz, xs, dt; d_dt, d_y; d_normed
+  const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E + n * T * 4 * E + 2 * T * E + T * D;
   EXPECT_EQ(bytes[0] - bytes[1], operands * 2 - T * D * 2);  // the bf16 plan adds d_resid16 (T, D)
 }
 
@@ -554,4 +582,29 @@ TEST(CudaDecodeStep, GemmReadsBf16Y) {
         EXPECT_LE(rel_l2(dC.host(), c), 1e-2) << "M=" << M << " beta=" << beta << " frozen=" << frozen;
       }
   }
+}
+
+// head_loss's dX (d loss / d normed_f) into a bf16 buffer, as a bf16 training plan keeps
+// d_normed: the fp32 call's dX rounded once (the same GEMM, bf16 out);
+// the loss and dW as the fp32 call's, bit for bit.
+TEST(CudaBf16, HeadLossDxInBf16) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  std::mt19937 rng(63);
+  const int T = 300, V = 1000, D = 64;
+  auto X = round_bf16(randn(size_t(T) * D, rng)), W = randn(size_t(V) * D, rng, 0.3f);
+  std::vector<int32_t> targets(T);
+  for (int t = 0; t < T; ++t) targets[t] = t % 7 == 3 ? -1 : int32_t(rng() % V);
+  DevBf16 dXin(*gpu, X);
+  DevBuf dW(*gpu, W), g32(*gpu, size_t(V) * D), g16(*gpu, size_t(V) * D),
+      dx32(*gpu, std::vector<float>(size_t(T) * D, std::numeric_limits<float>::quiet_NaN()));
+  DevIds tg(*gpu, targets);
+  DevBf16 dx16(*gpu, size_t(T) * D);
+  const double l32 = gpu->head_loss(T, V, D, dXin.op, dW.p, tg.p, 1.0f / T, dx32.p, g32.p);
+  const double l16 = gpu->head_loss(T, V, D, dXin.op, dW.p, tg.p, 1.0f / T, dx16.op, g16.p);
+  EXPECT_EQ(l32, l16);
+  EXPECT_EQ(g32.host(), g16.host());
+  const std::vector<float> got = dx16.host(), ref = dx32.host();
+  for (float v : got) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_LE(rel_l2(got, round_bf16(ref)), 1e-4);
+  EXPECT_LE(rel_l2(got, ref), 1e-2);
 }

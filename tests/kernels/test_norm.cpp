@@ -98,17 +98,14 @@ TEST_P(Norm, FloatBackwardIsDeterministicAndMatchesFloat64) {
   EXPECT_LT(rel_err(run[0][2], db), 1e-5);
 }
 
-// x_copy / dx_copy: x and the updated dx again (the next sublayer's residual, the next GEMM's dY).
-TEST_P(Norm, CopiesXAndDx) {
+// dx_copy: the updated dx again (the next GEMM's dY).
+TEST_P(Norm, CopiesDx) {
   const bool rms = GetParam();
   const int T = 5, D = 12;
   auto xf = to_float(randn(T * D, 12)), wf = to_float(randn(D, 13, 0.3, 1.0)), Gf = to_float(randn(T * D, 14));
-  std::vector<float> out(T * D), mean(T), rstd(T), x_copy(T * D, -1.f), dx(T * D, 0.5f), dw(D), db(D),
-      dx_copy(T * D, -1.f);
+  std::vector<float> out(T * D), mean(T), rstd(T), dx(T * D, 0.5f), dw(D), db(D), dx_copy(T * D, -1.f);
   auto be = make_cpu_backend();
-  be->norm_forward(T, D, rms, 1e-5f, xf.data(), wf.data(), nullptr, out.data(), mean.data(), rstd.data(),
-                   x_copy.data());
-  EXPECT_EQ(x_copy, xf);
+  be->norm_forward(T, D, rms, 1e-5f, xf.data(), wf.data(), nullptr, out.data(), mean.data(), rstd.data());
   be->norm_backward(T, D, rms, Gf.data(), xf.data(), wf.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
                     rms ? nullptr : db.data(), dx_copy.data());
   EXPECT_EQ(dx_copy, dx);

@@ -81,14 +81,13 @@ class CpuBackend final : public Backend {
   }
 
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                    const float* b, Operand out, float* mean, float* rstd, float* x_copy) override {
+                    const float* b, Operand out, float* mean, float* rstd) override {
     cpu::norm_forward<float>(T, D, rms, eps, x, w, b, out.f32(), mean, rstd);
-    if (x_copy) std::copy(x, x + size_t(T) * D, x_copy);
   }
-  void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
+  void norm_backward(int T, int D, bool rms, ConstOperand dout, const float* x, const float* w,
                      const float* mean, const float* rstd, float* dx, float* dw, float* db,
                      Operand dx_copy) override {
-    cpu::norm_backward<float>(T, D, rms, dout, x, w, mean, rstd, dx, dw, db);
+    cpu::norm_backward<float>(T, D, rms, dout.f32(), x, w, mean, rstd, dx, dw, db);
     if (dx_copy.p) std::copy(dx, dx + size_t(T) * D, dx_copy.f32());
   }
 

@@ -141,6 +141,16 @@ class CudaBackend final : public Backend {
     gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, beta, C, ldc);
   }
 
+  // cuBLASLt reads R as its C and writes C as its D: no copy of the residual. Decode's
+  // small products (their own paths above) add in place or copy first.
+  void gemm_residual(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B, int ldb,
+                     const float* R, float* C, int ldc) override {
+    if (R == C || M <= 64 || K == 0) return Backend::gemm_residual(ta, tb, M, N, K, A, lda, B, ldb, R, C, ldc);
+    BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N") + " +R");
+    wrote(C, M, N, ldc);
+    gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, 1.0f, C, ldc, R);
+  }
+
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
   void linear_backward(int T, int O, int I, ConstOperand dY, int ldy, const float* W, int ldw,
                        ConstOperand X, int ldx, float beta_dx, Operand dX, int lddx, float* dW) override {
@@ -175,7 +185,7 @@ class CudaBackend final : public Backend {
       cuda::norm_rows(ctx_, M, K, rms, eps, x, w, b, h);
     } else {
       auto* stats = static_cast<float*>(scratch_.get(kDecodeStats, 2 * size_t(M) * sizeof(float)));
-      cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M, nullptr);
+      cuda::norm_forward(ctx_, M, K, rms, eps, x, w, b, h, stats, stats + M);
     }
     if (w16 && N >= w16_min_n_) return gemm_->run_w16(M, N, K, h, K, nullptr, w16, K, 0.f, out, N);
     gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
@@ -227,12 +237,12 @@ class CudaBackend final : public Backend {
     cuda::embedding_backward(ctx_, T, D, V, ids, dout, dtable);
   }
   void norm_forward(int T, int D, bool rms, float eps, const float* x, const float* w,
-                    const float* b, Operand out, float* mean, float* rstd, float* x_copy) override {
+                    const float* b, Operand out, float* mean, float* rstd) override {
     BHASA_PROFILE_OP(*profile_, "norm_forward");
-    wrote(out, size_t(T) * D), wrote(mean, T), wrote(rstd, T), wrote(x_copy, size_t(T) * D);
-    cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd, x_copy);
+    wrote(out, size_t(T) * D), wrote(mean, T), wrote(rstd, T);
+    cuda::norm_forward(ctx_, T, D, rms, eps, x, w, b, out, mean, rstd);
   }
-  void norm_backward(int T, int D, bool rms, const float* dout, const float* x, const float* w,
+  void norm_backward(int T, int D, bool rms, ConstOperand dout, const float* x, const float* w,
                      const float* mean, const float* rstd, float* dx, float* dw, float* db,
                      Operand dx_copy) override {
     BHASA_PROFILE_OP(*profile_, "norm_backward");
@@ -301,7 +311,7 @@ class CudaBackend final : public Backend {
     return cuda::cross_entropy(ctx_, T, V, logits, ldl, targets, dlogits_scale);
   }
   double head_loss(int T, int V, int D, ConstOperand X, const float* W, const int32_t* targets,
-                   float dlogits_scale, float* dX, float* dW) override {
+                   float dlogits_scale, Operand dX, float* dW) override {
     BHASA_PROFILE_OP(*profile_, "head_loss " + std::to_string(T) + "x" + std::to_string(V) + "x" + std::to_string(D));
     const void* W16 = bf16_weights_ ? mirrors_->find(W, size_t(V) * D) : nullptr;
     return cuda::head_loss(ctx_, *gemm_, head_chunk_, T, V, D, X, W, W16, targets, dlogits_scale, dX, dW);

@@ -102,8 +102,8 @@ void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const f
                         float* dtable);
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
-                  const float* b, Operand out, float* mean, float* rstd, float* x_copy);
-void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const float* x,
+                  const float* b, Operand out, float* mean, float* rstd);
+void norm_backward(Ctx& c, int T, int D, bool rms, ConstOperand dout, const float* x,
                    const float* w, const float* mean, const float* rstd, float* dx, float* dw,
                    float* db, Operand dx_copy);
 
@@ -147,7 +147,7 @@ double xent_total(Ctx& c, int T, int V, const double* row_loss);
 class Gemm;
 // Backend::head_loss on row chunks of `chunk` rows (head.cu). W16: W's bf16 mirror or null.
 double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
-                 const void* W16, const int32_t* targets, float dlogits_scale, float* dX, float* dW);
+                 const void* W16, const int32_t* targets, float dlogits_scale, Operand dX, float* dW);
 
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
            float b2, float eps, float wd, int step, float grad_scale);
@@ -222,7 +222,14 @@ __device__ __forceinline__ O from_float(float v) {
 }
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-// Four elements at p (4-element aligned): one 16-byte (fp32) or 8-byte (bf16) store.
+// Four elements at p (4-element aligned): one 16-byte (fp32) or 8-byte (bf16) access.
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
 __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
   __nv_bfloat162 q[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};

@@ -222,9 +222,10 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
 
 // torch: C = beta * C + (A.T if ta else A) @ (B.T if tb else B)
 void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-               int ldb, float beta, Operand C, int ldc) {
+               int ldb, float beta, Operand C, int ldc, const float* R) {
   if (M == 0 || N == 0) return;
   const bool c_bf16 = C.dtype == Dtype::bf16;
+  check(!R || (K > 0 && C.dtype == Dtype::f32), "Gemm::run: R needs K > 0 and an fp32 C");
   if (K == 0) {  // C = beta * C: nothing to multiply
     if (beta == 0.0f) {
       for (int r = 0; r < M; ++r)
@@ -248,7 +249,7 @@ void Gemm::run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, C
     if (A.dtype == Dtype::f32) a = to_bf16(A.f32(), ta ? K : M, ta ? M : K, lda, 0), lda = ta ? M : K;
     if (B.dtype == Dtype::f32) b = to_bf16(B.f32(), tb ? N : K, tb ? K : N, ldb, 1), ldb = tb ? K : N;
   }
-  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C.p, ldc, c_bf16);
+  multiply(math, ta, tb, M, N, K, a, lda, b, ldb, beta, C.p, ldc, c_bf16, R);
 }
 
 void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* A, int lda,
@@ -259,13 +260,14 @@ void Gemm::run_bf16(bool ta, bool tb, int M, int N, int K, const __nv_bfloat16* 
 }
 
 void Gemm::multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
-                    const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
+                    const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16, const void* R) {
   const Tune tune{A, B};
   const Plan& p = plan(Key{math, ta, tb, M, N, K, lda, ldb, ldc, alignment_of(A), alignment_of(B),
-                           alignment_of(C), c_bf16},
+                           std::min(alignment_of(C), R ? alignment_of(R) : 16), c_bf16},
                        tune_all_ || (tune_large_ && double(M) * N * K >= kTuneMinMacs) ? &tune : nullptr);
   const float alpha = 1.0f;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, C, p.c, C, p.c, &p.algo,
+  // cuBLASLt's C (read) and D (written) share a layout: R is read where given
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, B, p.b, A, p.a, &beta, R ? R : C, p.c, C, p.c, &p.algo,
                           workspace_, workspace_bytes_, stream_),
            "cublasLtMatmul");
 }

@@ -20,8 +20,9 @@ class Gemm {
   // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C   (row-major, as kernels.h)
   // A bf16 operand is multiplied as it is (bf16 math, the other operand copied if fp32).
   // A bf16 C is written from the fp32 accumulators (bf16 math: both operands bf16).
+  // With R (fp32, C's layout): C = op(A) @ op(B) + beta * R, C not read.
   void run(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
-           int ldb, float beta, Operand C, int ldc);
+           int ldb, float beta, Operand C, int ldc, const float* R = nullptr);
   // Decoding with a frozen weight: C (M, N) = A (M, K) @ W^T + beta * C with W (N, K)
   // row stride ldw in bf16 (its mirror, weight_mirror.cuh) and A fp32 row stride lda
   // (rounded into a bf16 copy first) or, when a16 is given, A already bf16 (dense, row
@@ -73,7 +74,7 @@ class Gemm {
                                const Tune& t, int M, int ldc);
   // The cuBLASLt call on operands of the key's math (bf16: bf16 operands).
   void multiply(GemmMath math, bool ta, bool tb, int M, int N, int K, const void* A, int lda,
-                const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16);
+                const void* B, int ldb, float beta, void* C, int ldc, bool c_bf16, const void* R = nullptr);
 
   cudaStream_t stream_;
   GemmMath math_;

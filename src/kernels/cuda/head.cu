@@ -22,7 +22,7 @@
 namespace bhasa::cuda {
 
 double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
-                 const void* W16, const int32_t* targets, float dlogits_scale, float* dX, float* dW) {
+                 const void* W16, const int32_t* targets, float dlogits_scale, Operand dX, float* dW) {
   if (T == 0) return 0.0;
   // With BHASA_CUDA_PROFILE, each step of the loop gets its own (nested) row.
   OpProfile* prof = gemm.profile();
@@ -54,7 +54,8 @@ double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperan
       if (!grad) continue;
       {
         OpProfile::Scope s(prof, part("  (head_loss: dX GEMM)"));
-        gemm.run_bf16(false, false, n, D, V, logits, ldl, Wb, D, 0.0f, dX + size_t(t0) * D, D, false);
+        gemm.run_bf16(false, false, n, D, V, logits, ldl, Wb, D, 0.0f, (dX + size_t(t0) * D).p, D,
+                      dX.dtype == Dtype::bf16);
       }
       OpProfile::Scope s(prof, part("  (head_loss: dW GEMM)"));
       gemm.run_bf16(true, false, V, D, n, logits, ldl, x, D, 1.0f, dW, D, false);

@@ -23,12 +23,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // rms:   torch: out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 // layer: torch: out = F.layer_norm(x, (D,), w, b, eps)
-// x (T, D), w (D), b (D) or null, out (T, D) fp32 or bf16 (O), mean (T) (layer only), rstd (T),
-// x_copy (T, D) or null: x again (x_copy = x.clone())
+// x (T, D), w (D), b (D) or null, out (T, D) fp32 or bf16 (O), mean (T) (layer only), rstd (T)
 template <int NV, class O>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
 norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float* w,
-                 const float* b, O* out, float* mean, float* rstd, float* x_copy) {
+                 const float* b, O* out, float* mean, float* rstd) {
   const int t = blockIdx.x * kRowsPerBlock + threadIdx.y;
   const int lane = threadIdx.x, D4 = D / 4;
   if (t >= T) return;
@@ -38,12 +37,6 @@ norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float*
   for (int j = 0; j < NV; ++j) {
     const int c = lane + 32 * j;
     xv[j] = c < D4 ? xt[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  if (x_copy) {
-    float4* ct = reinterpret_cast<float4*>(x_copy + size_t(t) * D);
-#pragma unroll
-    for (int j = 0; j < NV; ++j)
-      if (lane + 32 * j < D4) ct[lane + 32 * j] = xv[j];
   }
   float mu = 0.0f;
   if (!rms) {
@@ -83,10 +76,10 @@ norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float*
 // the 8 warps added in order through shared memory. w is re-read per row (L1 hits) and dx
 // loaded only where it is updated: at D = 768 that keeps 2 blocks (16 warps) per SM, so the
 // 256 groups run in one wave.
-// dx_copy (T, D) fp32 or bf16 (CO) or null: the updated dx again.
-template <int NV, bool RMS, class CO>
+// dout (T, D) fp32 or bf16 (G); dx_copy (T, D) fp32 or bf16 (CO) or null: the updated dx again.
+template <int NV, bool RMS, class G, class CO>
 __global__ void __launch_bounds__(32 * kRowsPerBlock, 2)
-norm_backward_vec(int T, int D, const float* dout, const float* x, const float* w,
+norm_backward_vec(int T, int D, const G* dout, const float* x, const float* w,
                   const float* mean, const float* rstd, float* dx, CO* dx_copy, int rows_per_group,
                   float* pdw, float* pdb) {
   __shared__ float4 red[kRowsPerBlock][32 * NV];
@@ -101,14 +94,14 @@ norm_backward_vec(int T, int D, const float* dout, const float* x, const float* 
   const int t1 = min(T, (blockIdx.x + 1) * rows_per_group);
   for (int t = blockIdx.x * rows_per_group + threadIdx.y; t < t1; t += kRowsPerBlock) {
     const float4* xt = reinterpret_cast<const float4*>(x + size_t(t) * D);
-    const float4* gt = reinterpret_cast<const float4*>(dout + size_t(t) * D);
+    const G* gt = dout + size_t(t) * D;
     float4* dxt = reinterpret_cast<float4*>(dx + size_t(t) * D);
     float4 xv[NV], gv[NV];
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int c = lane + 32 * j;
       xv[j] = c < D4 ? xt[c] : zero;
-      gv[j] = c < D4 ? gt[c] : zero;
+      gv[j] = c < D4 ? load4(gt + 4 * c) : zero;
     }
     const float mu = RMS ? 0.0f : mean[t];
     const float r = rstd[t];
@@ -169,7 +162,7 @@ norm_backward_vec(int T, int D, const float* dout, const float* x, const float* 
 template <class O>
 __global__ void norm_forward_kernel(int T, int D, bool rms, float eps, const float* x,
                                     const float* w, const float* b, O* out, float* mean,
-                                    float* rstd, float* x_copy) {
+                                    float* rstd) {
   const int t = blockIdx.x * kRowsPerBlock + threadIdx.y;
   const int lane = threadIdx.x;
   if (t >= T) return;
@@ -185,29 +178,27 @@ __global__ void norm_forward_kernel(int T, int D, bool rms, float eps, const flo
   for (int d = lane; d < D; d += 32) ss += (xt[d] - mu) * (xt[d] - mu);
   const float r = 1.0f / sqrtf(warp_sum(ss) / D + eps);
   for (int d = lane; d < D; d += 32) ot[d] = from_float<O>((xt[d] - mu) * r * w[d] + (b ? b[d] : 0.0f));
-  if (x_copy)
-    for (int d = lane; d < D; d += 32) x_copy[size_t(t) * D + d] = xt[d];
   if (lane == 0) {
     if (mean) mean[t] = mu;
     rstd[t] = r;
   }
 }
 
-template <class CO>
-__global__ void norm_backward_dx_kernel(int T, int D, bool rms, const float* dout,
+template <class G, class CO>
+__global__ void norm_backward_dx_kernel(int T, int D, bool rms, const G* dout,
                                         const float* x, const float* w, const float* mean,
                                         const float* rstd, float* dx, CO* dx_copy) {
   const int t = blockIdx.x * kRowsPerBlock + threadIdx.y;
   const int lane = threadIdx.x;
   if (t >= T) return;
   const float* xt = x + size_t(t) * D;
-  const float* gt = dout + size_t(t) * D;
+  const G* gt = dout + size_t(t) * D;
   float* dxt = dx + size_t(t) * D;
   const float mu = rms ? 0.0f : mean[t];
   const float r = rstd[t];
   float sg = 0.0f, sgx = 0.0f;
   for (int d = lane; d < D; d += 32) {
-    const float g = gt[d] * w[d];
+    const float g = to_float(gt[d]) * w[d];
     sg += g;
     sgx += g * (xt[d] - mu) * r;
   }
@@ -215,13 +206,14 @@ __global__ void norm_backward_dx_kernel(int T, int D, bool rms, const float* dou
   const float mean_gx = warp_sum(sgx) / D;
   for (int d = lane; d < D; d += 32) {
     const float xhat = (xt[d] - mu) * r;
-    dxt[d] += r * (gt[d] * w[d] - mean_g - xhat * mean_gx);
+    dxt[d] += r * (to_float(gt[d]) * w[d] - mean_g - xhat * mean_gx);
     if (dx_copy) dx_copy[size_t(t) * D + d] = from_float<CO>(dxt[d]);
   }
 }
 
 // partial[p][d] = sum over rows of group p of dout * xhat (and of dout for db).
-__global__ void norm_backward_dw_partials(int T, int D, bool rms, const float* dout,
+template <class G>
+__global__ void norm_backward_dw_partials(int T, int D, bool rms, const G* dout,
                                           const float* x, const float* mean, const float* rstd,
                                           int rows_per_group, float* pdw, float* pdb) {
   const int d = blockIdx.x * blockDim.x + threadIdx.x;
@@ -231,7 +223,7 @@ __global__ void norm_backward_dw_partials(int T, int D, bool rms, const float* d
   float sw = 0.0f, sb = 0.0f;
 #pragma unroll 4
   for (int t = t0; t < t1; ++t) {
-    const float g = dout[size_t(t) * D + d];
+    const float g = to_float(dout[size_t(t) * D + d]);
     const float mu = rms ? 0.0f : mean[t];
     sw += g * (x[size_t(t) * D + d] - mu) * rstd[t];
     sb += g;
@@ -272,26 +264,26 @@ bool fast_path(int D, std::initializer_list<const void*> ptrs) {
 }  // namespace
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
-                  const float* b, Operand out, float* mean, float* rstd, float* x_copy) {
+                  const float* b, Operand out, float* mean, float* rstd) {
   if (T == 0) return;
   const dim3 block(32, kRowsPerBlock);
   with_operand(out, [&](auto* o) {
     using O = std::remove_pointer_t<decltype(o)>;
     // rows of 4-element stores: 16 bytes (fp32) or 8 (bf16) aligned
-    if (fast_path(D, {x, w, b, x_copy}) && reinterpret_cast<uintptr_t>(o) % (4 * sizeof(O)) == 0) {
+    if (fast_path(D, {x, w, b}) && reinterpret_cast<uintptr_t>(o) % (4 * sizeof(O)) == 0) {
       with_vec(D, [&](auto nv) {
         norm_forward_vec<decltype(nv)::value, O><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(
-            T, D, rms, eps, x, w, b, o, mean, rstd, x_copy);
+            T, D, rms, eps, x, w, b, o, mean, rstd);
       });
     } else {
       norm_forward_kernel<O><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, eps, x, w, b, o,
-                                                                                    mean, rstd, x_copy);
+                                                                                    mean, rstd);
     }
   });
   BHASA_LAUNCH_CHECK("norm_forward");
 }
 
-void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const float* x,
+void norm_backward(Ctx& c, int T, int D, bool rms, ConstOperand dout_, const float* x,
                    const float* w, const float* mean, const float* rstd, float* dx, float* dw,
                    float* db, Operand dx_copy) {
   if (T == 0) return;
@@ -301,27 +293,32 @@ void norm_backward(Ctx& c, int T, int D, bool rms, const float* dout, const floa
   float* pdw = part;                       // (groups, D)
   float* pdb = part + size_t(groups) * D;  // (groups, D)
   const dim3 block(32, kRowsPerBlock);
+  with_operand(dout_, [&](auto* dout) {
   with_operand(dx_copy, [&](auto* cp) {  // a null dx_copy is an fp32 one, never stored
+    using G = std::remove_const_t<std::remove_pointer_t<decltype(dout)>>;
     using CO = std::remove_pointer_t<decltype(cp)>;
-    if (fast_path(D, {dout, x, w, dx}) && reinterpret_cast<uintptr_t>(cp) % (4 * sizeof(CO)) == 0) {
+    // rows of 4-element loads and stores: 16 bytes (fp32) or 8 (bf16) aligned
+    if (fast_path(D, {x, w, dx}) && reinterpret_cast<uintptr_t>(dout) % (4 * sizeof(G)) == 0 &&
+        reinterpret_cast<uintptr_t>(cp) % (4 * sizeof(CO)) == 0) {
       with_vec(D, [&](auto nv) {
         constexpr int NV = decltype(nv)::value;
         if (rms)
-          norm_backward_vec<NV, true, CO><<<groups, block, 0, c.stream>>>(T, D, dout, x, w, mean, rstd, dx, cp,
-                                                                          rows_per_group, pdw, pdb);
+          norm_backward_vec<NV, true, G, CO><<<groups, block, 0, c.stream>>>(T, D, dout, x, w, mean, rstd, dx,
+                                                                             cp, rows_per_group, pdw, pdb);
         else
-          norm_backward_vec<NV, false, CO><<<groups, block, 0, c.stream>>>(T, D, dout, x, w, mean, rstd, dx, cp,
-                                                                           rows_per_group, pdw, pdb);
+          norm_backward_vec<NV, false, G, CO><<<groups, block, 0, c.stream>>>(T, D, dout, x, w, mean, rstd, dx,
+                                                                              cp, rows_per_group, pdw, pdb);
       });
       BHASA_LAUNCH_CHECK("norm_backward");
       return;
     }
-    norm_backward_dx_kernel<CO><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, dout, x, w,
-                                                                                       mean, rstd, dx, cp);
+    norm_backward_dx_kernel<G, CO><<<blocks_for(T, kRowsPerBlock), block, 0, c.stream>>>(T, D, rms, dout, x, w,
+                                                                                          mean, rstd, dx, cp);
     BHASA_LAUNCH_CHECK("norm_backward_dx");
-    norm_backward_dw_partials<<<dim3(blocks_for(D, 128), groups), 128, 0, c.stream>>>(
+    norm_backward_dw_partials<G><<<dim3(blocks_for(D, 128), groups), 128, 0, c.stream>>>(
         T, D, rms, dout, x, mean, rstd, rows_per_group, pdw, pdb);
     BHASA_LAUNCH_CHECK("norm_backward_dw_partials");
+  });
   });
   norm_backward_dw_finish<<<blocks_for(D, kColSumLanes), dim3(kColSumLanes, kColSumRows), 0, c.stream>>>(
       D, groups, pdw, pdb, dw, db);
