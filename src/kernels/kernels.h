@@ -299,6 +299,9 @@ class Backend {
   // CUDA graphs: every call between begin and end is recorded instead of run; replay
   // runs the recording again on the same buffers. Only where supports_graphs().
   virtual bool supports_graphs() const { return false; }
+  // Whether a training plan may capture its forward stack and backward as graphs too
+  // (not while something that cannot live in a graph, such as a profiler, is on).
+  virtual bool graphs_for_training() const { return false; }
   virtual void graph_begin_capture() { unsupported("graph capture"); }
   virtual int graph_end_capture() { unsupported("graph capture"); return -1; }  // a handle for graph_replay
   virtual void graph_replay(int graph) { unsupported("graph replay"); }

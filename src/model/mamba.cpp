@@ -19,6 +19,7 @@ MambaLM::MambaLM(const ModelConfig& cfg, Backend& backend) : cfg_(cfg), be_(back
 }
 
 MambaLM::~MambaLM() {
+  release_train_graphs();
   graph_.reset();
   act_.reset();
   prefill_.reset();
@@ -46,6 +47,7 @@ static uint64_t layer_drop_seed(uint64_t seed, int layer, int sublayer) {
 void MambaLM::plan(int B, int L) {
   check(B > 0 && L > 0, "batch size and sequence length must be positive");
   if (act_ && B_ == B && L_ == L) return;
+  release_train_graphs();  // they hold the old plan's buffers
   act_.reset();
   act_ = std::make_unique<Activations>(be_, cfg_, B, L, /*train=*/true);
   B_ = B;
@@ -186,7 +188,8 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
   // Only training forwards drop; evaluation sees the whole network.
   last_drop_p_ = need_backward ? dropout_p_ : 0.0f;
   last_drop_seed_ = dropout_seed_;
-  forward_stack(a, nullptr, last_drop_p_, last_drop_seed_);
+  run_captured(fwd_graph_, need_backward && last_drop_p_ == 0.0f,
+               [&] { forward_stack(a, nullptr, last_drop_p_, last_drop_seed_); });
   const int T = a.T, D = cfg_.d_model;
   const float* emb = params_ + layout_.embedding;  // (V, D): the tied head's weight
   if (!need_backward) {
@@ -210,7 +213,10 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
 
 void MambaLM::backward() {
   check(act_ != nullptr, "MambaLM::backward called before plan(B, L) and forward");
-  Activations& a = *act_;
+  run_captured(bwd_graph_, last_drop_p_ == 0.0f, [&] { backward_stack(*act_); });
+}
+
+void MambaLM::backward_stack(Activations& a) {
   const ModelConfig& c = cfg_;
   const int B = a.B, L = a.L, T = a.T, D = c.d_model, E = c.d_inner(), N = c.d_state,
             R = c.dt_rank, K = c.d_conv, P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;

@@ -4,6 +4,7 @@
 // prefill + per-token recurrent step for inference.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -71,6 +72,13 @@ class MambaLM {
   const float* logits() const { return logits_; }
   // The activation bytes the plan holds (for reporting memory use).
   size_t activation_bytes() const;
+  // Where the backend offers it (Backend::graphs_for_training), a training plan's
+  // forward stack and backward are captured as graphs at their second run and replayed
+  // after: the same kernels on the same buffers, bit for bit, launched as two graphs
+  // instead of ~600 launches a step. Not with dropout (its seeds are kernel arguments).
+  // set_train_graphs(false) keeps every step launch by launch.
+  void set_train_graphs(bool on);
+  bool train_graphs_captured() const { return fwd_graph_.handle >= 0 && bwd_graph_.handle >= 0; }
 
   // ---- inference -------------------------------------------------------------
   DecodeState new_state(int batch);
@@ -98,7 +106,18 @@ class MambaLM {
   // drop_p > 0 (training forwards only): dropout on y and g with masks from drop_seed.
   void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f, uint64_t drop_seed = 0);
   void decode_stack(Activations& a, DecodeState& s);  // forward_stack at L = 1 with states
+  void backward_stack(Activations& a);  // backward() for the last training forward on a
   Activations& inference_buffers(std::unique_ptr<Activations>& slot, int B, int L);
+  // One captured part of the training step (train_graph.cpp).
+  struct TrainGraph {
+    int handle = -1;   // the backend's graph, once captured
+    int runs = 0;      // runs so far in this plan: the first is eager (it warms up the GEMM
+                       // plans and scratch buffers, which a capture cannot allocate)
+    bool failed = false;
+  };
+  // Runs body: eagerly, or captured into g and replayed (see set_train_graphs).
+  void run_captured(TrainGraph& g, bool allowed, const std::function<void()>& body);
+  void release_train_graphs();
 
   ModelConfig cfg_;
   Backend& be_;
@@ -116,6 +135,8 @@ class MambaLM {
   uint64_t dropout_seed_ = 0;
   float last_drop_p_ = 0.0f;  // what the last forward(..., true) applied, for backward()
   uint64_t last_drop_seed_ = 0;
+  bool train_graphs_ = true;
+  TrainGraph fwd_graph_, bwd_graph_;
 };
 
 }  // namespace bhasa

@@ -81,11 +81,16 @@ INSTANTIATE_TEST_SUITE_P(AllCases, CudaFixture,
 
 // 30 AdamW steps on one fixed random batch (so the loss falls), CPU and GPU from
 // the same initial weights. The GPU's loss must stay within 3% of the CPU's at every step.
+// graphs: MambaLM::set_train_graphs; final_params (optional): the weights after the run;
+// captured (optional): whether the step graphs were in use at the end.
 std::vector<double> train_curve(Backend& be, const ModelConfig& cfg, const std::vector<int32_t>& ids,
-                                const std::vector<int32_t>& targets, int B, int L, int steps) {
+                                const std::vector<int32_t>& targets, int B, int L, int steps,
+                                bool graphs = true, std::vector<float>* final_params = nullptr,
+                                bool* captured = nullptr) {
   MambaLM model(cfg, be);
   model.init_params(1234);
   model.plan(B, L);
+  model.set_train_graphs(graphs);
   const size_t n = model.num_params();
   float* m = be.alloc(n);
   float* v = be.alloc(n);
@@ -98,6 +103,8 @@ std::vector<double> train_curve(Backend& be, const ModelConfig& cfg, const std::
     const float scale = norm > 1.0 ? float(1.0 / norm) : 1.0f;
     be.adamw(n, model.params(), model.grads(), m, v, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, step, scale);
   }
+  if (final_params) final_params->resize(n), model.store_params(final_params->data());
+  if (captured) *captured = model.train_graphs_captured();
   be.free(m);
   be.free(v);
   return losses;
@@ -131,6 +138,43 @@ TEST_P(CudaTraining, LossCurveTracksCpu) {
   std::printf("[training %s] loss cpu %.4f -> %.4f, gpu %.4f -> %.4f, worst step rel diff %.3g\n",
               gemm_math_name(GetParam()), c[0], c.back(), g[0], g.back(), worst);
   EXPECT_LT(c.back(), c[0] - 0.5) << "the fixed batch should be partly memorised";
+}
+
+// The training step's graphs (MambaLM::set_train_graphs) replay exactly the launch-by-launch
+// step: 6 AdamW steps (the first eager, the second captured, then replays) give the same
+// losses and weights bit for bit, with and without the gated MLP; with dropout the model
+// stays eager.
+TEST_P(CudaTraining, StepGraphsAreBitwiseEager) {
+  BHASA_REQUIRE_GPU(gpu, GetParam());
+  for (int I : {0, 96}) {
+    ModelConfig cfg;
+    cfg.d_model = 64, cfg.n_layer = 2, cfg.vocab_size = 96, cfg.d_state = 16, cfg.dt_rank = 4;
+    cfg.d_intermediate = I;
+    const int B = 2, L = 48, steps = 6;
+    std::mt19937 rng(43);
+    std::vector<int32_t> ids(size_t(B) * L), targets(size_t(B) * L);
+    for (auto& i : ids) i = int32_t(rng() % cfg.vocab_size);
+    for (int t = 0; t < B * L; ++t) targets[t] = (t + 1) % L ? ids[t + 1] : -1;
+    std::vector<float> p_graph, p_eager;
+    bool captured = false, eager_captured = true;
+    const auto g = train_curve(*gpu, cfg, ids, targets, B, L, steps, true, &p_graph, &captured);
+    const auto e = train_curve(*gpu, cfg, ids, targets, B, L, steps, false, &p_eager, &eager_captured);
+    EXPECT_TRUE(captured) << "I=" << I;
+    EXPECT_FALSE(eager_captured) << "I=" << I;
+    EXPECT_EQ(g, e) << "I=" << I;
+    EXPECT_EQ(p_graph, p_eager) << "I=" << I;
+    EXPECT_LT(g.back(), g[0]) << "I=" << I;
+    MambaLM dropped(cfg, *gpu);
+    dropped.init_params(1);
+    dropped.plan(B, L);
+    dropped.set_dropout(0.1f, 7);
+    for (int s = 0; s < 3; ++s) {
+      dropped.zero_grads();
+      dropped.forward(ids.data(), targets.data(), true);
+      dropped.backward();
+    }
+    EXPECT_FALSE(dropped.train_graphs_captured()) << "I=" << I;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Math, CudaTraining, ::testing::Values(GemmMath::tf32, GemmMath::bf16),

@@ -346,6 +346,15 @@ class CudaBackend final : public Backend {
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   bool supports_graphs() const override { return true; }
+  // BHASA_TRAIN_GRAPHS=0 runs the training step launch by launch (comparisons); the op
+  // profile's events cannot be captured.
+  bool graphs_for_training() const override {
+    static const bool on = [] {
+      const char* v = std::getenv("BHASA_TRAIN_GRAPHS");
+      return !v || std::atoi(v) != 0;
+    }();
+    return on && !profile_->enabled();
+  }
   // Thread-local capture: only this thread's calls on our stream are recorded; any
   // call that would synchronise (upload, download, alloc) fails the capture loudly.
   void graph_begin_capture() override {

@@ -208,9 +208,10 @@ xent_bf16_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, 
       if (kRowInSmem) row_s8[i] = v[a];
       float x[8];
       unpack8(v[a], x);
+      if (i * 8 + 8 > V)  // the padding after the last column (only the row's last 8 can have it)
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (i * 8 + j >= V) x[j] = -INFINITY;  // the padding after the last column
+        for (int j = 0; j < 8; ++j)
+          if (i * 8 + j >= V) x[j] = -INFINITY;
       const float m8 = fmaxf(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])), fmaxf(fmaxf(x[4], x[5]), fmaxf(x[6], x[7])));
       if (m8 > m) {
         s *= ex2_((m - m8) * kLog2e);
@@ -239,17 +240,23 @@ xent_bf16_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, 
   for (int i = threadIdx.x; i < V8; i += kBf16Threads) {
     float x[8];
     unpack8(kRowInSmem ? row_s8[i] : row[i], x);
+    float g[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) g[j] = ex2_(fmaf(x[j], kLog2e, -ml)) * k;
+    // The per-column tests only in the 8 columns that need them: the row's last (padding)
+    // and the target's.
+    if (i * 8 + 8 > V)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (i * 8 + j >= V) g[j] = 0.0f;
+    if (i == target / 8)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (j == target % 8) g[j] -= scale;
     uint4 out;
     __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&out);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int c = i * 8 + 2 * j;
-      float g0 = c < V ? ex2_(fmaf(x[2 * j], kLog2e, -ml)) * k : 0.0f;
-      float g1 = c + 1 < V ? ex2_(fmaf(x[2 * j + 1], kLog2e, -ml)) * k : 0.0f;
-      if (c == target) g0 -= scale;
-      if (c + 1 == target) g1 -= scale;
-      h[j] = __floats2bfloat162_rn(g0, g1);
-    }
+    for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(g[2 * j], g[2 * j + 1]);
     row[i] = out;
   }
 }
