@@ -138,9 +138,10 @@ class Backend {
   virtual void conv1d_silu_forward(int B, int L, int E, int K, ConstOperand x, int ldx,
                                    const float* w, const float* bias, Operand out) = 0;
   // Recomputes the pre-activation. dx (B, L, E) row stride ldx, "=" (fp32 or
-  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=; x as forward
+  // operand_dtype(): it is half of in_proj's dY); dw (E, K) +=, dbias (E) +=; x as forward;
+  // dout (B, L, E) dense, fp32 or operand_dtype()
   virtual void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx,
-                                    const float* w, const float* bias, const float* dout,
+                                    const float* w, const float* bias, ConstOperand dout,
                                     Operand dx, float* dw, float* dbias) = 0;
 
   // The same with history, for inference: state (B, K-1, E) holds the previous K-1
@@ -170,13 +171,13 @@ class Backend {
                             const float* Bm, const float* Cm, int ld_bc, const float* D,
                             ConstOperand z, int ldz, Operand out, float* chunk_states,
                             const float* h0, float* h_last) = 0;
-  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs; ddt, dz fp32 or
+  // "=" for du, ddt, dBm, dCm, dz (same strides as the inputs; du, ddt, dz fp32 or
   // operand_dtype()); "+=" for dA_log (E, N), dD (E), ddt_bias (E). u, dt, z, dout as forward.
   virtual void scan_backward(int B, int L, int E, int N, int chunk, ConstOperand u,
                              ConstOperand dt, const float* dt_bias, const float* A_log,
                              const float* Bm, const float* Cm, int ld_bc, const float* D,
                              ConstOperand z, int ldz, const float* chunk_states,
-                             ConstOperand dout, float* du, Operand ddt, float* dBm, float* dCm,
+                             ConstOperand dout, Operand du, Operand ddt, float* dBm, float* dCm,
                              Operand dz, float* dA_log, float* dD, float* ddt_bias) = 0;
 
   // ---- gated MLP activation -------------------------------------------------

@@ -15,12 +15,12 @@ namespace bhasa {
 // read: a training plan stores them in the backend's operand_dtype() (bf16 for the
 // CUDA backend's bf16 GEMMs), an inference plan in fp32, except y of a one-token plan:
 // Backend::decode_dtype(B), the dtype the decode step writes it in for out_proj.
-// The mixer's (T, E) activations (xz, xs, dt, and the backward's d_dt, d_y; also the
-// norms' dout d_normed, (T, D)) are
-// Operands too: a training plan keeps them in operand_dtype() as mamba_ssm does under
-// autocast (their producers round once, the scan, conv and GEMMs read them as they are),
-// which halves their bytes in bf16. BHASA_BF16_ACTS (bits: 1 d_dt, 2 xs, 4 dt, 8 xz,
-// 16 d_y, 64 d_normed; default all) keeps the cleared ones fp32 (timing).
+// The mixer's (T, E) activations (xz, xs, dt, and the backward's d_dt, d_y, d_xs; also
+// the norms' dout d_normed, (T, D)) are Operands too: a training plan keeps them in
+// operand_dtype() as mamba_ssm does under autocast (their producers round once, the
+// scan, conv and GEMMs read them as they are), which halves their bytes in bf16.
+// BHASA_BF16_ACTS (bits: 1 d_dt, 2 xs, 4 dt, 8 xz, 16 d_y, 32 d_xs, 64 d_normed; default
+// all) keeps the cleared ones fp32 (timing).
 inline bool bf16_act(int bit) {
   static const int mask = [] {
     const char* v = std::getenv("BHASA_BF16_ACTS");
@@ -63,7 +63,8 @@ struct MambaLM::Activations {
   Operand d_resid16;  // (T, D): d_resid in operand_dtype() for the GEMMs' dY; null when that is fp32
   Operand d_normed;  // (T, D): the norms' dout; a training forward leaves d loss / d normed_f here (head_loss's dX)
   Operand d_xz;     // (T, 2E): in_proj's dY, [dx | dz]
-  float *d_xs, *d_dbc, *d_f, *d_g;
+  float *d_dbc, *d_f, *d_g;
+  Operand d_xs;     // (T, E): d loss / d xs: the scan's du, plus x_proj's dX (beta 1), the conv's dout
   Operand d_dt;     // (T, E): dt_proj's dY (the scan's ddt)
   Operand d_y;      // (T, E): out_proj's dX (the scan's dout)
   std::vector<void*> owned;
@@ -108,13 +109,13 @@ struct MambaLM::Activations {
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
     bytes += 2 * t * sizeof(int32_t);
-    d_resid = d_xs = d_dbc = d_f = d_g = nullptr;
+    d_resid = d_dbc = d_f = d_g = nullptr;
     if (train) {
       d_resid = take(t * D);
       if (od != Dtype::f32) d_resid16 = take_operand(t * D, od);
       d_normed = take_operand(t * D, act(64));
       d_xz = take_operand(t * 2 * E, od);
-      d_xs = take(t * E);
+      d_xs = take_operand(t * E, act(32));
       d_dbc = take(t * P);
       d_dt = take_operand(t * E, act(1));
       d_y = take_operand(t * E, act(16));

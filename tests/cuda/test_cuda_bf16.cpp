@@ -99,6 +99,23 @@ void expect_bf16_of(const std::vector<float>& gpu, const std::vector<float>& cpu
   EXPECT_LE(differ, gpu.size() / 100) << what;
 }
 
+// A bf16 output that the same kernels also give in fp32 (the same call with an fp32
+// output): exactly those fp32 values rounded (NaN never passes), and in the bf16 band of the
+// CPU's fp32 result (a straddled rounding boundary on one large element can put a correct
+// result 1e-3 away from the CPU's rounded one: expect_bf16_of's 1e-4 is for smooth data).
+void expect_rounding_of(const std::vector<float>& gpu16, const std::vector<float>& gpu32,
+                        const std::vector<float>& cpu, const char* what) {
+  ASSERT_EQ(gpu16.size(), gpu32.size()) << what;
+  size_t differ = 0;
+  for (size_t i = 0; i < gpu16.size(); ++i) differ += !(gpu16[i] == round_bf16(gpu32[i]));
+  const double to_exact = rel_l2(gpu16, cpu);
+  std::printf("[%s] bf16 rel err %.3g; %zu of %zu elements differ from the fp32 output rounded\n", what, to_exact,
+              differ, gpu16.size());
+  EXPECT_EQ(differ, 0u) << what;
+  EXPECT_LE(to_exact, 1e-2) << what;
+  EXPECT_GE(to_exact, 5e-4) << what << ": no bf16 rounding?";
+}
+
 // (rms, D): D = 50 the plain kernel, 52 (8-byte aligned bf16 rows) and 768 the fast path
 class CudaBf16Norm : public ::testing::TestWithParam<std::tuple<bool, int>> {};
 
@@ -243,6 +260,19 @@ TEST_P(CudaBf16Scan, OutAndDz) {
   EXPECT_LE(rel_l2(gdA.host(), rdA), kTol) << "dA_log";
   EXPECT_LE(rel_l2(gdD.host(), rdD), kTol) << "dD";
   EXPECT_LE(rel_l2(gdbias.host(), rdb), kTol) << "ddt_bias";
+
+  // du in bf16 (a bf16 plan's d_xs) on fp32 inputs: the fp32 du above rounded; 8 poisoned
+  // elements past the end stay NaN; ddt as before
+  DevBf16 hdu(*gpu, T * E + 8);
+  DevBuf gddt2(*gpu, T * E), gdA2(*gpu, size_t(E) * N), gdD2(*gpu, size_t(E)), gdbias2(*gpu, size_t(E));
+  gpu->scan_backward(B, L, E, N, chunk, du_.p, ddt_.p, dbias_.p, dAlog.p, dbc.p + R, dbc.p + R + N, P, dD.p,
+                     dz_.p + E, ldz, states.p, gout.p, hdu.op, gddt2.p, gdbc.p + R, gdbc.p + R + N, dxz.op + E,
+                     gdA2.p, gdD2.p, gdbias2.p);
+  const auto h = hdu.host();
+  expect_rounding_of(std::vector<float>(h.begin(), h.begin() + T * E), gdu.host(), rdu,
+                     "scan_backward bf16 du (fp32 inputs)");
+  EXPECT_TRUE(all_nan(std::vector<float>(h.begin() + T * E, h.end()))) << "wrote past du";
+  EXPECT_LE(rel_l2(gddt2.host(), rddt), kTol) << "ddt (bf16 du)";
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaBf16Scan,
                          ::testing::Values(std::make_tuple(2, 100, 48, 16, 8), std::make_tuple(1, 300, 64, 16, 8),
@@ -312,6 +342,21 @@ TEST_P(CudaBf16ScanInputs, AgainstCpuOnRoundedValues) {
   EXPECT_LE(rel_l2(gdA.host(), rdA), kTol) << "dA_log";
   EXPECT_LE(rel_l2(gdD.host(), rdD), kTol) << "dD";
   EXPECT_LE(rel_l2(gdbias.host(), rdb), kTol) << "ddt_bias";
+
+  // The same with du in bf16 too (a bf16 plan's d_xs: the V11 kernel's bf16 store where it
+  // reads the inputs as they are, else the fp32 copy rounded): the fp32 du above rounded, 8
+  // poisoned elements past the end untouched; ddt, dz bitwise as with the fp32 du
+  DevBf16 hdu(*gpu, T * E + 8), gddt2(*gpu, T * E), dxz2(*gpu, T * ldz);
+  DevBuf gdA2(*gpu, size_t(E) * N), gdD2(*gpu, size_t(E)), gdbias2(*gpu, size_t(E));
+  gpu->scan_backward(B, L, E, N, chunk, gu, gdt, dbias_.p, dAlog.p, dbc.p + R, dbc.p + R + N, P, dD.p, gz, ldz,
+                     states.p, gdout, hdu.op, gddt2.op, gdbc.p + R, gdbc.p + R + N, dxz2.op + E, gdA2.p, gdD2.p,
+                     gdbias2.p);
+  const auto h = hdu.host();
+  expect_rounding_of(std::vector<float>(h.begin(), h.begin() + T * E), gdu.host(), rdu, "scan_backward bf16 du");
+  EXPECT_TRUE(all_nan(std::vector<float>(h.begin() + T * E, h.end()))) << "wrote past du";
+  EXPECT_EQ(gddt2.host(), gddt.host()) << "ddt (bf16 du)";
+  EXPECT_EQ(columns(dxz2.host(), T, ldz, E, E), columns(got, T, ldz, E, E)) << "dz (bf16 du)";
+  EXPECT_LE(rel_l2(gdD2.host(), rdD), kTol) << "dD (bf16 du)";
 }
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaBf16ScanInputs,
@@ -348,6 +393,87 @@ TEST(CudaBf16, ConvReadsBf16X) {
         << "dx E=" << E;
     EXPECT_LE(rel_l2(dDw.host(), rdw), kTol) << "dw E=" << E;
     EXPECT_LE(rel_l2(dDb.host(), rdb), kTol) << "dbias E=" << E;
+  }
+}
+
+// conv1d_silu_backward on a bf16 dout (a bf16 plan's d_xs), with x and dx fp32 or bf16,
+// dout at a 4-byte boundary or one element past it (no bf16 pairs): against the CPU on the
+// rounded x and dout; dx fp32 within 1e-5, bf16 the CPU's rounded, NaN-poisoned.
+TEST(CudaBf16, ConvBackwardReadsBf16Dout) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  for (int E : {200, 33})
+    for (int mode = 0; mode < 4; ++mode)  // bit 0: x bf16, bit 1: dx bf16
+      for (int off : {0, 1}) {
+        const int B = 2, L = 300, K = 4, ldx = 2 * E;
+        const bool x16 = mode & 1, dx16 = mode & 2;
+        std::mt19937 rng(250 + E + mode + off);
+        auto x = round_bf16(randn(size_t(B) * L * ldx, rng)), w = randn(size_t(E) * K, rng, 0.5f),
+             bias = randn(E, rng), dout = round_bf16(randn(size_t(B) * L * E, rng)),
+             dw0 = randn(size_t(E) * K, rng), db0 = randn(E, rng);
+        std::vector<float> padded(off, 0.0f);
+        padded.insert(padded.end(), dout.begin(), dout.end());
+        DevBf16 hx(*gpu, x), hdout(*gpu, padded), hdx(*gpu, size_t(B) * L * ldx);
+        DevBuf fx(*gpu, x), dW(*gpu, w), dBias(*gpu, bias), dDw(*gpu, dw0), dDb(*gpu, db0),
+            fdx(*gpu, std::vector<float>(size_t(B) * L * ldx, std::numeric_limits<float>::quiet_NaN()));
+        const ConstOperand gx = x16 ? ConstOperand(hx.op) : ConstOperand(fx.p);
+        const Operand gdx = dx16 ? hdx.op : Operand(fdx.p);
+        gpu->conv1d_silu_backward(B, L, E, K, gx, ldx, dW.p, dBias.p, hdout.op + off, gdx, dDw.p, dDb.p);
+        std::vector<float> rdx(size_t(B) * L * ldx), rdw = dw0, rdb = db0;
+        cpu->conv1d_silu_backward(B, L, E, K, x.data(), ldx, w.data(), bias.data(), dout.data(), rdx.data(),
+                                  rdw.data(), rdb.data());
+        const std::string what = "conv bwd bf16 dout E=" + std::to_string(E) + " mode=" + std::to_string(mode) +
+                                 " off=" + std::to_string(off);
+        const auto got = dx16 ? hdx.host() : fdx.host();
+        const auto gdx_cols = columns(got, size_t(B) * L, ldx, 0, E), rdx_cols = columns(rdx, size_t(B) * L, ldx, 0, E);
+        if (dx16) expect_bf16_of(gdx_cols, rdx_cols, what.c_str());
+        else EXPECT_LE(rel_l2(gdx_cols, rdx_cols), kTol) << what;
+        EXPECT_TRUE(all_nan(columns(got, size_t(B) * L, ldx, E, E))) << what << ": wrote outside dx";
+        EXPECT_LE(rel_l2(dDw.host(), rdw), kTol) << what;
+        EXPECT_LE(rel_l2(dDb.host(), rdb), kTol) << what;
+      }
+}
+
+// x_proj's backward in a bf16 plan: linear_backward adding (beta 1) into a bf16 dX (d_xs,
+// holding the scan's du) from an fp32 dY (d_dbc, thin: O = 80) and a bf16 X (xs). cuBLASLt
+// reads and writes C in bf16 and rounds the product to bf16 before it adds C (seen on the
+// H200: about 30% of the elements one bf16 step from dX0 + P rounded once), as mamba_ssm's
+// bf16 autograd sum of the two gradients does. So per element |dX - (dX0 + P)| <= 2^-8
+// (|P| + |dX0 + P|) (two roundings of at most 2^-9 each, with slack), P = dY @ W on the
+// rounded operands; NaN-free; dW fp32 as from the copies. Also a strided dY (ldy > O).
+TEST(CudaBf16, LinearBackwardAddsIntoBf16Dx) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(95);
+  const int T = 300, O = 80, I = 136;
+  for (int ldy : {O, O + 16}) {
+    auto dY = randn(size_t(T) * ldy, rng), W = randn(size_t(O) * I, rng), X = round_bf16(randn(size_t(T) * I, rng)),
+         dX0 = round_bf16(randn(size_t(T) * I, rng, 3.0f)), dW0 = randn(size_t(O) * I, rng);
+    DevBf16 hX(*gpu, X), hdX(*gpu, dX0);
+    DevBuf fY(*gpu, dY), fW(*gpu, W), gdW(*gpu, dW0);
+    gpu->linear_backward(T, O, I, fY.p, ldy, fW.p, I, hX.op, I, 1.0f, hdX.op, I, gdW.p);
+    const auto dY16 = round_bf16(dY), W16 = round_bf16(W);
+    std::vector<float> rP(size_t(T) * I), rdX(size_t(T) * I), once(size_t(T) * I), twice(size_t(T) * I),
+        rdW = dW0;
+    cpu->gemm(false, false, T, I, O, dY16.data(), ldy, W16.data(), I, 0.0f, rP.data(), I);
+    cpu->gemm(true, false, O, I, T, dY16.data(), ldy, X.data(), I, 1.0f, rdW.data(), I);
+    const auto got = hdX.host();
+    size_t bad = 0, as_once = 0, as_twice = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      rdX[i] = dX0[i] + rP[i];
+      once[i] = round_bf16(rdX[i]), twice[i] = round_bf16(dX0[i] + round_bf16(rP[i]));
+      bad += !(std::fabs(got[i] - rdX[i]) <= std::ldexp(std::fabs(rP[i]) + std::fabs(rdX[i]), -8));
+      as_once += got[i] == once[i], as_twice += got[i] == twice[i];
+    }
+    const std::string what = "linear_backward dX += (bf16) ldy=" + std::to_string(ldy);
+    const double to_exact = rel_l2(got, rdX);
+    std::printf("[%s] rel err %.3g (rounded once %.3g, twice %.3g); of %zu elements %zu equal dX0 + P rounded once, "
+                "%zu dX0 + round(P) rounded\n",
+                what.c_str(), to_exact, rel_l2(once, rdX), rel_l2(twice, rdX), got.size(), as_once, as_twice);
+    EXPECT_EQ(bad, 0u) << what;
+    EXPECT_LE(to_exact, 5e-3) << what;
+    EXPECT_GE(to_exact, 5e-4) << what << ": no bf16 rounding?";
+    EXPECT_LE(rel_l2(gdW.host(), rdW), 1e-4) << what;
   }
 }
 
@@ -468,7 +594,7 @@ TEST(CudaBf16, LinearBackwardBf16) {
   EXPECT_LE(rel_l2(gdW.host(), rdW), 1e-4);
 }
 
-// A training plan stores h, y, the final norm's output, in_proj's dY and the norms'
+// A training plan stores h, y, the final norm's output, in_proj's dY, d_xs and the norms'
 // dout in bf16 on a bf16 backend: 2 bytes less per element than the same plan in tf32.
 TEST(CudaBf16, PlanStoresOperandsInBf16) {
   ModelConfig cfg;
@@ -483,8 +609,8 @@ TEST(CudaBf16, PlanStoresOperandsInBf16) {
     bytes[k++] = m.activation_bytes();
   }
   const size_t T = size_t(B) * L, D = cfg.d_model, E = cfg.d_inner(), n = cfg.n_layer;
-  // normed, normed_f, y, d_xz; xz, xs, dt; d_dt, d_y; d_normed
-  const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E + n * T * 4 * E + 2 * T * E + T * D;
+  // normed, normed_f, y, d_xz; xz, xs, dt; d_dt, d_y, d_xs; d_normed
+  const size_t operands = n * T * D + T * D + n * T * E + T * 2 * E + n * T * 4 * E + 3 * T * E + T * D;
   EXPECT_EQ(bytes[0] - bytes[1], operands * 2 - T * D * 2);  // the bf16 plan adds d_resid16 (T, D)
 }
 

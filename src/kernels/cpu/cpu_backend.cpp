@@ -96,9 +96,9 @@ class CpuBackend final : public Backend {
     cpu::conv1d_silu_forward<float>(B, L, E, K, x.f32(), ldx, w, bias, out.f32());
   }
   void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx,
-                            const float* w, const float* bias, const float* dout, Operand dx,
+                            const float* w, const float* bias, ConstOperand dout, Operand dx,
                             float* dw, float* dbias) override {
-    cpu::conv1d_silu_backward<float>(B, L, E, K, x.f32(), ldx, w, bias, dout, dx.f32(), dw, dbias);
+    cpu::conv1d_silu_backward<float>(B, L, E, K, x.f32(), ldx, w, bias, dout.f32(), dx.f32(), dw, dbias);
   }
 
   void conv1d_silu_with_state(int B, int L, int E, int K, const float* x, int ldx,
@@ -117,11 +117,11 @@ class CpuBackend final : public Backend {
   void scan_backward(int B, int L, int E, int N, int chunk, ConstOperand u, ConstOperand dt,
                      const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
-                     const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
+                     const float* chunk_states, ConstOperand dout, Operand du, Operand ddt,
                      float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) override {
     cpu::scan_backward<float>(B, L, E, N, chunk, u.f32(), dt.f32(), dt_bias, A_log, Bm, Cm, ld_bc, D, z.f32(), ldz,
-                              chunk_states, dout.f32(), du, ddt.f32(), dBm, dCm, dz.f32(), dA_log, dD, ddt_bias);
+                              chunk_states, dout.f32(), du.f32(), ddt.f32(), dBm, dCm, dz.f32(), dA_log, dD, ddt_bias);
   }
 
   void swiglu_forward(int T, int I, const float* f, float* out) override {

@@ -159,13 +159,13 @@ __device__ __forceinline__ void conv_backward_step(const float (&wk)[K][C], cons
 }
 
 // dx[s, e] = sum_k w[e, k] dp[s + K-1-k, e]        ("=", row stride ldx, fp32 or bf16: O)
-// x fp32 or bf16 (TX)
+// x, dout fp32 or bf16 (TX, TG)
 // partial[g][k][e] = sum over times of group g of dp[t, e] x[t-(K-1-k), e]; [K] is dbias.
 // Group g = b * gridDim.y + blockIdx.y: one sequence's kBlockTimes times.
-template <int K, int C, class O, class TX>
+template <int K, int C, class O, class TX, class TG>
 __global__ void __launch_bounds__(kLanes * kSlices)
 conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const float* bias,
-                     const float* dout, O* dx, float* partial) {
+                     const TG* dout, O* dx, float* partial) {
   __shared__ float red[kSlices][K + 1][kLanes * C];
   const int e = (blockIdx.x * kLanes + threadIdx.x) * C;
   const int b = blockIdx.z;
@@ -178,7 +178,7 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
   if (e < E && t0 < L) {
     const int t1 = min(t0 + kSteps, L);
     const TX* xb = x + size_t(b) * L * ldx + e;
-    const float* gb = dout + size_t(b) * L * E + e;
+    const TG* gb = dout + size_t(b) * L * E + e;
     O* dxb = dx + size_t(b) * L * ldx + e;
     float wk[K][C], bs[C];
     load_conv_weights(w, bias, e, wk, bs);
@@ -357,7 +357,7 @@ void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int
 }
 
 void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
-                          const float* w, const float* bias, const float* dout, Operand dx,
+                          const float* w, const float* bias, ConstOperand dout, Operand dx,
                           float* dw, float* dbias) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
@@ -371,22 +371,27 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
     const char* v = std::getenv("BHASA_CONV_BWD_PAIRS");
     return !v || std::atoi(v) != 0;
   }();
-  const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) && aligned(dout, 8);
+  // bf16 dout (a bf16 training plan's d_xs) is read as it is, 2-byte loads or bf16 pairs
+  const bool pairs = pairs_env && x.dtype == Dtype::bf16 && pairs_ok(E, ldx, x, dx) &&
+                     aligned(dout.p, 2 * int(dtype_bytes(dout.dtype)));
   with_operand(x, [&](auto* xp) {
-    with_operand(dx, [&](auto* d) {
-      with_k(K, [&](auto kc) {
-        using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
-        using O = std::remove_pointer_t<decltype(d)>;
-        constexpr int KK = decltype(kc)::value;
-        if constexpr (!std::is_same_v<TX, float>) {
-          if (pairs) {
-            conv_backward_kernel<KK, 2, O, TX>
-                <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
-            return;
+    with_operand(dout, [&](auto* g) {
+      with_operand(dx, [&](auto* d) {
+        with_k(K, [&](auto kc) {
+          using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
+          using TG = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
+          using O = std::remove_pointer_t<decltype(d)>;
+          constexpr int KK = decltype(kc)::value;
+          if constexpr (!std::is_same_v<TX, float>) {
+            if (pairs) {
+              conv_backward_kernel<KK, 2, O, TX, TG>
+                  <<<conv_grid(B, L, E, 2), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, g, d, partial);
+              return;
+            }
           }
-        }
-        conv_backward_kernel<KK, 1, O, TX>
-            <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, dout, d, partial);
+          conv_backward_kernel<KK, 1, O, TX, TG>
+              <<<conv_grid(B, L, E, 1), block, 0, c.stream>>>(L, E, xp, ldx, w, bias, g, d, partial);
+        });
       });
     });
   });

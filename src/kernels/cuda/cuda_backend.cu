@@ -256,7 +256,7 @@ class CudaBackend final : public Backend {
     cuda::conv1d_silu_forward(ctx_, B, L, E, K, x, ldx, w, bias, out);
   }
   void conv1d_silu_backward(int B, int L, int E, int K, ConstOperand x, int ldx, const float* w,
-                            const float* bias, const float* dout, Operand dx, float* dw,
+                            const float* bias, ConstOperand dout, Operand dx, float* dw,
                             float* dbias) override {
     BHASA_PROFILE_OP(*profile_, "conv1d_silu_backward");
     wrote(dx, B * L, E, ldx), wrote(dw, size_t(E) * K), wrote(dbias, E);
@@ -285,7 +285,7 @@ class CudaBackend final : public Backend {
   void scan_backward(int B, int L, int E, int N, int chunk, ConstOperand u, ConstOperand dt,
                      const float* dt_bias, const float* A_log, const float* Bm, const float* Cm,
                      int ld_bc, const float* D, ConstOperand z, int ldz, const float* chunk_states,
-                     ConstOperand dout, float* du, Operand ddt, float* dBm, float* dCm, Operand dz,
+                     ConstOperand dout, Operand du, Operand ddt, float* dBm, float* dCm, Operand dz,
                      float* dA_log, float* dD, float* ddt_bias) override {
     BHASA_PROFILE_OP(*profile_, "scan_backward");
     wrote(du, size_t(B) * L * E), wrote(ddt, size_t(B) * L * E), wrote(dBm, B * L, N, ld_bc);

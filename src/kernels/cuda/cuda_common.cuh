@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4,
+  kSampleCounter, kDecodeA16, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
   kNumSlots
 };
 
@@ -110,12 +110,12 @@ void norm_backward(Ctx& c, int T, int D, bool rms, ConstOperand dout, const floa
 void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
                          const float* w, const float* bias, Operand out);  // x, out fp32 or bf16
 void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
-                          const float* w, const float* bias, const float* dout, Operand dx,
-                          float* dw, float* dbias);
+                          const float* w, const float* bias, ConstOperand dout, Operand dx,
+                          float* dw, float* dbias);  // x, dout, dx fp32 or bf16
 void conv1d_silu_with_state(Ctx& c, int B, int L, int E, int K, const float* x, int ldx,
                             const float* w, const float* bias, float* state, float* out);
 
-// u, dt, z, dout, ddt, out, dz: fp32 or bf16 (Backend::scan_forward / scan_backward)
+// u, dt, z, dout, du, ddt, out, dz: fp32 or bf16 (Backend::scan_forward / scan_backward)
 void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
                   ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
                   const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
@@ -123,7 +123,7 @@ void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
 void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
                    ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
                    const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
-                   const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
+                   const float* chunk_states, ConstOperand dout, Operand du, Operand ddt,
                    float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias);
 

@@ -587,12 +587,13 @@ void launch_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand 
   BHASA_LAUNCH_CHECK("scan_forward");
 }
 
-// u, dt, z, dout, ddt fp32 here, but for the V11 chunk-8 kernel, which reads them all bf16 too
+// u, dt, z, dout, ddt, du fp32 here, but for the V11 chunk-8 kernel, which reads them all
+// bf16 too (du there fp32 or bf16)
 template <int NPL>
 void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
                      ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
                      const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
-                     const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
+                     const float* chunk_states, ConstOperand dout, Operand du, Operand ddt,
                      float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                      float* ddt_bias) {
   constexpr int NMAX = kLanes * NPL;
@@ -621,7 +622,7 @@ void launch_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand
         attr_set = true;
       }
       kernel<<<grid, kThreads, smem, c.stream>>>(L, E, N, chunk, u.f32(), dt.f32(), dt_bias, A_log, Bm, Cm, ld_bc, D,
-                                                 z.f32(), ldz, chunk_states, dout.f32(), du, ddt.f32(), d, bc_part,
+                                                 z.f32(), ldz, chunk_states, dout.f32(), du.f32(), ddt.f32(), d, bc_part,
                                                  param_part);
     });
   }
@@ -691,28 +692,30 @@ void scan_forward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
 void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u,
                    ConstOperand dt, const float* dt_bias, const float* A_log, const float* Bm,
                    const float* Cm, int ld_bc, const float* D, ConstOperand z, int ldz,
-                   const float* chunk_states, ConstOperand dout, float* du, Operand ddt,
+                   const float* chunk_states, ConstOperand dout, Operand du, Operand ddt,
                    float* dBm, float* dCm, Operand dz, float* dA_log, float* dD,
                    float* ddt_bias) {
   check_n(N, chunk);
   if (B == 0 || E == 0 || L == 0) return;
-  // bf16 u, dt, z, dout, ddt: read and written as they are by the V11 chunk-8 kernel (all
-  // five bf16, rows aligned); anywhere else the inputs are widened to fp32 copies first and
-  // ddt is written to an fp32 copy, rounded after
+  // bf16 u, dt, z, dout, ddt (and du fp32 or bf16): read and written as they are by the V11
+  // chunk-8 kernel (the five bf16, rows aligned); anywhere else the inputs are widened to
+  // fp32 copies first and a bf16 ddt or du is written to an fp32 copy, rounded after
   const auto bf = Dtype::bf16;
-  const bool any16 = u.dtype == bf || dt.dtype == bf || z.dtype == bf || dout.dtype == bf || ddt.dtype == bf;
-  Operand ddt_out = ddt;
+  const size_t rows = size_t(B) * L;
+  const bool any16 = u.dtype == bf || dt.dtype == bf || z.dtype == bf || dout.dtype == bf || ddt.dtype == bf ||
+                     du.dtype == bf;
+  const Operand ddt_out = ddt, du_out = du;
   if (any16) {
     const bool c8 = chunk == kSub && bwd_c8_on() && N > 8 && N <= 16;
     const dim3 grid(blocks_for(E, c8_channels(4)), B);
     if (!(c8 && backward_c8_reads_bf16(4, grid, L, E, N, u, dt, Bm, Cm, ld_bc, z, ldz, chunk_states, dout, du,
                                        ddt, dz))) {
-      const size_t rows = size_t(B) * L;
       u = widen(c, kScanWide0, rows, E, u, E);
       dt = widen(c, kScanWide1, rows, E, dt, E);
       z = widen(c, kScanWide2, rows, E, z, ldz);  // dz keeps its stride ldz
       dout = widen(c, kScanWide3, rows, E, dout, E);
       if (ddt.dtype == bf) ddt = static_cast<float*>(c.scratch->get(kScanWide4, rows * E * sizeof(float)));
+      if (du.dtype == bf) du = static_cast<float*>(c.scratch->get(kScanWide5, rows * E * sizeof(float)));
     }
   }
 #define BHASA_SCAN_BWD(NM)                                                                      \
@@ -723,7 +726,8 @@ void scan_backward(Ctx& c, int B, int L, int E, int N, int chunk, ConstOperand u
   else if (N <= 16) BHASA_SCAN_BWD(4);
   else BHASA_SCAN_BWD(8);
 #undef BHASA_SCAN_BWD
-  if (ddt.p != ddt_out.p) flat_to_bf16(c.stream, ddt.f32(), size_t(B) * L * E, ddt_out.p);
+  if (ddt.p != ddt_out.p) flat_to_bf16(c.stream, ddt.f32(), rows * E, ddt_out.p);
+  if (du.p != du_out.p) flat_to_bf16(c.stream, du.f32(), rows * E, du_out.p);
 }
 
 }  // namespace bhasa::cuda

@@ -71,15 +71,17 @@ struct C8Layout {
 // type of u, dt, z, dout and ddt, float or bf16. bf16 inputs are staged as they are (a
 // 16-byte copy is 8 channels: half the threads copy dt and u, half z and dout) and
 // widened in the transform; ddt goes out in 8-byte stores.
+// TU (V11 only): du's element type, float or bf16 (a bf16 training plan's d_xs; 8-byte
+// stores as ddt's).
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, class TZ, bool V11 = false,
-          bool DB = false, bool SPLIT = false, bool SWZ = false, class TA = float>
+          bool DB = false, bool SPLIT = false, bool SWZ = false, class TA = float, class TU = float>
 __global__ void __launch_bounds__(kThreads, MINB)
 scan_backward_c8_kernel(int vec, int L, int E, int N, const TA* __restrict__ u, const TA* __restrict__ dt,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log,
                         const float* __restrict__ Bm, const float* __restrict__ Cm, int ld_bc,
                         const float* __restrict__ Dp, const TA* __restrict__ z, int ldz,
                         const float* __restrict__ chunk_states, const TA* __restrict__ dout,
-                        float* __restrict__ du_out, TA* __restrict__ ddt_out, TZ* __restrict__ dz_out,
+                        TU* __restrict__ du_out, TA* __restrict__ ddt_out, TZ* __restrict__ dz_out,
                         float* __restrict__ bc_partials,     // (E/C blocks, B, L, 2*NMAX)
                         float* __restrict__ param_partials)  // (B, E, NMAX + 2)
 {
@@ -96,6 +98,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const TA* __restrict__ u, 
   static_assert(!SWZ || (V11 && NPL == 8), "c8 swizzled rows");
   constexpr bool kF32 = std::is_same_v<TA, float>;
   static_assert(kF32 || V11, "c8: bf16 inputs in the V11 kernel only");
+  static_assert(std::is_same_v<TU, float> || V11, "c8: a bf16 du in the V11 kernel only");
   constexpr int kSet = RS * 2 * Lay::kHalf;  // one set of held rows
   extern __shared__ __align__(16) float smem[];
   float* sred = smem + BUFS * Lay::kBuf;  // (RS, 2, C, NMAX) + padding: dB | dC per channel
@@ -359,10 +362,10 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const TA* __restrict__ u, 
     const size_t row0 = size_t(b) * L + s0;
     // KL 4: lane 0 of a group writes dz, lane 1 ddt, lane 2 du; KL 2: lane 0 dz and du,
     // lane 1 ddt (row s0 + ii: dst.store(ii, .), dst2[ii * E])
-    // (TA is float but in V11, which does not use dst)
+    // (TA, TU are float but in V11, which does not use dst, dst2)
     const LaneOut<TZ> dst(k == 0, dz_out + row0 * ldz + e, ldz,
-                          (k == 1 ? reinterpret_cast<float*>(ddt_out) : du_out) + row0 * E + e, E);
-    float* dst2 = du_out + row0 * E + e;
+                          (k == 1 ? reinterpret_cast<float*>(ddt_out) : reinterpret_cast<float*>(du_out)) + row0 * E + e, E);
+    float* dst2 = reinterpret_cast<float*>(du_out) + row0 * E + e;
     // replay the chunk keeping every step's state (and decay) in registers, then walk it
     // backwards carrying dh
     float hs[kSub][NPL], as[KEEP_A ? kSub : 1][NPL];
@@ -484,7 +487,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const TA* __restrict__ u, 
           auto put = [&](auto row) {
             store4(dz_out + row * ldz + e4, so[0]);  // fp32 or bf16
             store4(ddt_out + row * E + e4, so[Lay::kOutLd / 4]);  // fp32 or bf16
-            *reinterpret_cast<float4*>(du_out + row * E + e4) = so[Lay::kOutLd / 2];
+            store4(du_out + row * E + e4, so[Lay::kOutLd / 2]);  // fp32 or bf16
           };
           if (vec & kIdx32) put(b * L + s0 + tt);
           else put(size_t(b) * L + s0 + tt);
@@ -499,7 +502,7 @@ scan_backward_c8_kernel(int vec, int L, int E, int N, const TA* __restrict__ u, 
             const float v = sout[a * Lay::kOutLd + i % Lay::SC];
             if (a == 0) dz_out[row * ldz + eo] = from_float<TZ>(v);
             else if (a == 1) ddt_out[row * E + eo] = from_float<TA>(v);
-            else du_out[row * E + eo] = v;
+            else du_out[row * E + eo] = from_float<TU>(v);
           }
         }
       }
@@ -534,13 +537,13 @@ int c8_vec(bool vec_ok, int npl, dim3 grid, int L, int E, int N, int el, const v
 }
 
 template <int KL, int NPL, int MINB, bool KEEP_A, int BUFS, int RS, bool PACK, bool VEC, class TZ, bool V11 = false,
-          bool DB = false, bool SPLIT = false, bool SWZ = false, class TA = float>
+          bool DB = false, bool SPLIT = false, bool SWZ = false, class TA = float, class TU = float>
 void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const TA* u, const TA* dt,
                const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                const float* D, const TA* z, int ldz, const float* chunk_states, const TA* dout,
-               float* du, TA* ddt, TZ* dz, float* bc_part, float* param_part) {
+               TU* du, TA* ddt, TZ* dz, float* bc_part, float* param_part) {
   constexpr size_t bytes = C8Layout<KL, NPL>::bytes(BUFS, RS, V11, DB);
-  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ, TA>;
+  auto* kernel = scan_backward_c8_kernel<KL, NPL, MINB, KEEP_A, BUFS, RS, PACK, TZ, V11, DB, SPLIT, SWZ, TA, TU>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -569,40 +572,43 @@ static bool bwd_v10() {  // BHASA_SCAN_BWD_VARIANT=10: v10 (timing)
 
 bool backward_c8_reads_bf16(int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
                             const float* Bm, const float* Cm, int ld_bc, ConstOperand z, int ldz,
-                            const float* chunk_states, ConstOperand dout, const float* du, Operand ddt, Operand dz) {
+                            const float* chunk_states, ConstOperand dout, Operand du, Operand ddt, Operand dz) {
   const auto bf = Dtype::bf16;
   if (npl != 4 || bwd_v10() || u.dtype != bf || dt.dtype != bf || z.dtype != bf || dout.dtype != bf || ddt.dtype != bf)
     return false;
-  const int vec = c8_vec(true, npl, grid, L, E, N, 8, u.p, dt.p, Bm, Cm, ld_bc, z.p, ldz, chunk_states, dout.p, du,
-                         ddt.p, dz.p);
+  const int vec = c8_vec(true, npl, grid, L, E, N, 8, u.p, dt.p, Bm, Cm, ld_bc, z.p, ldz, chunk_states, dout.p,
+                         du.p, ddt.p, dz.p);
   return (vec & (kFast | kVecOut)) == (kFast | kVecOut);
 }
 
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, ConstOperand u_, ConstOperand dt_,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, ConstOperand z_, int ldz, const float* chunk_states, ConstOperand dout_,
-                        float* du, Operand ddt_, Operand dz, float* bc_part, float* param_part) {
+                        Operand du_, Operand ddt_, Operand dz, float* bc_part, float* param_part) {
 #define BHASA_C8(KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC, ...)                                                    \
   static_assert(C8Layout<KL, NP>::C == c8_channels(NP * KL / kLanes), "c8 blocks");                               \
   launch_c8<KL, NP, MINB, KEEP_A, BUFS, RS, PACK, VEC, TZ, ##__VA_ARGS__>(c, grid, L, E, N, u, dt, dt_bias, A_log, Bm, Cm, ld_bc, D, z, \
                                                        ldz, chunk_states, dout, du, ddt, d, bc_part, param_part)
   // measured variants (bench/cuda_lab/NOTES.md, v9-v10): 2 lanes per channel with the
   // packed per-step values and 16-byte copies ran 1.65 ms, 4 lanes at 4 blocks/SM 1.93
-  if (u_.dtype == Dtype::bf16) {  // the V11 kernel on bf16 u, dt, z, dout, ddt
-    check(backward_c8_reads_bf16(npl, grid, L, E, N, u_, dt_, Bm, Cm, ld_bc, z_, ldz, chunk_states, dout_, du, ddt_, dz),
+  if (u_.dtype == Dtype::bf16) {  // the V11 kernel on bf16 u, dt, z, dout, ddt; du fp32 or bf16
+    check(backward_c8_reads_bf16(npl, grid, L, E, N, u_, dt_, Bm, Cm, ld_bc, z_, ldz, chunk_states, dout_, du_, ddt_, dz),
           "scan_backward: the chunk-8 kernel reads u, dt, z, dout (and writes ddt) all fp32 or all bf16 (aligned)");
     using T = __nv_bfloat16;
     const T *u = static_cast<const T*>(u_.p), *dt = static_cast<const T*>(dt_.p), *z = static_cast<const T*>(z_.p),
             *dout = static_cast<const T*>(dout_.p);
     T* ddt = static_cast<T*>(ddt_.p);
-    with_operand(dz, [&](auto* d) {
-      using TZ = std::remove_pointer_t<decltype(d)>;
-      BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, T);
+    with_operand(du_, [&](auto* du) {
+      using TU = std::remove_pointer_t<decltype(du)>;
+      with_operand(dz, [&](auto* d) {
+        using TZ = std::remove_pointer_t<decltype(d)>;
+        BHASA_C8(2, 8, 3, false, 2, 2, true, true, true, true, true, true, T, TU);
+      });
     });
     return;
   }
   const float *u = u_.f32(), *dt = dt_.f32(), *z = z_.f32(), *dout = dout_.f32();
-  float* ddt = ddt_.f32();
+  float *ddt = ddt_.f32(), *du = du_.f32();
   with_operand(dz, [&](auto* d) {
     using TZ = std::remove_pointer_t<decltype(d)>;
     switch (npl) {  // states per lane of the 4-lane layout (N <= 4 * npl)

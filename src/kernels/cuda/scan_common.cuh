@@ -172,13 +172,13 @@ struct LaneOut {
 
 constexpr int c8_channels(int npl) { return npl == 4 ? 2 * kChannels : kChannels; }
 // u, dt, z, dout in and ddt out: all fp32, or all bf16 where backward_c8_reads_bf16 (the
-// V11 kernel's 16-byte copies); dz fp32 or bf16.
+// V11 kernel's 16-byte copies); dz fp32 or bf16; du fp32, or bf16 with the bf16 inputs.
 bool backward_c8_reads_bf16(int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
                             const float* Bm, const float* Cm, int ld_bc, ConstOperand z, int ldz,
-                            const float* chunk_states, ConstOperand dout, const float* du, Operand ddt, Operand dz);
+                            const float* chunk_states, ConstOperand dout, Operand du, Operand ddt, Operand dz);
 void launch_backward_c8(Ctx& c, int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
                         const float* dt_bias, const float* A_log, const float* Bm, const float* Cm, int ld_bc,
                         const float* D, ConstOperand z, int ldz, const float* chunk_states, ConstOperand dout,
-                        float* du, Operand ddt, Operand dz, float* bc_part, float* param_part);
+                        Operand du, Operand ddt, Operand dz, float* bc_part, float* param_part);
 
 }  // namespace bhasa::cuda::scan_detail
