@@ -436,9 +436,10 @@ TEST(CudaBf16, ConvBackwardReadsBf16Dout) {
 
 // x_proj's backward in a bf16 plan: linear_backward adding (beta 1) into a bf16 dX (d_xs,
 // holding the scan's du) from an fp32 dY (d_dbc, thin: O = 80) and a bf16 X (xs). cuBLASLt
-// reads and writes C in bf16 and rounds the product to bf16 before it adds C (seen on the
-// H200: about 30% of the elements one bf16 step from dX0 + P rounded once), as mamba_ssm's
-// bf16 autograd sum of the two gradients does. So per element |dX - (dX0 + P)| <= 2^-8
+// reads and writes C in bf16 and rounds the product to bf16 before it adds C (on the H200
+// every element equalled round(dX0 + round(P)); ~30% were one bf16 step from dX0 + P
+// rounded once), as mamba_ssm's bf16 autograd sum of the two gradients does. Not relying
+// on that order: per element |dX - (dX0 + P)| <= 2^-8
 // (|P| + |dX0 + P|) (two roundings of at most 2^-9 each, with slack), P = dY @ W on the
 // rounded operands; NaN-free; dW fp32 as from the copies. Also a strided dY (ldy > O).
 TEST(CudaBf16, LinearBackwardAddsIntoBf16Dx) {
