@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One device call that verifies a tree end to end on the H200 (what session 4's closing
-# numbers came from): all GPU tests, the m130 training step beside an older binary, the op
+# One device call that verifies a tree end to end on the H200 (what the closing notes'
+# numbers come from): all GPU tests, the m130 training step beside an older binary, the op
 # profile, the scan lab, decode, a tinyshakespeare run (1.47 / best), generate and eval.
 # Put bins.tar.xz next to it, holding: bhasa, test_cuda, cuda_lab, cuda_decode (stripped;
-# bench/cuda_lab/run.sh shows how the labs link), bhasa_fffa (the binary to compare with),
-# tinyshakespeare.txt and val.txt (its last 111540 bytes); run with LD_LIBRARY_PATH holding
+# bench/cuda_lab/run.sh shows how the labs link), bhasa_base (the binary to compare with,
+# e.g. the previous session's final), tinyshakespeare.txt and val.txt (its last 111540
+# bytes); run with LD_LIBRARY_PATH holding
 # the shared libraries the device lacks (OpenBLAS, PCRE2, readline, httplib).
 d=$(cd "$(dirname "$0")" && pwd); w=/tmp/final; mkdir -p $w; tar -xJf $d/bins.tar.xz -C $w
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 echo "== [$SECONDS s] test_cuda (all)"
 timeout 150 $w/test_cuda 2>&1 | grep -E "^\[  (FAILED|PASSED) |Failure|tests from .* ran|training bf16|training tf32|worst gradient" | head -30
-echo "== [$SECONDS s] bench train m130 16x2048, 10 steps: base (session 3 final) vs main"
-for r in 1 2; do for v in fffa main; do b=$w/bhasa; [ $v = fffa ] && b=$w/bhasa_fffa
+echo "== [$SECONDS s] bench train m130 16x2048, 10 steps: base vs main"
+for r in 1 2; do for v in base main; do b=$w/bhasa; [ $v = base ] && b=$w/bhasa_base
   echo "-- $v ($r): $(timeout 60 $b bench train --preset m130 --batch 16 --seq-len 2048 --steps 10 --device cuda 2>&1 | grep -oE '"(step_s|tokens_per_s|activation_mb|forward_s)":[0-9.]+' | tr '\n' ' ')"
 done; done
 echo "-- main tf32: $(timeout 60 $w/bhasa bench train --preset m130 --batch 16 --seq-len 2048 --steps 10 --device cuda --precision tf32 2>&1 | grep -oE '"(step_s|tokens_per_s)":[0-9.]+' | tr '\n' ' ')"
