@@ -2,10 +2,12 @@
 // through CUDA_INJECTION64_PATH. At exit it prints, for the last TRACE_TAIL (fraction,
 // default 0.5) of the run's GPU timeline: the busy time (union of kernel, copy and set
 // intervals), the gaps between consecutive activities by size, the kernels by total
-// time, and the kernel pairs whose gaps cost the most.
-//   g++ -O2 -shared -fPIC -I/usr/local/cuda/include bench/cuda_lab/trace_inject.cpp \
+// time, and the kernel pairs whose gaps cost the most. TRACE_STEP=<kernel name part>
+// divides by that kernel's count (one per training step, e.g. adamw_vec); TRACE_API=1
+// adds the host's CUDA runtime calls. Build and use:
+//   g++ -O2 -shared -fPIC -I/usr/local/cuda/include bench/cuda_lab/trace_inject.cpp
 //       -L/usr/local/cuda/lib64 -lcupti -o trace_inject.so
-//   CUDA_INJECTION64_PATH=$PWD/trace_inject.so bhasa bench train ... --steps 30
+//   CUDA_INJECTION64_PATH=$PWD/trace_inject.so TRACE_STEP=adamw_vec bhasa bench train ... --steps 30
 #include <cupti.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@ struct Act {
   uint64_t start, end;
   std::string name;
 };
+using Table = std::map<std::string, std::pair<int, double>>;  // name -> (count, total us)
 std::mutex mu;
 std::vector<Act> acts;
 std::vector<Act> api;  // host-side runtime API calls (CPU timestamps, same clock as the GPU's)
@@ -76,9 +79,9 @@ void report() {
   uint64_t t_end = 0;
   for (auto& a : acts) t_end = std::max(t_end, a.end);
   const uint64_t t0 = t_end - uint64_t((t_end - acts.front().start) * tail);
-  std::map<std::string, std::pair<int, double>> by_kernel;  // name -> (count, us)
-  std::map<std::string, std::pair<int, double>> by_gap;     // "prev -> next" -> (count, us of gap)
-  std::map<std::string, std::pair<int, double>> big_gap;    // the same for gaps over 100 us
+  Table by_kernel;  // name -> (count, us)
+  Table by_gap;     // "prev -> next" -> (count, us of gap)
+  Table big_gap;    // the same for gaps over 100 us
   const double edges[] = {1, 2, 5, 10, 20, 100, 1e30};
   double gap_us[7] = {}, busy = 0;
   int gap_n[7] = {};
@@ -121,44 +124,28 @@ void report() {
           tail * 100, per, busy / 1e3, (window / per - busy) / 1e3);
   const char* labels[] = {"<=1us", "1-2us", "2-5us", "5-10us", "10-20us", "20-100us", ">100us"};
   for (int b = 0; b < 7; b++) fprintf(o, "[trace] gaps %-8s n %6d  total %8.1f us\n", labels[b], gap_n[b], gap_us[b]);
-  std::vector<std::pair<double, std::string>> ks;
-  for (auto& [n, v] : by_kernel) ks.push_back({v.second, n});
-  std::sort(ks.rbegin(), ks.rend());
-  fprintf(o, "[trace] kernels by total time (us, count, us each; totals and counts per 1/%g):\n", per);
-  for (size_t i = 0; i < ks.size() && i < 45; i++) {
-    auto& v = by_kernel[ks[i].second];
-    fprintf(o, "[trace] %10.1f %7.1f %8.2f  %s\n", v.second, v.first / per, v.second * per / v.first, ks[i].second.c_str());
-  }
-  std::vector<std::pair<double, std::string>> gs;
-  for (auto& [n, v] : by_gap) gs.push_back({v.second, n});
-  std::sort(gs.rbegin(), gs.rend());
-  fprintf(o, "[trace] gaps <= 100 us by kernel pair (us, count, us each):\n");
-  for (size_t i = 0; i < gs.size() && i < 30; i++) {
-    auto& v = by_gap[gs[i].second];
-    fprintf(o, "[trace] %10.1f %7.1f %8.2f  %s\n", v.second, v.first / per, v.second * per / v.first, gs[i].second.c_str());
-  }
-  gs.clear();
-  for (auto& [n, v] : big_gap) gs.push_back({v.second, n});
-  std::sort(gs.rbegin(), gs.rend());
-  fprintf(o, "[trace] gaps > 100 us by kernel pair (us, count, us each):\n");
-  for (size_t i = 0; i < gs.size() && i < 12; i++) {
-    auto& v = big_gap[gs[i].second];
-    fprintf(o, "[trace] %10.1f %7.1f %8.2f  %s\n", v.second, v.first / per, v.second * per / v.first, gs[i].second.c_str());
-  }
-  std::map<std::string, std::pair<int, double>> by_api;
+  // The largest rows of a (count, total us) table, totals per 1/per.
+  auto print_top = [&](const Table& t, size_t rows, const char* title) {
+    std::vector<std::pair<double, std::string>> order;
+    for (auto& [n, v] : t) order.push_back({v.second, n});
+    std::sort(order.rbegin(), order.rend());
+    fprintf(o, "[trace] %s (us, count, us each; per 1/%g):\n", title, per);
+    for (size_t i = 0; i < order.size() && i < rows; i++) {
+      const auto& v = t.at(order[i].second);
+      fprintf(o, "[trace] %10.1f %7.1f %8.2f  %s\n", v.second, v.first / per, v.second * per / v.first,
+              order[i].second.c_str());
+    }
+  };
+  print_top(by_kernel, 45, "kernels by total time");
+  print_top(by_gap, 30, "gaps <= 100 us by kernel pair");
+  print_top(big_gap, 12, "gaps > 100 us by kernel pair");
+  Table by_api;
   for (auto& a : api) {
     if (a.start < first) continue;
     auto& v = by_api[a.name];
     v.first++, v.second += (a.end - a.start) / 1e3 / per;
   }
-  std::vector<std::pair<double, std::string>> as;
-  for (auto& [n, v] : by_api) as.push_back({v.second, n});
-  std::sort(as.rbegin(), as.rend());
-  fprintf(o, "[trace] host runtime API calls by total time (us, count, us each):\n");
-  for (size_t i = 0; i < as.size() && i < 15; i++) {
-    auto& v = by_api[as[i].second];
-    fprintf(o, "[trace] %10.1f %7.1f %8.2f  %s\n", v.second, v.first / per, v.second * per / v.first, as[i].second.c_str());
-  }
+  print_top(by_api, 15, "host runtime API calls by total time");
 }
 }  // namespace
 
