@@ -2,8 +2,9 @@
 // first half of a bf16 xz (row stride 2E), dout bf16 (T, E), dx bf16 into the first half of
 // a bf16 (T, 2E), w / bias / dw / dbias fp32. Times the backward (and the forward) with CUDA
 // events, median of 50 after warm-up, on random data; checks sequence 0 against the CPU
-// (dx to the bf16 band, dw / dbias at 1e-5 on sequence 0 alone) and prints a hash of all of
-// dx, dw and dbias so runs under different BHASA_CONV_BWD_V can be compared bit for bit.
+// (dx to the bf16 band, dw / dbias at 1e-5 on sequence 0 alone) and prints hashes of all of
+// dx, of dw and dbias, and of out so runs under different variants can be compared bit for
+// bit (dw / dbias sum in a different order in the old and pipelined kernels).
 // argv: BWD[/FWD] pairs of BHASA_CONV_BWD_V / BHASA_CONV_FWD_V values to time, in order
 // (FWD default: the default; default list: old/old new/new old/old new/new).
 #include <cuda_runtime.h>
@@ -129,9 +130,8 @@ int main(int argc, char** argv) {
     gpu->download(reinterpret_cast<float*>(hdx.data()), static_cast<const float*>(dxz.p), hdx.size() / 2);
     gpu->download(rw.data(), gw, w.size());
     gpu->download(rb.data(), gb, E);
-    uint64_t h = fnv(hdx.data(), hdx.size() * 2);
-    h = fnv(rw.data(), rw.size() * 4, h);
-    h = fnv(rb.data(), rb.size() * 4, h);
+    const uint64_t h = fnv(hdx.data(), hdx.size() * 2);
+    const uint64_t hw = fnv(rb.data(), rb.size() * 4, fnv(rw.data(), rw.size() * 4));
 
     gpu->zero(gw, w.size());
     gpu->zero(gb, E);
@@ -167,9 +167,9 @@ int main(int argc, char** argv) {
     const double bwd_floor = 3.0 * T * E * 2 / kCopyBytesPerMs;  // x, dout read, dx written: 3 x 100.7 MB
     const double fwd_floor = 2.0 * T * E * 2 / kCopyBytesPerMs;  // x read, out written
     std::printf("| %-18s | bwd %.4f ms (floor %.4f, %3.0f%%) | fwd %.4f ms (floor %.4f) | dx err %.2e (%zu of %zu "
-                "differ from rounded CPU) dw %.1e dbias %.1e out err %.2e %s | hash bwd %016llx fwd %016llx |\n",
+                "differ from rounded CPU) dw %.1e dbias %.1e out err %.2e %s | hash dx %016llx dw,dbias %016llx out %016llx |\n",
                 v, tb, bwd_floor, 100 * bwd_floor / tb, tf, fwd_floor, edx, differ, gdx.size(), edw,
-                edb, exs, ok ? "ok" : "FAIL", (unsigned long long)h, (unsigned long long)hf);
+                edb, exs, ok ? "ok" : "FAIL", (unsigned long long)h, (unsigned long long)hw, (unsigned long long)hf);
     failures += !ok;
   }
   return failures ? 1 : 0;
