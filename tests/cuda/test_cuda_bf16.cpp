@@ -434,6 +434,61 @@ TEST(CudaBf16, ConvBackwardReadsBf16Dout) {
       }
 }
 
+// The pipelined conv forward and backward (bf16 x and dout, E and ldx multiples of 8,
+// 16-byte aligned) and their fallbacks, out / dx bf16 or fp32: (B, L, E, K, ldx - 2E, x
+// offset in elements).
+// L = 300 ends inside a block of time (256 = 4 warps x 64), L = 37 / 8 inside one warp's
+// range; E = 200 / 80 leave part of a 64-channel group empty; K from 1 to 6; ldx + 8 keeps
+// the pipelined path, an x offset of 4 (8-byte aligned) and E = 36 take the old kernel.
+class CudaBf16ConvPipe : public ::testing::TestWithParam<std::tuple<int, int, int, int, int, int>> {};
+
+TEST_P(CudaBf16ConvPipe, ForwardBackwardMatchCpu) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  auto cpu = make_cpu_backend();
+  const auto [B, L, E, K, pad, off] = GetParam();
+  for (bool dx16 : {true, false}) {
+    const int ldx = 2 * E + pad;
+    std::mt19937 rng(350 + B + L + E + K + pad + off);
+    auto x = round_bf16(randn(size_t(B) * L * ldx, rng)), w = randn(size_t(E) * K, rng, 0.5f),
+         bias = randn(E, rng), dout = round_bf16(randn(size_t(B) * L * E, rng)), dw0 = randn(size_t(E) * K, rng),
+         db0 = randn(E, rng);
+    std::vector<float> xpad(off, 0.0f);
+    xpad.insert(xpad.end(), x.begin(), x.end());
+    DevBf16 hx(*gpu, xpad), hdout(*gpu, dout), hdx(*gpu, size_t(B) * L * ldx);
+    DevBuf dW(*gpu, w), dBias(*gpu, bias), dDw(*gpu, dw0), dDb(*gpu, db0),
+        fdx(*gpu, std::vector<float>(size_t(B) * L * ldx, std::numeric_limits<float>::quiet_NaN()));
+    const std::string what = "conv B=" + std::to_string(B) + " L=" + std::to_string(L) + " E=" +
+                             std::to_string(E) + " K=" + std::to_string(K) + " pad=" + std::to_string(pad) +
+                             " off=" + std::to_string(off) + (dx16 ? " out/dx bf16" : " out/dx fp32");
+    DevBf16 hout(*gpu, size_t(B) * L * E);
+    DevBuf fout(*gpu, std::vector<float>(size_t(B) * L * E, std::numeric_limits<float>::quiet_NaN()));
+    gpu->conv1d_silu_forward(B, L, E, K, hx.op + off, ldx, dW.p, dBias.p, dx16 ? hout.op : Operand(fout.p));
+    std::vector<float> rout(size_t(B) * L * E);
+    cpu->conv1d_silu_forward(B, L, E, K, x.data(), ldx, w.data(), bias.data(), rout.data());
+    if (dx16) expect_bf16_of(hout.host(), rout, (what + " forward").c_str());
+    else EXPECT_LE(rel_l2(fout.host(), rout), kTol) << what << " forward";
+
+    const Operand gdx = dx16 ? hdx.op : Operand(fdx.p);
+    gpu->conv1d_silu_backward(B, L, E, K, hx.op + off, ldx, dW.p, dBias.p, hdout.op, gdx, dDw.p, dDb.p);
+    std::vector<float> rdx(size_t(B) * L * ldx), rdw = dw0, rdb = db0;
+    cpu->conv1d_silu_backward(B, L, E, K, x.data(), ldx, w.data(), bias.data(), dout.data(), rdx.data(), rdw.data(),
+                              rdb.data());
+    const auto got = dx16 ? hdx.host() : fdx.host();
+    const auto gcols = columns(got, size_t(B) * L, ldx, 0, E), rcols = columns(rdx, size_t(B) * L, ldx, 0, E);
+    if (dx16) expect_bf16_of(gcols, rcols, what.c_str());
+    else EXPECT_LE(rel_l2(gcols, rcols), kTol) << what;
+    EXPECT_TRUE(all_nan(columns(got, size_t(B) * L, ldx, E, ldx - E))) << what << ": wrote outside dx";
+    EXPECT_LE(rel_l2(dDw.host(), rdw), kTol) << what;
+    EXPECT_LE(rel_l2(dDb.host(), rdb), kTol) << what;
+  }
+}
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaBf16ConvPipe,
+    ::testing::Values(std::make_tuple(2, 300, 200, 4, 0, 0), std::make_tuple(3, 37, 80, 4, 0, 0),
+                      std::make_tuple(1, 8, 16, 1, 0, 0), std::make_tuple(2, 70, 72, 6, 8, 0),
+                      std::make_tuple(2, 300, 128, 3, 0, 8), std::make_tuple(2, 300, 128, 4, 0, 4),
+                      std::make_tuple(2, 129, 36, 4, 0, 0), std::make_tuple(1, 600, 1536, 4, 0, 0)));
+
 // x_proj's backward in a bf16 plan: linear_backward adding (beta 1) into a bf16 dX (d_xs,
 // holding the scan's du) from an fp32 dY (d_dbc, thin: O = 80) and a bf16 X (xs). cuBLASLt
 // reads and writes C in bf16 and rounds the product to bf16 before it adds C (on the H200

@@ -10,10 +10,15 @@
 // the block's time slices in shared memory in a fixed order, written as one
 // partial per (sequence, block of time), and then summed in group order: no
 // atomics, bitwise repeatable.
+// A bf16 x (and, backward, a bf16 dout: a bf16 training plan) takes the pipelined
+// kernels below instead, which stage rows through shared memory with cp.async (the
+// m130 step's backward 0.165 -> see NOTES.md, "conv1d pipelined").
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/scan_common.cuh"  // cp_async16
 
 namespace bhasa::cuda {
 
@@ -251,6 +256,213 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
   }
 }
 
+// The pipelined kernels for a bf16 x (a bf16 training plan): the same arithmetic per
+// element as conv_forward_kernel<K, 2> / conv_backward_kernel<K, 2> (out and dx bitwise
+// the same), latency hidden by a per-warp cp.async pipeline. A warp owns 64 channels (2
+// a lane) and walks R consecutive times; rows of x (and dout) reach shared memory S at a
+// time, D-1 stages ahead of the step that reads them, each warp copying only the 128-byte
+// row slices that it reads (16-byte copies; no block barrier in the walk). The old
+// kernels issue 8 times of 4-byte loads and then wait for them: ~2 KB in flight a warp,
+// ~45% of the bytes floor at the m130 shape. Steps carry no early exit and stores go
+// through running pointers: each step is its arithmetic plus ~8 instructions.
+constexpr int kPipeWarps = 4;  // warps a block: consecutive time ranges of the same channels
+using scan_detail::cp_async16;
+using scan_detail::cp_async_commit;
+using scan_detail::cp_async_wait;
+
+// Copies the warp's 128-byte slices of S rows (at stride ld) into dst[S][64]: lane copies
+// 16-byte chunk lane % 8 (src: that chunk of the first row) of rows lane / 8 + 4 i; rows
+// from rows_left on, and all when !in, are zeros (any: a valid address for those).
+template <int S>
+__device__ __forceinline__ void stage_rows(__nv_bfloat16 (*dst)[kLanes * 2], const __nv_bfloat16* src,
+                                           size_t ld, int rows_left, bool in, const __nv_bfloat16* any) {
+  const int lane = threadIdx.x, q = lane % 8, r = lane / 8;
+#pragma unroll
+  for (int i = 0; i < S / 4; ++i) {
+    const bool ok = in && r + 4 * i < rows_left;
+    cp_async16(&dst[r + 4 * i][q * 8], ok ? src + (r + 4 * i) * ld : any, ok);
+  }
+}
+
+// Backward. Stage j holds x and dout at times t0+K-1+j*S ..; the step at time t finishes
+// dx[t-K+1]. A block is kPipeWarps warps over consecutive ranges of the same channels;
+// their dw/dbias sums are added in warp order into one partial per group
+// (g = b * gridDim.y + blockIdx.y), as conv_backward_kernel's.
+template <int K, class O, int S, int D, int R, int MB = 8>
+__global__ void __launch_bounds__(kLanes * kPipeWarps, MB)
+conv_backward_pipe_kernel(int L, int E, const __nv_bfloat16* x, int ldx, const float* w, const float* bias,
+                          const __nv_bfloat16* dout, O* dx, float* partial) {
+  constexpr int C = 2, W = kLanes * C;   // channels a lane, a warp
+  static_assert(S % 4 == 0 && R % S == 0 && (D & (D - 1)) == 0 && D >= 2);
+  __shared__ __align__(16) __nv_bfloat16 buf[kPipeWarps][D][2][S][W];  // [stage][x, dout][row][channel]
+  __shared__ float red[kPipeWarps][K + 1][W];
+  const int lane = threadIdx.x, wy = threadIdx.y;
+  const int e0 = blockIdx.x * W, e = e0 + lane * C;
+  const int b = blockIdx.z;
+  const int t0 = (blockIdx.y * kPipeWarps + wy) * R;
+  const int t1 = min(t0 + R, L);
+  float acc[K + 1][C];
+#pragma unroll
+  for (int k = 0; k <= K; ++k)
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[k][c] = 0.0f;
+  if (t0 < L) {  // warp-uniform
+    const __nv_bfloat16* xb = x + size_t(b) * L * ldx;
+    const __nv_bfloat16* gb = dout + size_t(b) * L * E;
+    const int nst = (t1 - t0 + S - 1) / S;
+    const bool chunk_in = e0 + (lane % 8) * 8 < E;
+    // the next stage to copy: its first time, and its first rows of x and dout
+    int tn = t0 + K - 1, jn = 0;
+    const __nv_bfloat16* xn = xb + size_t(tn) * ldx + e0 + (lane % 8) * 8;
+    const __nv_bfloat16* gn = gb + size_t(tn) * E + e0 + (lane % 8) * 8;
+    auto issue = [&] {
+      stage_rows<S>(buf[wy][jn % D][0], xn, ldx, L - tn, chunk_in, x);
+      stage_rows<S>(buf[wy][jn % D][1], gn, E, L - tn, chunk_in, dout);
+      xn += size_t(S) * ldx;
+      gn += size_t(S) * E;
+      tn += S;
+      ++jn;
+    };
+#pragma unroll
+    for (int j = 0; j + 1 < D; ++j) {
+      if (j < nst) issue();
+      cp_async_commit();
+    }
+    const bool in = e < E;
+    float wk[K][C] = {}, bs[C] = {};
+    if (in) load_conv_weights(w, bias, e, wk, bs);
+    float xw[K][C], dpw[K][C], dxt[C];
+#pragma unroll
+    for (int j = 0; j < K; ++j)
+#pragma unroll
+      for (int c = 0; c < C; ++c) xw[j][c] = dpw[j][c] = 0.0f;
+    // History x[t0-K+1 .. t0-1] and the warm-up (dp at t0 .. t0+K-2, no dx) from global.
+    {
+      float xs[2 * K][C], gs[K][C];
+#pragma unroll
+      for (int j = 0; j + 1 < K; ++j) {
+        const int th = t0 - (K - 1) + j, t = t0 + j;
+#pragma unroll
+        for (int c = 0; c < C; ++c) xs[j][c] = xs[K + j][c] = gs[j][c] = 0.0f;
+        if (in && th >= 0) load_c<C>(xs[j], xb + size_t(th) * ldx + e);
+        if (in && t < L) {
+          load_c<C>(xs[K + j], xb + size_t(t) * ldx + e);
+          load_c<C>(gs[j], gb + size_t(t) * E + e);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j + 1 < K; ++j)
+#pragma unroll
+        for (int c = 0; c < C; ++c) xw[j][c] = xs[j][c];
+#pragma unroll
+      for (int j = 0; j + 1 < K; ++j)
+        conv_backward_step<K, C>(wk, bs, xw, dpw, xs[K + j], gs[j], t0 + j < t1, acc, dxt);
+    }
+    O* dxp = dx + (size_t(b) * L + t0) * ldx + e;  // dx row of the next step
+#pragma unroll 1
+    for (int j = 0; j < nst; ++j) {
+      cp_async_wait<D - 2>();
+      __syncwarp();  // every lane's copies of stage j landed; stage j-1's buffer is read
+      if (j + D - 1 < nst) issue();
+      cp_async_commit();
+      const __nv_bfloat16(*st)[S][W] = buf[wy][j % D];
+      // steps past t1 (the last range of a sequence) read zeros and store nothing
+      const int own = t1 - (K - 1) - (t0 + j * S), rows = t1 - (t0 + j * S);
+#pragma unroll
+      for (int r = 0; r < S; ++r) {
+        float xt[C], gt[C];
+        load_c<C>(xt, &st[0][r][lane * C]);
+        load_c<C>(gt, &st[1][r][lane * C]);
+        conv_backward_step<K, C>(wk, bs, xw, dpw, xt, gt, r < own, acc, dxt);
+        if (in && r < rows) store_c<C>(dxp, dxt);
+        dxp += ldx;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k <= K; ++k)
+#pragma unroll
+    for (int c = 0; c < C; ++c) red[wy][k][lane * C + c] = acc[k][c];
+  __syncthreads();
+  const int g = b * gridDim.y + blockIdx.y;
+  for (int i = wy * kLanes + lane; i < (K + 1) * W; i += kLanes * kPipeWarps) {
+    const int k = i / W, j = i % W;
+    if (e0 + j >= E) continue;
+    float s = 0.0f;
+#pragma unroll
+    for (int y = 0; y < kPipeWarps; ++y) s += red[y][k][j];
+    partial[(size_t(g) * (K + 1) + k) * E + e0 + j] = s;
+  }
+}
+
+// Forward: stage j holds x at times t0+j*S ...
+template <int K, class TO, int S, int D, int R>
+__global__ void __launch_bounds__(kLanes * kPipeWarps, 8)
+conv_forward_pipe_kernel(int L, int E, const __nv_bfloat16* x, int ldx, const float* w, const float* bias,
+                         TO* out) {
+  constexpr int C = 2, W = kLanes * C;
+  static_assert(S % 4 == 0 && R % S == 0 && (D & (D - 1)) == 0 && D >= 2);
+  __shared__ __align__(16) __nv_bfloat16 buf[kPipeWarps][D][S][W];  // [stage][row][channel]
+  const int lane = threadIdx.x, wy = threadIdx.y;
+  const int e0 = blockIdx.x * W, e = e0 + lane * C;
+  const int b = blockIdx.z;
+  const int t0 = (blockIdx.y * kPipeWarps + wy) * R;
+  if (t0 >= L) return;  // warp-uniform; no block barrier follows
+  const int t1 = min(t0 + R, L), nst = (t1 - t0 + S - 1) / S;
+  const __nv_bfloat16* xb = x + size_t(b) * L * ldx;
+  const bool chunk_in = e0 + (lane % 8) * 8 < E;
+  int tn = t0, jn = 0;
+  const __nv_bfloat16* xn = xb + size_t(tn) * ldx + e0 + (lane % 8) * 8;
+  auto issue = [&] {
+    stage_rows<S>(buf[wy][jn % D], xn, ldx, L - tn, chunk_in, x);
+    xn += size_t(S) * ldx;
+    tn += S;
+    ++jn;
+  };
+#pragma unroll
+  for (int j = 0; j + 1 < D; ++j) {
+    if (j < nst) issue();
+    cp_async_commit();
+  }
+  const bool in = e < E;
+  float wk[K][C] = {}, bs[C] = {}, xw[K][C];
+  if (in) load_conv_weights(w, bias, e, wk, bs);
+#pragma unroll
+  for (int j = 0; j + 1 < K; ++j) {
+    const int t = t0 - (K - 1) + j;
+#pragma unroll
+    for (int c = 0; c < C; ++c) xw[j][c] = 0.0f;
+    if (in && t >= 0) load_c<C>(xw[j], xb + size_t(t) * ldx + e);
+  }
+  TO* op = out + (size_t(b) * L + t0) * E + e;  // out row of the next step
+#pragma unroll 1
+  for (int j = 0; j < nst; ++j) {
+    cp_async_wait<D - 2>();
+    __syncwarp();  // every lane's copies of stage j landed; stage j-1's buffer is read
+    if (j + D - 1 < nst) issue();
+    cp_async_commit();
+    const int rows = t1 - (t0 + j * S);
+#pragma unroll
+    for (int r = 0; r < S; ++r) {
+      load_c<C>(xw[K - 1], &buf[wy][j % D][r][lane * C]);
+      float o[C];
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        float p = bs[c];
+#pragma unroll
+        for (int k = 0; k < K; ++k) p += wk[k][c] * xw[k][c];
+        o[c] = p * sigmoid_fast(p);
+      }
+      if (in && r < rows) store_c<C>(op, o);
+      op += E;
+#pragma unroll
+      for (int k = 0; k + 1 < K; ++k)
+#pragma unroll
+        for (int c = 0; c < C; ++c) xw[k][c] = xw[k + 1][c];
+    }
+  }
+}
+
 // dw[e, k] += sum_g partial[g][k][e]; dbias[e] += sum_g partial[g][K][e] (g in order)
 __global__ void __launch_bounds__(kColSumLanes * kColSumRows)
 conv_backward_dw_finish(int E, int K, int groups, const float* partial, float* dw, float* dbias) {
@@ -332,12 +544,60 @@ dim3 conv_grid(int B, int L, int E, int C) {
   return dim3(blocks_for(E, kLanes * C), blocks_for(L, kBlockTimes), B);
 }
 
+// BHASA_CONV_BWD_V: old (conv_backward_kernel everywhere) or a pipelined variant
+// s<S>d<D>r<R>[b1: no register cap] (timing; K = 4 with a bf16 dx; others take the
+// default s4d4r64). Read at each call (a lab switches it between calls; ~0.1 us a layer).
+enum class PipeVariant { old, s4d4r64, s4d4r64b1, s8d4r64, s8d2r64, s16d2r64, s4d4r128, s4d4r32 };
+PipeVariant pipe_variant() {
+  const char* e = std::getenv("BHASA_CONV_BWD_V");
+  const std::string s = e ? e : "";
+  if (s == "old") return PipeVariant::old;
+  if (s == "s4d4r64b1") return PipeVariant::s4d4r64b1;
+  if (s == "s8d4r64") return PipeVariant::s8d4r64;
+  if (s == "s8d2r64") return PipeVariant::s8d2r64;
+  if (s == "s16d2r64") return PipeVariant::s16d2r64;
+  if (s == "s4d4r128") return PipeVariant::s4d4r128;
+  if (s == "s4d4r32") return PipeVariant::s4d4r32;
+  return PipeVariant::s4d4r64;
+}
+
+// The pipelined backward's 16-byte copies: bf16 x and dout, rows of whole 16-byte chunks
+// at 16-byte boundaries; dx written in pairs.
+bool pipe_ok(int E, int ldx, ConstOperand x, ConstOperand dout, ConstOperand dx) {
+  return x.dtype == Dtype::bf16 && dout.dtype == Dtype::bf16 && E % 8 == 0 && ldx % 8 == 0 &&
+         aligned(x.p, 16) && aligned(dout.p, 16) && aligned(dx.p, 2 * int(dtype_bytes(dx.dtype)));
+}
+
 }  // namespace
 
 void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int ldx,
                          const float* w, const float* bias, Operand out) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
+  // BHASA_CONV_FWD_V: old (conv_forward_kernel only) or s4d4r64 / s16d2r64 (K = 4, bf16
+  // out; timing) against the default s8d4r64; read at each call, as BHASA_CONV_BWD_V
+  const char* fe = std::getenv("BHASA_CONV_FWD_V");
+  const std::string fv = fe ? fe : "";
+  if (fv != "old" && x.dtype == Dtype::bf16 && E % 8 == 0 && ldx % 8 == 0 && aligned(x.p, 16) &&
+      aligned(out.p, 2 * int(dtype_bytes(out.dtype)))) {
+    const auto* xp = static_cast<const __nv_bfloat16*>(x.p);
+    const dim3 grid(blocks_for(E, 2 * kLanes), blocks_for(L, kPipeWarps * 64), B), block(kLanes, kPipeWarps);
+    with_operand(out, [&](auto* o) {
+      with_k(K, [&](auto kc) {
+        constexpr int KK = decltype(kc)::value;
+        using TO = std::remove_pointer_t<decltype(o)>;
+        if constexpr (KK == 4 && std::is_same_v<TO, __nv_bfloat16>) {
+          if (fv == "s4d4r64")
+            return conv_forward_pipe_kernel<KK, TO, 4, 4, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
+          if (fv == "s16d2r64")
+            return conv_forward_pipe_kernel<KK, TO, 16, 2, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
+        }
+        conv_forward_pipe_kernel<KK, TO, 8, 4, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
+      });
+    });
+    BHASA_LAUNCH_CHECK("conv1d_silu_forward (pipelined)");
+    return;
+  }
   const bool pairs = pairs_ok(E, ldx, x, out);
   const dim3 block(kLanes, kSlices);
   with_operand(x, [&](auto* xp) {
@@ -361,6 +621,44 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
                           float* dw, float* dbias) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
+  const PipeVariant pv = pipe_variant();
+  if (pv != PipeVariant::old && pipe_ok(E, ldx, x, dout, dx)) {
+    const auto* xp = static_cast<const __nv_bfloat16*>(x.p);
+    const auto* g = static_cast<const __nv_bfloat16*>(dout.p);
+    const bool k4 = K == 4 && dx.dtype == Dtype::bf16;  // the timing variants' instances
+    const PipeVariant v = k4 ? pv : PipeVariant::s4d4r64;
+    const int R = v == PipeVariant::s4d4r32 ? 32 : v == PipeVariant::s4d4r128 ? 128 : 64;
+    const int gy = int(blocks_for(L, kPipeWarps * R)), groups = B * gy;
+    auto* partial = static_cast<float*>(
+        c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
+    const dim3 grid(blocks_for(E, 2 * kLanes), gy, B), block(kLanes, kPipeWarps);
+    with_operand(dx, [&](auto* d) {
+      with_k(K, [&](auto kc) {
+        constexpr int KK = decltype(kc)::value;
+        using O = std::remove_pointer_t<decltype(d)>;
+        auto go = [&](auto kern) {
+          kern<<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, g, d, partial);
+        };
+        if constexpr (KK == 4 && std::is_same_v<O, __nv_bfloat16>) {
+          switch (v) {
+            case PipeVariant::s4d4r64b1: return go(conv_backward_pipe_kernel<KK, O, 4, 4, 64, 1>);
+            case PipeVariant::s8d4r64: return go(conv_backward_pipe_kernel<KK, O, 8, 4, 64>);
+            case PipeVariant::s8d2r64: return go(conv_backward_pipe_kernel<KK, O, 8, 2, 64>);
+            case PipeVariant::s16d2r64: return go(conv_backward_pipe_kernel<KK, O, 16, 2, 64>);
+            case PipeVariant::s4d4r128: return go(conv_backward_pipe_kernel<KK, O, 4, 4, 128>);
+            case PipeVariant::s4d4r32: return go(conv_backward_pipe_kernel<KK, O, 4, 4, 32>);
+            default: break;
+          }
+        }
+        go(conv_backward_pipe_kernel<KK, O, 4, 4, 64>);
+      });
+    });
+    BHASA_LAUNCH_CHECK("conv1d_silu_backward (pipelined)");
+    conv_backward_dw_finish<<<blocks_for(size_t(K + 1) * E, kColSumLanes), dim3(kColSumLanes, kColSumRows), 0,
+                              c.stream>>>(E, K, groups, partial, dw, dbias);
+    BHASA_LAUNCH_CHECK("conv1d_silu_backward_dw_finish");
+    return;
+  }
   const int groups = B * int(blocks_for(L, kBlockTimes));
   auto* partial = static_cast<float*>(
       c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
