@@ -18,7 +18,6 @@
 #include <string>
 
 #include "kernels/cuda/cuda_common.cuh"
-#include "kernels/cuda/scan_common.cuh"  // cp_async16
 
 namespace bhasa::cuda {
 
@@ -266,9 +265,6 @@ conv_backward_kernel(int L, int E, const TX* x, int ldx, const float* w, const f
 // ~45% of the bytes floor at the m130 shape. Steps carry no early exit and stores go
 // through running pointers: each step is its arithmetic plus ~8 instructions.
 constexpr int kPipeWarps = 4;  // warps a block: consecutive time ranges of the same channels
-using scan_detail::cp_async16;
-using scan_detail::cp_async_commit;
-using scan_detail::cp_async_wait;
 
 // Copies the warp's 128-byte slices of S rows (at stride ld) into dst[S][64]: lane copies
 // 16-byte chunk lane % 8 (src: that chunk of the first row) of rows lane / 8 + 4 i; rows

@@ -236,6 +236,24 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
   *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(q);
 }
 
+// cp.async: a 4-byte copy global -> shared that bypasses registers; ok = false writes 0.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
+               : "memory");
+}
+// cp.async of 16 bytes (both addresses 16-byte aligned: 4 floats or 8 bf16); ok = false
+// writes zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// waits until at most P of this thread's committed groups are still in flight
+template <int P>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(P) : "memory"); }
+
 // torch: dst = src.to(torch.bfloat16)   src (n) fp32, dst (n) bf16, on stream (weight_mirror.cu)
 void flat_to_bf16(cudaStream_t stream, const float* src, size_t n, void* dst);
 

@@ -49,23 +49,7 @@ __device__ __forceinline__ float softplus_fast(float x) {
 // r % 4 so that 4 consecutive steps of 8 channels (one warp's epilogue reads) hit 32 banks.
 __device__ __forceinline__ int swz(int r, int c) { return r * kChannels + (c ^ ((r & 3) << 3)); }
 
-// cp.async: a 4-byte copy global -> shared that bypasses registers; ok = false writes 0.
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0)
-               : "memory");
-}
-// cp.async of 16 bytes (both addresses 16-byte aligned: 4 floats or 8 bf16); ok = false
-// writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// waits until at most P of this thread's committed groups are still in flight
-template <int P>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(P) : "memory"); }
+// cp.async helpers (cp_async4, cp_async16, cp_async_commit, cp_async_wait): cuda_common.cuh
 
 
 // Warp reduce-scatter of V values per lane over the lane bits O, O/2, .., OMIN: each

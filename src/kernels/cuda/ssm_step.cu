@@ -268,9 +268,9 @@ ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __r
   // constants: dt_w's tile into shared memory, this thread's channel constants into registers
   for (int i = threadIdx.x; i < kTileE * R4; i += kTileThreads) {
     const int c = i / R4, q = i % R4;
-    scan_detail::cp_async16(sdt + c * RS + 4 * q, dt_w + size_t(e0 + c) * R + 4 * q, true);
+    cp_async16(sdt + c * RS + 4 * q, dt_w + size_t(e0 + c) * R + 4 * q, true);
   }
-  scan_detail::cp_async_commit();
+  cp_async_commit();
   const int r1 = threadIdx.x / kTileE, c1 = threadIdx.x % kTileE, e1 = e0 + c1;  // phase 1
   float cw[kMaxK];
 #pragma unroll
@@ -295,18 +295,18 @@ ssm_step_tile_kernel(int B, int E, int N, int R, int K, int RB, const float* __r
     float* s = srow + size_t(r) * rowf;
     const float* hsrc = h + (size_t(b) * E + e0) * N;
     for (int i = threadIdx.x; i < kTileE * N4; i += kTileThreads)
-      scan_detail::cp_async16(s + 4 * i, hsrc + 4 * i, true);
+      cp_async16(s + 4 * i, hsrc + 4 * i, true);
     for (int i = threadIdx.x; i < (K + 1) * kTileE / 4 + P / 4; i += kTileThreads) {
       const int seg = i / (kTileE / 4), q = i % (kTileE / 4);
       const float* src = seg == 0 ? x + size_t(b) * ldxz + e0 + 4 * q
                          : seg == 1 ? z + size_t(b) * ldxz + e0 + 4 * q
                          : seg <= K ? conv_state + (size_t(b) * H + seg - 2) * E + e0 + 4 * q
                                     : dbc + size_t(b) * P + 4 * (i - (K + 1) * kTileE / 4);
-      scan_detail::cp_async16(s + kTileE * N + 4 * i, src, true);
+      cp_async16(s + kTileE * N + 4 * i, src, true);
     }
   }
-  scan_detail::cp_async_commit();
-  scan_detail::cp_async_wait<0>();
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
 
   // phase 1: the channel's scalars, once per (row r1, channel c1)

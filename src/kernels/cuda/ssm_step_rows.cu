@@ -112,15 +112,15 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   const int P4 = P / 4;
   for (int i = threadIdx.x; i < kLanes * P4; i += kRowsThreads) {
     const int r = i / P4;
-    scan_detail::cp_async16(sdb + 4 * i, dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (i - r * P4), r < nr);
+    cp_async16(sdb + 4 * i, dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (i - r * P4), r < nr);
   }
-  scan_detail::cp_async_commit();
+  cp_async_commit();
 #pragma unroll
   for (int j = 0; j < J; ++j) {  // (before pdl_wait, this wait for A_log held the state loads back)
     a4[j] = make_float4(-ex2_(a4[j].x * kLog2e) * kLog2e, -ex2_(a4[j].y * kLog2e) * kLog2e,
                         -ex2_(a4[j].z * kLog2e) * kLog2e, -ex2_(a4[j].w * kLog2e) * kLog2e);
   }
-  scan_detail::cp_async_wait<0>();
+  cp_async_wait<0>();
   __syncthreads();
 
   // phase 1: delta of row k from the 4 lanes' partial dots
