@@ -5,8 +5,9 @@
 // (dx to the bf16 band, dw / dbias at 1e-5 on sequence 0 alone) and prints hashes of all of
 // dx, of dw and dbias, and of out so runs under different variants can be compared bit for
 // bit (dw / dbias sum in a different order in the old and pipelined kernels).
-// argv: BWD[/FWD] pairs of BHASA_CONV_BWD_V / BHASA_CONV_FWD_V values to time, in order
-// (FWD default: the default; default list: old/old new/new old/old new/new).
+// argv: BWD[/FWD] pairs of BHASA_CONV_BWD_V / BHASA_CONV_FWD_V values to time, in order:
+// old is main's kernels, anything else the pipelined ones (FWD default: new; default list:
+// old/old new/new old/old new/new).
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -437,8 +437,8 @@ TEST(CudaBf16, ConvBackwardReadsBf16Dout) {
 // The pipelined conv forward and backward (bf16 x and dout, E and ldx multiples of 8,
 // 16-byte aligned) and their fallbacks, out / dx bf16 or fp32: (B, L, E, K, ldx - 2E, x
 // offset in elements).
-// L = 300 ends inside a block of time (256 = 4 warps x 64), L = 37 / 8 inside one warp's
-// range; E = 200 / 80 leave part of a 64-channel group empty; K from 1 to 6; ldx + 8 keeps
+// L = 300 ends inside a block of time (4 warps x 64 times, 128 at K = 4 with a bf16 dx),
+// L = 37 / 8 inside one warp's range; E = 200 / 80 leave part of a 64-channel group empty; K from 1 to 6; ldx + 8 keeps
 // the pipelined path, an x offset of 4 (8-byte aligned) and E = 36 take the old kernel.
 class CudaBf16ConvPipe : public ::testing::TestWithParam<std::tuple<int, int, int, int, int, int>> {};
 

@@ -11,8 +11,8 @@
 // partial per (sequence, block of time), and then summed in group order: no
 // atomics, bitwise repeatable.
 // A bf16 x (and, backward, a bf16 dout: a bf16 training plan) takes the pipelined
-// kernels below instead, which stage rows through shared memory with cp.async (the
-// m130 step's backward 0.165 -> see NOTES.md, "conv1d pipelined").
+// kernels below instead, which stage rows through shared memory with cp.async (at the
+// m130 shape: backward 0.165 -> 0.098 ms, forward 0.076 -> 0.060; bench/cuda_lab/NOTES.md).
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -284,8 +284,8 @@ __device__ __forceinline__ void stage_rows(__nv_bfloat16 (*dst)[kLanes * 2], con
 // dx[t-K+1]. A block is kPipeWarps warps over consecutive ranges of the same channels;
 // their dw/dbias sums are added in warp order into one partial per group
 // (g = b * gridDim.y + blockIdx.y), as conv_backward_kernel's.
-template <int K, class O, int S, int D, int R, int MB = 8>
-__global__ void __launch_bounds__(kLanes * kPipeWarps, MB)
+template <int K, class O, int S, int D, int R>
+__global__ void __launch_bounds__(kLanes * kPipeWarps, 8)
 conv_backward_pipe_kernel(int L, int E, const __nv_bfloat16* x, int ldx, const float* w, const float* bias,
                           const __nv_bfloat16* dout, O* dx, float* partial) {
   constexpr int C = 2, W = kLanes * C;   // channels a lane, a warp
@@ -540,21 +540,12 @@ dim3 conv_grid(int B, int L, int E, int C) {
   return dim3(blocks_for(E, kLanes * C), blocks_for(L, kBlockTimes), B);
 }
 
-// BHASA_CONV_BWD_V: old (conv_backward_kernel everywhere) or a pipelined variant
-// s<S>d<D>r<R>[b1: no register cap] (timing; K = 4 with a bf16 dx; others take the
-// default s4d4r64). Read at each call (a lab switches it between calls; ~0.1 us a layer).
-enum class PipeVariant { old, s4d4r64, s4d4r64b1, s8d4r64, s8d2r64, s16d2r64, s4d4r128, s4d4r32 };
-PipeVariant pipe_variant() {
-  const char* e = std::getenv("BHASA_CONV_BWD_V");
-  const std::string s = e ? e : "";
-  if (s == "old") return PipeVariant::old;
-  if (s == "s4d4r64b1") return PipeVariant::s4d4r64b1;
-  if (s == "s8d4r64") return PipeVariant::s8d4r64;
-  if (s == "s8d2r64") return PipeVariant::s8d2r64;
-  if (s == "s16d2r64") return PipeVariant::s16d2r64;
-  if (s == "s4d4r128") return PipeVariant::s4d4r128;
-  if (s == "s4d4r32") return PipeVariant::s4d4r32;
-  return PipeVariant::s4d4r64;
+// BHASA_CONV_BWD_V=old / BHASA_CONV_FWD_V=old: main's conv_backward_kernel /
+// conv_forward_kernel everywhere (an A/B switch; read at each call, so a lab can switch
+// between calls: ~0.1 us a layer).
+bool env_old(const char* name) {
+  const char* e = std::getenv(name);
+  return e && std::string(e) == "old";
 }
 
 // The pipelined backward's 16-byte copies: bf16 x and dout, rows of whole 16-byte chunks
@@ -570,24 +561,14 @@ void conv1d_silu_forward(Ctx& c, int B, int L, int E, int K, ConstOperand x, int
                          const float* w, const float* bias, Operand out) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
-  // BHASA_CONV_FWD_V: old (conv_forward_kernel only) or s4d4r64 / s16d2r64 (K = 4, bf16
-  // out; timing) against the default s8d4r64; read at each call, as BHASA_CONV_BWD_V
-  const char* fe = std::getenv("BHASA_CONV_FWD_V");
-  const std::string fv = fe ? fe : "";
-  if (fv != "old" && x.dtype == Dtype::bf16 && E % 8 == 0 && ldx % 8 == 0 && aligned(x.p, 16) &&
-      aligned(out.p, 2 * int(dtype_bytes(out.dtype)))) {
+  if (!env_old("BHASA_CONV_FWD_V") && x.dtype == Dtype::bf16 && E % 8 == 0 && ldx % 8 == 0 &&
+      aligned(x.p, 16) && aligned(out.p, 2 * int(dtype_bytes(out.dtype)))) {
     const auto* xp = static_cast<const __nv_bfloat16*>(x.p);
     const dim3 grid(blocks_for(E, 2 * kLanes), blocks_for(L, kPipeWarps * 64), B), block(kLanes, kPipeWarps);
     with_operand(out, [&](auto* o) {
       with_k(K, [&](auto kc) {
         constexpr int KK = decltype(kc)::value;
         using TO = std::remove_pointer_t<decltype(o)>;
-        if constexpr (KK == 4 && std::is_same_v<TO, __nv_bfloat16>) {
-          if (fv == "s4d4r64")
-            return conv_forward_pipe_kernel<KK, TO, 4, 4, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
-          if (fv == "s16d2r64")
-            return conv_forward_pipe_kernel<KK, TO, 16, 2, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
-        }
         conv_forward_pipe_kernel<KK, TO, 8, 4, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, o);
       });
     });
@@ -617,14 +598,13 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
                           float* dw, float* dbias) {
   check_k(K);
   if (size_t(B) * L * E == 0) return;
-  const PipeVariant pv = pipe_variant();
-  if (pv != PipeVariant::old && pipe_ok(E, ldx, x, dout, dx)) {
+  if (!env_old("BHASA_CONV_BWD_V") && pipe_ok(E, ldx, x, dout, dx)) {
     const auto* xp = static_cast<const __nv_bfloat16*>(x.p);
     const auto* g = static_cast<const __nv_bfloat16*>(dout.p);
-    const bool k4 = K == 4 && dx.dtype == Dtype::bf16;  // the timing variants' instances
-    const PipeVariant v = k4 ? pv : PipeVariant::s4d4r64;
-    const int R = v == PipeVariant::s4d4r32 ? 32 : v == PipeVariant::s4d4r128 ? 128 : 64;
-    const int gy = int(blocks_for(L, kPipeWarps * R)), groups = B * gy;
+    // 128 times a warp at K = 4 with a bf16 dx (the m130 step: 0.097 ms against 0.100 at
+    // 64, 0.107 at 32); other K and an fp32 dx (tests only) 64.
+    const bool r128 = K == 4 && dx.dtype == Dtype::bf16;
+    const int gy = int(blocks_for(L, kPipeWarps * (r128 ? 128 : 64))), groups = B * gy;
     auto* partial = static_cast<float*>(
         c.scratch->get(kConvPartials, size_t(groups) * (K + 1) * E * sizeof(float)));
     const dim3 grid(blocks_for(E, 2 * kLanes), gy, B), block(kLanes, kPipeWarps);
@@ -632,21 +612,10 @@ void conv1d_silu_backward(Ctx& c, int B, int L, int E, int K, ConstOperand x, in
       with_k(K, [&](auto kc) {
         constexpr int KK = decltype(kc)::value;
         using O = std::remove_pointer_t<decltype(d)>;
-        auto go = [&](auto kern) {
-          kern<<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, g, d, partial);
-        };
-        if constexpr (KK == 4 && std::is_same_v<O, __nv_bfloat16>) {
-          switch (v) {
-            case PipeVariant::s4d4r64b1: return go(conv_backward_pipe_kernel<KK, O, 4, 4, 64, 1>);
-            case PipeVariant::s8d4r64: return go(conv_backward_pipe_kernel<KK, O, 8, 4, 64>);
-            case PipeVariant::s8d2r64: return go(conv_backward_pipe_kernel<KK, O, 8, 2, 64>);
-            case PipeVariant::s16d2r64: return go(conv_backward_pipe_kernel<KK, O, 16, 2, 64>);
-            case PipeVariant::s4d4r128: return go(conv_backward_pipe_kernel<KK, O, 4, 4, 128>);
-            case PipeVariant::s4d4r32: return go(conv_backward_pipe_kernel<KK, O, 4, 4, 32>);
-            default: break;
-          }
-        }
-        go(conv_backward_pipe_kernel<KK, O, 4, 4, 64>);
+        if constexpr (KK == 4 && std::is_same_v<O, __nv_bfloat16>)
+          conv_backward_pipe_kernel<KK, O, 4, 4, 128><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, g, d, partial);
+        else
+          conv_backward_pipe_kernel<KK, O, 4, 4, 64><<<grid, block, 0, c.stream>>>(L, E, xp, ldx, w, bias, g, d, partial);
       });
     });
     BHASA_LAUNCH_CHECK("conv1d_silu_backward (pipelined)");
