@@ -4,8 +4,6 @@
 // (head_loss) stay eager between them: they hand the loss to the host.
 #include "model/mamba.h"
 
-#include "model/buffers.h"
-
 namespace bhasa {
 
 void MambaLM::set_train_graphs(bool on) {
