@@ -22,6 +22,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/kernels.h"
+#include "lab_util.h"
 
 using namespace bhasa;
 
@@ -38,30 +39,10 @@ float urand() {  // uniform on [-sqrt(3), sqrt(3)]: unit variance
   xs_state ^= xs_state << 17;
   return 1.7320508f * (float(int32_t(xs_state >> 40) & 0xffffff) / 8388608.0f - 1.0f);
 }
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 uint64_t fnv(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {  // n: a multiple of 8
   const auto* c = static_cast<const uint64_t*>(p);
   for (size_t i = 0; i < n / 8; ++i) h = (h ^ c[i]) * 1099511628211ull;
   return h;
-}
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-60));
 }
 
 }  // namespace
@@ -76,10 +57,9 @@ int main(int argc, char** argv) {
   if (argc < 2) variants.assign(std::begin(kDefault), std::end(kDefault));
   auto gpu = make_cuda_backend("bf16");
   auto cpu = make_cpu_backend();
-  auto stream = static_cast<cudaStream_t>(cuda_stream_of(*gpu));
   std::vector<uint16_t> hxz(T * 2 * E), hg(T * E);
-  for (auto& h : hxz) h = to_bf16(urand());
-  for (auto& h : hg) h = to_bf16(urand());
+  for (auto& h : hxz) h = bf16_bits(urand());
+  for (auto& h : hg) h = bf16_bits(urand());
   std::vector<float> w(size_t(E) * K), bias(E);
   for (auto& f : w) f = 0.5f * urand();
   for (auto& f : bias) f = urand();
@@ -94,25 +74,7 @@ int main(int argc, char** argv) {
   gpu->upload(dw_, w.data(), w.size());
   gpu->upload(db_, bias.data(), E);
 
-  auto time_ms = [&](const std::function<void()>& f) {
-    for (int i = 0; i < 5; ++i) f();
-    gpu->synchronize();
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    std::vector<float> ts;
-    for (int i = 0; i < 50; ++i) {
-      cudaEventRecord(a, stream);
-      f();
-      cudaEventRecord(b, stream);
-      cudaEventSynchronize(b);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, a, b);
-      ts.push_back(ms);
-    }
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
-  };
+  auto time_ms = [&](const std::function<void()>& f) { return median_ms(*gpu, f, 5, 50); };
   int failures = 0;
   for (const char* v : variants) {
     const std::string vs = v, bv = vs.substr(0, vs.find('/')),
@@ -142,18 +104,18 @@ int main(int argc, char** argv) {
     gpu->download(rb.data(), gb, E);
     std::vector<float> x0(size_t(L) * 2 * E), g0(size_t(L) * E), cdx(size_t(L) * 2 * E, 0.0f), cw(w.size(), 0.0f),
         cb(E, 0.0f);
-    for (size_t i = 0; i < x0.size(); ++i) x0[i] = from_bf16(hxz[i]);
-    for (size_t i = 0; i < g0.size(); ++i) g0[i] = from_bf16(hg[i]);
+    for (size_t i = 0; i < x0.size(); ++i) x0[i] = from_bf16_bits(hxz[i]);
+    for (size_t i = 0; i < g0.size(); ++i) g0[i] = from_bf16_bits(hg[i]);
     cpu->conv1d_silu_backward(1, L, E, K, x0.data(), 2 * E, w.data(), bias.data(), g0.data(), cdx.data(), cw.data(),
                               cb.data());
     std::vector<float> gdx, rdx;  // dx columns, CPU rounded to bf16
     size_t differ = 0;
     for (int t = 0; t < L; ++t)
       for (int e = 0; e < E; ++e) {
-        const float a = from_bf16(hdx[size_t(t) * 2 * E + e]), r = cdx[size_t(t) * 2 * E + e];
+        const float a = from_bf16_bits(hdx[size_t(t) * 2 * E + e]), r = cdx[size_t(t) * 2 * E + e];
         gdx.push_back(a);
         rdx.push_back(r);
-        differ += a != from_bf16(to_bf16(r));
+        differ += a != from_bf16_bits(bf16_bits(r));
       }
     // The forward's out (xs): hash of all, sequence 0 against the CPU.
     std::vector<uint16_t> hxs(T * E);
@@ -161,7 +123,7 @@ int main(int argc, char** argv) {
     const uint64_t hf = fnv(hxs.data(), hxs.size() * 2);
     std::vector<float> cxs(size_t(L) * E), gxs(size_t(L) * E);
     cpu->conv1d_silu_forward(1, L, E, K, x0.data(), 2 * E, w.data(), bias.data(), cxs.data());
-    for (size_t i = 0; i < gxs.size(); ++i) gxs[i] = from_bf16(hxs[i]);
+    for (size_t i = 0; i < gxs.size(); ++i) gxs[i] = from_bf16_bits(hxs[i]);
     const double exs = rel_l2(gxs, cxs);
     const double edx = rel_l2(gdx, rdx), edw = rel_l2(rw, cw), edb = rel_l2(rb, cb);
     const bool ok = edx < 4e-3 && edw <= 1e-5 && edb <= 1e-5 && exs < 4e-3;

@@ -22,6 +22,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/kernels.h"
+#include "lab_util.h"
 
 using namespace bhasa;
 
@@ -39,30 +40,6 @@ std::vector<float> uniform(size_t n, uint64_t s, float scale) {  // uniform on [
     x = scale * (float(int32_t(s >> 40) & 0xffffff) / 8388608.0f - 1.0f);
   }
   return v;
-}
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-60));
-}
-
-// Median of `iters` runs of f after `warmup`, timed with the backend's marks (CUDA events).
-double median_ms(Backend& be, const std::function<void()>& f, int warmup = 3, int iters = 15) {
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> ts;
-  for (int i = 0; i < iters; ++i) {
-    be.mark(0);
-    f();
-    be.mark(1);
-    ts.push_back(be.seconds(0, 1) * 1e3);
-  }
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
 }
 
 // The inputs of one backend: X (T, D), W (V, D), targets (T), dX, dW.

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/kernels.h"
+#include "lab_util.h"
 
 using namespace bhasa;
 
@@ -58,7 +59,6 @@ constexpr double kCopyBytesPerMs = 4.29e9;
 struct Lab {
   Backend& gpu;
   Backend& cpu;
-  cudaStream_t stream;
   std::vector<float*> owned;
   struct Row {
     std::string name;
@@ -89,25 +89,7 @@ struct Lab {
 
   // Median of `iters` event-timed runs after `warmup` untimed ones, in ms.
   double time_ms(const std::function<void()>& f, int warmup = 3, int iters = 20) {
-    for (int i = 0; i < warmup; ++i) f();
-    gpu.synchronize();
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    std::vector<float> ts;
-    for (int i = 0; i < iters; ++i) {
-      cudaEventRecord(a, stream);
-      f();
-      cudaEventRecord(b, stream);
-      cudaEventSynchronize(b);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, a, b);
-      ts.push_back(ms);
-    }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
+    return median_ms(gpu, f, warmup, iters);
   }
   void add(const std::string& name, double ms, double bytes, double flops, double err, double tol) {
     rows.push_back({name, ms, bytes / ms / 1e6, flops / ms / 1e9, err, tol, bytes / kCopyBytesPerMs});
@@ -196,11 +178,7 @@ void scan_rows(Lab& lab, bool profile_only = false) {
       Operand o = lab.gpu.alloc_operand(v.size(), Dtype::bf16);
       held.push_back(o.p);
       std::vector<uint16_t> h(v.size() + 1, 0);
-      for (size_t i = 0; i < v.size(); ++i) {
-        uint32_t w;
-        std::memcpy(&w, &v[i], 4);
-        h[i] = uint16_t((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
-      }
+      for (size_t i = 0; i < v.size(); ++i) h[i] = bf16_bits(v[i]);
       lab.gpu.upload(static_cast<float*>(o.p), reinterpret_cast<const float*>(h.data()), (v.size() + 1) / 2);
       return o;
     };
@@ -426,7 +404,7 @@ int main(int argc, char** argv) {
   }
   auto gpu = make_cuda_backend();
   auto cpu = make_cpu_backend();
-  Lab lab{*gpu, *cpu, static_cast<cudaStream_t>(cuda_stream_of(*gpu))};
+  Lab lab{*gpu, *cpu};
   std::printf("bhasa CUDA kernel lab on %s\n", gpu->name().c_str());
   if (only == ",scanprof,") {
     scan_rows(lab, true);

@@ -40,6 +40,7 @@ class CudaBackend final : public Backend {
     mirrors_ = std::make_unique<cuda::WeightMirrors>(stream_);
     bf16_weights_ = opt.bf16_weights && opt.gemm == GemmMath::bf16;
     y_bf16_ = opt.y_bf16;
+    train_graphs_ = opt.train_graphs;
     if (const char* n = std::getenv("BHASA_CUDA_W16_MIN_N")) w16_min_n_ = std::atoi(n);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -115,13 +116,17 @@ class CudaBackend final : public Backend {
   }
 
   // ---- kernels --------------------------------------------------------------
+  static std::string gemm_name(bool ta, bool tb, int M, int N, int K) {
+    return "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") +
+           (tb ? "T" : "N");
+  }
   void gemm(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B,
             int ldb, float beta, Operand Cop, int ldc) override {
-    BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N"));
+    BHASA_PROFILE_OP(*profile_, gemm_name(ta, tb, M, N, K));
     wrote(Cop, M, N, ldc);
     // a bf16 C (a training activation): cuBLASLt writes it from the fp32 accumulators
     if (Cop.dtype == Dtype::bf16)
-      return gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, beta, Cop, ldc);
+      return gemm_->run(ta, tb, M, N, K, A, lda, mirrored_b(tb, N, K, B, ldb, A, M), ldb, beta, Cop, ldc);
     float* C = Cop.f32();
     const bool fp32 = A.dtype == Dtype::f32 && B.dtype == Dtype::f32;
     const void* w16 = B.dtype == Dtype::f32 && !ta && tb ? decode_weight(M, N, K, B.f32(), ldb) : nullptr;  // (N, K) bf16, or null
@@ -138,7 +143,7 @@ class CudaBackend final : public Backend {
       cuda::rows_to_bf16(ctx_, M, K, A.f32(), lda, a16);
       return gemm_->run_w16(M, N, K, nullptr, K, a16, w16, ldb, beta, C, ldc);
     }
-    gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, beta, C, ldc);
+    gemm_->run(ta, tb, M, N, K, A, lda, mirrored_b(tb, N, K, B, ldb, A, M), ldb, beta, C, ldc);
   }
 
   // cuBLASLt reads R as its C and writes C as its D: no copy of the residual. Decode's
@@ -146,9 +151,9 @@ class CudaBackend final : public Backend {
   void gemm_residual(bool ta, bool tb, int M, int N, int K, ConstOperand A, int lda, ConstOperand B, int ldb,
                      const float* R, float* C, int ldc) override {
     if (R == C || M <= 64 || K == 0) return Backend::gemm_residual(ta, tb, M, N, K, A, lda, B, ldb, R, C, ldc);
-    BHASA_PROFILE_OP(*profile_, "gemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N") + " +R");
+    BHASA_PROFILE_OP(*profile_, gemm_name(ta, tb, M, N, K) + " +R");
     wrote(C, M, N, ldc);
-    gemm_->run(ta, tb, M, N, K, A, lda, mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N), ldb, 1.0f, C, ldc, R);
+    gemm_->run(ta, tb, M, N, K, A, lda, mirrored_b(tb, N, K, B, ldb, A, M), ldb, 1.0f, C, ldc, R);
   }
 
   // dY is A in both products (slot 0 of the bf16 copies): pinned, it is converted once.
@@ -346,15 +351,8 @@ class CudaBackend final : public Backend {
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   bool supports_graphs() const override { return true; }
-  // BHASA_TRAIN_GRAPHS=0 runs the training step launch by launch (comparisons); the op
-  // profile's events cannot be captured.
-  bool graphs_for_training() const override {
-    static const bool on = [] {
-      const char* v = std::getenv("BHASA_TRAIN_GRAPHS");
-      return !v || std::atoi(v) != 0;
-    }();
-    return on && !profile_->enabled();
-  }
+  // The op profile's events cannot be captured.
+  bool graphs_for_training() const override { return train_graphs_ && !profile_->enabled(); }
   // Thread-local capture: only this thread's calls on our stream are recorded; any
   // call that would synchronise (upload, download, alloc) fails the capture loudly.
   void graph_begin_capture() override {
@@ -440,6 +438,10 @@ class CudaBackend final : public Backend {
     const void* w16 = mirrors_->find(static_cast<const float*>(X.p), size_t(rows - 1) * ld + cols);
     return w16 ? ConstOperand(w16, Dtype::bf16) : X;
   }
+  // The same for a GEMM's B: (N, K) when tb, else (K, N).
+  ConstOperand mirrored_b(bool tb, int N, int K, ConstOperand B, int ldb, ConstOperand A, int M) const {
+    return mirrored(B, tb ? N : K, tb ? K : N, ldb, A, M, N);
+  }
   void to_device(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;
     BHASA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
@@ -457,6 +459,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::WeightMirrors> mirrors_;
   bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
   bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM (with bf16_weights_)
+  bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
@@ -495,7 +498,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // ones are timed at their first call; =all: every shape), BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
 // output that rounds an fp32 A for a bf16 weight (default 128), BHASA_CUDA_Y16=0 keeps the
 // decode step's y in fp32 at every batch (then rounded for out_proj by rows_to_bf16),
-// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk (for comparisons).
+// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk, BHASA_TRAIN_GRAPHS=0 runs the training
+// step launch by launch (both for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
   if (const char* gemm = std::getenv("BHASA_CUDA_GEMM")) opt.gemm = parse_gemm_math(gemm);
@@ -511,6 +515,8 @@ static CudaOptions options_from_env() {
   if (tune && std::string(tune) == "all") opt.tune_all = true;
   const char* y16 = std::getenv("BHASA_CUDA_Y16");
   if (y16 && std::string(y16) == "0") opt.y_bf16 = false;
+  const char* graphs = std::getenv("BHASA_TRAIN_GRAPHS");
+  if (graphs && std::string(graphs) == "0") opt.train_graphs = false;
   return opt;
 }
 

@@ -44,6 +44,8 @@ struct CudaOptions {
   // logits are held as bf16, rows x V (1.65 GB at 16384 x 50280). At m130's 32768 x 50280:
   // 12.2 ms per step at 16384, 12.5 at 8192 (bench/cuda_lab/NOTES.md).
   int head_chunk = 16384;
+  // A training plan's forward stack and backward as CUDA graphs (Backend::graphs_for_training).
+  bool train_graphs = true;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 
