@@ -246,6 +246,10 @@ class Backend {
   // gives the same mask on every backend, so backward re-applies it to the gradient.
   // x (n) dense, fp32 or operand_dtype(); p in [0, 1); p = 0 leaves x untouched.
   virtual void dropout(size_t n, Operand x, float p, uint64_t seed) = 0;
+  // The same with the seed read from backend memory when the kernel runs: seed points at
+  // two int32 holding the uint64 (low word first). A captured graph (the training step's)
+  // then draws a new mask each replay from what was uploaded there before it.
+  virtual void dropout_at(size_t n, Operand x, float p, const int32_t* seed) = 0;
 
   // ---- one decode step (L = 1 with states), fused -------------------------------
   // out (M, N) = norm(x) @ W^T with norm as norm_forward (rms, or layer when b), W (N, K)

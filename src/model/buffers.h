@@ -58,6 +58,9 @@ struct MambaLM::Activations {
   float* logits;
   int32_t* ids;     // (T)
   int32_t* targets; // (T)
+  // (n_layer, 2, 2) a training plan's dropout seeds, per (layer, sublayer): uint64 as two
+  // int32, uploaded by each training forward and read by the kernels (Backend::dropout_at)
+  int32_t* drop_seeds = nullptr;
   // backward scratch, one layer's worth, reused by every layer
   float* d_resid;   // (T, D)
   Operand d_resid16;  // (T, D): d_resid in operand_dtype() for the GEMMs' dY; null when that is fp32
@@ -109,6 +112,7 @@ struct MambaLM::Activations {
     ids = be.alloc_i32(t);
     targets = be.alloc_i32(t);
     bytes += 2 * t * sizeof(int32_t);
+    if (train) drop_seeds = be.alloc_i32(4 * size_t(nl));
     d_resid = d_dbc = d_f = d_g = nullptr;
     if (train) {
       d_resid = take(t * D);
@@ -136,6 +140,7 @@ struct MambaLM::Activations {
     for (void* p : owned) be.free(p);
     be.free(ids);
     be.free(targets);
+    if (drop_seeds) be.free(drop_seeds);
   }
 };
 

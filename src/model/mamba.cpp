@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/dropout.h"
@@ -35,13 +37,23 @@ void MambaLM::zero_grads() { be_.zero(grads_, layout_.total); }
 
 void MambaLM::set_dropout(float p, uint64_t seed) {
   check(p >= 0.0f && p < 1.0f, "dropout must be in [0, 1), got " + std::to_string(p));
+  if (p != dropout_p_) release_train_graphs();  // they launch the dropout kernels with p, or none
   dropout_p_ = p;
   dropout_seed_ = seed;
 }
 
-// Each layer's mixer (sublayer 0) and MLP (sublayer 1) draws its own mask.
-static uint64_t layer_drop_seed(uint64_t seed, int layer, int sublayer) {
-  return dropout_seed(seed, uint64_t(layer), uint64_t(sublayer));
+// Each layer's mixer (sublayer 0) and MLP (sublayer 1) draws its own mask: its seed is
+// dropout_seed(seed, layer, sublayer), uploaded into a.drop_seeds by each training forward.
+static void upload_drop_seeds(Backend& be, int32_t* drop_seeds, int n_layer, uint64_t seed) {
+  std::vector<uint64_t> seeds(2 * size_t(n_layer));  // (n_layer, 2)
+  for (int l = 0; l < n_layer; l++)
+    for (int sub = 0; sub < 2; sub++) seeds[2 * l + sub] = dropout_seed(seed, uint64_t(l), uint64_t(sub));
+  std::vector<int32_t> words(2 * seeds.size());
+  std::memcpy(words.data(), seeds.data(), seeds.size() * sizeof(uint64_t));
+  be.upload_i32(drop_seeds, words.data(), words.size());
+}
+static const int32_t* layer_drop_seed(const int32_t* drop_seeds, int layer, int sublayer) {
+  return drop_seeds + 2 * (2 * layer + sublayer);
 }
 
 void MambaLM::plan(int B, int L) {
@@ -60,7 +72,7 @@ size_t MambaLM::activation_bytes() const { return act_ ? act_->bytes : 0; }
 // ---------------------------------------------------------------------------
 // forward
 
-void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64_t drop_seed) {
+void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p) {
   const ModelConfig& c = cfg_;
   const int B = a.B, L = a.L, T = a.T, D = c.d_model, E = c.d_inner(), N = c.d_state,
             R = c.dt_rank, K = c.d_conv, P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;
@@ -104,7 +116,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
                      P, W + p.D, xz + E, 2 * E, y, a.layer_states(l),
                      h_state, h_state);
     // y = dropout(y): the saved y is the dropped one, which out_proj's weight gradient needs
-    if (drop_p > 0) be_.dropout(size_t(T) * E, y, drop_p, layer_drop_seed(drop_seed, l, 0));
+    if (drop_p > 0) be_.dropout_at(size_t(T) * E, y, drop_p, layer_drop_seed(a.drop_seeds, l, 0));
     // x_out = x_in + y @ out_proj^T  (the GEMM reads x_in as its C: no copy of the residual)
     be_.gemm_residual(false, true, T, D, E, y, E, W + p.out_proj, E, x_in, x_out, D);
     sub++;
@@ -119,7 +131,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, uint64
                        a.mean + sub * ls * T, a.rstd + sub * ls * T);
       be_.gemm(false, true, T, 2 * I, D, h2, D, W + p.fc1, D, 0.f, f, 2 * I);
       be_.swiglu_forward(T, I, f, g);
-      if (drop_p > 0) be_.dropout(size_t(T) * I, g, drop_p, layer_drop_seed(drop_seed, l, 1));
+      if (drop_p > 0) be_.dropout_at(size_t(T) * I, g, drop_p, layer_drop_seed(a.drop_seeds, l, 1));
       be_.gemm_residual(false, true, T, D, I, g, I, W + p.fc2, I, m_in, m_out, D);
       sub++;
     }
@@ -187,9 +199,8 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
   be_.upload_i32(a.targets, targets, a.T);
   // Only training forwards drop; evaluation sees the whole network.
   last_drop_p_ = need_backward ? dropout_p_ : 0.0f;
-  last_drop_seed_ = dropout_seed_;
-  run_captured(fwd_graph_, need_backward && last_drop_p_ == 0.0f,
-               [&] { forward_stack(a, nullptr, last_drop_p_, last_drop_seed_); });
+  if (last_drop_p_ > 0) upload_drop_seeds(be_, a.drop_seeds, cfg_.n_layer, dropout_seed_);
+  run_captured(fwd_graph_, need_backward, [&] { forward_stack(a, nullptr, last_drop_p_); });
   const int T = a.T, D = cfg_.d_model;
   const float* emb = params_ + layout_.embedding;  // (V, D): the tied head's weight
   if (!need_backward) {
@@ -213,7 +224,7 @@ double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_ba
 
 void MambaLM::backward() {
   check(act_ != nullptr, "MambaLM::backward called before plan(B, L) and forward");
-  run_captured(bwd_graph_, last_drop_p_ == 0.0f, [&] { backward_stack(*act_); });
+  run_captured(bwd_graph_, true, [&] { backward_stack(*act_); });
 }
 
 void MambaLM::backward_stack(Activations& a) {
@@ -249,7 +260,7 @@ void MambaLM::backward_stack(Activations& a) {
       const float* g = a.g + size_t(l) * T * I;
       // m_out = m_in + g @ fc2^T
       be_.linear_backward(T, D, I, d_res, D, W + p.fc2, I, g, I, 0.f, a.d_g, I, G + p.fc2);
-      if (drop_p > 0) be_.dropout(size_t(T) * I, a.d_g, drop_p, layer_drop_seed(last_drop_seed_, l, 1));
+      if (drop_p > 0) be_.dropout_at(size_t(T) * I, a.d_g, drop_p, layer_drop_seed(a.drop_seeds, l, 1));
       be_.swiglu_backward(T, I, f, a.d_g, a.d_f);
       // f = h2 @ fc1^T
       be_.linear_backward(T, 2 * I, D, a.d_f, 2 * I, W + p.fc1, D, h2, D, 0.f, a.d_normed, D, G + p.fc1);
@@ -267,7 +278,7 @@ void MambaLM::backward_stack(Activations& a) {
     const float* states = a.layer_states(l);
     // x_out = x_in + y @ out_proj^T
     be_.linear_backward(T, D, E, d_res, D, W + p.out_proj, E, y, E, 0.f, a.d_y, E, G + p.out_proj);
-    if (drop_p > 0) be_.dropout(size_t(T) * E, a.d_y, drop_p, layer_drop_seed(last_drop_seed_, l, 0));
+    if (drop_p > 0) be_.dropout_at(size_t(T) * E, a.d_y, drop_p, layer_drop_seed(a.drop_seeds, l, 0));
     // the scan: d_y -> d_xs, d_dt, dB, dC (into d_dbc), dz (into d_xz's second half)
     be_.scan_backward(B, L, E, N, a.chunk, xs, dt, W + p.dt_proj_b, W + p.A_log, dbc + R, dbc + R + N, P,
                       W + p.D, xz + E, 2 * E, states, a.d_y, a.d_xs, a.d_dt, a.d_dbc + R,

@@ -75,7 +75,8 @@ class MambaLM {
   // Where the backend offers it (Backend::graphs_for_training), a training plan's
   // forward stack and backward are captured as graphs at their second run and replayed
   // after: the same kernels on the same buffers, bit for bit, launched as two graphs
-  // instead of ~600 launches a step. Not with dropout (its seeds are kernel arguments).
+  // instead of ~600 launches a step; with dropout too (the kernels read their seeds from
+  // memory that each training forward uploads).
   // set_train_graphs(false) keeps every step launch by launch.
   void set_train_graphs(bool on);
   bool train_graphs_captured() const { return fwd_graph_.handle >= 0 && bwd_graph_.handle >= 0; }
@@ -103,8 +104,8 @@ class MambaLM {
   struct Activations;
   // embedding -> layers -> final norm -> logits (B*L, V) into a.logits, for ids already in a.ids.
   // With a state, the conv and scan continue from it and leave their final states in it.
-  // drop_p > 0 (training forwards only): dropout on y and g with masks from drop_seed.
-  void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f, uint64_t drop_seed = 0);
+  // drop_p > 0 (training forwards only): dropout on y and g with the seeds in a.drop_seeds.
+  void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f);
   void decode_stack(Activations& a, DecodeState& s);  // forward_stack at L = 1 with states
   void backward_stack(Activations& a);  // backward() for the last training forward on a
   Activations& inference_buffers(std::unique_ptr<Activations>& slot, int B, int L);
@@ -134,7 +135,6 @@ class MambaLM {
   float dropout_p_ = 0.0f;  // set_dropout's
   uint64_t dropout_seed_ = 0;
   float last_drop_p_ = 0.0f;  // what the last forward(..., true) applied, for backward()
-  uint64_t last_drop_seed_ = 0;
   bool train_graphs_ = true;
   TrainGraph fwd_graph_, bwd_graph_;
 };

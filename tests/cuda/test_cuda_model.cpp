@@ -82,11 +82,12 @@ INSTANTIATE_TEST_SUITE_P(AllCases, CudaFixture,
 // 30 AdamW steps on one fixed random batch (so the loss falls), CPU and GPU from
 // the same initial weights. The GPU's loss must stay within 3% of the CPU's at every step.
 // graphs: MambaLM::set_train_graphs; final_params (optional): the weights after the run;
-// captured (optional): whether the step graphs were in use at the end.
+// captured (optional): whether the step graphs were in use at the end; dropout: p, with a new
+// seed each step (as the trainer does).
 std::vector<double> train_curve(Backend& be, const ModelConfig& cfg, const std::vector<int32_t>& ids,
                                 const std::vector<int32_t>& targets, int B, int L, int steps,
                                 bool graphs = true, std::vector<float>* final_params = nullptr,
-                                bool* captured = nullptr) {
+                                bool* captured = nullptr, float dropout = 0.0f) {
   MambaLM model(cfg, be);
   model.init_params(1234);
   model.plan(B, L);
@@ -96,6 +97,7 @@ std::vector<double> train_curve(Backend& be, const ModelConfig& cfg, const std::
   float* v = be.alloc(n);
   std::vector<double> losses;
   for (int step = 1; step <= steps; ++step) {
+    if (dropout > 0) model.set_dropout(dropout, 1000 + step);
     model.zero_grads();
     losses.push_back(model.forward(ids.data(), targets.data(), true));
     model.backward();
@@ -142,11 +144,14 @@ TEST_P(CudaTraining, LossCurveTracksCpu) {
 
 // The training step's graphs (MambaLM::set_train_graphs) replay exactly the launch-by-launch
 // step: 6 AdamW steps (the first eager, the second captured, then replays) give the same
-// losses and weights bit for bit, with and without the gated MLP; with dropout the model
-// stays eager.
+// losses and weights bit for bit, with and without the gated MLP, with and without dropout
+// (whose kernels read each step's new seeds from memory: a graph replaying the captured
+// step's masks would differ from the eager run from the third step on).
 TEST_P(CudaTraining, StepGraphsAreBitwiseEager) {
   BHASA_REQUIRE_GPU(gpu, GetParam());
+  for (float p : {0.0f, 0.2f})
   for (int I : {0, 96}) {
+    SCOPED_TRACE("dropout " + std::to_string(p) + " I " + std::to_string(I));
     ModelConfig cfg;
     cfg.d_model = 64, cfg.n_layer = 2, cfg.vocab_size = 96, cfg.d_state = 16, cfg.dt_rank = 4;
     cfg.d_intermediate = I;
@@ -157,23 +162,30 @@ TEST_P(CudaTraining, StepGraphsAreBitwiseEager) {
     for (int t = 0; t < B * L; ++t) targets[t] = (t + 1) % L ? ids[t + 1] : -1;
     std::vector<float> p_graph, p_eager;
     bool captured = false, eager_captured = true;
-    const auto g = train_curve(*gpu, cfg, ids, targets, B, L, steps, true, &p_graph, &captured);
-    const auto e = train_curve(*gpu, cfg, ids, targets, B, L, steps, false, &p_eager, &eager_captured);
-    EXPECT_TRUE(captured) << "I=" << I;
-    EXPECT_FALSE(eager_captured) << "I=" << I;
-    EXPECT_EQ(g, e) << "I=" << I;
-    EXPECT_EQ(p_graph, p_eager) << "I=" << I;
-    EXPECT_LT(g.back(), g[0]) << "I=" << I;
-    MambaLM dropped(cfg, *gpu);
-    dropped.init_params(1);
-    dropped.plan(B, L);
-    dropped.set_dropout(0.1f, 7);
-    for (int s = 0; s < 3; ++s) {
-      dropped.zero_grads();
-      dropped.forward(ids.data(), targets.data(), true);
-      dropped.backward();
+    const auto g = train_curve(*gpu, cfg, ids, targets, B, L, steps, true, &p_graph, &captured, p);
+    const auto e = train_curve(*gpu, cfg, ids, targets, B, L, steps, false, &p_eager, &eager_captured, p);
+    EXPECT_TRUE(captured);
+    EXPECT_FALSE(eager_captured);
+    EXPECT_EQ(g, e);
+    EXPECT_EQ(p_graph, p_eager);
+    EXPECT_LT(g.back(), g[0]);
+    if (p > 0) {  // the masks change from step to step: the same step's loss under two seeds differs
+      MambaLM m(cfg, *gpu);
+      m.init_params(1234);
+      m.plan(B, L);
+      double loss[3];
+      for (int s = 0; s < 3; ++s) {  // seeds 1, 2, then 1 again: graphs from the second on
+        m.set_dropout(p, s == 1 ? 2 : 1);
+        m.zero_grads();
+        loss[s] = m.forward(ids.data(), targets.data(), true);
+        m.backward();
+      }
+      EXPECT_TRUE(m.train_graphs_captured());
+      EXPECT_NE(loss[0], loss[1]);
+      EXPECT_EQ(loss[0], loss[2]);
+      m.set_dropout(0.0f, 1);  // another p: the captured step (with its dropout kernels) is dropped
+      EXPECT_FALSE(m.train_graphs_captured());
     }
-    EXPECT_FALSE(dropped.train_graphs_captured()) << "I=" << I;
   }
 }
 

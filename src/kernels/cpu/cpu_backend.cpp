@@ -144,6 +144,11 @@ class CpuBackend final : public Backend {
   void axpy(size_t n, float alpha, const float* x, float* y) override {
     cpu::axpy<float>(n, alpha, x, y);
   }
+  void dropout_at(size_t n, Operand x, float p, const int32_t* seed) override {
+    uint64_t s;
+    std::memcpy(&s, seed, sizeof s);
+    cpu::dropout<float>(n, x.f32(), p, s);
+  }
   void dropout(size_t n, Operand x, float p, uint64_t seed) override {
     cpu::dropout<float>(n, x.f32(), p, seed);
   }

@@ -338,6 +338,11 @@ class CudaBackend final : public Backend {
     wrote(x, n);
     cuda::dropout(ctx_, n, x, p, seed);
   }
+  void dropout_at(size_t n, Operand x, float p, const int32_t* seed) override {
+    BHASA_PROFILE_OP(*profile_, "dropout");
+    wrote(x, n);
+    cuda::dropout(ctx_, n, x, p, seed);
+  }
 
   // ---- decoding -------------------------------------------------------------
   void sample_tokens(int B, int V, const float* logits, float temperature, uint64_t seed,

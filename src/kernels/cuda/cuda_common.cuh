@@ -154,6 +154,8 @@ void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float
 double sum_squares(Ctx& c, size_t n, const float* g);
 void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
 void dropout(Ctx& c, size_t n, Operand x, float p, uint64_t seed);
+// seed: backend memory, two int32 holding the uint64 (read by the kernel)
+void dropout(Ctx& c, size_t n, Operand x, float p, const int32_t* seed);
 
 // Decoding (gemv.cu, ssm_step.cu); see kernels.h. gemv: C (M, N) = norm?(A) @ W^T + beta C,
 // W (N, K) row-major; norm 0 none, 1 rms, 2 layer (nw, nb as norm_forward).
