@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/error.h"
@@ -129,6 +130,31 @@ TEST(CudaKernels, GemmResidual) {
       gpu->gemm_residual(false, true, M, N, K, dA.p, K, dW.p, K, dR.p, dR.p, ld);  // in place
       EXPECT_EQ(c_only(dR.host()), got) << gemm_math_name(math) << " M=" << M;
     }
+  }
+}
+
+// The autotune (CudaOptions::tune_all here; by default the large training products and the
+// decode ones) times cuBLASLt's candidates and may take another than the heuristic's first,
+// but only one whose product has the same bits: every shape, tuned or not, gives exactly
+// what BHASA_CUDA_TUNE=0 gives (so a run's results do not follow the timing noise).
+TEST(CudaKernels, TunedGemmIsBitwiseUntuned) {
+  if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  CudaOptions tuned, untuned;
+  tuned.tune_all = true;
+  untuned.tune_decode = false;
+  auto a = make_cuda_backend(tuned), b = make_cuda_backend(untuned);
+  std::mt19937 rng(21);
+  for (auto [M, N, K] : {std::tuple{2048, 1536, 768}, std::tuple{64, 3072, 768}, std::tuple{4096, 80, 1536}}) {
+    auto A = randn(size_t(M) * K, rng), W = randn(size_t(N) * K, rng, 0.05f);
+    std::vector<float> out[2];
+    int i = 0;
+    for (Backend* gpu : {a.get(), b.get()}) {
+      DevBuf dA(*gpu, A), dW(*gpu, W), dC(*gpu, nans(size_t(M) * N));
+      gpu->gemm(false, true, M, N, K, dA.p, K, dW.p, K, 0.0f, dC.p, N);
+      out[i++] = dC.host();
+    }
+    EXPECT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(float))) << M << "x" << N << "x" << K;
+    EXPECT_LE(rel_l2(out[0], out[1]), 0.0);  // and no NaN (rel_l2 is infinite then)
   }
 }
 

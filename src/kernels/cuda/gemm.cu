@@ -11,6 +11,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "core/error.h"
@@ -160,6 +162,16 @@ __global__ void hold_kernel(long long cycles) {
   while (clock64() - t0 < cycles) {
   }
 }
+
+// torch: *differs |= (a != b).any()   over n 16-bit words (bitwise, so a NaN equals itself)
+__global__ void differs_kernel(size_t n, const uint16_t* __restrict__ a, const uint16_t* __restrict__ b,
+                               int* differs) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    if (a[i] != b[i]) {
+      *differs = 1;
+      return;
+    }
+}
 }  // namespace
 
 // The heuristic's first pick for a skinny decode GEMM (M <= 64) is not its fastest
@@ -168,6 +180,9 @@ __global__ void hold_kernel(long long cycles) {
 // operands into a scratch C as a decode step runs it: the weight from DRAM (L2 flushed
 // by a memset before each call), calls queued behind hold_kernel so that the events
 // time the GPU and not the host's enqueueing; median of 5, fastest kept.
+// Only candidates whose product is bit for bit the first's are eligible: which one wins
+// follows the timing noise, so otherwise a run's results (and a resumed training run's
+// whole trajectory) would depend on it.
 cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n,
                                    const Tune& t, int M, int ldc) {
   constexpr int kReps = 5;
@@ -178,6 +193,16 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
     return cand[0].algo;
   }
   BHASA_CUDA_CHECK(cudaMemsetAsync(c, 0, bytes, stream_));
+  // the first candidate's product, and a flag: the others must reproduce it exactly
+  float* c0 = nullptr;
+  int* differs = nullptr;
+  if (cudaMalloc(&c0, bytes + sizeof(int)) != cudaSuccess) {
+    cudaGetLastError();
+    BHASA_CUDA_CHECK(cudaFree(c));
+    return cand[0].algo;
+  }
+  differs = reinterpret_cast<int*>(reinterpret_cast<char*>(c0) + bytes);
+  BHASA_CUDA_CHECK(cudaMemsetAsync(c0, 0, bytes, stream_));
   int device = 0, l2 = 0;
   BHASA_CUDA_CHECK(cudaGetDevice(&device));
   BHASA_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
@@ -188,6 +213,8 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
   for (cudaEvent_t& e : ev) BHASA_CUDA_CHECK(cudaEventCreate(&e));
   const float alpha = 1.0f, beta = 0.0f;
   int best = 0;
+  int ref = -1;  // the first candidate that ran: its product is the reference
+  int other_bits = 0;  // candidates left out for a product with other bits
   float best_ms = 1e30f, first_ms = 1e30f;
   for (int i = 0; i < n; ++i) {
     if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
@@ -196,6 +223,21 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
                             workspace_, workspace_bytes_, stream_);
     };
     if (call() != CUBLAS_STATUS_SUCCESS || call() != CUBLAS_STATUS_SUCCESS) continue;
+    if (ref < 0) {
+      BHASA_CUDA_CHECK(cudaMemcpyAsync(c0, c, bytes, cudaMemcpyDeviceToDevice, stream_));
+    } else {
+      int host_differs = 0;
+      BHASA_CUDA_CHECK(cudaMemsetAsync(differs, 0, sizeof(int), stream_));
+      differs_kernel<<<264, 256, 0, stream_>>>(bytes / 2, reinterpret_cast<const uint16_t*>(c0),
+                                               reinterpret_cast<const uint16_t*>(c), differs);
+      BHASA_CUDA_CHECK(cudaGetLastError());
+      BHASA_CUDA_CHECK(cudaMemcpyAsync(&host_differs, differs, sizeof(int), cudaMemcpyDeviceToHost, stream_));
+      BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (host_differs) {
+        ++other_bits;
+        continue;
+      }
+    }
     hold_kernel<<<1, 1, 0, stream_>>>(1000000);  // ~0.5 ms: longer than enqueueing what follows
     BHASA_CUDA_CHECK(cudaGetLastError());
     for (int r = 0; r < kReps; ++r) {
@@ -208,14 +250,17 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicR
     float ms[kReps];
     for (int r = 0; r < kReps; ++r) BHASA_CUDA_CHECK(cudaEventElapsedTime(&ms[r], ev[2 * r], ev[2 * r + 1]));
     std::sort(ms, ms + kReps);
-    if (i == 0) first_ms = ms[kReps / 2];
+    if (ref < 0) ref = i, first_ms = ms[kReps / 2];
     if (ms[kReps / 2] < best_ms) best_ms = ms[kReps / 2], best = i;
   }
-  // Another algorithm only when clearly faster: within 2% the pick would follow the
-  // timing noise from run to run (and with it the low bits of every result).
-  if (best_ms > 0.98f * first_ms) best = 0;
+  // Another algorithm only when clearly faster, so that the pick does not churn with the noise.
+  if (best_ms > 0.98f * first_ms) best = std::max(ref, 0);
+  if (std::getenv("BHASA_CUDA_TUNE_LOG"))
+    std::fprintf(stderr, "[gemm tune] M %d ldc %d: %d candidates, %d with other bits; pick %d (%.4f ms, first %.4f)\n",
+                 M, ldc, n, other_bits, best, best_ms, first_ms);
   for (cudaEvent_t e : ev) cudaEventDestroy(e);
   if (flush) BHASA_CUDA_CHECK(cudaFree(flush));
+  BHASA_CUDA_CHECK(cudaFree(c0));
   BHASA_CUDA_CHECK(cudaFree(c));
   return cand[best].algo;
 }

@@ -562,12 +562,11 @@ void launch_c8(Ctx& c, dim3 grid, int L, int E, int N, const TA* u, const TA* dt
 
 }  // namespace
 
-static bool bwd_v10() {  // BHASA_SCAN_BWD_VARIANT=10: v10 (timing)
-  static const bool v10 = [] {
-    const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
-    return v && std::atoi(v) == 10;
-  }();
-  return v10;
+// BHASA_SCAN_BWD_VARIANT=10: v10 (timing). Read at every launch, so that one process can
+// time the variants side by side (bench/cuda_lab/scan_bwd.cpp).
+static bool bwd_v10() {
+  const char* v = std::getenv("BHASA_SCAN_BWD_VARIANT");
+  return v && std::atoi(v) == 10;
 }
 
 bool backward_c8_reads_bf16(int npl, dim3 grid, int L, int E, int N, ConstOperand u, ConstOperand dt,
