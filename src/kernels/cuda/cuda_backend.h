@@ -46,6 +46,10 @@ struct CudaOptions {
   int head_chunk = 16384;
   // A training plan's forward stack and backward as CUDA graphs (Backend::graphs_for_training).
   bool train_graphs = true;
+  // The decode products with a frozen weight at 8 < M <= kDecodeMaxM (bf16 A) on our own
+  // tensor-core GEMM (decode_mma.cu, PDL, split-K by clusters) instead of cuBLASLt:
+  // 0 off, 1 all, 2 all but the head (N > 8192). BHASA_DECODE_MMA overrides it.
+  int decode_mma = 0;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

@@ -1,0 +1,293 @@
+// The decode products at 8 < M <= 64 rows on tensor cores: C (M, N) fp32 = A (M, K) bf16 @
+// W^T + beta * C, W (N, K) a frozen weight's bf16 mirror (weight_mirror.cuh). These are a
+// weight read (in_proj 4.7 MB, 1.1 us at 4.29 TB/s), where cuBLASLt takes >= 4.2 us at any
+// size (bench/cuda_lab/NOTES.md) and cannot be launched with PDL.
+//
+// Design: what limits a weight stream is the bytes in flight per SM (~32 KB to cover ~1 us
+// of DRAM latency at ~32 GB/s per SM). So a block's whole weight tile is requested at once,
+// at kernel start and before pdl_wait (weights never depend on the previous kernel): one
+// cp.async.bulk per weight row segment, completing on an mbarrier. Then pdl_wait, then A's
+// slice (from L2) the same way. Tiles are small (bn rows x K / split) so that even N = 768
+// gives ~200 blocks; the split-K partials are summed through distributed shared memory by
+// a thread-block cluster of the `split` blocks of a column tile (fixed order: no atomics,
+// the result does not depend on timing).
+//
+// Inside a block, warp (wn, wk) owns weight rows [16 wn, 16 wn + 16) and the k16 steps
+// wk, wk + WK, ...: mma.sync m16n8k16 with the weight as the 16-row operand and A's rows
+// as the 8-column one (D^T = W A^T), both K-contiguous in shared memory and fetched by
+// ldmatrix; rows of A >= M are skipped a tile of 8 at a time (their garbage only reaches
+// outputs that are not stored).
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/decode_mma.h"
+
+namespace cg = cooperative_groups;
+
+namespace bhasa::cuda {
+
+namespace {
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// bytes (a multiple of 16) from global src to shared dst (both 16-byte aligned) by the
+// copy engine; completes on bar's transaction count
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// d += a (16x16, row) @ b (16x8, col), bf16 in, fp32 accumulate
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// torch: C = A @ W.T + beta * C   A (M, K) bf16 dense, W (N, ldw) bf16, C (M, ldc) fp32.
+// Grid (split, ceil(N / BN)), cluster (split, 1, 1) when split > 1: block (s, t) multiplies
+// weight rows [BN t, BN t + BN) by the K slice [KS s, KS s + KS). Shared memory: the weight
+// tile (BN, KS) and A's slice (M, KS) at row pitch 2 KS + 16 bytes (ldmatrix conflict-free),
+// later reused for the partials (WK, M, BN + 4) fp32.
+template <int WN, int WK>
+__global__ void __launch_bounds__(32 * WN * WK, 1)
+decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
+                  const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc) {
+  constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t bars[2];
+  const int S = gridDim.x, rank = blockIdx.x;  // cluster (S, 1, 1): the block rank is blockIdx.x
+  const int n0 = blockIdx.y * BN, k0 = rank * KS, kl = min(KS, K - k0);
+  const int rows = min(BN, N - n0), pitch = 2 * KS + 16;
+  const unsigned seg = 2u * unsigned(kl);
+  unsigned char* sW = smem;
+  unsigned char* sA = smem + BN * pitch;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  if (threadIdx.x == 0) {
+    mbar_init(&bars[0], 1);
+    mbar_init(&bars[1], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  __syncthreads();
+  // the whole weight tile in flight at once, before waiting on the previous kernel
+  if (warp == 0) {
+    if (lane == 0) mbar_expect_tx(&bars[0], unsigned(rows) * seg);
+    __syncwarp();
+    for (int r = lane; r < rows; r += 32) bulk_copy(sW + r * pitch, W + size_t(n0 + r) * ldw + k0, seg, &bars[0]);
+  }
+  pdl_trigger();
+  pdl_wait();
+  if (warp == (WN * WK > 1 ? 1 : 0)) {  // A: written by the previous kernel
+    if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
+    __syncwarp();
+    for (int r = lane; r < M; r += 32) bulk_copy(sA + r * pitch, A + size_t(r) * K + k0, seg, &bars[1]);
+  }
+
+  const int wn = warp % WN, wk = warp / WN;
+  float acc[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  // ldmatrix row addresses: W rows 16 wn + (lane & 15), k half lane >> 4; A rows
+  // 8 (lane >> 4) + (lane & 7), k half (lane >> 3) & 1 (matrices b0, b1 of tile 2jj, then 2jj + 1)
+  const unsigned aw = smem_addr(sW) + (wn * 16 + (lane & 15)) * pitch + (lane >> 4) * 16;
+  const unsigned aa = smem_addr(sA) + ((lane >> 4) * 8 + (lane & 7)) * pitch + ((lane >> 3) & 1) * 16;
+  const int steps = kl / 16;
+  mbar_wait(&bars[0], 0);
+  mbar_wait(&bars[1], 0);
+  for (int ks = wk; ks < steps; ks += WK) {
+    unsigned a[4];
+    ldmatrix_x4(a, aw + ks * 32);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      if (16 * jj < M) {
+        unsigned b[4];
+        ldmatrix_x4(b, aa + jj * 16 * pitch + ks * 32);
+        mma_bf16(acc[2 * jj], a, b[0], b[1]);
+        if (16 * jj + 8 < M) mma_bf16(acc[2 * jj + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // partials (WK, M, PB) over the tiles: acc[j] = D rows n (g, g + 8), columns m (2t, 2t + 1)
+  __syncthreads();  // every warp is done with sW / sA
+  float* part = reinterpret_cast<float*>(smem);
+  {
+    float* pw = part + size_t(wk) * M * PB;
+    const int g = lane >> 2, t = lane & 3, n = wn * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int m = 8 * j + 2 * t;
+      if (m < M) pw[m * PB + n] = acc[j][0], pw[m * PB + n + 8] = acc[j][2];
+      if (m + 1 < M) pw[(m + 1) * PB + n] = acc[j][1], pw[(m + 1) * PB + n + 8] = acc[j][3];
+    }
+  }
+  __syncthreads();
+  // the WK warp slices summed in this block, in order, into slice 0
+  const int items = M * (BN / 4);  // float4s of the tile
+  if (WK > 1) {
+    for (int i = threadIdx.x; i < items; i += T) {
+      const int m = i / (BN / 4), n = (i % (BN / 4)) * 4;
+      float4 s = *reinterpret_cast<const float4*>(part + m * PB + n);
+#pragma unroll
+      for (int w = 1; w < WK; ++w) {
+        const float4 v = *reinterpret_cast<const float4*>(part + (size_t(w) * M + m) * PB + n);
+        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+      }
+      *reinterpret_cast<float4*>(part + m * PB + n) = s;
+    }
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  if (S > 1) cluster.sync();  // every block's slice 0 is complete and visible to the cluster
+  else __syncthreads();
+
+  // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it
+  const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
+  const int per = (items + S - 1) / S, end = min(items, (rank + 1) * per);
+  for (int i = rank * per + threadIdx.x; i < end; i += T) {
+    const int m = i / (BN / 4), n = (i % (BN / 4)) * 4, gn = n0 + n;
+    if (gn >= N) continue;
+    float4 v[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q)  // all S loads in flight, then the sum in order
+      if (q < S) v[q] = *reinterpret_cast<const float4*>((S > 1 ? cluster.map_shared_rank(part, q) : part) + m * PB + n);
+    float4 s = v[0];
+#pragma unroll
+    for (int q = 1; q < 8; ++q)
+      if (q < S) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
+    float* c = C + size_t(m) * ldc + gn;
+    if (vec && gn + 3 < N) {
+      if (beta != 0.f) {
+        const float4 o = *reinterpret_cast<const float4*>(c);
+        s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
+      }
+      *reinterpret_cast<float4*>(c) = s;
+    } else {
+      const float r[4] = {s.x, s.y, s.z, s.w};
+      for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * c[e] : r[e];
+    }
+  }
+  if (S > 1) cluster.sync();  // no block leaves while another reads its partials
+}
+
+using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int);
+
+Kernel kernel_for(int bn, int wk) {
+  switch (bn * 16 + wk) {
+    case 16 * 16 + 4: return decode_mma_kernel<1, 4>;
+    case 16 * 16 + 8: return decode_mma_kernel<1, 8>;
+    case 32 * 16 + 2: return decode_mma_kernel<2, 2>;
+    case 32 * 16 + 4: return decode_mma_kernel<2, 4>;
+    case 64 * 16 + 1: return decode_mma_kernel<4, 1>;
+    case 64 * 16 + 2: return decode_mma_kernel<4, 2>;
+    case 128 * 16 + 1: return decode_mma_kernel<8, 1>;
+    default: return nullptr;
+  }
+}
+
+// K slices of a multiple of 16 (every slice non-empty) and the dynamic shared memory of a tile
+struct Layout {
+  int KS, S;
+  size_t smem;
+};
+Layout layout(const MmaTile& t, int M, int K) {
+  const int split = std::clamp(t.split, 1, std::min(8, K / 16));
+  Layout l;
+  l.KS = (K / 16 + split - 1) / split * 16, l.S = (K + l.KS - 1) / l.KS;
+  const int pitch = 2 * l.KS + 16;
+  // A's rows rounded up to 16: ldmatrix reads whole 16-row tiles (rows >= M unwritten)
+  l.smem = std::max(size_t(t.bn + (M + 15) / 16 * 16) * pitch, size_t(t.wk) * M * (t.bn + 4) * 4);
+  return l;
+}
+constexpr size_t kMaxSmem = 226 * 1024;  // the opt-in limit (227 KB) less the static part
+
+}  // namespace
+
+MmaTile decode_mma_pick(int M, int N, int K) {
+  (void)M;
+  MmaTile t;
+  t.split = std::clamp((K + 191) / 192, 1, 8);
+  t.bn = N >= 16384 ? 128 : N >= 2048 ? 64 : N >= 256 ? 32 : 16;
+  t.wk = 8 / (t.bn / 16);
+  return t;
+}
+
+bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw) {
+  return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 &&
+         reinterpret_cast<size_t>(A) % 16 == 0 && reinterpret_cast<size_t>(W) % 16 == 0 &&
+         layout(decode_mma_pick(M, N, K), M, K).smem <= kMaxSmem;
+}
+
+void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
+                float beta, float* C, int ldc, MmaTile tile) {
+  const MmaTile pick = decode_mma_pick(M, N, K);
+  if (tile.bn == 0) tile.bn = pick.bn;
+  if (tile.split == 0) tile.split = pick.split;
+  if (tile.wk == 0) tile.wk = 8 / (tile.bn / 16);
+  Kernel kernel = kernel_for(tile.bn, tile.wk);
+  if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
+                           std::to_string(tile.wk) + " warps along K");
+  const Layout l = layout(tile, M, K);
+  const int KS = l.KS, S = l.S;
+  const size_t smem = l.smem;
+  if (smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(smem) + " bytes of shared memory");
+  static int raised[8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
+  int& allowed = raised[(tile.bn / 16) * 16 + tile.wk];
+  if (smem > 48 * 1024 && int(smem) > allowed) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "decode_mma: cudaFuncSetAttribute");
+    allowed = int(smem);
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(S, (N + tile.bn - 1) / tile.bn);
+  cfg.blockDim = dim3(32 * (tile.bn / 16) * tile.wk);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (S > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = S, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, KS, static_cast<const __nv_bfloat16*>(A),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc),
+             "decode_mma: cudaLaunchKernelEx");
+}
+
+}  // namespace bhasa::cuda
