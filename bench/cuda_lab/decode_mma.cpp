@@ -114,6 +114,7 @@ struct Shape {
   int N, K;
   float beta;
   std::vector<bhasa::cuda::MmaTile> tiles;  // the first: decode_mma_pick's (0s)
+  bool norm = false;  // also with the RMS norm folded in (norm_gemm), the same tiles
 };
 
 void run_shape(int M, const Shape& s, std::mt19937& rng) {
@@ -222,6 +223,41 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
       cudaGetLastError();
     }
   }
+  if (s.norm) {  // norm_gemm: rms_norm(x, g) @ W.T with the norm folded in (decode_mma_norm)
+    std::vector<float> x(size_t(M) * s.K), g(s.K);
+    for (auto& v : x) v = float(rng() % 20001) * 1e-4f - 1.f + 0.3f;
+    for (auto& v : g) v = 1.f + float(rng() % 2001) * 1e-4f - 0.1f;
+    float *dx = upload(x), *dg = upload(g);
+    for (int m = 0; m < M; ++m) {
+      double ss = 0;
+      for (int k = 0; k < s.K; ++k) ss += double(x[size_t(m) * s.K + k]) * x[size_t(m) * s.K + k];
+      const double r = 1.0 / std::sqrt(ss / s.K + 1e-5);
+      for (size_t j = 0; j < cols.size(); ++j) {
+        double acc = 0;
+        const uint16_t* w = w0.data() + size_t(cols[j]) * s.K;
+        for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * s.K + k]) * r * g[k] * from_bf16(w[k]);
+        ref[m * cols.size() + j] = acc;
+      }
+    }
+    for (const bhasa::cuda::MmaTile& tile : s.tiles) {
+      const bhasa::cuda::MmaTile shown = tile.bn ? tile : bhasa::cuda::decode_mma_pick(M, s.N, s.K);
+      char label[96];
+      std::snprintf(label, sizeof label, "mma + rms norm folded, bn %d split %d wk %d", shown.bn, shown.split,
+                    shown.wk ? shown.wk : 8 / (shown.bn / 16));
+      try {
+        auto op = [&](int c) {
+          bhasa::cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, s.K, dg, 1e-5f, W[c % copies], s.K, C, s.N, tile);
+        };
+        const double err = check([&] { op(0); });
+        const double us = time_graph(op);
+        std::printf("| %s | %.2f | %.2f | %.2e |\n", label, us, us / floor_us, err);
+      } catch (const std::exception& e) {
+        std::printf("| %s | failed: %s | | |\n", label, e.what());
+        cudaGetLastError();
+      }
+    }
+    cudaFree(dx), cudaFree(dg);
+  }
   std::fflush(stdout);
   for (void* p : W) cudaFree(p);
   cudaFree(A), cudaFree(C);
@@ -239,10 +275,10 @@ int main(int argc, char** argv) {
   if (ms.empty()) ms = {16, 32, 64};
   using T = bhasa::cuda::MmaTile;
   const std::vector<Shape> shapes = {
-      {"in_proj", 3072, 768, 0.f, {T{}, T{32, 4, 4}, T{64, 2, 2}, T{128, 4, 1}, T{32, 2, 4}, T{64, 4, 1}, T{16, 4, 8}}},
+      {"in_proj", 3072, 768, 0.f, {T{}, T{32, 4, 4}, T{64, 2, 2}, T{128, 4, 1}, T{32, 2, 4}, T{64, 4, 1}, T{16, 4, 8}}, true},
       {"x_proj", 80, 1536, 0.f, {T{}, T{16, 8, 4}, T{16, 4, 8}, T{32, 8, 4}, T{16, 2, 8}}},
       {"out_proj", 768, 1536, 1.f, {T{}, T{16, 8, 8}, T{64, 8, 2}, T{32, 4, 4}, T{64, 4, 2}, T{16, 4, 4}}},
-      {"lm_head", 50280, 768, 0.f, {T{}, T{64, 4, 2}, T{128, 2, 1}, T{64, 2, 2}, T{64, 1, 2}}},
+      {"lm_head", 50280, 768, 0.f, {T{}, T{64, 4, 2}, T{128, 2, 1}, T{64, 2, 2}, T{64, 1, 2}}, true},
   };
   std::mt19937 rng(1);
   for (int M : ms)

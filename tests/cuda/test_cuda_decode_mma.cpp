@@ -114,6 +114,42 @@ TEST(CudaDecodeMma, EveryTile) {
           << "bn=" << t.bn << " split=" << t.split << " wk=" << t.wk << " M=" << M;
 }
 
+// norm_gemm's RMSNorm folded in (decode_mma_norm): x fp32 with a row stride, g, eps
+TEST(CudaDecodeMma, NormFolded) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  std::mt19937 rng(15);
+  struct Shape { int N, K; };
+  for (Shape s : {Shape{3072, 768}, Shape{1001, 96}, Shape{50280, 768}, Shape{80, 1536}})
+    for (int M : {9, 33, 64}) {
+      if (s.N == 50280 && M != 64) continue;
+      const int ldx = s.K + 4;
+      auto x = randn(size_t(M) * ldx, rng, 2.f, 0.5f), g = randn(s.K, rng, 0.3f, 1.f);
+      const auto W = randn_bf16(size_t(s.N) * s.K, rng, 0.05f);
+      float *dx = to_device(x), *dg = to_device(g), *dC = to_device(std::vector<float>(size_t(M) * s.N, NAN));
+      uint16_t* dW = to_device(W);
+      auto stream = static_cast<cudaStream_t>(cuda_stream_of(*gpu));
+      cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, ldx, dg, 1e-5f, dW, s.K, dC, s.N);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      const auto got = to_host(dC, size_t(M) * s.N);
+      cudaFree(dx), cudaFree(dg), cudaFree(dC), cudaFree(dW);
+      std::vector<float> o, r;
+      for (int m = 0; m < M; ++m) {
+        double ss = 0;
+        for (int k = 0; k < s.K; ++k) ss += double(x[size_t(m) * ldx + k]) * x[size_t(m) * ldx + k];
+        const double rs = 1.0 / std::sqrt(ss / s.K + 1e-5);
+        for (int n = 0; n < s.N; n += s.N > 4096 ? 11 : 1) {
+          double acc = 0;
+          for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * ldx + k]) * rs * g[k] * from_bf16(W[size_t(n) * s.K + k]);
+          o.push_back(got[size_t(m) * s.N + n]), r.push_back(float(acc));
+        }
+      }
+      bool finite = true;
+      for (float v : got) finite = finite && std::isfinite(v);
+      EXPECT_TRUE(finite) << "M=" << M << " N=" << s.N;
+      EXPECT_LE(rel_l2(o, r), kBf16) << "M=" << M << " N=" << s.N << " K=" << s.K;
+    }
+}
+
 // the split-K sum runs in a fixed order: the same inputs give the same bits
 TEST(CudaDecodeMma, Deterministic) {
   BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
@@ -128,12 +164,14 @@ TEST(CudaDecodeMma, Deterministic) {
 TEST(CudaDecodeMma, BackendProducts) {
   if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
   auto cpu = make_cpu_backend();
-  for (int mode : {0, 1}) {
+  if (std::getenv("BHASA_DECODE_MMA") || std::getenv("BHASA_DECODE_MMA_NORM"))
+    GTEST_SKIP() << "BHASA_DECODE_MMA(_NORM) is set";
+  for (int mode : {0, 1, 3}) {  // 3: 1 with the norm as a kernel of its own
     CudaOptions opt;
-    opt.decode_mma = mode;
-    const char* env = std::getenv("BHASA_DECODE_MMA");
-    if (env) GTEST_SKIP() << "BHASA_DECODE_MMA is set";
+    opt.decode_mma = mode == 3 ? 1 : mode;
+    if (mode == 3) setenv("BHASA_DECODE_MMA_NORM", "0", 1);
     auto gpu = make_cuda_backend(opt);
+    unsetenv("BHASA_DECODE_MMA_NORM");
     std::mt19937 rng(14);
     const int M = 20, N = 768, K = 1536, D = 512;
     auto W = randn(size_t(N) * K, rng, 0.03f), A = randn(size_t(M) * K, rng), C = randn(size_t(M) * N, rng);

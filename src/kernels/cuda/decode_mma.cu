@@ -76,13 +76,19 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], 
 // weight rows [BN t, BN t + BN) by the K slice [KS s, KS s + KS). Shared memory: the weight
 // tile (BN, KS) and A's slice (M, KS) at row pitch 2 KS + 16 bytes (ldmatrix conflict-free),
 // later reused for the partials (WK, M, BN + 4) fp32.
-template <int WN, int WK>
+// NORM (norm_gemm's RMSNorm folded in): A = rms_norm(X, g) with X (M, ldx) fp32: the block
+// stages bf16(X * g) of its K slice and the rows' sums of squares of the slice (after them in
+// shared memory, (M, KS / 4)); the cluster, which covers all of K, sums those in rank order
+// and the stores scale each row by its rstd = 1 / sqrt(mean(x^2) + eps) (A's argument unused).
+template <int WN, int WK, bool NORM>
 __global__ void __launch_bounds__(32 * WN * WK, 1)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
-                  const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc) {
+                  const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
+                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps) {
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[2];
+  __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM ? kMmaMaxM : 1];  // NORM: sums of squares, rstd
   const int S = gridDim.x, rank = blockIdx.x;  // cluster (S, 1, 1): the block rank is blockIdx.x
   const int n0 = blockIdx.y * BN, k0 = rank * KS, kl = min(KS, K - k0);
   const int rows = min(BN, N - n0), pitch = 2 * KS + 16;
@@ -106,7 +112,38 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
   pdl_trigger();
   pdl_wait();
-  if (warp == (WN * WK > 1 ? 1 : 0)) {  // A: written by the previous kernel
+  if (NORM) {
+    // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
+    const int kl4 = kl / 4, total = M * kl4;
+    float* sq = reinterpret_cast<float*>(sA + ((M + 15) / 16 * 16) * pitch);  // (M, kl4)
+    for (int base = threadIdx.x; base < total; base += 8 * T) {
+      float4 xv[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = base + j * T, m = i / kl4, c4 = i % kl4;
+        if (i < total) xv[j] = *reinterpret_cast<const float4*>(X + size_t(m) * ldx + k0 + 4 * c4);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = base + j * T, m = i / kl4, c4 = i % kl4;
+        if (i < total) {
+          const float4 x = xv[j], w = *reinterpret_cast<const float4*>(g + k0 + 4 * c4);
+          sq[i] = (x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w);
+          __nv_bfloat162 h[2] = {__floats2bfloat162_rn(x.x * w.x, x.y * w.y), __floats2bfloat162_rn(x.z * w.z, x.w * w.w)};
+          *reinterpret_cast<uint2*>(sA + m * pitch + c4 * 8) = *reinterpret_cast<const uint2*>(h);
+        }
+      }
+    }
+    __syncthreads();
+    // each row's sum over the slice: lanes in order, then a fixed shuffle tree
+    for (int m = warp; m < M; m += WN * WK) {
+      float ss = 0.f;
+      for (int c = lane; c < kl4; c += 32) ss += sq[m * kl4 + c];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) row_ss[m] = ss;
+    }
+  } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // A: written by the previous kernel
     if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
     __syncwarp();
     for (int r = lane; r < M; r += 32) bulk_copy(sA + r * pitch, A + size_t(r) * K + k0, seg, &bars[1]);
@@ -122,7 +159,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   const unsigned aa = smem_addr(sA) + ((lane >> 4) * 8 + (lane & 7)) * pitch + ((lane >> 3) & 1) * 16;
   const int steps = kl / 16;
   mbar_wait(&bars[0], 0);
-  mbar_wait(&bars[1], 0);
+  if (!NORM) mbar_wait(&bars[1], 0);
   for (int ks = wk; ks < steps; ks += WK) {
     unsigned a[4];
     ldmatrix_x4(a, aw + ks * 32);
@@ -169,6 +206,14 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   if (S > 1) cluster.sync();  // every block's slice 0 is complete and visible to the cluster
   else __syncthreads();
 
+  if (NORM) {  // rstd of each row from the S slices' sums of squares, in rank order
+    for (int m = threadIdx.x; m < M; m += T) {
+      float ss = 0.f;
+      for (int q = 0; q < S; ++q) ss += S > 1 ? *cluster.map_shared_rank(&row_ss[m], q) : row_ss[m];
+      row_r[m] = 1.0f / sqrtf(ss / K + eps);
+    }
+    __syncthreads();
+  }
   // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it
   const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
   const int per = (items + S - 1) / S, end = min(items, (rank + 1) * per);
@@ -183,6 +228,10 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
 #pragma unroll
     for (int q = 1; q < 8; ++q)
       if (q < S) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
+    if (NORM) {
+      const float r = row_r[m];
+      s.x *= r, s.y *= r, s.z *= r, s.w *= r;
+    }
     float* c = C + size_t(m) * ldc + gn;
     if (vec && gn + 3 < N) {
       if (beta != 0.f) {
@@ -198,17 +247,19 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   if (S > 1) cluster.sync();  // no block leaves while another reads its partials
 }
 
-using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int);
+using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
+                        const float*, int, const float*, float);
 
+template <bool NORM>
 Kernel kernel_for(int bn, int wk) {
   switch (bn * 16 + wk) {
-    case 16 * 16 + 4: return decode_mma_kernel<1, 4>;
-    case 16 * 16 + 8: return decode_mma_kernel<1, 8>;
-    case 32 * 16 + 2: return decode_mma_kernel<2, 2>;
-    case 32 * 16 + 4: return decode_mma_kernel<2, 4>;
-    case 64 * 16 + 1: return decode_mma_kernel<4, 1>;
-    case 64 * 16 + 2: return decode_mma_kernel<4, 2>;
-    case 128 * 16 + 1: return decode_mma_kernel<8, 1>;
+    case 16 * 16 + 4: return decode_mma_kernel<1, 4, NORM>;
+    case 16 * 16 + 8: return decode_mma_kernel<1, 8, NORM>;
+    case 32 * 16 + 2: return decode_mma_kernel<2, 2, NORM>;
+    case 32 * 16 + 4: return decode_mma_kernel<2, 4, NORM>;
+    case 64 * 16 + 1: return decode_mma_kernel<4, 1, NORM>;
+    case 64 * 16 + 2: return decode_mma_kernel<4, 2, NORM>;
+    case 128 * 16 + 1: return decode_mma_kernel<8, 1, NORM>;
     default: return nullptr;
   }
 }
@@ -218,16 +269,68 @@ struct Layout {
   int KS, S;
   size_t smem;
 };
-Layout layout(const MmaTile& t, int M, int K) {
+Layout layout(const MmaTile& t, int M, int K, bool norm) {
   const int split = std::clamp(t.split, 1, std::min(8, K / 16));
   Layout l;
   l.KS = (K / 16 + split - 1) / split * 16, l.S = (K + l.KS - 1) / l.KS;
   const int pitch = 2 * l.KS + 16;
-  // A's rows rounded up to 16: ldmatrix reads whole 16-row tiles (rows >= M unwritten)
-  l.smem = std::max(size_t(t.bn + (M + 15) / 16 * 16) * pitch, size_t(t.wk) * M * (t.bn + 4) * 4);
+  // A's rows rounded up to 16: ldmatrix reads whole 16-row tiles (rows >= M unwritten);
+  // norm: then the sums of squares (M, KS / 4)
+  const size_t tiles = size_t(t.bn + (M + 15) / 16 * 16) * pitch + (norm ? size_t(M) * (l.KS / 4) * 4 : 0);
+  l.smem = std::max(tiles, size_t(t.wk) * M * (t.bn + 4) * 4);
   return l;
 }
 constexpr size_t kMaxSmem = 226 * 1024;  // the opt-in limit (227 KB) less the static part
+
+MmaTile complete(MmaTile tile, int M, int N, int K) {
+  const MmaTile pick = decode_mma_pick(M, N, K);
+  if (tile.bn == 0) tile.bn = pick.bn;
+  if (tile.split == 0) tile.split = pick.split;
+  if (tile.wk == 0) tile.wk = 8 / (tile.bn / 16);
+  return tile;
+}
+
+template <bool NORM>
+void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
+            float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile) {
+  tile = complete(tile, M, N, K);
+  Kernel kernel = kernel_for<NORM>(tile.bn, tile.wk);
+  if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
+                           std::to_string(tile.wk) + " warps along K");
+  const Layout l = layout(tile, M, K, NORM);
+  if (l.smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(l.smem) + " bytes of shared memory");
+  static int raised[8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
+  int& allowed = raised[(tile.bn / 16) * 16 + tile.wk];
+  if (l.smem > 48 * 1024 && int(l.smem) > allowed) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.smem)),
+               "decode_mma: cudaFuncSetAttribute");
+    allowed = int(l.smem);
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(l.S, (N + tile.bn - 1) / tile.bn);
+  cfg.blockDim = dim3(32 * (tile.bn / 16) * tile.wk);
+  cfg.dynamicSmemBytes = l.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (l.S > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = l.S, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps),
+             "decode_mma: cudaLaunchKernelEx");
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -241,53 +344,23 @@ MmaTile decode_mma_pick(int M, int N, int K) {
 }
 
 bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw) {
-  return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 &&
-         reinterpret_cast<size_t>(A) % 16 == 0 && reinterpret_cast<size_t>(W) % 16 == 0 &&
-         layout(decode_mma_pick(M, N, K), M, K).smem <= kMaxSmem;
+  return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 && aligned16(A) &&
+         aligned16(W) && layout(complete({}, M, N, K), M, K, false).smem <= kMaxSmem;
 }
 
 void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
                 float beta, float* C, int ldc, MmaTile tile) {
-  const MmaTile pick = decode_mma_pick(M, N, K);
-  if (tile.bn == 0) tile.bn = pick.bn;
-  if (tile.split == 0) tile.split = pick.split;
-  if (tile.wk == 0) tile.wk = 8 / (tile.bn / 16);
-  Kernel kernel = kernel_for(tile.bn, tile.wk);
-  if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
-                           std::to_string(tile.wk) + " warps along K");
-  const Layout l = layout(tile, M, K);
-  const int KS = l.KS, S = l.S;
-  const size_t smem = l.smem;
-  if (smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(smem) + " bytes of shared memory");
-  static int raised[8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
-  int& allowed = raised[(tile.bn / 16) * 16 + tile.wk];
-  if (smem > 48 * 1024 && int(smem) > allowed) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-               "decode_mma: cudaFuncSetAttribute");
-    allowed = int(smem);
-  }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(S, (N + tile.bn - 1) / tile.bn);
-  cfg.blockDim = dim3(32 * (tile.bn / 16) * tile.wk);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int n = 0;
-  if (pdl) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n].val.programmaticStreamSerializationAllowed = 1;
-    ++n;
-  }
-  if (S > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = S, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
-    ++n;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
-  check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, KS, static_cast<const __nv_bfloat16*>(A),
-                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc),
-             "decode_mma: cudaLaunchKernelEx");
+  launch<false>(stream, pdl, M, N, K, A, W, ldw, beta, C, ldc, nullptr, 0, nullptr, 0.f, tile);
+}
+
+bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw) {
+  return decode_mma_serves(M, N, K, W, W, ldw) && ldx % 4 == 0 && aligned16(x) && aligned16(g) &&
+         layout(complete({}, M, N, K), M, K, true).smem <= kMaxSmem;
+}
+
+void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
+                     float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile) {
+  launch<true>(stream, pdl, M, N, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile);
 }
 
 }  // namespace bhasa::cuda

@@ -22,5 +22,11 @@ bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ld
 // programmatic dependent launch (the weight copies start before the previous kernel ends).
 void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
                 float beta, float* C, int ldc, MmaTile tile = MmaTile{});
+// norm_gemm with RMSNorm folded in: torch: C = F.rms_norm(x, (K,), g, eps) @ W.T   x (M, ldx)
+// fp32 (ldx % 4 == 0, 16-byte aligned), g (K); A is bf16(x * g), each row scaled by its rstd
+// after the product.
+bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw);
+void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
+                     float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile = MmaTile{});
 
 }  // namespace bhasa::cuda
