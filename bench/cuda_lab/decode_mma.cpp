@@ -5,7 +5,8 @@
 // replays, us per call; ours launched with PDL (as in the step). Floor: weight bytes /
 // 4.29 TB/s. Error: ||C - ref|| / ||ref|| against a float64 product of the same bf16
 // operands (every column up to 4096, else a strided subset with the tail), C NaN-poisoned
-// for beta 0; out_proj with beta 1. Usage: cuda_decode_mma [M ...]
+// for beta 0; out_proj with beta 1. Usage: cuda_decode_mma [M ...] (LAB_SHAPES="in_proj ..."
+// runs only those shapes)
 // Build: g++ -O2 -std=c++20 -I src -I $CUDA/include decode_mma.cpp build/cuda/libbhasa.a
 //        -L$CUDA/lib64 -lcublasLt -lcudart
 #include <cublasLt.h>
@@ -209,10 +210,12 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
   for (size_t v = 0; v <= s.tiles.size(); ++v) {
     const bool pdl = v < s.tiles.size();
     const bhasa::cuda::MmaTile tile = pdl ? s.tiles[v] : s.tiles[0];
-    const bhasa::cuda::MmaTile shown = tile.bn ? tile : bhasa::cuda::decode_mma_pick(M, s.N, s.K);
-    char label[96];
-    std::snprintf(label, sizeof label, "mma bn %d split %d wk %d%s%s", shown.bn, shown.split,
-                  shown.wk ? shown.wk : 8 / (shown.bn / 16), tile.bn ? "" : " (pick)", pdl ? "" : ", no PDL");
+    const bhasa::cuda::MmaTile pick = bhasa::cuda::decode_mma_pick(M, s.N, s.K);
+    const bhasa::cuda::MmaTile shown = tile.bn ? tile : pick;
+    char label[112];
+    std::snprintf(label, sizeof label, "mma bn %d split %d wk %d load %d%s%s", shown.bn, shown.split,
+                  shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load < 0 ? pick.load : shown.load,
+                  tile.bn ? "" : " (pick)", pdl ? "" : ", no PDL");
     try {
       auto op = [&](int c) { bhasa::cuda::decode_mma(stream, pdl, M, s.N, s.K, A, W[c % copies], s.K, s.beta, C, s.N, tile); };
       const double err = check([&] { op(0); });
@@ -239,7 +242,7 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
         ref[m * cols.size() + j] = acc;
       }
     }
-    for (const bhasa::cuda::MmaTile& tile : s.tiles) {
+    for (const bhasa::cuda::MmaTile& tile : {s.tiles[0]}) {
       const bhasa::cuda::MmaTile shown = tile.bn ? tile : bhasa::cuda::decode_mma_pick(M, s.N, s.K);
       char label[96];
       std::snprintf(label, sizeof label, "mma + rms norm folded, bn %d split %d wk %d", shown.bn, shown.split,
@@ -274,14 +277,24 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) ms.push_back(std::atoi(argv[i]));
   if (ms.empty()) ms = {16, 32, 64};
   using T = bhasa::cuda::MmaTile;
+  // per shape: the pick under each load (0..3, and 7: late PDL trigger), then other tiles
   const std::vector<Shape> shapes = {
-      {"in_proj", 3072, 768, 0.f, {T{}, T{32, 4, 4}, T{64, 2, 2}, T{128, 4, 1}, T{32, 2, 4}, T{64, 4, 1}, T{16, 4, 8}}, true},
-      {"x_proj", 80, 1536, 0.f, {T{}, T{16, 8, 4}, T{16, 4, 8}, T{32, 8, 4}, T{16, 2, 8}}},
-      {"out_proj", 768, 1536, 1.f, {T{}, T{16, 8, 8}, T{64, 8, 2}, T{32, 4, 4}, T{64, 4, 2}, T{16, 4, 4}}},
-      {"lm_head", 50280, 768, 0.f, {T{}, T{64, 4, 2}, T{128, 2, 1}, T{64, 2, 2}, T{64, 1, 2}}, true},
+      {"in_proj", 3072, 768, 0.f,
+       {T{}, T{64, 2, 2, 0}, T{64, 2, 2, 2}, T{64, 2, 2, 3}, T{64, 2, 2, 7}, T{64, 4, 2, 3}, T{32, 4, 4, 3},
+        T{128, 4, 1, 3}, T{32, 2, 4, 3}, T{64, 4, 2, 1}},
+       true},
+      {"x_proj", 80, 1536, 0.f,
+       {T{}, T{16, 8, 4, 0}, T{16, 8, 4, 2}, T{16, 8, 4, 3}, T{16, 8, 4, 7}, T{16, 4, 4, 3}, T{16, 8, 8, 3}}},
+      {"out_proj", 768, 1536, 1.f,
+       {T{}, T{32, 4, 4, 0}, T{32, 4, 4, 2}, T{32, 4, 4, 3}, T{32, 4, 4, 7}, T{32, 8, 4, 3}, T{64, 4, 2, 3},
+        T{16, 4, 4, 3}, T{64, 2, 2, 3}}},
+      {"lm_head", 50280, 768, 0.f, {T{}, T{128, 2, 1, 0}, T{128, 2, 1, 3}, T{64, 2, 2, 3}, T{128, 4, 1, 3}}, true},
   };
+
   std::mt19937 rng(1);
+  const char* only = std::getenv("LAB_SHAPES");  // e.g. "in_proj out_proj"
   for (int M : ms)
-    for (const Shape& s : shapes) run_shape(M, s, rng);
+    for (const Shape& s : shapes)
+      if (!only || std::strstr(only, s.name)) run_shape(M, s, rng);
   return 0;
 }

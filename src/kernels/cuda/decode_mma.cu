@@ -84,7 +84,7 @@ template <int WN, int WK, bool NORM>
 __global__ void __launch_bounds__(32 * WN * WK, 1)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
-                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps) {
+                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load) {
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[2];
@@ -104,13 +104,19 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   }
   __syncthreads();
-  // the whole weight tile in flight at once, before waiting on the previous kernel
-  if (warp == 0) {
+  // the whole weight tile in flight at once, before waiting on the previous kernel: one bulk
+  // copy a row (load & 2: 16-byte cp.async from every thread instead)
+  const int cpr = kl / 8;  // 16-byte chunks a row
+  if (load & 2) {
+    for (int c = threadIdx.x; c < rows * cpr; c += T)
+      cp_async16(sW + (c / cpr) * pitch + (c % cpr) * 16, W + size_t(n0 + c / cpr) * ldw + k0 + (c % cpr) * 8, true);
+    cp_async_commit();
+  } else if (warp == 0) {
     if (lane == 0) mbar_expect_tx(&bars[0], unsigned(rows) * seg);
     __syncwarp();
     for (int r = lane; r < rows; r += 32) bulk_copy(sW + r * pitch, W + size_t(n0 + r) * ldw + k0, seg, &bars[0]);
   }
-  pdl_trigger();
+  if (!(load & 4)) pdl_trigger();  // load & 4: the next kernel launched only after our products
   pdl_wait();
   if (NORM) {
     // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
@@ -143,10 +149,28 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
       if (lane == 0) row_ss[m] = ss;
     }
-  } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // A: written by the previous kernel
+  } else if (load & 1) {  // A (written by the previous kernel) by 16-byte cp.async from every thread
+    for (int c = threadIdx.x; c < M * cpr; c += T)
+      cp_async16(sA + (c / cpr) * pitch + (c % cpr) * 16, A + size_t(c / cpr) * K + k0 + (c % cpr) * 8, true);
+    cp_async_commit();
+  } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // or one bulk copy a row
     if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
     __syncwarp();
     for (int r = lane; r < M; r += 32) bulk_copy(sA + r * pitch, A + size_t(r) * K + k0, seg, &bars[1]);
+  }
+
+  // beta != 0 (out_proj's residual): the C elements this thread will store, fetched now,
+  // off the critical path (the stores below take items i0, i0 + T, ... of this block's share)
+  const int items = M * (BN / 4);  // float4s of the tile
+  const int per = (items + S - 1) / S, i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
+  const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
+  float4 cpre[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
+    cpre[j] = beta != 0.f && vec && i < end && gn + 3 < N
+                  ? *reinterpret_cast<const float4*>(C + size_t(m) * ldc + gn)
+                  : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 
   const int wn = warp % WN, wk = warp / WN;
@@ -157,23 +181,41 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // 8 (lane >> 4) + (lane & 7), k half (lane >> 3) & 1 (matrices b0, b1 of tile 2jj, then 2jj + 1)
   const unsigned aw = smem_addr(sW) + (wn * 16 + (lane & 15)) * pitch + (lane >> 4) * 16;
   const unsigned aa = smem_addr(sA) + ((lane >> 4) * 8 + (lane & 7)) * pitch + ((lane >> 3) & 1) * 16;
-  const int steps = kl / 16;
-  mbar_wait(&bars[0], 0);
-  if (!NORM) mbar_wait(&bars[1], 0);
-  for (int ks = wk; ks < steps; ks += WK) {
-    unsigned a[4];
+  const int steps = kl / 16, mtiles = (M + 15) / 16;
+  if (!(load & 2)) mbar_wait(&bars[0], 0);
+  if (!NORM && !(load & 1)) mbar_wait(&bars[1], 0);
+  if (load & 3) {
+    cp_async_wait<0>();
+    __syncthreads();  // every thread's copies have landed
+  }
+  // a k16 step's fragments all loaded before its products, the next step's loaded while
+  // they run (the asm is volatile: program order is issue order)
+  auto frags = [&](int ks, unsigned (&a)[4], unsigned (&b)[4][4]) {
     ldmatrix_x4(a, aw + ks * 32);
 #pragma unroll
+    for (int jj = 0; jj < 4; ++jj)
+      if (jj < mtiles) ldmatrix_x4(b[jj], aa + jj * 16 * pitch + ks * 32);
+  };
+  auto products = [&](const unsigned (&a)[4], const unsigned (&b)[4][4]) {
+#pragma unroll
     for (int jj = 0; jj < 4; ++jj) {
-      if (16 * jj < M) {
-        unsigned b[4];
-        ldmatrix_x4(b, aa + jj * 16 * pitch + ks * 32);
-        mma_bf16(acc[2 * jj], a, b[0], b[1]);
-        if (16 * jj + 8 < M) mma_bf16(acc[2 * jj + 1], a, b[2], b[3]);
+      if (jj < mtiles) {
+        mma_bf16(acc[2 * jj], a, b[jj][0], b[jj][1]);
+        if (16 * jj + 8 < M) mma_bf16(acc[2 * jj + 1], a, b[jj][2], b[jj][3]);
       }
     }
+  };
+  unsigned a0[4], b0[4][4], a1[4], b1[4][4];
+  if (wk < steps) frags(wk, a0, b0);
+  for (int ks = wk; ks < steps; ks += 2 * WK) {
+    if (ks + WK < steps) frags(ks + WK, a1, b1);
+    products(a0, b0);
+    if (ks + WK >= steps) break;
+    if (ks + 2 * WK < steps) frags(ks + 2 * WK, a0, b0);
+    products(a1, b1);
   }
 
+  if (load & 4) pdl_trigger();
   // partials (WK, M, PB) over the tiles: acc[j] = D rows n (g, g + 8), columns m (2t, 2t + 1)
   __syncthreads();  // every warp is done with sW / sA
   float* part = reinterpret_cast<float*>(smem);
@@ -189,7 +231,6 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
   __syncthreads();
   // the WK warp slices summed in this block, in order, into slice 0
-  const int items = M * (BN / 4);  // float4s of the tile
   if (WK > 1) {
     for (int i = threadIdx.x; i < items; i += T) {
       const int m = i / (BN / 4), n = (i % (BN / 4)) * 4;
@@ -215,9 +256,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     __syncthreads();
   }
   // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it
-  const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
-  const int per = (items + S - 1) / S, end = min(items, (rank + 1) * per);
-  for (int i = rank * per + threadIdx.x; i < end; i += T) {
+  for (int i = i0, j = 0; i < end; i += T, ++j) {
     const int m = i / (BN / 4), n = (i % (BN / 4)) * 4, gn = n0 + n;
     if (gn >= N) continue;
     float4 v[8];
@@ -235,7 +274,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     float* c = C + size_t(m) * ldc + gn;
     if (vec && gn + 3 < N) {
       if (beta != 0.f) {
-        const float4 o = *reinterpret_cast<const float4*>(c);
+        const float4 o = j == 0 ? cpre[0] : j == 1 ? cpre[1] : *reinterpret_cast<const float4*>(c);
         s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
       }
       *reinterpret_cast<float4*>(c) = s;
@@ -248,7 +287,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
 }
 
 using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
-                        const float*, int, const float*, float);
+                        const float*, int, const float*, float, int);
 
 template <bool NORM>
 Kernel kernel_for(int bn, int wk) {
@@ -286,7 +325,8 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
   const MmaTile pick = decode_mma_pick(M, N, K);
   if (tile.bn == 0) tile.bn = pick.bn;
   if (tile.split == 0) tile.split = pick.split;
-  if (tile.wk == 0) tile.wk = 8 / (tile.bn / 16);
+  if (tile.wk == 0) tile.wk = tile.bn == pick.bn ? pick.wk : 8 / (tile.bn / 16);
+  if (tile.load < 0) tile.load = pick.load;
   return tile;
 }
 
@@ -326,7 +366,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   cfg.attrs = attr;
   cfg.numAttrs = n;
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
-                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load),
              "decode_mma: cudaLaunchKernelEx");
 }
 
@@ -334,12 +374,15 @@ bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
 
 }  // namespace
 
+// From the lab (bench/cuda_lab/NOTES.md, dgemm3 run 1): K slices of ~384 where N gives
+// enough column tiles, of ~192 for x_proj's 80 columns; 4 warps along K for those.
 MmaTile decode_mma_pick(int M, int N, int K) {
   (void)M;
   MmaTile t;
-  t.split = std::clamp((K + 191) / 192, 1, 8);
+  t.split = std::clamp(N < 256 ? (K + 191) / 192 : (K + 383) / 384, 1, 8);
   t.bn = N >= 16384 ? 128 : N >= 2048 ? 64 : N >= 256 ? 32 : 16;
-  t.wk = 8 / (t.bn / 16);
+  t.wk = N < 256 ? 4 : 8 / (t.bn / 16);
+  t.load = 1;
   return t;
 }
 

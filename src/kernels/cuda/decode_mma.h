@@ -9,8 +9,11 @@ constexpr int kMmaMaxM = 64;
 
 // A block's tile: bn weight rows (16, 32, 64 or 128) x a K slice; split K slices summed by
 // a thread-block cluster (1..8); wk warps along the slice. 0: decode_mma_pick's choice.
+// load: how the operands reach shared memory, bits: 1 A by 16-byte cp.async from every
+// thread (else one bulk copy a row), 2 the same for the weight, 4 the next kernel (PDL)
+// let start only after the products, not at the start; -1: the pick's.
 struct MmaTile {
-  int bn = 0, split = 0, wk = 0;
+  int bn = 0, split = 0, wk = 0, load = -1;
 };
 
 // The tile decode_mma uses for (M, N, K) when given none.
