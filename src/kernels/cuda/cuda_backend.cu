@@ -48,6 +48,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_KS")) mma_ks_ = std::atoi(m);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     ctx_.sm_count = prop.multiProcessorCount;
@@ -190,7 +191,7 @@ class CudaBackend final : public Backend {
     // RMSNorm folded into our GEMM (BHASA_DECODE_MMA_NORM=0: a norm kernel first, as below)
     if (w16 && N >= w16_min_n_ && rms && decode_mma_norm_ && use_mma(M, N) &&
         cuda::decode_mma_norm_serves(M, N, K, x, K, w, w16, K))
-      return cuda::decode_mma_norm(stream_, ctx_.pdl, M, N, K, x, K, w, eps, w16, K, out, N, mma_tile_);
+      return cuda::decode_mma_norm(stream_, ctx_.pdl, M, N, K, x, K, w, eps, w16, K, out, N, mma_tile(K));
     auto* h = static_cast<float*>(scratch_.get(kDecodeA, size_t(M) * K * sizeof(float)));
     if (w16 && N >= w16_min_n_ && cuda::norm_rows_serves(K, x, w, b, h)) {  // h (M, K) bf16
       cuda::norm_rows_bf16(ctx_, M, K, rms, eps, x, w, b, h);
@@ -432,6 +433,11 @@ class CudaBackend final : public Backend {
   void wrote(Operand p, int rows, int cols, int ld) {
     if (rows > 0 && cols > 0) wrote(p, size_t(rows - 1) * ld + cols);
   }
+  cuda::MmaTile mma_tile(int K) const {  // the pick's, or K slices of mma_ks_
+    cuda::MmaTile t = mma_tile_;
+    if (mma_ks_ > 0) t.split = std::clamp((K + mma_ks_ - 1) / mma_ks_, 1, 8);
+    return t;
+  }
   bool use_mma(int M, int N) const {
     return M <= decode_mma_max_m_ && (decode_mma_ == 1 || (decode_mma_ == 2 && N <= 8192));
   }
@@ -439,7 +445,7 @@ class CudaBackend final : public Backend {
   // weight's bf16 mirror: decode_mma.cu where it serves and is switched on, else cuBLASLt.
   void decode_w16(int M, int N, int K, const void* a16, const void* w16, int ldw, float beta, float* C, int ldc) {
     if (use_mma(M, N) && cuda::decode_mma_serves(M, N, K, a16, w16, ldw))
-      return cuda::decode_mma(stream_, ctx_.pdl, M, N, K, a16, w16, ldw, beta, C, ldc, mma_tile_);
+      return cuda::decode_mma(stream_, ctx_.pdl, M, N, K, a16, w16, ldw, beta, C, ldc, mma_tile(K));
     gemm_->run_w16(M, N, K, nullptr, K, a16, w16, ldw, beta, C, ldc);
   }
   // The bf16 copy of a frozen weight W (N, K) row stride ldw for a decode product with
@@ -484,6 +490,7 @@ class CudaBackend final : public Backend {
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
   int decode_mma_max_m_ = kDecodeMaxM;  // decode_mma for M <= this only
   cuda::MmaTile mma_tile_;  // decode_mma_pick's, but for the operand loads (BHASA_DECODE_MMA_LOAD)
+  int mma_ks_ = 0;  // > 0: K slices of about this many (BHASA_DECODE_MMA_KS), else the pick's
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
@@ -526,7 +533,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // products' GEMM at 8 < B <= 64 (CudaOptions::decode_mma; read by the backend itself, so
 // that it reaches backends made from explicit options too; BHASA_DECODE_MMA_NORM=0 keeps
 // norm_gemm's norm as a kernel of its own, BHASA_DECODE_MMA_MAX_M=<m> uses it up to m rows only,
-// BHASA_DECODE_MMA_LOAD=<0..3> picks its operand loads, decode_mma.h), BHASA_TRAIN_GRAPHS=0 runs the training
+// BHASA_DECODE_MMA_LOAD=<0..7> picks its operand loads and BHASA_DECODE_MMA_KS=<k> its K
+// slices, decode_mma.h), BHASA_TRAIN_GRAPHS=0 runs the training
 // step launch by launch (both for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
