@@ -166,7 +166,8 @@ TEST(CudaDecodeMma, Deterministic) {
   EXPECT_EQ(a, b);
 }
 
-// the backend routes the decode products there with BHASA_DECODE_MMA (read at construction)
+// the backend routes the decode products there (CudaOptions::decode_mma; M = 20 rows, so with
+// decode_mma_max_m raised from its default 16)
 TEST(CudaDecodeMma, BackendProducts) {
   if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
   auto cpu = make_cpu_backend();
@@ -175,6 +176,7 @@ TEST(CudaDecodeMma, BackendProducts) {
   for (int mode : {0, 1, 3}) {  // 3: 1 with the norm as a kernel of its own
     CudaOptions opt;
     opt.decode_mma = mode == 3 ? 1 : mode;
+    opt.decode_mma_max_m = 64;
     if (mode == 3) setenv("BHASA_DECODE_MMA_NORM", "0", 1);
     auto gpu = make_cuda_backend(opt);
     unsetenv("BHASA_DECODE_MMA_NORM");

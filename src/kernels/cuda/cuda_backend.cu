@@ -44,6 +44,7 @@ class CudaBackend final : public Backend {
     train_graphs_ = opt.train_graphs;
     if (const char* n = std::getenv("BHASA_CUDA_W16_MIN_N")) w16_min_n_ = std::atoi(n);
     decode_mma_ = opt.decode_mma;
+    decode_mma_max_m_ = opt.decode_mma_max_m;
     if (const char* m = std::getenv("BHASA_DECODE_MMA")) decode_mma_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
@@ -488,7 +489,7 @@ class CudaBackend final : public Backend {
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
-  int decode_mma_max_m_ = kDecodeMaxM;  // decode_mma for M <= this only
+  int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
   cuda::MmaTile mma_tile_;  // decode_mma_pick's, but for the operand loads (BHASA_DECODE_MMA_LOAD)
   int mma_ks_ = 0;  // > 0: K slices of about this many (BHASA_DECODE_MMA_KS), else the pick's
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)

@@ -374,15 +374,16 @@ bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
 
 }  // namespace
 
-// From the lab (bench/cuda_lab/NOTES.md, dgemm3 run 1): K slices of ~384 where N gives
-// enough column tiles, of ~192 for x_proj's 80 columns; 4 warps along K for those.
+// From the lab (bench/cuda_lab/NOTES.md, dgemm3 runs 1-2): K slices of ~384 where N gives
+// enough column tiles, of ~192 for x_proj's 80 columns (4 warps along K there); operands by
+// cp.async from every thread (load 3: as fast as or faster than bulk copies at every shape).
 MmaTile decode_mma_pick(int M, int N, int K) {
   (void)M;
   MmaTile t;
   t.split = std::clamp(N < 256 ? (K + 191) / 192 : (K + 383) / 384, 1, 8);
   t.bn = N >= 16384 ? 128 : N >= 2048 ? 64 : N >= 256 ? 32 : 16;
   t.wk = N < 256 ? 4 : 8 / (t.bn / 16);
-  t.load = 1;
+  t.load = 3;
   return t;
 }
 
