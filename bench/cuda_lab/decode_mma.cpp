@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kernels/cuda/decode_mma.h"
+#include "lab_util.h"  // bf16_bits, from_bf16_bits
 
 namespace {
 
@@ -50,17 +51,7 @@ void* workspace;
 constexpr size_t kWs = 32u << 20;
 constexpr int kCalls = 24;
 
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+float from_bf16(uint16_t h) { return from_bf16_bits(h); }
 
 // uniform in [-scale, scale) as bf16 bits
 std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale) {
