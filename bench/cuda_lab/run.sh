@@ -5,9 +5,10 @@
 # under each GEMM math (gemm_math.cpp); then decode tokens/s; then the training head
 # (head.cpp); then the bf16 conv1d at the m130 shape, main's kernels against the
 # pipelined ones (conv_bwd.cpp); then the scan backward's variants side by side on the bf16
-# training path (scan_bwd.cpp). BUILD=<build dir> picks another build (default
-# build/cuda); LAB_BIN / DECODE_BIN / GEMM_MATH_BIN / HEAD_BIN / CONV_BIN / SCANB_BIN run
-# prebuilt binaries (e.g. carried to a machine without the dev packages).
+# training path (scan_bwd.cpp); then the decode GEMMs, cuBLASLt against decode_mma.cu
+# (decode_mma.cpp). BUILD=<build dir> picks another build (default build/cuda); LAB_BIN /
+# DECODE_BIN / GEMM_MATH_BIN / HEAD_BIN / CONV_BIN / SCANB_BIN / MMA_BIN run prebuilt
+# binaries (e.g. carried to a machine without the dev packages).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD:-$root/build/cuda}
@@ -25,15 +26,18 @@ decode=${DECODE_BIN:-$build/cuda_decode}
 head=${HEAD_BIN:-$build/cuda_head}
 conv=${CONV_BIN:-$build/cuda_conv_bwd}
 scanb=${SCANB_BIN:-$build/cuda_scan_bwd}
+mma=${MMA_BIN:-$build/cuda_decode_mma}
 [[ -n ${LAB_BIN:-} ]] || build_one "$root/bench/cuda_lab/lab.cpp" "$lab"
 [[ -n ${GEMM_MATH_BIN:-} ]] || build_one "$root/bench/cuda_lab/gemm_math.cpp" "$gemm_math"
 [[ -n ${DECODE_BIN:-} ]] || build_one "$root/bench/cuda_lab/decode.cpp" "$decode"
 [[ -n ${HEAD_BIN:-} ]] || build_one "$root/bench/cuda_lab/head.cpp" "$head"
 [[ -n ${CONV_BIN:-} ]] || build_one "$root/bench/cuda_lab/conv_bwd.cpp" "$conv"
 [[ -n ${SCANB_BIN:-} ]] || build_one "$root/bench/cuda_lab/scan_bwd.cpp" "$scanb"
+[[ -n ${MMA_BIN:-} ]] || build_one "$root/bench/cuda_lab/decode_mma.cpp" "$mma"
 "$lab"
 "$gemm_math"
 "$decode"
 "$head"
 "$conv"
 "$scanb"
+"$mma"

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/decode_mma.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/weight_mirror.cuh"
@@ -42,6 +43,13 @@ class CudaBackend final : public Backend {
     y_bf16_ = opt.y_bf16;
     train_graphs_ = opt.train_graphs;
     if (const char* n = std::getenv("BHASA_CUDA_W16_MIN_N")) w16_min_n_ = std::atoi(n);
+    decode_mma_ = opt.decode_mma;
+    decode_mma_max_m_ = opt.decode_mma_max_m;
+    if (const char* m = std::getenv("BHASA_DECODE_MMA")) decode_mma_ = std::atoi(m);
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_KS")) mma_ks_ = std::atoi(m);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     ctx_.sm_count = prop.multiProcessorCount;
@@ -131,7 +139,7 @@ class CudaBackend final : public Backend {
     const bool fp32 = A.dtype == Dtype::f32 && B.dtype == Dtype::f32;
     const void* w16 = B.dtype == Dtype::f32 && !ta && tb ? decode_weight(M, N, K, B.f32(), ldb) : nullptr;  // (N, K) bf16, or null
     // A bf16 A (the decode step's y, decode_dtype) with a frozen weight: both bf16 as they are
-    if (w16 && A.dtype == Dtype::bf16 && lda == K) return gemm_->run_w16(M, N, K, nullptr, K, A.p, w16, ldb, beta, C, ldc);
+    if (w16 && A.dtype == Dtype::bf16 && lda == K) return decode_w16(M, N, K, A.p, w16, ldb, beta, C, ldc);
     // A few rows times a row-major weight (x @ W^T): a weight read, cuBLASLt's slow case
     if (gemv_ && fp32 && !ta && tb && gemv_serves(M, N, K, A.f32(), lda, B.f32(), ldb, nullptr, nullptr))
       return cuda::gemv(ctx_, M, N, K, A.f32(), lda, B.f32(), ldb, beta, C, ldc, 0, 0.f, nullptr, nullptr, {},
@@ -141,7 +149,7 @@ class CudaBackend final : public Backend {
         return gemm_->run_w16(M, N, K, A.f32(), lda, nullptr, w16, ldb, beta, C, ldc);
       void* a16 = scratch_.get(kDecodeA16, size_t(M) * K * 2);  // (M, K) bf16
       cuda::rows_to_bf16(ctx_, M, K, A.f32(), lda, a16);
-      return gemm_->run_w16(M, N, K, nullptr, K, a16, w16, ldb, beta, C, ldc);
+      return decode_w16(M, N, K, a16, w16, ldb, beta, C, ldc);
     }
     gemm_->run(ta, tb, M, N, K, A, lda, mirrored_b(tb, N, K, B, ldb, A, M), ldb, beta, C, ldc);
   }
@@ -181,10 +189,14 @@ class CudaBackend final : public Backend {
     if (gemv_ && gemv_serves(M, N, K, x, K, W, K, w, b))
       return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b, {},
                         gemv_w16_serves(K, K, w16) ? w16 : nullptr);
+    // RMSNorm folded into our GEMM (BHASA_DECODE_MMA_NORM=0: a norm kernel first, as below)
+    if (w16 && N >= w16_min_n_ && rms && decode_mma_norm_ && use_mma(M, N) &&
+        cuda::decode_mma_norm_serves(M, N, K, x, K, w, w16, K))
+      return cuda::decode_mma_norm(stream_, ctx_.pdl, M, N, K, x, K, w, eps, w16, K, out, N, mma_tile(K));
     auto* h = static_cast<float*>(scratch_.get(kDecodeA, size_t(M) * K * sizeof(float)));
     if (w16 && N >= w16_min_n_ && cuda::norm_rows_serves(K, x, w, b, h)) {  // h (M, K) bf16
       cuda::norm_rows_bf16(ctx_, M, K, rms, eps, x, w, b, h);
-      return gemm_->run_w16(M, N, K, nullptr, K, h, w16, K, 0.f, out, N);
+      return decode_w16(M, N, K, h, w16, K, 0.f, out, N);
     }
     if (cuda::norm_rows_serves(K, x, w, b, h)) {
       cuda::norm_rows(ctx_, M, K, rms, eps, x, w, b, h);
@@ -215,7 +227,7 @@ class CudaBackend final : public Backend {
       cv.state = conv_state, cv.w = conv_w, cv.b = conv_b, cv.K = K;
       void* u16 = scratch_.get(kDecodeA16, size_t(B) * E * 2);  // (B, E) bf16
       cuda::conv_rows_bf16(ctx_, B, E, x, ldx, cv, u16);
-      return gemm_->run_w16(B, P, E, nullptr, E, u16, w16, E, 0.f, dbc, P);
+      return decode_w16(B, P, E, u16, w16, E, 0.f, dbc, P);
     }
     auto* xs = static_cast<float*>(scratch_.get(kDecodeA, size_t(B) * E * sizeof(float)));
     cuda::conv_decode(ctx_, B, E, K, x, ldx, conv_state, conv_w, conv_b, xs);
@@ -427,6 +439,21 @@ class CudaBackend final : public Backend {
   void wrote(Operand p, int rows, int cols, int ld) {
     if (rows > 0 && cols > 0) wrote(p, size_t(rows - 1) * ld + cols);
   }
+  cuda::MmaTile mma_tile(int K) const {  // the pick's, or K slices of mma_ks_
+    cuda::MmaTile t = mma_tile_;
+    if (mma_ks_ > 0) t.split = std::clamp((K + mma_ks_ - 1) / mma_ks_, 1, 8);
+    return t;
+  }
+  bool use_mma(int M, int N) const {
+    return M <= decode_mma_max_m_ && (decode_mma_ == 1 || (decode_mma_ == 2 && N <= 8192));
+  }
+  // C (M, N) = a16 (M, K) bf16 dense @ w16^T + beta * C, w16 (N, K) row stride ldw a frozen
+  // weight's bf16 mirror: decode_mma.cu where it serves and is switched on, else cuBLASLt.
+  void decode_w16(int M, int N, int K, const void* a16, const void* w16, int ldw, float beta, float* C, int ldc) {
+    if (use_mma(M, N) && cuda::decode_mma_serves(M, N, K, a16, w16, ldw))
+      return cuda::decode_mma(stream_, ctx_.pdl, M, N, K, a16, w16, ldw, beta, C, ldc, mma_tile(K));
+    gemm_->run_w16(M, N, K, nullptr, K, a16, w16, ldw, beta, C, ldc);
+  }
   // The bf16 copy of a frozen weight W (N, K) row stride ldw for a decode product with
   // M rows, or null (not bf16 mode, M too large, W not frozen).
   const void* decode_weight(int M, int N, int K, const float* W, int ldw) const {
@@ -465,6 +492,11 @@ class CudaBackend final : public Backend {
   bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
   bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM (with bf16_weights_)
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
+  int decode_mma_ = 0;  // CudaOptions::decode_mma
+  bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
+  int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
+  cuda::MmaTile mma_tile_;  // decode_mma_pick's, but for the operand loads (BHASA_DECODE_MMA_LOAD)
+  int mma_ks_ = 0;  // > 0: K slices of about this many (BHASA_DECODE_MMA_KS), else the pick's
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
@@ -503,7 +535,12 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // ones are timed at their first call; =all: every shape), BHASA_CUDA_W16_MIN_N=<n> sets the narrowest
 // output that rounds an fp32 A for a bf16 weight (default 128), BHASA_CUDA_Y16=0 keeps the
 // decode step's y in fp32 at every batch (then rounded for out_proj by rows_to_bf16),
-// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk, BHASA_TRAIN_GRAPHS=0 runs the training
+// BHASA_CUDA_HEAD_CHUNK=<rows> sets head_loss's chunk, BHASA_DECODE_MMA=0|1|2 the decode
+// products' GEMM at 8 < B <= 64 (CudaOptions::decode_mma; read by the backend itself, so
+// that it reaches backends made from explicit options too; BHASA_DECODE_MMA_NORM=0 keeps
+// norm_gemm's norm as a kernel of its own, BHASA_DECODE_MMA_MAX_M=<m> uses it up to m rows only,
+// BHASA_DECODE_MMA_LOAD=<0..7> picks its operand loads and BHASA_DECODE_MMA_KS=<k> its K
+// slices, decode_mma.h), BHASA_TRAIN_GRAPHS=0 runs the training
 // step launch by launch (both for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;

@@ -46,6 +46,14 @@ struct CudaOptions {
   int head_chunk = 16384;
   // A training plan's forward stack and backward as CUDA graphs (Backend::graphs_for_training).
   bool train_graphs = true;
+  // The decode products with a frozen weight (bf16 A) at M <= decode_mma_max_m rows on our
+  // own tensor-core GEMM (decode_mma.cu, PDL, split-K by clusters) instead of cuBLASLt:
+  // 0 off, 1 all, 2 all but the head (N > 8192). Measured on the H200 (bench/cuda_lab/NOTES.md,
+  // dgemm3): B = 16 decodes 0.588 -> 0.500 ms a step; at B = 64 cuBLASLt is faster (0.684
+  // against 0.72-0.78), so the default stops at 16 rows. BHASA_DECODE_MMA and
+  // BHASA_DECODE_MMA_MAX_M override these.
+  int decode_mma = 2;
+  int decode_mma_max_m = 16;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

@@ -1,0 +1,291 @@
+// The decode GEMMs at M = 16, 32, 64 on the m130 shape, bf16 x bf16 -> fp32: cuBLASLt
+// (the best cold time over its heuristic's candidates, as the backend's autotune would
+// keep) against decode_mma.cu in several tiles. Each time: 24 calls captured in a CUDA
+// graph, the weight rotated over copies beyond L2 (as in a decode step), median of 15
+// replays, us per call; ours launched with PDL (as in the step). Floor: weight bytes /
+// 4.29 TB/s. Error: ||C - ref|| / ||ref|| against a float64 product of the same bf16
+// operands (every column up to 4096, else a strided subset with the tail), C NaN-poisoned
+// for beta 0; out_proj with beta 1. Usage: cuda_decode_mma [M ...] (LAB_SHAPES="in_proj ..."
+// runs only those shapes)
+// Build: g++ -O2 -std=c++20 -I src -I $CUDA/include decode_mma.cpp build/cuda/libbhasa.a
+//        -L$CUDA/lib64 -lcublasLt -lcudart
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/decode_mma.h"
+#include "lab_util.h"  // bf16_bits, from_bf16_bits
+
+namespace {
+
+#define CK(x)                                                                                        \
+  do {                                                                                               \
+    cudaError_t e_ = (x);                                                                            \
+    if (e_ != cudaSuccess) {                                                                         \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));        \
+      std::exit(1);                                                                                  \
+    }                                                                                                \
+  } while (0)
+#define LT(x)                                                                                        \
+  do {                                                                                               \
+    cublasStatus_t s_ = (x);                                                                         \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                               \
+      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, int(s_));                \
+      std::exit(1);                                                                                  \
+    }                                                                                                \
+  } while (0)
+
+cublasLtHandle_t lt;
+cudaStream_t stream;
+void* workspace;
+constexpr size_t kWs = 32u << 20;
+constexpr int kCalls = 24;
+
+float from_bf16(uint16_t h) { return from_bf16_bits(h); }
+
+// uniform in [-scale, scale) as bf16 bits
+std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale) {
+  uint64_t z = rng() | 1;
+  std::vector<uint16_t> h(n);
+  for (auto& x : h) {
+    z = z * 6364136223846793005ull + 1442695040888963407ull;
+    x = bf16_bits((float(z >> 40) * (2.f / 16777216.f) - 1.f) * scale);
+  }
+  return h;
+}
+template <typename T>
+T* upload(const std::vector<T>& h) {
+  T* p;
+  CK(cudaMalloc(&p, h.size() * sizeof(T)));
+  CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return p;
+}
+
+double time_graph(const std::function<void(int)>& op) {
+  for (int i = 0; i < kCalls; ++i) op(i);
+  CK(cudaStreamSynchronize(stream));
+  CK(cudaGetLastError());
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kCalls; ++i) op(i);
+  CK(cudaStreamEndCapture(stream, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  CK(cudaGraphLaunch(ge, stream));
+  std::vector<float> ms;
+  for (int r = 0; r < 15; ++r) {
+    CK(cudaEventRecord(a, stream));
+    CK(cudaGraphLaunch(ge, stream));
+    CK(cudaEventRecord(b, stream));
+    CK(cudaEventSynchronize(b));
+    float t;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+  std::sort(ms.begin(), ms.end());
+  return 1e3 * ms[ms.size() / 2] / kCalls;
+}
+
+struct Shape {
+  const char* name;
+  int N, K;
+  float beta;
+  std::vector<bhasa::cuda::MmaTile> tiles;  // the first: decode_mma_pick's (0s)
+  bool norm = false;  // also with the RMS norm folded in (norm_gemm), the same tiles
+};
+
+void run_shape(int M, const Shape& s, std::mt19937& rng) {
+  const size_t wn = size_t(s.N) * s.K;
+  const int copies = int(std::clamp<size_t>((160u << 20) / (wn * 2) + 1, 2, 24));
+  std::vector<uint16_t> w0 = random_bf16(wn, rng, 0.05f), a0 = random_bf16(size_t(M) * s.K, rng, 1.f);
+  std::vector<void*> W;
+  W.push_back(upload(w0));
+  for (int i = 1; i < copies; ++i) W.push_back(upload(random_bf16(wn, rng, 0.05f)));
+  void* A = upload(a0);
+  std::vector<float> c0(size_t(M) * s.N);
+  for (auto& x : c0) x = float(rng() % 2001) * 1e-3f - 1.f;
+  float* C = upload(c0);
+  // the float64 reference over a subset of columns (all when N <= 4096)
+  const int step = s.N <= 4096 ? 1 : 7;
+  std::vector<int> cols;
+  for (int n = 0; n < s.N; n += step) cols.push_back(n);
+  for (int n = std::max(0, s.N - 9); n < s.N; ++n)
+    if (n % step) cols.push_back(n);
+  std::vector<double> ref(size_t(M) * cols.size());
+  for (int m = 0; m < M; ++m)
+    for (size_t j = 0; j < cols.size(); ++j) {
+      double acc = 0;
+      const uint16_t* w = w0.data() + size_t(cols[j]) * s.K;
+      const uint16_t* a = a0.data() + size_t(m) * s.K;
+      for (int k = 0; k < s.K; ++k) acc += double(from_bf16(a[k])) * from_bf16(w[k]);
+      ref[m * cols.size() + j] = acc + s.beta * c0[size_t(m) * s.N + cols[j]];
+    }
+  auto check = [&](const std::function<void()>& call) -> double {  // rel err of one call on copy 0
+    if (s.beta == 0.f) CK(cudaMemset(C, 0xff, c0.size() * 4));  // NaN
+    else CK(cudaMemcpy(C, c0.data(), c0.size() * 4, cudaMemcpyHostToDevice));
+    call();
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaGetLastError());
+    std::vector<float> out(c0.size());
+    CK(cudaMemcpy(out.data(), C, out.size() * 4, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (int m = 0; m < M; ++m)
+      for (size_t j = 0; j < cols.size(); ++j) {
+        const double r = ref[m * cols.size() + j], o = out[size_t(m) * s.N + cols[j]];
+        if (!std::isfinite(o)) return INFINITY;
+        num += (o - r) * (o - r), den += r * r;
+      }
+    // every element written (a NaN anywhere fails)
+    for (float x : out)
+      if (!std::isfinite(x)) return double(INFINITY);
+    return std::sqrt(num / std::max(den, 1e-300));
+  };
+  const double floor_us = wn * 2 / 4.29e6;
+  std::printf("\n### %s M %d (N %d, K %d, beta %g): bf16 weight %.2f MB, floor %.2f us, %d copies\n", s.name, M,
+              s.N, s.K, s.beta, wn * 2 / 1e6, floor_us, copies);
+  std::printf("| kernel | us | x floor | rel err |\n|---|---|---|---|\n");
+  // cuBLASLt: column-major C^T (N, M) = W (K, N)^T A (K, M)
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t lw, la, lc;
+  LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
+  LT(cublasLtMatrixLayoutCreate(&lw, CUDA_R_16BF, s.K, s.N, s.K));
+  LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.K, M, s.K));
+  LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, s.N, M, s.N));
+  cublasLtMatmulPreference_t pref;
+  LT(cublasLtMatmulPreferenceCreate(&pref));
+  LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWs, sizeof(kWs)));
+  cublasLtMatmulHeuristicResult_t r[8];
+  int found = 0;
+  LT(cublasLtMatmulAlgoGetHeuristic(lt, desc, lw, la, lc, lc, pref, 8, r, &found));
+  double best = 1e30, first = -1;
+  int best_i = -1;
+  for (int i = 0; i < found; ++i) {
+    const float alpha = 1.f, beta = s.beta;
+    auto call = [&](int c) {
+      LT(cublasLtMatmul(lt, desc, &alpha, W[c % copies], lw, A, la, &beta, C, lc, C, lc, &r[i].algo, workspace, kWs,
+                        stream));
+    };
+    const double us = time_graph(call);
+    if (i == 0) first = us;
+    if (us < best) best = us, best_i = i;
+  }
+  {
+    const float alpha = 1.f, beta = s.beta;
+    const double err = check([&] {
+      LT(cublasLtMatmul(lt, desc, &alpha, W[0], lw, A, la, &beta, C, lc, C, lc, &r[best_i].algo, workspace, kWs,
+                        stream));
+    });
+    std::printf("| cuBLASLt best of %d (first %.2f) | %.2f | %.2f | %.2e |\n", found, first, best, best / floor_us, err);
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(lw), cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(desc);
+  for (size_t v = 0; v <= s.tiles.size(); ++v) {
+    const bool pdl = v < s.tiles.size();
+    const bhasa::cuda::MmaTile tile = pdl ? s.tiles[v] : s.tiles[0];
+    const bhasa::cuda::MmaTile pick = bhasa::cuda::decode_mma_pick(M, s.N, s.K);
+    const bhasa::cuda::MmaTile shown = tile.bn ? tile : pick;
+    char label[112];
+    std::snprintf(label, sizeof label, "mma bn %d split %d wk %d load %d%s%s", shown.bn, shown.split,
+                  shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load < 0 ? pick.load : shown.load,
+                  tile.bn ? "" : " (pick)", pdl ? "" : ", no PDL");
+    try {
+      auto op = [&](int c) { bhasa::cuda::decode_mma(stream, pdl, M, s.N, s.K, A, W[c % copies], s.K, s.beta, C, s.N, tile); };
+      const double err = check([&] { op(0); });
+      const double us = time_graph(op);
+      std::printf("| %s | %.2f | %.2f | %.2e |\n", label, us, us / floor_us, err);
+    } catch (const std::exception& e) {
+      std::printf("| %s | failed: %s | | |\n", label, e.what());
+      cudaGetLastError();
+    }
+  }
+  if (s.norm) {  // norm_gemm: rms_norm(x, g) @ W.T with the norm folded in (decode_mma_norm)
+    std::vector<float> x(size_t(M) * s.K), g(s.K);
+    for (auto& v : x) v = float(rng() % 20001) * 1e-4f - 1.f + 0.3f;
+    for (auto& v : g) v = 1.f + float(rng() % 2001) * 1e-4f - 0.1f;
+    float *dx = upload(x), *dg = upload(g);
+    for (int m = 0; m < M; ++m) {
+      double ss = 0;
+      for (int k = 0; k < s.K; ++k) ss += double(x[size_t(m) * s.K + k]) * x[size_t(m) * s.K + k];
+      const double r = 1.0 / std::sqrt(ss / s.K + 1e-5);
+      for (size_t j = 0; j < cols.size(); ++j) {
+        double acc = 0;
+        const uint16_t* w = w0.data() + size_t(cols[j]) * s.K;
+        for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * s.K + k]) * r * g[k] * from_bf16(w[k]);
+        ref[m * cols.size() + j] = acc;
+      }
+    }
+    for (const bhasa::cuda::MmaTile& tile : {s.tiles[0]}) {
+      const bhasa::cuda::MmaTile shown = tile.bn ? tile : bhasa::cuda::decode_mma_pick(M, s.N, s.K);
+      char label[96];
+      std::snprintf(label, sizeof label, "mma + rms norm folded, bn %d split %d wk %d", shown.bn, shown.split,
+                    shown.wk ? shown.wk : 8 / (shown.bn / 16));
+      try {
+        auto op = [&](int c) {
+          bhasa::cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, s.K, dg, 1e-5f, W[c % copies], s.K, C, s.N, tile);
+        };
+        const double err = check([&] { op(0); });
+        const double us = time_graph(op);
+        std::printf("| %s | %.2f | %.2f | %.2e |\n", label, us, us / floor_us, err);
+      } catch (const std::exception& e) {
+        std::printf("| %s | failed: %s | | |\n", label, e.what());
+        cudaGetLastError();
+      }
+    }
+    cudaFree(dx), cudaFree(dg);
+  }
+  std::fflush(stdout);
+  for (void* p : W) cudaFree(p);
+  cudaFree(A), cudaFree(C);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CK(cudaSetDevice(0));
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  LT(cublasLtCreate(&lt));
+  CK(cudaMalloc(&workspace, kWs));
+  std::vector<int> ms;
+  for (int i = 1; i < argc; ++i) ms.push_back(std::atoi(argv[i]));
+  if (ms.empty()) ms = {16, 32, 64};
+  using T = bhasa::cuda::MmaTile;
+  // per shape: the pick under each load (0..3, and 7: late PDL trigger), then other tiles
+  const std::vector<Shape> shapes = {
+      {"in_proj", 3072, 768, 0.f,
+       {T{}, T{64, 2, 2, 0}, T{64, 2, 2, 2}, T{64, 2, 2, 3}, T{64, 2, 2, 7}, T{64, 4, 2, 3}, T{32, 4, 4, 3},
+        T{128, 4, 1, 3}, T{32, 2, 4, 3}, T{64, 4, 2, 1}},
+       true},
+      {"x_proj", 80, 1536, 0.f,
+       {T{}, T{16, 8, 4, 0}, T{16, 8, 4, 2}, T{16, 8, 4, 3}, T{16, 8, 4, 7}, T{16, 4, 4, 3}, T{16, 8, 8, 3}}},
+      {"out_proj", 768, 1536, 1.f,
+       {T{}, T{32, 4, 4, 0}, T{32, 4, 4, 2}, T{32, 4, 4, 3}, T{32, 4, 4, 7}, T{32, 8, 4, 3}, T{64, 4, 2, 3},
+        T{16, 4, 4, 3}, T{64, 2, 2, 3}}},
+      {"lm_head", 50280, 768, 0.f, {T{}, T{128, 2, 1, 0}, T{128, 2, 1, 3}, T{64, 2, 2, 3}, T{128, 4, 1, 3}}, true},
+  };
+
+  std::mt19937 rng(1);
+  const char* only = std::getenv("LAB_SHAPES");  // e.g. "in_proj out_proj"
+  for (int M : ms)
+    for (const Shape& s : shapes)
+      if (!only || std::strstr(only, s.name)) run_shape(M, s, rng);
+  return 0;
+}

@@ -1,0 +1,410 @@
+// The decode products at 8 < M <= 64 rows on tensor cores: C (M, N) fp32 = A (M, K) bf16 @
+// W^T + beta * C, W (N, K) a frozen weight's bf16 mirror (weight_mirror.cuh). These are a
+// weight read (in_proj 4.7 MB, 1.1 us at 4.29 TB/s), where cuBLASLt takes >= 4.2 us at any
+// size (bench/cuda_lab/NOTES.md) and cannot be launched with PDL.
+//
+// Design: what limits a weight stream is the bytes in flight per SM (~32 KB to cover ~1 us
+// of DRAM latency at ~32 GB/s per SM). So a block's whole weight tile is requested at once,
+// at kernel start and before pdl_wait (weights never depend on the previous kernel): one
+// cp.async.bulk per weight row segment, completing on an mbarrier. Then pdl_wait, then A's
+// slice (from L2) the same way. Tiles are small (bn rows x K / split) so that even N = 768
+// gives ~200 blocks; the split-K partials are summed through distributed shared memory by
+// a thread-block cluster of the `split` blocks of a column tile (fixed order: no atomics,
+// the result does not depend on timing).
+//
+// Inside a block, warp (wn, wk) owns weight rows [16 wn, 16 wn + 16) and the k16 steps
+// wk, wk + WK, ...: mma.sync m16n8k16 with the weight as the 16-row operand and A's rows
+// as the 8-column one (D^T = W A^T), both K-contiguous in shared memory and fetched by
+// ldmatrix; rows of A >= M are skipped a tile of 8 at a time (their garbage only reaches
+// outputs that are not stored).
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/decode_mma.h"
+
+namespace cg = cooperative_groups;
+
+namespace bhasa::cuda {
+
+namespace {
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// bytes (a multiple of 16) from global src to shared dst (both 16-byte aligned) by the
+// copy engine; completes on bar's transaction count
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// d += a (16x16, row) @ b (16x8, col), bf16 in, fp32 accumulate
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// torch: C = A @ W.T + beta * C   A (M, K) bf16 dense, W (N, ldw) bf16, C (M, ldc) fp32.
+// Grid (split, ceil(N / BN)), cluster (split, 1, 1) when split > 1: block (s, t) multiplies
+// weight rows [BN t, BN t + BN) by the K slice [KS s, KS s + KS). Shared memory: the weight
+// tile (BN, KS) and A's slice (M, KS) at row pitch 2 KS + 16 bytes (ldmatrix conflict-free),
+// later reused for the partials (WK, M, BN + 4) fp32.
+// NORM (norm_gemm's RMSNorm folded in): A = rms_norm(X, g) with X (M, ldx) fp32: the block
+// stages bf16(X * g) of its K slice and the rows' sums of squares of the slice (after them in
+// shared memory, (M, KS / 4)); the cluster, which covers all of K, sums those in rank order
+// and the stores scale each row by its rstd = 1 / sqrt(mean(x^2) + eps) (A's argument unused).
+template <int WN, int WK, bool NORM>
+__global__ void __launch_bounds__(32 * WN * WK, 1)
+decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
+                  const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
+                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load) {
+  constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t bars[2];
+  __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM ? kMmaMaxM : 1];  // NORM: sums of squares, rstd
+  const int S = gridDim.x, rank = blockIdx.x;  // cluster (S, 1, 1): the block rank is blockIdx.x
+  const int n0 = blockIdx.y * BN, k0 = rank * KS, kl = min(KS, K - k0);
+  const int rows = min(BN, N - n0), pitch = 2 * KS + 16;
+  const unsigned seg = 2u * unsigned(kl);
+  unsigned char* sW = smem;
+  unsigned char* sA = smem + BN * pitch;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  if (threadIdx.x == 0) {
+    mbar_init(&bars[0], 1);
+    mbar_init(&bars[1], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  __syncthreads();
+  // the whole weight tile in flight at once, before waiting on the previous kernel: one bulk
+  // copy a row (load & 2: 16-byte cp.async from every thread instead)
+  const int cpr = kl / 8;  // 16-byte chunks a row
+  if (load & 2) {
+    for (int c = threadIdx.x; c < rows * cpr; c += T)
+      cp_async16(sW + (c / cpr) * pitch + (c % cpr) * 16, W + size_t(n0 + c / cpr) * ldw + k0 + (c % cpr) * 8, true);
+    cp_async_commit();
+  } else if (warp == 0) {
+    if (lane == 0) mbar_expect_tx(&bars[0], unsigned(rows) * seg);
+    __syncwarp();
+    for (int r = lane; r < rows; r += 32) bulk_copy(sW + r * pitch, W + size_t(n0 + r) * ldw + k0, seg, &bars[0]);
+  }
+  if (!(load & 4)) pdl_trigger();  // load & 4: the next kernel launched only after our products
+  pdl_wait();
+  if (NORM) {
+    // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
+    const int kl4 = kl / 4, total = M * kl4;
+    float* sq = reinterpret_cast<float*>(sA + ((M + 15) / 16 * 16) * pitch);  // (M, kl4)
+    for (int base = threadIdx.x; base < total; base += 8 * T) {
+      float4 xv[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = base + j * T, m = i / kl4, c4 = i % kl4;
+        if (i < total) xv[j] = *reinterpret_cast<const float4*>(X + size_t(m) * ldx + k0 + 4 * c4);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = base + j * T, m = i / kl4, c4 = i % kl4;
+        if (i < total) {
+          const float4 x = xv[j], w = *reinterpret_cast<const float4*>(g + k0 + 4 * c4);
+          sq[i] = (x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w);
+          __nv_bfloat162 h[2] = {__floats2bfloat162_rn(x.x * w.x, x.y * w.y), __floats2bfloat162_rn(x.z * w.z, x.w * w.w)};
+          *reinterpret_cast<uint2*>(sA + m * pitch + c4 * 8) = *reinterpret_cast<const uint2*>(h);
+        }
+      }
+    }
+    __syncthreads();
+    // each row's sum over the slice: lanes in order, then a fixed shuffle tree
+    for (int m = warp; m < M; m += WN * WK) {
+      float ss = 0.f;
+      for (int c = lane; c < kl4; c += 32) ss += sq[m * kl4 + c];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) row_ss[m] = ss;
+    }
+  } else if (load & 1) {  // A (written by the previous kernel) by 16-byte cp.async from every thread
+    for (int c = threadIdx.x; c < M * cpr; c += T)
+      cp_async16(sA + (c / cpr) * pitch + (c % cpr) * 16, A + size_t(c / cpr) * K + k0 + (c % cpr) * 8, true);
+    cp_async_commit();
+  } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // or one bulk copy a row
+    if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
+    __syncwarp();
+    for (int r = lane; r < M; r += 32) bulk_copy(sA + r * pitch, A + size_t(r) * K + k0, seg, &bars[1]);
+  }
+
+  // beta != 0 (out_proj's residual): the C elements this thread will store, fetched now,
+  // off the critical path (the stores below take items i0, i0 + T, ... of this block's share)
+  const int items = M * (BN / 4);  // float4s of the tile
+  const int per = (items + S - 1) / S, i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
+  const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
+  float4 cpre[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
+    cpre[j] = beta != 0.f && vec && i < end && gn + 3 < N
+                  ? *reinterpret_cast<const float4*>(C + size_t(m) * ldc + gn)
+                  : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+
+  const int wn = warp % WN, wk = warp / WN;
+  float acc[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  // ldmatrix row addresses: W rows 16 wn + (lane & 15), k half lane >> 4; A rows
+  // 8 (lane >> 4) + (lane & 7), k half (lane >> 3) & 1 (matrices b0, b1 of tile 2jj, then 2jj + 1)
+  const unsigned aw = smem_addr(sW) + (wn * 16 + (lane & 15)) * pitch + (lane >> 4) * 16;
+  const unsigned aa = smem_addr(sA) + ((lane >> 4) * 8 + (lane & 7)) * pitch + ((lane >> 3) & 1) * 16;
+  const int steps = kl / 16, mtiles = (M + 15) / 16;
+  if (!(load & 2)) mbar_wait(&bars[0], 0);
+  if (!NORM && !(load & 1)) mbar_wait(&bars[1], 0);
+  if (load & 3) {
+    cp_async_wait<0>();
+    __syncthreads();  // every thread's copies have landed
+  }
+  // a k16 step's fragments all loaded before its products, the next step's loaded while
+  // they run (the asm is volatile: program order is issue order)
+  auto frags = [&](int ks, unsigned (&a)[4], unsigned (&b)[4][4]) {
+    ldmatrix_x4(a, aw + ks * 32);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj)
+      if (jj < mtiles) ldmatrix_x4(b[jj], aa + jj * 16 * pitch + ks * 32);
+  };
+  auto products = [&](const unsigned (&a)[4], const unsigned (&b)[4][4]) {
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      if (jj < mtiles) {
+        mma_bf16(acc[2 * jj], a, b[jj][0], b[jj][1]);
+        if (16 * jj + 8 < M) mma_bf16(acc[2 * jj + 1], a, b[jj][2], b[jj][3]);
+      }
+    }
+  };
+  unsigned a0[4], b0[4][4], a1[4], b1[4][4];
+  if (wk < steps) frags(wk, a0, b0);
+  for (int ks = wk; ks < steps; ks += 2 * WK) {
+    if (ks + WK < steps) frags(ks + WK, a1, b1);
+    products(a0, b0);
+    if (ks + WK >= steps) break;
+    if (ks + 2 * WK < steps) frags(ks + 2 * WK, a0, b0);
+    products(a1, b1);
+  }
+
+  if (load & 4) pdl_trigger();
+  // partials (WK, M, PB) over the tiles: acc[j] = D rows n (g, g + 8), columns m (2t, 2t + 1)
+  __syncthreads();  // every warp is done with sW / sA
+  float* part = reinterpret_cast<float*>(smem);
+  {
+    float* pw = part + size_t(wk) * M * PB;
+    const int g = lane >> 2, t = lane & 3, n = wn * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int m = 8 * j + 2 * t;
+      if (m < M) pw[m * PB + n] = acc[j][0], pw[m * PB + n + 8] = acc[j][2];
+      if (m + 1 < M) pw[(m + 1) * PB + n] = acc[j][1], pw[(m + 1) * PB + n + 8] = acc[j][3];
+    }
+  }
+  __syncthreads();
+  // the WK warp slices summed in this block, in order, into slice 0
+  if (WK > 1) {
+    for (int i = threadIdx.x; i < items; i += T) {
+      const int m = i / (BN / 4), n = (i % (BN / 4)) * 4;
+      float4 s = *reinterpret_cast<const float4*>(part + m * PB + n);
+#pragma unroll
+      for (int w = 1; w < WK; ++w) {
+        const float4 v = *reinterpret_cast<const float4*>(part + (size_t(w) * M + m) * PB + n);
+        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+      }
+      *reinterpret_cast<float4*>(part + m * PB + n) = s;
+    }
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  if (S > 1) cluster.sync();  // every block's slice 0 is complete and visible to the cluster
+  else __syncthreads();
+
+  if (NORM) {  // rstd of each row from the S slices' sums of squares, in rank order
+    for (int m = threadIdx.x; m < M; m += T) {
+      float ss = 0.f;
+      for (int q = 0; q < S; ++q) ss += S > 1 ? *cluster.map_shared_rank(&row_ss[m], q) : row_ss[m];
+      row_r[m] = 1.0f / sqrtf(ss / K + eps);
+    }
+    __syncthreads();
+  }
+  // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it
+  for (int i = i0, j = 0; i < end; i += T, ++j) {
+    const int m = i / (BN / 4), n = (i % (BN / 4)) * 4, gn = n0 + n;
+    if (gn >= N) continue;
+    float4 v[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q)  // all S loads in flight, then the sum in order
+      if (q < S) v[q] = *reinterpret_cast<const float4*>((S > 1 ? cluster.map_shared_rank(part, q) : part) + m * PB + n);
+    float4 s = v[0];
+#pragma unroll
+    for (int q = 1; q < 8; ++q)
+      if (q < S) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
+    if (NORM) {
+      const float r = row_r[m];
+      s.x *= r, s.y *= r, s.z *= r, s.w *= r;
+    }
+    float* c = C + size_t(m) * ldc + gn;
+    if (vec && gn + 3 < N) {
+      if (beta != 0.f) {
+        const float4 o = j == 0 ? cpre[0] : j == 1 ? cpre[1] : *reinterpret_cast<const float4*>(c);
+        s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
+      }
+      *reinterpret_cast<float4*>(c) = s;
+    } else {
+      const float r[4] = {s.x, s.y, s.z, s.w};
+      for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * c[e] : r[e];
+    }
+  }
+  if (S > 1) cluster.sync();  // no block leaves while another reads its partials
+}
+
+using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
+                        const float*, int, const float*, float, int);
+
+template <bool NORM>
+Kernel kernel_for(int bn, int wk) {
+  switch (bn * 16 + wk) {
+    case 16 * 16 + 4: return decode_mma_kernel<1, 4, NORM>;
+    case 16 * 16 + 8: return decode_mma_kernel<1, 8, NORM>;
+    case 32 * 16 + 2: return decode_mma_kernel<2, 2, NORM>;
+    case 32 * 16 + 4: return decode_mma_kernel<2, 4, NORM>;
+    case 64 * 16 + 1: return decode_mma_kernel<4, 1, NORM>;
+    case 64 * 16 + 2: return decode_mma_kernel<4, 2, NORM>;
+    case 128 * 16 + 1: return decode_mma_kernel<8, 1, NORM>;
+    default: return nullptr;
+  }
+}
+
+// K slices of a multiple of 16 (every slice non-empty) and the dynamic shared memory of a tile
+struct Layout {
+  int KS, S;
+  size_t smem;
+};
+Layout layout(const MmaTile& t, int M, int K, bool norm) {
+  const int split = std::clamp(t.split, 1, std::min(8, K / 16));
+  Layout l;
+  l.KS = (K / 16 + split - 1) / split * 16, l.S = (K + l.KS - 1) / l.KS;
+  const int pitch = 2 * l.KS + 16;
+  // A's rows rounded up to 16: ldmatrix reads whole 16-row tiles (rows >= M unwritten);
+  // norm: then the sums of squares (M, KS / 4)
+  const size_t tiles = size_t(t.bn + (M + 15) / 16 * 16) * pitch + (norm ? size_t(M) * (l.KS / 4) * 4 : 0);
+  l.smem = std::max(tiles, size_t(t.wk) * M * (t.bn + 4) * 4);
+  return l;
+}
+constexpr size_t kMaxSmem = 226 * 1024;  // the opt-in limit (227 KB) less the static part
+
+MmaTile complete(MmaTile tile, int M, int N, int K) {
+  const MmaTile pick = decode_mma_pick(M, N, K);
+  if (tile.bn == 0) tile.bn = pick.bn;
+  if (tile.split == 0) tile.split = pick.split;
+  if (tile.wk == 0) tile.wk = tile.bn == pick.bn ? pick.wk : 8 / (tile.bn / 16);
+  if (tile.load < 0) tile.load = pick.load;
+  return tile;
+}
+
+template <bool NORM>
+void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
+            float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile) {
+  tile = complete(tile, M, N, K);
+  Kernel kernel = kernel_for<NORM>(tile.bn, tile.wk);
+  if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
+                           std::to_string(tile.wk) + " warps along K");
+  const Layout l = layout(tile, M, K, NORM);
+  if (l.smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(l.smem) + " bytes of shared memory");
+  static int raised[8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
+  int& allowed = raised[(tile.bn / 16) * 16 + tile.wk];
+  if (l.smem > 48 * 1024 && int(l.smem) > allowed) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.smem)),
+               "decode_mma: cudaFuncSetAttribute");
+    allowed = int(l.smem);
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(l.S, (N + tile.bn - 1) / tile.bn);
+  cfg.blockDim = dim3(32 * (tile.bn / 16) * tile.wk);
+  cfg.dynamicSmemBytes = l.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (l.S > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = l.S, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load),
+             "decode_mma: cudaLaunchKernelEx");
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
+
+}  // namespace
+
+// From the lab (bench/cuda_lab/NOTES.md, dgemm3 runs 1-2): K slices of ~384 where N gives
+// enough column tiles, of ~192 for x_proj's 80 columns (4 warps along K there); operands by
+// cp.async from every thread (load 3: as fast as or faster than bulk copies at every shape).
+MmaTile decode_mma_pick(int M, int N, int K) {
+  (void)M;
+  MmaTile t;
+  t.split = std::clamp(N < 256 ? (K + 191) / 192 : (K + 383) / 384, 1, 8);
+  t.bn = N >= 16384 ? 128 : N >= 2048 ? 64 : N >= 256 ? 32 : 16;
+  t.wk = N < 256 ? 4 : 8 / (t.bn / 16);
+  t.load = 3;
+  return t;
+}
+
+bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw) {
+  return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 && aligned16(A) &&
+         aligned16(W) && layout(complete({}, M, N, K), M, K, false).smem <= kMaxSmem;
+}
+
+void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
+                float beta, float* C, int ldc, MmaTile tile) {
+  launch<false>(stream, pdl, M, N, K, A, W, ldw, beta, C, ldc, nullptr, 0, nullptr, 0.f, tile);
+}
+
+bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw) {
+  return decode_mma_serves(M, N, K, W, W, ldw) && ldx % 4 == 0 && aligned16(x) && aligned16(g) &&
+         layout(complete({}, M, N, K), M, K, true).smem <= kMaxSmem;
+}
+
+void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
+                     float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile) {
+  launch<true>(stream, pdl, M, N, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile);
+}
+
+}  // namespace bhasa::cuda

@@ -1,0 +1,35 @@
+// A bf16 tensor-core GEMM for decoding at 8 < M <= 64 rows (decode_mma.cu): the host side,
+// in plain C++ so that the labs (g++) can call it. See decode_mma.cu for the design.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace bhasa::cuda {
+
+constexpr int kMmaMaxM = 64;
+
+// A block's tile: bn weight rows (16, 32, 64 or 128) x a K slice; split K slices summed by
+// a thread-block cluster (1..8); wk warps along the slice. 0: decode_mma_pick's choice.
+// load: how the operands reach shared memory, bits: 1 A by 16-byte cp.async from every
+// thread (else one bulk copy a row), 2 the same for the weight, 4 the next kernel (PDL)
+// let start only after the products, not at the start; -1: the pick's.
+struct MmaTile {
+  int bn = 0, split = 0, wk = 0, load = -1;
+};
+
+// The tile decode_mma uses for (M, N, K) when given none.
+MmaTile decode_mma_pick(int M, int N, int K);
+// A (M, K) bf16 dense, W (N, K) bf16 row stride ldw, C (M, N) fp32 row stride ldc:
+// 0 < M <= 64, K % 16 == 0, ldw % 8 == 0, A and W 16-byte aligned.
+bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw);
+// torch: C = A @ W.T + beta * C   (C not read when beta == 0). pdl: launched with
+// programmatic dependent launch (the weight copies start before the previous kernel ends).
+void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
+                float beta, float* C, int ldc, MmaTile tile = MmaTile{});
+// norm_gemm with RMSNorm folded in: torch: C = F.rms_norm(x, (K,), g, eps) @ W.T   x (M, ldx)
+// fp32 (ldx % 4 == 0, 16-byte aligned), g (K); A is bf16(x * g), each row scaled by its rstd
+// after the product.
+bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw);
+void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
+                     float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile = MmaTile{});
+
+}  // namespace bhasa::cuda
