@@ -37,7 +37,9 @@ double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperan
                                                      : gemm.to_bf16(X.f32(), T, D, D, 0);
     // (V, D): the frozen weights' bf16 mirror when there is one
     const __nv_bfloat16* Wb = W16 ? static_cast<const __nv_bfloat16*>(W16) : gemm.to_bf16(W, V, D, D, 1);
-    const int ldl = (V + 7) / 8 * 8;                         // 16-byte rows for the kernel
+    // Rows 128-byte aligned: at m130 (V = 50280) the logits GEMM ran 1.80 -> 1.72 ms a chunk,
+    // its dX product 1.58 -> 1.53 and the cross-entropy 1.14 -> 1.11 against 16-byte rows.
+    const int ldl = (V + 63) / 64 * 64;
     auto* logits = static_cast<__nv_bfloat16*>(
         c.scratch->get(kHeadLogits, size_t(rows) * ldl * sizeof(__nv_bfloat16)));  // (rows, ldl)
     for (int t0 = 0; t0 < T; t0 += rows) {
