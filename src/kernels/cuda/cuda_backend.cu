@@ -48,6 +48,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA")) decode_mma_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_KS")) mma_ks_ = std::atoi(m);
     cudaDeviceProp prop{};
@@ -444,8 +445,11 @@ class CudaBackend final : public Backend {
     if (mma_ks_ > 0) t.split = std::clamp((K + mma_ks_ - 1) / mma_ks_, 1, 8);
     return t;
   }
+  // A thin output (x_proj's N = 80) stays on decode_mma up to 64 rows: lab at M 32 / 64,
+  // 3.29 / 3.75 us against cuBLASLt's 4.34 / 4.33 (NOTES.md, decode_mma).
   bool use_mma(int M, int N) const {
-    return M <= decode_mma_max_m_ && (decode_mma_ == 1 || (decode_mma_ == 2 && N <= 8192));
+    const bool rows_ok = M <= decode_mma_max_m_ || (N <= mma_thin_n_ && M <= kDecodeMaxM);
+    return rows_ok && (decode_mma_ == 1 || (decode_mma_ == 2 && N <= 8192));
   }
   // C (M, N) = a16 (M, K) bf16 dense @ w16^T + beta * C, w16 (N, K) row stride ldw a frozen
   // weight's bf16 mirror: decode_mma.cu where it serves and is switched on, else cuBLASLt.
@@ -495,6 +499,7 @@ class CudaBackend final : public Backend {
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
   int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
+  int mma_thin_n_ = 128;  // outputs this narrow use decode_mma at any decode M (BHASA_DECODE_MMA_THIN_N)
   cuda::MmaTile mma_tile_;  // decode_mma_pick's, but for the operand loads (BHASA_DECODE_MMA_LOAD)
   int mma_ks_ = 0;  // > 0: K slices of about this many (BHASA_DECODE_MMA_KS), else the pick's
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
@@ -539,6 +544,7 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // products' GEMM at 8 < B <= 64 (CudaOptions::decode_mma; read by the backend itself, so
 // that it reaches backends made from explicit options too; BHASA_DECODE_MMA_NORM=0 keeps
 // norm_gemm's norm as a kernel of its own, BHASA_DECODE_MMA_MAX_M=<m> uses it up to m rows only,
+// BHASA_DECODE_MMA_THIN_N=<n> also for outputs of at most n columns at any decode batch (default 128),
 // BHASA_DECODE_MMA_LOAD=<0..7> picks its operand loads and BHASA_DECODE_MMA_KS=<k> its K
 // slices, decode_mma.h), BHASA_TRAIN_GRAPHS=0 runs the training
 // step launch by launch (both for comparisons).
