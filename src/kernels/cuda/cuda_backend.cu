@@ -446,7 +446,8 @@ class CudaBackend final : public Backend {
     return t;
   }
   // A thin output (x_proj's N = 80) stays on decode_mma up to 64 rows: lab at M 32 / 64,
-  // 3.29 / 3.75 us against cuBLASLt's 4.34 / 4.33 (NOTES.md, decode_mma).
+  // 3.29 / 3.75 us against cuBLASLt's 4.34 / 4.33 (NOTES.md, decode_mma); whole m130 decode
+  // 0.616 -> 0.568 ms a step at B = 32, 0.682 -> 0.657 at B = 64.
   bool use_mma(int M, int N) const {
     const bool rows_ok = M <= decode_mma_max_m_ || (N <= mma_thin_n_ && M <= kDecodeMaxM);
     return rows_ok && (decode_mma_ == 1 || (decode_mma_ == 2 && N <= 8192));
