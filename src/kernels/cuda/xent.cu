@@ -299,7 +299,7 @@ __device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned parity) {
 template <int kT, bool kStream>
 __global__ void __launch_bounds__(kT, 2)
 xent_bf16_bulk_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, float scale,
-                      double* row_loss, int* flags) {
+                      double* row_loss, int* flags, int T, int ahead) {
   extern __shared__ __align__(128) uint4 row_b8[];  // (V + 7) / 8: 8 bf16 each
   __shared__ float sm[kT / 32], ss[kT / 32];
   __shared__ __align__(8) uint64_t bar[kPieces];
@@ -310,6 +310,11 @@ xent_bf16_bulk_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targ
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int p = 0; p < kPieces; ++p) bar_init(&bar[p], 1);
+    // ahead > 0: an L2 prefetch of the row that a block about `ahead` rows later will read
+    if (ahead > 0 && t + ahead < T)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(logits + size_t(t + ahead) * ldl),
+                   "r"(unsigned(V8) * 16u)
+                   : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #pragma unroll
     for (int p = 0; p < kPieces; ++p) {
@@ -398,10 +403,13 @@ xent_bf16_bulk_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targ
 // BHASA_XENT_V picks the bf16 kernel (an A/B switch, read at each call): "old" main's
 // xent_bf16_kernel; "bulk" (default) xent_bf16_bulk_kernel<512>; "bulk1024" with 1024
 // threads a block (other low bits); "bulkcs" with streaming stores.
-int xent_variant() {
+// "bulkpf<k>": with an L2 prefetch of the row k rows ahead.
+int xent_variant(int* ahead) {
+  *ahead = 0;
   const char* e = std::getenv("BHASA_XENT_V");
   if (!e) return 1;
   const std::string v(e);
+  if (v.rfind("bulkpf", 0) == 0) *ahead = std::atoi(v.c_str() + 6);
   return v == "old" ? 0 : v == "bulk1024" ? 2 : v == "bulkcs" ? 3 : 1;
 }
 
@@ -447,11 +455,12 @@ void xent_bf16_rows(Ctx& c, int T, int V, void* logits, int ldl, const int32_t* 
         "xent_bf16_rows: the logits need 16-byte aligned rows");
   auto* l = static_cast<__nv_bfloat16*>(logits);
   const size_t row_bytes = size_t(V + 7) / 8 * 16;
-  const int variant = xent_variant();
+  int ahead = 0;
+  const int variant = xent_variant(&ahead);
   if (variant != 0 && row_bytes <= size_t(smem_limit())) {
     auto launch = [&](auto kernel, int threads) {
       BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(row_bytes)));
-      kernel<<<T, threads, row_bytes, c.stream>>>(V, l, ldl, targets, dlogits_scale, row_loss, flags);
+      kernel<<<T, threads, row_bytes, c.stream>>>(V, l, ldl, targets, dlogits_scale, row_loss, flags, T, ahead);
     };
     if (variant == 2) launch(xent_bf16_bulk_kernel<1024, false>, 1024);
     else if (variant == 3) launch(xent_bf16_bulk_kernel<512, true>, 512);
