@@ -6,7 +6,6 @@
 // Any write into the frozen range must drop the copy; tf32 / fp32 modes never make one.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -229,7 +228,7 @@ TEST(FrozenWeights, AdamwRewritesTheMirror) {
     return c;
   };
   for (const char* variant : {"new", "old"}) {
-    setenv("BHASA_ADAMW_V", variant, 1);
+    ScopedEnv env("BHASA_ADAMW_V", variant);
     auto W = randn(n, rng, 0.05f);
     DevBuf dW(*gpu, W), g(*gpu, randn(n, rng)), m(*gpu, n), v(*gpu, n);
     gpu->freeze_weights(dW.p, n);
@@ -251,7 +250,6 @@ TEST(FrozenWeights, AdamwRewritesTheMirror) {
       EXPECT_EQ(product(dW.p), got) << variant << ": the same bits as a fresh conversion";
     }
   }
-  unsetenv("BHASA_ADAMW_V");
 }
 
 // Training-size products (the optimizer freezes the weights after each update): the

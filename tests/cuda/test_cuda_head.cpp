@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
 #include "core/error.h"
@@ -104,10 +103,12 @@ TEST_P(CudaHead, MatchesCpuSeparateOps) {
 
       // main's bf16 cross-entropy kernel (BHASA_XENT_V=old): the same bits
       if (math == GemmMath::bf16) {
-        setenv("BHASA_XENT_V", "old", 1);
         DevBuf dX4(*gpu, std::vector<float>(d.X.size(), kNaN)), dW4(*gpu, d.dW0);
-        const double loss4 = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, d.scale, dX4.p, dW4.p);
-        unsetenv("BHASA_XENT_V");
+        double loss4;
+        {
+          ScopedEnv old("BHASA_XENT_V", "old");
+          loss4 = gpu->head_loss(c.T, c.V, c.D, X.p, W.p, tg.p, d.scale, dX4.p, dW4.p);
+        }
         EXPECT_EQ(loss, loss4);
         EXPECT_EQ(dX4.host(), gdX);
         EXPECT_EQ(dW4.host(), gdW);

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
 #include "core/error.h"
@@ -210,11 +209,12 @@ TEST_P(CudaNorm, ForwardBackward) {
   EXPECT_EQ(dDw2.host(), dDw.host());
   EXPECT_EQ(dDb2.host(), dDb.host());
   // main's kernel (BHASA_NORM_BWD_V=old, norm_backward_vec): the same bits as the default
-  setenv("BHASA_NORM_BWD_V", "old", 1);
   DevBuf dDx3(*gpu, dx0), dDw3(*gpu, dw0), dDb3(*gpu, db0), dDxCopy3(*gpu, nans(size_t(T) * D));
-  gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx3.p, dDw3.p,
-                     rms ? nullptr : dDb3.p, dDxCopy3.p);
-  unsetenv("BHASA_NORM_BWD_V");
+  {
+    ScopedEnv old("BHASA_NORM_BWD_V", "old");
+    gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx3.p, dDw3.p,
+                       rms ? nullptr : dDb3.p, dDxCopy3.p);
+  }
   EXPECT_EQ(dDx3.host(), dDx.host());
   EXPECT_EQ(dDxCopy3.host(), dDxCopy.host());
   EXPECT_EQ(dDw3.host(), dDw.host());
