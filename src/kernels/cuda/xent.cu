@@ -263,86 +263,38 @@ xent_bf16_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, 
 }
 
 // The same function and the same arithmetic per thread as xent_bf16_kernel<true> (bitwise
-// the same loss and gradient at kT = 512), with the row brought into shared memory by the
-// copy engine: thread 0 starts kPieces bulk copies (cp.async.bulk, each completing on its
-// own mbarrier) of the whole row at the block's entry, so a row's bytes are all in flight
-// at once without holding registers, and the first pass starts on piece 0 while the rest
-// arrive. The old kernel had at most 8 x 16 bytes a thread (64 KB a block) in flight, and
-// issued them only after the target id's load. Two blocks (rows) per SM.
-// kStream: the gradient written with st.global.cs (evict first).
-constexpr int kPieces = 4;
-
-__device__ __forceinline__ void bar_init(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(unsigned(__cvta_generic_to_shared(bar))), "r"(count)
-               : "memory");
-}
-// Bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) global -> shared,
-// completing on bar (which expects them).
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-  const unsigned b = unsigned(__cvta_generic_to_shared(bar));
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   unsigned(__cvta_generic_to_shared(dst))),
-               "l"(src), "r"(bytes), "r"(b)
-               : "memory");
-}
-__device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned parity) {
-  const unsigned b = unsigned(__cvta_generic_to_shared(bar));
-  asm volatile(
-      "{\n .reg .pred p;\n WAIT_%=:\n"
-      " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      " @!p bra WAIT_%=;\n}\n" ::"r"(b),
-      "r"(parity)
-      : "memory");
-}
-
-template <int kT, bool kStream>
-__global__ void __launch_bounds__(kT, 2)
-xent_bf16_bulk_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, float scale,
-                      double* row_loss, int* flags, int T, int ahead) {
-  extern __shared__ __align__(128) uint4 row_b8[];  // (V + 7) / 8: 8 bf16 each
-  __shared__ float sm[kT / 32], ss[kT / 32];
-  __shared__ __align__(8) uint64_t bar[kPieces];
+// the same loss and gradient), for rows of up to kRowLoads x 512 x 8 = 53248 logits: every
+// 16-byte load of the row is issued at once (13 a thread, 52 registers), before the target
+// id is known, so a row costs one memory latency instead of three (xent_bf16_kernel waited
+// for the target id, then loaded 8 a thread, worked on them, then loaded the rest).
+// (A copy of the whole row by the copy engine, cp.async.bulk into shared memory, measured
+// slower: 1.48 ms against 1.11 at (16384, 50280); bench/cuda_lab/NOTES.md, session 6.)
+constexpr int kRowLoads = 13;
+__global__ void __launch_bounds__(kBf16Threads, 2)
+xent_bf16_row_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, float scale,
+                     double* row_loss, int* flags) {
+  extern __shared__ uint4 row_s8[];  // (V + 7) / 8: 8 bf16 each
+  __shared__ float sm[kBf16Threads / 32], ss[kBf16Threads / 32];
+  __shared__ float target_logit;
   const int t = blockIdx.x, V8 = (V + 7) / 8;
   uint4* row = reinterpret_cast<uint4*>(logits + size_t(t) * ldl);
-  // pieces of whole kT-wide strides of the row, so that stride k waits on one piece only
-  const int strides = (V8 + kT - 1) / kT, per_piece = (strides + kPieces - 1) / kPieces;
-  if (threadIdx.x == 0) {
+  uint4 v[kRowLoads];
 #pragma unroll
-    for (int p = 0; p < kPieces; ++p) bar_init(&bar[p], 1);
-    // ahead > 0: an L2 prefetch of the row that a block about `ahead` rows later will read
-    if (ahead > 0 && t + ahead < T)
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(logits + size_t(t + ahead) * ldl),
-                   "r"(unsigned(V8) * 16u)
-                   : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#pragma unroll
-    for (int p = 0; p < kPieces; ++p) {
-      const int i0 = p * per_piece * kT, i1 = min(V8, i0 + per_piece * kT);
-      if (i0 < i1) bulk_load(row_b8 + i0, row + i0, unsigned(i1 - i0) * 16u, &bar[p]);
-      else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(unsigned(__cvta_generic_to_shared(&bar[p])))
-                        : "memory");
-    }
+  for (int a = 0; a < kRowLoads; ++a) {
+    const int i = threadIdx.x + a * kBf16Threads;
+    if (i < V8) v[a] = row[i];
   }
   const int target = targets[t];
-  __syncthreads();  // the barriers are initialised
-  if (target < 0 || target >= V) {
-    for (int p = 0; p < kPieces; ++p) bar_wait(&bar[p], 0);  // no copy outlives the block
-    if (threadIdx.x == 0) {
-      row_loss[t] = 0.0;
-      if (target >= V) flags[0] = 1;
-    }
-    if (scale != 0.0f)
-      for (int i = threadIdx.x; i < V8; i += kT) row[i] = make_uint4(0, 0, 0, 0);
-    return;
-  }
+  const bool valid = target >= 0 && target < V;
+  if (threadIdx.x == 0 && valid) target_logit = __bfloat162float(logits[size_t(t) * ldl + target]);
   float m = -FLT_MAX, s = 0.0f;  // online: s = sum exp(x - m)
-  for (int k = 0; k < strides; ++k) {
-    if (k % per_piece == 0) bar_wait(&bar[k / per_piece], 0);
-    const int i = threadIdx.x + k * kT;
+#pragma unroll
+  for (int a = 0; a < kRowLoads; ++a) {
+    const int i = threadIdx.x + a * kBf16Threads;
     if (i >= V8) break;
+    row_s8[i] = v[a];
     float x[8];
-    unpack8(row_b8[i], x);
+    unpack8(v[a], x);
     if (i * 8 + 8 > V)  // the padding after the last column (only the row's last 8 can have it)
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -358,28 +310,31 @@ xent_bf16_bulk_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targ
     for (int j = 0; j < 8; ++j) e += ex2_(fmaf(x[j], kLog2e, -ml));
     s += e;
   }
-  // A thread past the row's end skipped later pieces' waits: wait for all before the
-  // barrier below, so every thread sees the whole row.
-  for (int p = 0; p < kPieces; ++p) bar_wait(&bar[p], 0);
   for (int o = 16; o > 0; o >>= 1) {
     const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
     combine(m, s, m2, s2);
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) { sm[warp] = m; ss[warp] = s; }
-  __syncthreads();
+  __syncthreads();  // also: row_s8 and target_logit are written
+  if (!valid) {  // the same for every thread of the block
+    if (threadIdx.x == 0) {
+      row_loss[t] = 0.0;
+      if (target >= V) flags[0] = 1;
+    }
+    if (scale != 0.0f)
+      for (int i = threadIdx.x; i < V8; i += kBf16Threads) row[i] = make_uint4(0, 0, 0, 0);
+    return;
+  }
   m = sm[0];
   s = ss[0];
-  for (int w = 1; w < kT / 32; ++w) combine(m, s, sm[w], ss[w]);  // every thread, same order
-  if (threadIdx.x == 0) {
-    const float target_logit = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row_b8)[target]);
-    row_loss[t] = log(double(s)) + double(m) - double(target_logit);
-  }
+  for (int w = 1; w < kBf16Threads / 32; ++w) combine(m, s, sm[w], ss[w]);  // every thread, same order
+  if (threadIdx.x == 0) row_loss[t] = log(double(s)) + double(m) - double(target_logit);
   if (scale == 0.0f) return;
   const float k = scale / s, ml = m * kLog2e;
-  for (int i = threadIdx.x; i < V8; i += kT) {
+  for (int i = threadIdx.x; i < V8; i += kBf16Threads) {
     float x[8];
-    unpack8(row_b8[i], x);
+    unpack8(row_s8[i], x);
     float g[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) g[j] = ex2_(fmaf(x[j], kLog2e, -ml)) * k;
@@ -395,22 +350,15 @@ xent_bf16_bulk_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targ
     __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&out);
 #pragma unroll
     for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(g[2 * j], g[2 * j + 1]);
-    if (kStream) __stcs(row + i, out);
-    else row[i] = out;
+    row[i] = out;
   }
 }
 
-// BHASA_XENT_V picks the bf16 kernel (an A/B switch, read at each call): "old" main's
-// xent_bf16_kernel; "bulk" (default) xent_bf16_bulk_kernel<512>; "bulk1024" with 1024
-// threads a block (other low bits); "bulkcs" with streaming stores.
-// "bulkpf<k>": with an L2 prefetch of the row k rows ahead.
-int xent_variant(int* ahead) {
-  *ahead = 0;
+// BHASA_XENT_V=old: xent_bf16_kernel where xent_bf16_row_kernel would run (an A/B switch,
+// read at each call).
+bool xent_old() {
   const char* e = std::getenv("BHASA_XENT_V");
-  if (!e) return 1;
-  const std::string v(e);
-  if (v.rfind("bulkpf", 0) == 0) *ahead = std::atoi(v.c_str() + 6);
-  return v == "old" ? 0 : v == "bulk1024" ? 2 : v == "bulkcs" ? 3 : 1;
+  return e && std::string(e) == "old";
 }
 
 int smem_limit() {  // dynamic shared memory a block may opt in to
@@ -455,16 +403,11 @@ void xent_bf16_rows(Ctx& c, int T, int V, void* logits, int ldl, const int32_t* 
         "xent_bf16_rows: the logits need 16-byte aligned rows");
   auto* l = static_cast<__nv_bfloat16*>(logits);
   const size_t row_bytes = size_t(V + 7) / 8 * 16;
-  int ahead = 0;
-  const int variant = xent_variant(&ahead);
-  if (variant != 0 && row_bytes <= size_t(smem_limit())) {
-    auto launch = [&](auto kernel, int threads) {
-      BHASA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(row_bytes)));
-      kernel<<<T, threads, row_bytes, c.stream>>>(V, l, ldl, targets, dlogits_scale, row_loss, flags, T, ahead);
-    };
-    if (variant == 2) launch(xent_bf16_bulk_kernel<1024, false>, 1024);
-    else if (variant == 3) launch(xent_bf16_bulk_kernel<512, true>, 512);
-    else launch(xent_bf16_bulk_kernel<512, false>, 512);
+  if ((V + 7) / 8 <= kRowLoads * kBf16Threads && row_bytes <= size_t(smem_limit()) && !xent_old()) {
+    BHASA_CUDA_CHECK(cudaFuncSetAttribute(xent_bf16_row_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(row_bytes)));
+    xent_bf16_row_kernel<<<T, kBf16Threads, row_bytes, c.stream>>>(V, l, ldl, targets, dlogits_scale, row_loss,
+                                                                   flags);
   } else if (row_bytes <= size_t(smem_limit())) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(xent_bf16_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(row_bytes)));
