@@ -71,12 +71,16 @@ void flat_to_bf16(cudaStream_t stream, const float* src, size_t n, void* dst) {
 }
 
 void* WeightMirrors::rewriting(const float* w, size_t n) {
-  for (Mirror& m : mirrors_)
-    if (m.same && w >= m.base && w + n <= m.base + m.n) {
+  void* copy = nullptr;
+  for (Mirror& m : mirrors_) {
+    if (!copy && m.same && w >= m.base && w + n <= m.base + m.n) {
       m.valid = false;
-      return static_cast<__nv_bfloat16*>(m.bf16) + (w - m.base);
+      copy = static_cast<__nv_bfloat16*>(m.bf16) + (w - m.base);
+    } else if (overlaps(m, w, n * sizeof(float))) {
+      m.valid = m.same = false;  // any other mirror of these floats is stale now
     }
-  return nullptr;
+  }
+  return copy;
 }
 
 const void* WeightMirrors::find(const float* w, size_t n) const {
