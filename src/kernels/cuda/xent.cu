@@ -354,11 +354,125 @@ xent_bf16_row_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targe
   }
 }
 
+// Three rows per SM instead of two (BHASA_XENT_V=split, measured in the lab only): 384
+// threads a block, 3 blocks an SM; a thread's first kSplitRegs 16-byte pieces of the row stay
+// in registers, the rest (up to kSplitStrides in all) go straight to shared memory by cp.async
+// (63.7 KB a block at V = 50280), all issued at once. Sums in another order than the 512-thread
+// kernels (other low bits).
+constexpr int kSplitThreads = 384, kSplitRegs = 6, kSplitStrides = 17;
+__global__ void __launch_bounds__(kSplitThreads, 3)
+xent_bf16_split_kernel(int V, __nv_bfloat16* logits, int ldl, const int32_t* targets, float scale,
+                       double* row_loss, int* flags) {
+  extern __shared__ uint4 rest_s8[];  // (V8 - kSplitRegs * kSplitThreads): strides kSplitRegs..
+  __shared__ float sm[kSplitThreads / 32], ss[kSplitThreads / 32];
+  __shared__ float target_logit;
+  const int t = blockIdx.x, V8 = (V + 7) / 8;
+  uint4* row = reinterpret_cast<uint4*>(logits + size_t(t) * ldl);
+  constexpr int kOff = kSplitRegs * kSplitThreads;
+  uint4 v[kSplitRegs];
+#pragma unroll
+  for (int a = 0; a < kSplitRegs; ++a) {
+    const int i = threadIdx.x + a * kSplitThreads;
+    if (i < V8) v[a] = row[i];
+  }
+#pragma unroll
+  for (int a = kSplitRegs; a < kSplitStrides; ++a) {
+    const int i = threadIdx.x + a * kSplitThreads;
+    if (i < V8) cp_async16(rest_s8 + (i - kOff), row + i, true);
+  }
+  cp_async_commit();
+  const int target = targets[t];
+  const bool valid = target >= 0 && target < V;
+  if (threadIdx.x == 0 && valid) target_logit = __bfloat162float(logits[size_t(t) * ldl + target]);
+  float m = -FLT_MAX, s = 0.0f;  // online: s = sum exp(x - m)
+  auto add8 = [&](const uint4& u, int i) {
+    float x[8];
+    unpack8(u, x);
+    if (i * 8 + 8 > V)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (i * 8 + j >= V) x[j] = -INFINITY;
+    const float m8 = fmaxf(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])), fmaxf(fmaxf(x[4], x[5]), fmaxf(x[6], x[7])));
+    if (m8 > m) {
+      s *= ex2_((m - m8) * kLog2e);
+      m = m8;
+    }
+    const float ml = m * kLog2e;
+    float e = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) e += ex2_(fmaf(x[j], kLog2e, -ml));
+    s += e;
+  };
+#pragma unroll
+  for (int a = 0; a < kSplitRegs; ++a) {
+    const int i = threadIdx.x + a * kSplitThreads;
+    if (i < V8) add8(v[a], i);
+  }
+  cp_async_wait<0>();  // this thread's own copies: no barrier needed to read them
+  for (int a = kSplitRegs; a < kSplitStrides; ++a) {
+    const int i = threadIdx.x + a * kSplitThreads;
+    if (i >= V8) break;
+    add8(rest_s8[i - kOff], i);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    combine(m, s, m2, s2);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) { sm[warp] = m; ss[warp] = s; }
+  __syncthreads();
+  if (!valid) {  // the same for every thread of the block
+    if (threadIdx.x == 0) {
+      row_loss[t] = 0.0;
+      if (target >= V) flags[0] = 1;
+    }
+    if (scale != 0.0f)
+      for (int i = threadIdx.x; i < V8; i += kSplitThreads) row[i] = make_uint4(0, 0, 0, 0);
+    return;
+  }
+  m = sm[0];
+  s = ss[0];
+  for (int w = 1; w < kSplitThreads / 32; ++w) combine(m, s, sm[w], ss[w]);  // every thread, same order
+  if (threadIdx.x == 0) row_loss[t] = log(double(s)) + double(m) - double(target_logit);
+  if (scale == 0.0f) return;
+  const float k = scale / s, ml = m * kLog2e;
+  auto grad8 = [&](const uint4& u, int i) {
+    float x[8];
+    unpack8(u, x);
+    float g[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) g[j] = ex2_(fmaf(x[j], kLog2e, -ml)) * k;
+    if (i * 8 + 8 > V)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (i * 8 + j >= V) g[j] = 0.0f;
+    if (i == target / 8)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (j == target % 8) g[j] -= scale;
+    uint4 out;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(g[2 * j], g[2 * j + 1]);
+    row[i] = out;
+  };
+#pragma unroll
+  for (int a = 0; a < kSplitRegs; ++a) {
+    const int i = threadIdx.x + a * kSplitThreads;
+    if (i < V8) grad8(v[a], i);
+  }
+  for (int a = kSplitRegs; a < kSplitStrides; ++a) {
+    const int i = threadIdx.x + a * kSplitThreads;
+    if (i >= V8) break;
+    grad8(rest_s8[i - kOff], i);
+  }
+}
+
 // BHASA_XENT_V=old: xent_bf16_kernel where xent_bf16_row_kernel would run (an A/B switch,
-// read at each call).
-bool xent_old() {
+// read at each call); =split: xent_bf16_split_kernel where it can.
+bool xent_env(const char* v) {
   const char* e = std::getenv("BHASA_XENT_V");
-  return e && std::string(e) == "old";
+  return e && std::string(e) == v;
 }
 
 int smem_limit() {  // dynamic shared memory a block may opt in to
@@ -403,7 +517,13 @@ void xent_bf16_rows(Ctx& c, int T, int V, void* logits, int ldl, const int32_t* 
         "xent_bf16_rows: the logits need 16-byte aligned rows");
   auto* l = static_cast<__nv_bfloat16*>(logits);
   const size_t row_bytes = size_t(V + 7) / 8 * 16;
-  if ((V + 7) / 8 <= kRowLoads * kBf16Threads && row_bytes <= size_t(smem_limit()) && !xent_old()) {
+  const int V8 = (V + 7) / 8;
+  if (xent_env("split") && V8 > kSplitRegs * kSplitThreads && V8 <= kSplitStrides * kSplitThreads) {
+    const int rest = (V8 - kSplitRegs * kSplitThreads) * 16;
+    BHASA_CUDA_CHECK(cudaFuncSetAttribute(xent_bf16_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, rest));
+    xent_bf16_split_kernel<<<T, kSplitThreads, rest, c.stream>>>(V, l, ldl, targets, dlogits_scale, row_loss,
+                                                                 flags);
+  } else if (V8 <= kRowLoads * kBf16Threads && row_bytes <= size_t(smem_limit()) && !xent_env("old")) {
     BHASA_CUDA_CHECK(cudaFuncSetAttribute(xent_bf16_row_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(row_bytes)));
     xent_bf16_row_kernel<<<T, kBf16Threads, row_bytes, c.stream>>>(V, l, ldl, targets, dlogits_scale, row_loss,
