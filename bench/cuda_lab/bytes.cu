@@ -1,9 +1,9 @@
 // The memory-bound parts of an m130 training step (issue 6), main's kernels against the
 // new ones in one binary (the A/B switches are environment variables read at each call):
 //   xent   the head's cross-entropy on a bf16 chunk (16384, 50280), gradient in place
-//          (BHASA_XENT_V = old: xent_bf16_kernel, split: xent_bf16_split_kernel, else _row_kernel)
+//          (xent_bf16_kernel; the variants tried are gone: NOTES.md, session 6)
 //   norm   RMSNorm backward at (32768, 768): dout bf16, x fp32, dx fp32 += , dx_copy bf16,
-//          dw partials and their sum (BHASA_NORM_BWD_V = old: norm_backward_vec, pipe, else _vec2)
+//          dw partials and their sum (BHASA_NORM_BWD_V = old: norm_backward_vec, else _vec2)
 //   adamw  AdamW over n = 129M fp32 parameters and the bf16 mirror: main's adamw then
 //          flat_to_bf16 (two passes) against adamw writing the mirror (one pass)
 // Each variant runs once on the same inputs for the checks (bits against main's kernel, and
@@ -155,7 +155,9 @@ void xent_lab(Lab& lab, int iters) {
     int* flags = xent_flags(lab.c);
     xent_bf16_rows(lab.c, T, V, work, ldl, dtg, scale, row_loss, flags);
   };
-  const std::vector<std::string> vs = {"old", "new", "split"};
+  // one kernel now (main's): the row-by-copy-engine, whole-row-loads and 3-rows-an-SM versions
+  // measured slower (NOTES.md, session 6); a new one gets a BHASA_XENT_V switch and a name here
+  const std::vector<std::string> vs = {"old"};
   std::vector<uint16_t> ref_g;
   std::vector<double> ref_l;
   std::printf("\n## xent_bf16_rows (%d, %d), scale %g\n", T, V, scale);
@@ -201,7 +203,6 @@ void xent_lab(Lab& lab, int iters) {
   }
   std::printf("| op | variant | median ms | min..max | floor ms | of floor |\n|---|---|---|---|---|---|\n");
   time_variants(lab, "BHASA_XENT_V", vs, iters, 2.0 * n * 2 / kCopyBytesPerMs, restore, run, "xent 16384x50280");
-  setenv("BHASA_XENT_V", "new", 1);
   CK(cudaFree(src));
   CK(cudaFree(work));
   CK(cudaFree(dtg));
@@ -268,7 +269,7 @@ void norm_lab(Lab& lab, int iters, bool rms) {
       rdb[d] += g;
     }
   }
-  const std::vector<std::string> vs = {"old", "new", "pipe"};
+  const std::vector<std::string> vs = {"old", "new"};
   std::vector<float> ref_dx, ref_dw;
   std::vector<uint16_t> ref_cp;
   std::printf("\n## norm_backward (%d, %d) %s, dout bf16, dx fp32 +=, dx_copy bf16\n", T, D, rms ? "rms" : "layer");
