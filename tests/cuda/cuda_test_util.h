@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -40,6 +42,20 @@ inline double rel_l2(const std::vector<float>& out, const std::vector<float>& re
   }
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
 }
+
+// Sets an environment variable (a kernel's A/B switch) for a scope, then restores it.
+struct ScopedEnv {
+  std::string name, old;
+  bool had;
+  ScopedEnv(const char* n, const char* value) : name(n), had(std::getenv(n) != nullptr) {
+    if (had) old = std::getenv(n);
+    setenv(n, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had) setenv(name.c_str(), old.c_str(), 1);
+    else unsetenv(name.c_str());
+  }
+};
 
 inline std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f, float mean = 0.0f) {
   std::normal_distribution<float> dist(mean, scale);

@@ -204,6 +204,54 @@ TEST(FrozenWeights, WriteDropsCopy) {
   EXPECT_LE(rel_l2(product(dW.p), cpu_product(W4)), kFp32) << "after adamw";
 }
 
+// adamw on a mirrored range writes the mirror in the same pass (cuda_backend.cu;
+// BHASA_ADAMW_V=old: dropped and converted again by the next freeze): until the next
+// freeze the products read the new fp32 weights, as after any write; after it, the mirror
+// holds bf16 of the new weights bit for bit (the same product as a fresh conversion).
+// Two adamw calls on the halves, as AdamW::step's segments; n odd for the tail kernel.
+TEST(FrozenWeights, AdamwRewritesTheMirror) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(17);
+  const int M = 2, N = 512, K = 768;
+  const size_t n = size_t(N) * K + 3, half = n / 2 + 2;  // half % 4 == 3: the second call takes the scalar kernel
+  auto A = randn(size_t(M) * K, rng);
+  DevBuf dA(*gpu, A), dC(*gpu, size_t(M) * N);
+  auto product = [&](const float* W) {
+    gpu->gemm(false, true, M, N, K, dA.p, K, W, K, 0.0f, dC.p, N);
+    return dC.host();
+  };
+  auto cpu_product = [&](const std::vector<float>& W) {
+    std::vector<float> c(size_t(M) * N);
+    cpu->gemm(false, true, M, N, K, A.data(), K, W.data(), K, 0.0f, c.data(), N);
+    return c;
+  };
+  for (const char* variant : {"new", "old"}) {
+    ScopedEnv env("BHASA_ADAMW_V", variant);
+    auto W = randn(n, rng, 0.05f);
+    DevBuf dW(*gpu, W), g(*gpu, randn(n, rng)), m(*gpu, n), v(*gpu, n);
+    gpu->freeze_weights(dW.p, n);
+    for (int step = 1; step <= 2; ++step) {
+      gpu->adamw(half, dW.p, g.p, m.p, v.p, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 1.0f);
+      gpu->adamw(n - half, dW.p + half, g.p + half, m.p + half, v.p + half, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, step,
+                 1.0f);
+      const auto Wn = dW.host();
+      EXPECT_GT(rel_l2(Wn, W), 1e-3) << variant;
+      W = Wn;
+      const std::vector<float> Wk(W.begin(), W.begin() + size_t(N) * K);
+      EXPECT_LE(rel_l2(product(dW.p), cpu_product(Wk)), kFp32) << variant << ": before freezing again, fp32";
+      gpu->freeze_weights(dW.p, n);
+      const auto got = product(dW.p);
+      EXPECT_LE(rel_l2(got, cpu_product(rounded(Wk))), kFp32) << variant << ": the mirror of the new weights";
+      EXPECT_GE(rel_l2(got, cpu_product(Wk)), kUsed) << variant << ": reads bf16";
+      gpu->upload(dW.p, W.data(), n);  // the same values: a fresh conversion at the next freeze
+      gpu->freeze_weights(dW.p, n);
+      EXPECT_EQ(product(dW.p), got) << variant << ": the same bits as a fresh conversion";
+    }
+  }
+}
+
 // Training-size products (the optimizer freezes the weights after each update): the
 // forward GEMM, linear_backward's dX and head_loss read the bf16 mirror instead of
 // rounding the weight per call: the same bits as without it (both round to nearest even),

@@ -234,6 +234,18 @@ TEST_P(CudaNorm, ForwardBackward) {
   EXPECT_EQ(dDx2.host(), dDx.host());
   EXPECT_EQ(dDw2.host(), dDw.host());
   EXPECT_EQ(dDb2.host(), dDb.host());
+  // main's kernel (BHASA_NORM_BWD_V=old, norm_backward_vec): the same arithmetic in the
+  // source; ptxas fuses other multiply-adds into FMAs, so dx may differ in the last bits
+  DevBuf dDx3(*gpu, dx0), dDw3(*gpu, dw0), dDb3(*gpu, db0), dDxCopy3(*gpu, nans(size_t(T) * D));
+  {
+    ScopedEnv old("BHASA_NORM_BWD_V", "old");
+    gpu->norm_backward(T, D, rms, dDout.p, dX.p, dW.p, rms ? nullptr : dMean.p, dRstd.p, dDx3.p, dDw3.p,
+                       rms ? nullptr : dDb3.p, dDxCopy3.p);
+  }
+  EXPECT_LE(rel_l2(dDx3.host(), dDx.host()), 1e-6);
+  EXPECT_EQ(dDxCopy3.host(), dDx3.host());
+  EXPECT_LE(rel_l2(dDw3.host(), dDw.host()), 1e-6);
+  EXPECT_LE(rel_l2(dDb3.host(), dDb.host()), 1e-6);
 }
 // D = 50 takes the plain kernels, 96 / 768 / 1024 the register-resident fast path
 INSTANTIATE_TEST_SUITE_P(RmsAndLayer, CudaNorm,

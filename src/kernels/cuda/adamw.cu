@@ -1,6 +1,9 @@
 // Optimizer kernels: AdamW, the squared norm for gradient clipping, and axpy.
+#include <cuda_bf16.h>
+
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -23,19 +26,23 @@ __device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v,
   p -= lr * ((m / bc1) / (sqrtf(v / bc2) + eps) + wd * p);
 }
 
+// p16 (n) bf16 or null: the weights' bf16 mirror, written in the same pass (torch:
+// p16 = p.to(torch.bfloat16)), so the mirror needs no separate refresh (weight_mirror.cu).
 __global__ void adamw_kernel(size_t n, float* p, const float* g, float* m, float* v, float lr,
                              float b1, float b2, float eps, float wd, float bc1, float bc2,
-                             float grad_scale) {
+                             float grad_scale, __nv_bfloat16* p16) {
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   adamw_one(p[i], g[i], m[i], v[i], lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+  if (p16) p16[i] = __float2bfloat16_rn(p[i]);
 }
 
 // The same with 16-byte accesses: element 4i .. 4i+3 per thread (all four arrays 16-byte
-// aligned; n % 4 elements left to adamw_kernel).
+// aligned, p16 8-byte; n % 4 elements left to adamw_kernel). kMirror: p16 written.
+template <bool kMirror>
 __global__ void adamw_vec_kernel(size_t n4, float4* p, const float4* g, float4* m, float4* v,
                                  float lr, float b1, float b2, float eps, float wd, float bc1,
-                                 float bc2, float grad_scale) {
+                                 float bc2, float grad_scale, uint2* p16) {
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= n4) return;
   float4 pi = p[i], mi = m[i], vi = v[i];
@@ -47,6 +54,10 @@ __global__ void adamw_vec_kernel(size_t n4, float4* p, const float4* g, float4* 
   p[i] = pi;
   m[i] = mi;
   v[i] = vi;
+  if constexpr (kMirror) {
+    __nv_bfloat162 q[2] = {__floats2bfloat162_rn(pi.x, pi.y), __floats2bfloat162_rn(pi.z, pi.w)};
+    p16[i] = *reinterpret_cast<const uint2*>(q);
+  }
 }
 
 // torch: (g.double() ** 2).sum(), as kSumBlocks fixed partials then one block.
@@ -74,24 +85,30 @@ __global__ void axpy_kernel(size_t n, float alpha, const float* x, float* y) {
 }  // namespace
 
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
-           float b2, float eps, float wd, int step, float grad_scale) {
+           float b2, float eps, float wd, int step, float grad_scale, void* p16_) {
   check(step >= 1, "adamw: step must be >= 1 (it counts from 1), got " + std::to_string(step));
   if (n == 0) return;
   // Bias corrections in double: b2^t for b2 = 0.999 needs the precision at small t.
   const float bc1 = float(1.0 - std::pow(double(b1), step));
   const float bc2 = float(1.0 - std::pow(double(b2), step));
-  auto a16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  auto* p16 = static_cast<__nv_bfloat16*>(p16_);
+  auto aligned = [](const void* q, int a) { return reinterpret_cast<uintptr_t>(q) % a == 0; };
   size_t done = 0;
-  if (a16(p) && a16(g) && a16(m) && a16(v) && n >= 4) {
+  if (aligned(p, 16) && aligned(g, 16) && aligned(m, 16) && aligned(v, 16) && (!p16 || aligned(p16, 8)) && n >= 4) {
     const size_t n4 = n / 4;
-    adamw_vec_kernel<<<blocks_for(n4, kThreads), kThreads, 0, c.stream>>>(
-        n4, reinterpret_cast<float4*>(p), reinterpret_cast<const float4*>(g), reinterpret_cast<float4*>(m),
-        reinterpret_cast<float4*>(v), lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks_for(n4, kThreads), kThreads, 0, c.stream>>>(
+          n4, reinterpret_cast<float4*>(p), reinterpret_cast<const float4*>(g), reinterpret_cast<float4*>(m),
+          reinterpret_cast<float4*>(v), lr, b1, b2, eps, wd, bc1, bc2, grad_scale, reinterpret_cast<uint2*>(p16));
+    };
+    if (p16) launch(adamw_vec_kernel<true>);
+    else launch(adamw_vec_kernel<false>);
     done = 4 * n4;
   }
   if (done < n)
     adamw_kernel<<<blocks_for(n - done, kThreads), kThreads, 0, c.stream>>>(
-        n - done, p + done, g + done, m + done, v + done, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+        n - done, p + done, g + done, m + done, v + done, lr, b1, b2, eps, wd, bc1, bc2, grad_scale,
+        p16 ? p16 + done : nullptr);
   BHASA_LAUNCH_CHECK("adamw");
 }
 

@@ -337,8 +337,14 @@ class CudaBackend final : public Backend {
   void adamw(size_t n, float* p, const float* g, float* m, float* v, float lr, float b1, float b2,
              float eps, float wd, int step, float grad_scale) override {
     BHASA_PROFILE_OP(*profile_, "adamw");
-    wrote(p, n), wrote(m, n), wrote(v, n);
-    cuda::adamw(ctx_, n, p, g, m, v, lr, b1, b2, eps, wd, step, grad_scale);
+    // The weights' bf16 mirror rewritten in the same pass (BHASA_ADAMW_V=old: dropped here
+    // and converted again by the next freeze_weights, a separate pass).
+    const char* e = std::getenv("BHASA_ADAMW_V");  // read at each call: a lab switches between calls
+    const bool fuse = !(e && std::string(e) == "old");
+    void* p16 = fuse && bf16_weights_ ? mirrors_->rewriting(p, n) : nullptr;
+    if (!p16) wrote(p, n);
+    wrote(m, n), wrote(v, n);
+    cuda::adamw(ctx_, n, p, g, m, v, lr, b1, b2, eps, wd, step, grad_scale, p16);
   }
   double sum_squares(size_t n, const float* g) override { return cuda::sum_squares(ctx_, n, g); }
   void axpy(size_t n, float alpha, const float* x, float* y) override {

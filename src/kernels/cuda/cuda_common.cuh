@@ -149,8 +149,9 @@ class Gemm;
 double head_loss(Ctx& c, Gemm& gemm, int chunk, int T, int V, int D, ConstOperand X, const float* W,
                  const void* W16, const int32_t* targets, float dlogits_scale, Operand dX, float* dW);
 
+// p16: null, or the bf16 copy of p (n) that the same pass rewrites (the weights' mirror)
 void adamw(Ctx& c, size_t n, float* p, const float* g, float* m, float* v, float lr, float b1,
-           float b2, float eps, float wd, int step, float grad_scale);
+           float b2, float eps, float wd, int step, float grad_scale, void* p16 = nullptr);
 double sum_squares(Ctx& c, size_t n, const float* g);
 void axpy(Ctx& c, size_t n, float alpha, const float* x, float* y);
 void dropout(Ctx& c, size_t n, Operand x, float p, uint64_t seed);

@@ -37,13 +37,16 @@ WeightMirrors::~WeightMirrors() {
 void WeightMirrors::freeze(const float* params, size_t n) {
   if (!params || n == 0) return;
   auto it = std::find_if(mirrors_.begin(), mirrors_.end(), [&](const Mirror& m) { return m.base == params; });
-  if (it != mirrors_.end() && it->valid && it->n == n) return;
+  if (it != mirrors_.end() && it->same && it->n == n) {  // rewritten in step (adamw) or unchanged
+    it->valid = true;
+    return;
+  }
   cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
   BHASA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capturing));
   if (capturing != cudaStreamCaptureStatusNone) return;
   if (it == mirrors_.end()) it = mirrors_.insert(mirrors_.end(), Mirror{params});
   Mirror& m = *it;
-  m.valid = false;
+  m.valid = m.same = false;
   if (n > m.capacity) {
     if (m.bf16) BHASA_CUDA_CHECK(cudaFree(m.bf16));
     m.bf16 = nullptr;
@@ -57,7 +60,7 @@ void WeightMirrors::freeze(const float* params, size_t n) {
   }
   m.n = n;
   flat_to_bf16(stream_, params, n, m.bf16);
-  m.valid = true;
+  m.valid = m.same = true;
 }
 
 void flat_to_bf16(cudaStream_t stream, const float* src, size_t n, void* dst) {
@@ -65,6 +68,19 @@ void flat_to_bf16(cudaStream_t stream, const float* src, size_t n, void* dst) {
   const unsigned blocks = unsigned(std::min<size_t>(blocks_for(n / 4 + 1, 256), 132 * 16));
   flat_to_bf16_kernel<<<blocks, 256, 0, stream>>>(src, n, static_cast<__nv_bfloat16*>(dst));
   BHASA_LAUNCH_CHECK("flat_to_bf16");
+}
+
+void* WeightMirrors::rewriting(const float* w, size_t n) {
+  void* copy = nullptr;
+  for (Mirror& m : mirrors_) {
+    if (!copy && m.same && w >= m.base && w + n <= m.base + m.n) {
+      m.valid = false;
+      copy = static_cast<__nv_bfloat16*>(m.bf16) + (w - m.base);
+    } else if (overlaps(m, w, n * sizeof(float))) {
+      m.valid = m.same = false;  // any other mirror of these floats is stale now
+    }
+  }
+  return copy;
 }
 
 const void* WeightMirrors::find(const float* w, size_t n) const {
@@ -80,7 +96,7 @@ void WeightMirrors::freed(const void* p) {
       BHASA_CUDA_CHECK(cudaFree(it->bf16));
       it = mirrors_.erase(it);
     } else {
-      if (overlaps(*it, p, 1)) it->valid = false;
+      if (overlaps(*it, p, 1)) it->valid = it->same = false;
       ++it;
     }
   }

@@ -22,10 +22,16 @@ class WeightMirrors {
   void freeze(const float* params, size_t n);
   // The bf16 copy of w[0, n) when it lies inside a valid mirror, else null.
   const void* find(const float* w, size_t n) const;
+  // For a kernel about to rewrite w[0, n) that also writes the new values' bf16 into the
+  // copy (adamw): where w's copy lies, when w lies inside a mirror holding bf16(params)
+  // everywhere (valid, or only `same` since). The mirror is then no longer read (as after
+  // any write) but stays `same`, so the next freeze makes it valid without a conversion.
+  // Null otherwise (the caller writes w alone and reports it by wrote()).
+  void* rewriting(const float* w, size_t n);
   // The backend wrote [p, p + bytes): mirrors overlapping it are dropped.
   void wrote(const void* p, size_t bytes) {
     for (Mirror& m : mirrors_)
-      if (m.valid && overlaps(m, p, bytes)) m.valid = false;
+      if ((m.valid || m.same) && overlaps(m, p, bytes)) m.valid = m.same = false;
   }
   // p was freed: a mirror based there goes too; others inside it are dropped.
   void freed(const void* p);
@@ -36,7 +42,8 @@ class WeightMirrors {
     size_t n = 0;            // floats mirrored
     void* bf16 = nullptr;    // (n) bf16, grow-once
     size_t capacity = 0;     // elements
-    bool valid = false;
+    bool valid = false;      // read by find()
+    bool same = false;       // equal to bf16(params) (valid implies same)
   };
   static bool overlaps(const Mirror& m, const void* p, size_t bytes) {
     const char* a = reinterpret_cast<const char*>(m.base);
