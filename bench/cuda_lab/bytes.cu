@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "lab_util.h"  // CK, bf16_bits, from_bf16_bits, fnv
 
 using namespace bhasa;
 using namespace bhasa::cuda;
@@ -34,19 +35,6 @@ namespace {
 
 constexpr double kCopyBytesPerMs = 4.29e9;
 
-#define CK(x) check_cuda((x), #x)
-
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 // deterministic uniform [-a, a) in parallel: element i from its own hash
 inline float hrand(uint64_t i, uint64_t seed, float a) {
   uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
@@ -54,12 +42,6 @@ inline float hrand(uint64_t i, uint64_t seed, float a) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
   return a * (float(uint32_t(z >> 40)) / 8388608.0f - 1.0f);
-}
-uint64_t fnv(const void* p, size_t bytes) {
-  const uint64_t* q = static_cast<const uint64_t*>(p);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < bytes / 8; ++i) h = (h ^ q[i]) * 1099511628211ull;
-  return h;
 }
 template <class T>
 std::vector<T> download(const void* d, size_t n) {
@@ -175,19 +157,19 @@ void xent_lab(Lab& lab, int iters) {
       const uint16_t* x = h.data() + size_t(t) * ldl;
       const uint16_t* gg = g.data() + size_t(t) * ldl;
       if (tg[t] < 0) {
-        for (int j = 0; j < V; ++j) num += double(from_bf16(gg[j])) * from_bf16(gg[j]);
+        for (int j = 0; j < V; ++j) num += double(from_bf16_bits(gg[j])) * from_bf16_bits(gg[j]);
         lmax = std::max(lmax, std::fabs(l[t]));
         continue;
       }
       double m = -1e300, s = 0;
-      for (int j = 0; j < V; ++j) m = std::max(m, double(from_bf16(x[j])));
-      for (int j = 0; j < V; ++j) s += std::exp(double(from_bf16(x[j])) - m);
-      const double loss = std::log(s) + m - double(from_bf16(x[tg[t]]));
+      for (int j = 0; j < V; ++j) m = std::max(m, double(from_bf16_bits(x[j])));
+      for (int j = 0; j < V; ++j) s += std::exp(double(from_bf16_bits(x[j])) - m);
+      const double loss = std::log(s) + m - double(from_bf16_bits(x[tg[t]]));
       lmax = std::max(lmax, std::fabs(l[t] - loss) / std::fabs(loss));
       for (int j = 0; j < V; ++j) {
-        const double r = (std::exp(double(from_bf16(x[j])) - m) / s - (j == tg[t])) * scale;
-        const double d = double(from_bf16(gg[j])) - r;
-        if (!std::isfinite(from_bf16(gg[j]))) num += 1e300;
+        const double r = (std::exp(double(from_bf16_bits(x[j])) - m) / s - (j == tg[t])) * scale;
+        const double d = double(from_bf16_bits(gg[j])) - r;
+        if (!std::isfinite(from_bf16_bits(gg[j]))) num += 1e300;
         num += d * d, den += r * r;
       }
     }
@@ -264,7 +246,7 @@ void norm_lab(Lab& lab, int iters, bool rms) {
   for (int t = 0; t < T; ++t) {
     const double mu = rms ? 0.0 : mean[t], r = rstd[t];
     for (int d = 0; d < D; ++d) {
-      const double g = from_bf16(dout[size_t(t) * D + d]);
+      const double g = from_bf16_bits(dout[size_t(t) * D + d]);
       rdw[d] += g * (x[size_t(t) * D + d] - mu) * r;
       rdb[d] += g;
     }
@@ -287,17 +269,17 @@ void norm_lab(Lab& lab, int iters, bool rms) {
       const double mu = rms ? 0.0 : mean[t], r = rstd[t];
       double sg = 0, sgx = 0;
       for (int d = 0; d < D; ++d) {
-        const double g = double(from_bf16(dout[size_t(t) * D + d])) * w[d];
+        const double g = double(from_bf16_bits(dout[size_t(t) * D + d])) * w[d];
         sg += g, sgx += g * (x[size_t(t) * D + d] - mu) * r;
       }
       const double mg = rms ? 0.0 : sg / D, mgx = sgx / D;
       for (int d = 0; d < D; ++d) {
         const size_t i = size_t(t) * D + d;
         const double xh = (x[i] - mu) * r;
-        const double ref = dx0[i] + r * (double(from_bf16(dout[i])) * w[d] - mg - xh * mgx);
+        const double ref = dx0[i] + r * (double(from_bf16_bits(dout[i])) * w[d] - mg - xh * mgx);
         const double e = std::isfinite(gdx[i]) ? gdx[i] - ref : 1e300;
         num += e * e, den += ref * ref;
-        if (!(from_bf16(gcp[i]) == from_bf16(bf16_bits(gdx[i])))) cnum += 1;
+        if (!(from_bf16_bits(gcp[i]) == from_bf16_bits(bf16_bits(gdx[i])))) cnum += 1;
       }
     }
     double wn = 0, wd = 0;

@@ -32,18 +32,6 @@ constexpr int B = 16, L = 2048, E = 1536, K = 4;
 constexpr size_t T = size_t(B) * L;
 constexpr double kCopyBytesPerMs = 4.29e9;
 
-uint64_t xs_state = 88172645463325252ull;
-float urand() {  // uniform on [-sqrt(3), sqrt(3)]: unit variance
-  xs_state ^= xs_state << 13;
-  xs_state ^= xs_state >> 7;
-  xs_state ^= xs_state << 17;
-  return 1.7320508f * (float(int32_t(xs_state >> 40) & 0xffffff) / 8388608.0f - 1.0f);
-}
-uint64_t fnv(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {  // n: a multiple of 8
-  const auto* c = static_cast<const uint64_t*>(p);
-  for (size_t i = 0; i < n / 8; ++i) h = (h ^ c[i]) * 1099511628211ull;
-  return h;
-}
 
 }  // namespace
 

@@ -7,7 +7,7 @@
 //         L2 flushed before each, events around each, median of 5.
 // Against the TF32 GEMM on fp32 weights (heuristic's first; main's decode path today).
 // Floor: weight bytes / 4.29 TB/s. Usage: cuda_decode_gemm [M ...]; build (no libbhasa needed):
-//   g++ -O2 -std=c++20 -I$CUDA/include decode_gemm.cpp -L$CUDA/lib64 -lcublasLt -lcudart
+//   g++ -O2 -std=c++20 -I../../src -I$CUDA/include decode_gemm.cpp -L$CUDA/lib64 -lcublasLt -lcudart
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -21,24 +21,9 @@
 
 #include <unistd.h>
 
-namespace {
+#include "lab_util.h"  // CK, LT
 
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-#define LT(x)                                                                          \
-  do {                                                                                 \
-    cublasStatus_t s_ = (x);                                                           \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                 \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, int(s_));  \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
+namespace {
 
 cublasLtHandle_t lt;
 cudaStream_t stream;

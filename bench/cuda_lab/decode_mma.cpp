@@ -24,34 +24,15 @@
 #include <vector>
 
 #include "kernels/cuda/decode_mma.h"
-#include "lab_util.h"  // bf16_bits, from_bf16_bits
+#include "lab_util.h"  // CK, LT, bf16_bits, from_bf16_bits
 
 namespace {
-
-#define CK(x)                                                                                        \
-  do {                                                                                               \
-    cudaError_t e_ = (x);                                                                            \
-    if (e_ != cudaSuccess) {                                                                         \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));        \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
-  } while (0)
-#define LT(x)                                                                                        \
-  do {                                                                                               \
-    cublasStatus_t s_ = (x);                                                                         \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                               \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, int(s_));                \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 cublasLtHandle_t lt;
 cudaStream_t stream;
 void* workspace;
 constexpr size_t kWs = 32u << 20;
 constexpr int kCalls = 24;
-
-float from_bf16(uint16_t h) { return from_bf16_bits(h); }
 
 // uniform in [-scale, scale) as bf16 bits
 std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale) {
@@ -132,7 +113,7 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
       double acc = 0;
       const uint16_t* w = w0.data() + size_t(cols[j]) * s.K;
       const uint16_t* a = a0.data() + size_t(m) * s.K;
-      for (int k = 0; k < s.K; ++k) acc += double(from_bf16(a[k])) * from_bf16(w[k]);
+      for (int k = 0; k < s.K; ++k) acc += double(from_bf16_bits(a[k])) * from_bf16_bits(w[k]);
       ref[m * cols.size() + j] = acc + s.beta * c0[size_t(m) * s.N + cols[j]];
     }
   auto check = [&](const std::function<void()>& call) -> double {  // rel err of one call on copy 0
@@ -229,7 +210,7 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
       for (size_t j = 0; j < cols.size(); ++j) {
         double acc = 0;
         const uint16_t* w = w0.data() + size_t(cols[j]) * s.K;
-        for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * s.K + k]) * r * g[k] * from_bf16(w[k]);
+        for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * s.K + k]) * r * g[k] * from_bf16_bits(w[k]);
         ref[m * cols.size() + j] = acc;
       }
     }

@@ -1,14 +1,37 @@
-// Shared by the kernel labs: event-timed medians through the backend's marks, the
-// relative L2 error, and bf16 rounding on the host (round to nearest even, as the GPU).
+// Shared by the kernel labs: error checks that end the lab, event-timed medians through the
+// backend's marks, the relative L2 error, bf16 rounding on the host (round to nearest even,
+// as the GPU), random inputs and a hash of outputs (variants compared bit for bit).
 #pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <vector>
 
 #include "kernels/kernels.h"
+
+#define CK(x)                                                                                   \
+  do {                                                                                          \
+    cudaError_t e_ = (x);                                                                       \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
+#define LT(x)                                                                                   \
+  do {                                                                                          \
+    cublasStatus_t s_ = (x);                                                                    \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                          \
+      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, int(s_));           \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
 
 // Median of `iters` runs of f after `warmup`, timed with the backend's marks (CUDA events
 // on its stream), in ms.
@@ -46,4 +69,29 @@ inline float from_bf16_bits(uint16_t h) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+// Uniform on [-sqrt(3), sqrt(3)] (unit variance), one xorshift stream for the whole lab.
+inline float urand() {
+  static uint64_t state = 88172645463325252ull;
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return 1.7320508f * (float(int32_t(state >> 40) & 0xffffff) / 8388608.0f - 1.0f);
+}
+
+// FNV-1a over 8-byte words, then a 4-byte tail: n a multiple of 4.
+inline uint64_t fnv(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, c + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  if (n % 8 >= 4) {
+    uint32_t w;
+    std::memcpy(&w, c + n / 8 * 8, 4);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  return h;
 }

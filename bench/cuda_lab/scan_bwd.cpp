@@ -32,22 +32,10 @@ constexpr int B = 16, L = 2048, E = 1536, N = 16, R = 48, P = R + 2 * N;
 constexpr size_t T = size_t(B) * L;
 constexpr double kCopyBytesPerMs = 4.29e9;
 
-uint64_t xs_state = 88172645463325252ull;
-float urand() {  // uniform on [-sqrt(3), sqrt(3)]: unit variance
-  xs_state ^= xs_state << 13;
-  xs_state ^= xs_state >> 7;
-  xs_state ^= xs_state << 17;
-  return 1.7320508f * (float(int32_t(xs_state >> 40) & 0xffffff) / 8388608.0f - 1.0f);
-}
 std::vector<float> rnd(size_t n, float scale = 1.0f, float mean = 0.0f) {
   std::vector<float> v(n);
   for (auto& x : v) x = mean + scale * urand();
   return v;
-}
-uint64_t fnv(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {  // n: a multiple of 4
-  const auto* c = static_cast<const uint32_t*>(p);
-  for (size_t i = 0; i < n / 4; ++i) h = (h ^ c[i]) * 1099511628211ull;
-  return h;
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <random>
@@ -14,6 +16,25 @@
 #include "kernels/kernels.h"
 
 namespace bhasa::test {
+
+// bf16 on the host, as the GPU rounds it. torch: x.to(torch.bfloat16) (round to nearest even;
+// finite x), and back to float.
+inline uint16_t float_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline float bf16_bits_to_float(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float round_bf16(float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); }
+inline std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& x : v) x = round_bf16(x);
+  return v;
+}
 
 // The GPU backend, or null when this machine has no GPU (the test then skips).
 inline std::unique_ptr<Backend> gpu_or_null(GemmMath math) {

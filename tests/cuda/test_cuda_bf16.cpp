@@ -24,23 +24,6 @@ namespace {
 
 constexpr double kTol = 1e-5;
 
-float bf16_bits_to_float(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint16_t float_to_bf16_bits(float f) {  // round to nearest even (finite f)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-float round_bf16(float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); }
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& x : v) x = round_bf16(x);
-  return v;
-}
-
 // A device buffer of n bf16 elements, poisoned with NaN (0x7fc0) or holding host values rounded.
 struct DevBf16 {
   Backend* be;

@@ -18,21 +18,10 @@ using namespace bhasa::test;
 
 namespace {
 
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-double from_bf16(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 std::vector<uint16_t> randn_bf16(size_t n, std::mt19937& rng, float scale) {
   std::normal_distribution<float> d(0.f, scale);
   std::vector<uint16_t> v(n);
-  for (auto& x : v) x = bf16_bits(d(rng));
+  for (auto& x : v) x = float_to_bf16_bits(d(rng));
   return v;
 }
 template <typename T>
@@ -74,7 +63,7 @@ double check(Backend& gpu, int M, int N, int K, float beta, cuda::MmaTile tile, 
       if (!std::isfinite(got[size_t(m) * ldc + n])) return INFINITY;  // unwritten (NaN) or broken
       if (n % step && n < N - 9) continue;
       double acc = 0;
-      for (int k = 0; k < K; ++k) acc += from_bf16(A[size_t(m) * K + k]) * from_bf16(W[size_t(n) * K + k]);
+      for (int k = 0; k < K; ++k) acc += bf16_bits_to_float(A[size_t(m) * K + k]) * bf16_bits_to_float(W[size_t(n) * K + k]);
       g.push_back(got[size_t(m) * ldc + n]);
       r.push_back(float(acc + (beta == 0.f ? 0.0 : beta * double(C[size_t(m) * ldc + n]))));
     }
@@ -145,7 +134,7 @@ TEST(CudaDecodeMma, NormFolded) {
         const double rs = 1.0 / std::sqrt(ss / s.K + 1e-5);
         for (int n = 0; n < s.N; n += s.N > 4096 ? 11 : 1) {
           double acc = 0;
-          for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * ldx + k]) * rs * g[k] * from_bf16(W[size_t(n) * s.K + k]);
+          for (int k = 0; k < s.K; ++k) acc += double(x[size_t(m) * ldx + k]) * rs * g[k] * bf16_bits_to_float(W[size_t(n) * s.K + k]);
           o.push_back(got[size_t(m) * s.N + n]), r.push_back(float(acc));
         }
       }

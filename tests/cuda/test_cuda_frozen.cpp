@@ -25,18 +25,6 @@ constexpr double kUsed = 1e-4;   // at least this far from the fp32 result: bf16
 constexpr double kTf32 = 2e-3;   // TF32 cuBLASLt on fp32 weights
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// torch: x.to(torch.bfloat16).float()  (round to nearest even; finite inputs)
-float bf16_round(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-std::vector<float> rounded(std::vector<float> v) {
-  for (float& x : v) x = bf16_round(x);
-  return v;
-}
 
 std::unique_ptr<Backend> bf16_gpu() { return gpu_or_null(GemmMath::bf16); }
 
@@ -92,7 +80,7 @@ TEST(FrozenWeights, GemmReadsBf16Copy) {
     DevBuf dArena(*gpu, arena);
     gpu->freeze_weights(dArena.p, arena.size());
     const float* dW = dArena.p + off;
-    const auto W16 = rounded(W);
+    const auto W16 = round_bf16(W);
     for (int M : {1, 2, 3, 5, 8, 9, 16, 33, 64})
       for (float beta : {0.0f, 1.0f, 0.5f}) {
         const int lda = s.K + 8, ldc = s.N + 3;
@@ -130,7 +118,7 @@ TEST(FrozenWeights, NormGemmAndSsmDecodeIn) {
         DevBuf dx(*gpu, x), dw(*gpu, w), db(*gpu, b), dout(*gpu, std::vector<float>(size_t(M) * N, kNaN));
         gpu->norm_gemm(M, N, K, rms, 1e-5f, dx.p, dw.p, rms ? nullptr : db.p, dW.p, dout.p);
         std::vector<float> ref(size_t(M) * N), ref16(size_t(M) * N);
-        const auto W16 = rounded(W);
+        const auto W16 = round_bf16(W);
         cpu->norm_gemm(M, N, K, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), W.data(), ref.data());
         cpu->norm_gemm(M, N, K, rms, 1e-5f, x.data(), w.data(), rms ? nullptr : b.data(), W16.data(), ref16.data());
         expect_path(dout.host(), ref, ref16, path_of(M, N), "norm_gemm M=" + std::to_string(M) + " rms=" + std::to_string(rms));
@@ -138,7 +126,7 @@ TEST(FrozenWeights, NormGemmAndSsmDecodeIn) {
   }
   const int E = 1536, P = 80, K = 4;
   auto Wx = randn(size_t(P) * E, rng, 1.0f / std::sqrt(float(E)));
-  const auto Wx16 = rounded(Wx);
+  const auto Wx16 = round_bf16(Wx);
   DevBuf dWx(*gpu, Wx);
   gpu->freeze_weights(dWx.p, Wx.size());
   for (int B : {1, 5, 8, 20, 64}) {
@@ -177,15 +165,15 @@ TEST(FrozenWeights, WriteDropsCopy) {
   auto W1 = randn(size_t(N) * K, rng, 0.05f), W2 = randn(size_t(N) * K, rng, 0.05f);
   DevBuf dW(*gpu, W1);
   gpu->freeze_weights(dW.p, W1.size());
-  EXPECT_LE(rel_l2(product(dW.p), cpu_product(rounded(W1))), kFp32) << "frozen W1";
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(round_bf16(W1))), kFp32) << "frozen W1";
   gpu->upload(other.p, randn(1000, rng).data(), 1000);  // elsewhere: the copy stays
-  EXPECT_LE(rel_l2(product(dW.p), cpu_product(rounded(W1))), kFp32) << "after a write elsewhere";
+  EXPECT_LE(rel_l2(product(dW.p), cpu_product(round_bf16(W1))), kFp32) << "after a write elsewhere";
 
   gpu->upload(dW.p, W2.data(), W2.size());
   EXPECT_LE(rel_l2(product(dW.p), cpu_product(W2)), kFp32) << "after upload: fp32 W2";
   gpu->freeze_weights(dW.p, W2.size());
   auto got = product(dW.p);
-  EXPECT_LE(rel_l2(got, cpu_product(rounded(W2))), kFp32) << "frozen W2";
+  EXPECT_LE(rel_l2(got, cpu_product(round_bf16(W2))), kFp32) << "frozen W2";
   EXPECT_GE(rel_l2(got, cpu_product(W2)), kUsed) << "frozen W2 reads bf16";
 
   // copy into the last rows only
@@ -243,7 +231,7 @@ TEST(FrozenWeights, AdamwRewritesTheMirror) {
       EXPECT_LE(rel_l2(product(dW.p), cpu_product(Wk)), kFp32) << variant << ": before freezing again, fp32";
       gpu->freeze_weights(dW.p, n);
       const auto got = product(dW.p);
-      EXPECT_LE(rel_l2(got, cpu_product(rounded(Wk))), kFp32) << variant << ": the mirror of the new weights";
+      EXPECT_LE(rel_l2(got, cpu_product(round_bf16(Wk))), kFp32) << variant << ": the mirror of the new weights";
       EXPECT_GE(rel_l2(got, cpu_product(Wk)), kUsed) << variant << ": reads bf16";
       gpu->upload(dW.p, W.data(), n);  // the same values: a fresh conversion at the next freeze
       gpu->freeze_weights(dW.p, n);

@@ -72,6 +72,31 @@ norm_forward_vec(int T, int D, bool rms, float eps, const float* x, const float*
   }
 }
 
+// The norm backward kernels' last step: a block's dw (and, LayerNorm, db) partials aw / ab,
+// one set per warp, summed over the 8 warps in order into row blockIdx.x of pdw / pdb.
+template <int NV, bool RMS>
+__device__ __forceinline__ void write_group_partials(float4 (&red)[kRowsPerBlock][32 * NV], const float4 (&aw)[NV],
+                                                     const float4 (&ab)[RMS ? 1 : NV], int D, float* pdw,
+                                                     float* pdb) {
+  const int lane = threadIdx.x, D4 = D / 4;
+#pragma unroll
+  for (int pass = 0; pass < (RMS ? 1 : 2); ++pass) {
+    float* part = (pass ? pdb : pdw) + size_t(blockIdx.x) * D;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) red[threadIdx.y][lane + 32 * j] = pass ? ab[RMS ? 0 : j] : aw[j];
+    __syncthreads();
+    for (int c = threadIdx.y * 32 + lane; c < D4; c += 32 * kRowsPerBlock) {
+      float4 s = red[0][c];
+      for (int y = 1; y < kRowsPerBlock; ++y) {
+        const float4 v = red[y][c];
+        s = make_float4(s.x + v.x, s.y + v.y, s.z + v.z, s.w + v.w);
+      }
+      reinterpret_cast<float4*>(part)[c] = s;
+    }
+    __syncthreads();
+  }
+}
+
 // dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * w,  xhat = (x - mean) * rstd
 // (mean(g) term only for LayerNorm). Block g walks rows [g * rows_per_group, ...): warp y
 // takes rows y, y + 8, ...; pdw[g][d] = sum over those rows of dout * xhat (pdb: of dout),
@@ -141,23 +166,7 @@ norm_backward_vec(int T, int D, const G* dout, const float* x, const float* w,
       if (dx_copy) store4(dx_copy + size_t(t) * D + 4 * c, dv);
     }
   }
-  // partials of this group: the 8 warps in order
-#pragma unroll
-  for (int pass = 0; pass < (RMS ? 1 : 2); ++pass) {
-    float* part = (pass ? pdb : pdw) + size_t(blockIdx.x) * D;
-#pragma unroll
-    for (int j = 0; j < NV; ++j) red[threadIdx.y][lane + 32 * j] = pass ? ab[RMS ? 0 : j] : aw[j];
-    __syncthreads();
-    for (int c = threadIdx.y * 32 + lane; c < D4; c += 32 * kRowsPerBlock) {
-      float4 s = red[0][c];
-      for (int y = 1; y < kRowsPerBlock; ++y) {
-        const float4 v = red[y][c];
-        s = make_float4(s.x + v.x, s.y + v.y, s.z + v.z, s.w + v.w);
-      }
-      reinterpret_cast<float4*>(part)[c] = s;
-    }
-    __syncthreads();
-  }
+  write_group_partials<NV, RMS>(red, aw, ab, D, pdw, pdb);
 }
 
 // norm_backward_vec with every load of a row issued before the first use: dx with x and
@@ -250,23 +259,7 @@ norm_backward_vec2(int T, int D, const G* dout, const float* x, const float* w,
       if (dx_copy) store4(dx_copy + size_t(t) * D + 4 * c, dv[j]);
     }
   }
-  // partials of this group: the 8 warps in order
-#pragma unroll
-  for (int pass = 0; pass < (RMS ? 1 : 2); ++pass) {
-    float* part = (pass ? pdb : pdw) + size_t(blockIdx.x) * D;
-#pragma unroll
-    for (int j = 0; j < NV; ++j) red[threadIdx.y][lane + 32 * j] = pass ? ab[RMS ? 0 : j] : aw[j];
-    __syncthreads();
-    for (int c = threadIdx.y * 32 + lane; c < D4; c += 32 * kRowsPerBlock) {
-      float4 s = red[0][c];
-      for (int y = 1; y < kRowsPerBlock; ++y) {
-        const float4 v = red[y][c];
-        s = make_float4(s.x + v.x, s.y + v.y, s.z + v.z, s.w + v.w);
-      }
-      reinterpret_cast<float4*>(part)[c] = s;
-    }
-    __syncthreads();
-  }
+  write_group_partials<NV, RMS>(red, aw, ab, D, pdw, pdb);
 }
 
 // BHASA_NORM_BWD_V=old: main's norm_backward_vec instead of norm_backward_vec2 (an A/B
