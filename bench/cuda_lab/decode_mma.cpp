@@ -6,7 +6,7 @@
 // 4.29 TB/s. Error: ||C - ref|| / ||ref|| against a float64 product of the same bf16
 // operands (every column up to 4096, else a strided subset with the tail), C NaN-poisoned
 // for beta 0; out_proj with beta 1. Usage: cuda_decode_mma [M ...] (LAB_SHAPES="in_proj ..."
-// runs only those shapes)
+// runs only those shapes; LAB_COPIES=1 keeps one weight, hot in L2)
 // Build: g++ -O2 -std=c++20 -I src -I $CUDA/include decode_mma.cpp build/cuda/libbhasa.a
 //        -L$CUDA/lib64 -lcublasLt -lcudart
 #include <cublasLt.h>
@@ -92,7 +92,9 @@ struct Shape {
 
 void run_shape(int M, const Shape& s, std::mt19937& rng) {
   const size_t wn = size_t(s.N) * s.K;
-  const int copies = int(std::clamp<size_t>((160u << 20) / (wn * 2) + 1, 2, 24));
+  // LAB_COPIES=1: one weight, L2-resident after the first call (as after a read-ahead)
+  const int copies = std::getenv("LAB_COPIES") ? std::max(1, std::atoi(std::getenv("LAB_COPIES")))
+                                                : int(std::clamp<size_t>((160u << 20) / (wn * 2) + 1, 2, 24));
   std::vector<uint16_t> w0 = random_bf16(wn, rng, 0.05f), a0 = random_bf16(size_t(M) * s.K, rng, 1.f);
   std::vector<void*> W;
   W.push_back(upload(w0));
@@ -185,9 +187,9 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
     const bhasa::cuda::MmaTile pick = bhasa::cuda::decode_mma_pick(M, s.N, s.K);
     const bhasa::cuda::MmaTile shown = tile.bn ? tile : pick;
     char label[112];
-    std::snprintf(label, sizeof label, "mma bn %d split %d wk %d load %d%s%s", shown.bn, shown.split,
+    std::snprintf(label, sizeof label, "mma bn %d split %d wk %d load %d rows %d%s%s", shown.bn, shown.split,
                   shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load < 0 ? pick.load : shown.load,
-                  tile.bn ? "" : " (pick)", pdl ? "" : ", no PDL");
+                  shown.rows ? shown.rows : M, tile.bn ? "" : " (pick)", pdl ? "" : ", no PDL");
     try {
       auto op = [&](int c) { bhasa::cuda::decode_mma(stream, pdl, M, s.N, s.K, A, W[c % copies], s.K, s.beta, C, s.N, tile); };
       const double err = check([&] { op(0); });
@@ -214,11 +216,14 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
         ref[m * cols.size() + j] = acc;
       }
     }
-    for (const bhasa::cuda::MmaTile& tile : {s.tiles[0]}) {
+    std::vector<bhasa::cuda::MmaTile> norm_tiles = {s.tiles[0]};
+    using T = bhasa::cuda::MmaTile;
+    if (s.N == 3072) norm_tiles.insert(norm_tiles.end(), {T{64, 2, 2, 3, 16}, T{64, 2, 2, 3, 32}, T{64, 2, 2, 7, 32}});
+    for (const bhasa::cuda::MmaTile& tile : norm_tiles) {
       const bhasa::cuda::MmaTile shown = tile.bn ? tile : bhasa::cuda::decode_mma_pick(M, s.N, s.K);
       char label[96];
-      std::snprintf(label, sizeof label, "mma + rms norm folded, bn %d split %d wk %d", shown.bn, shown.split,
-                    shown.wk ? shown.wk : 8 / (shown.bn / 16));
+      std::snprintf(label, sizeof label, "mma + rms norm folded, bn %d split %d wk %d load %d rows %d", shown.bn,
+                    shown.split, shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load, shown.rows ? shown.rows : M);
       try {
         auto op = [&](int c) {
           bhasa::cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, s.K, dg, 1e-5f, W[c % copies], s.K, C, s.N, tile);
@@ -253,13 +258,17 @@ int main(int argc, char** argv) {
   const std::vector<Shape> shapes = {
       {"in_proj", 3072, 768, 0.f,
        {T{}, T{64, 2, 2, 0}, T{64, 2, 2, 2}, T{64, 2, 2, 3}, T{64, 2, 2, 7}, T{64, 4, 2, 3}, T{32, 4, 4, 3},
-        T{128, 4, 1, 3}, T{32, 2, 4, 3}, T{64, 4, 2, 1}},
+        T{128, 4, 1, 3}, T{32, 2, 4, 3}, T{64, 4, 2, 1}, T{64, 2, 4, 3}, T{64, 4, 4, 3}, T{64, 2, 4, 7},
+        T{64, 4, 4, 7}, T{64, 2, 2, 3, 16}, T{64, 2, 2, 3, 32}, T{64, 4, 2, 3, 16}, T{64, 4, 2, 3, 32},
+        T{64, 2, 2, 7, 16}, T{64, 2, 2, 7, 32}, T{64, 2, 4, 3, 32}},
        true},
       {"x_proj", 80, 1536, 0.f,
-       {T{}, T{16, 8, 4, 0}, T{16, 8, 4, 2}, T{16, 8, 4, 3}, T{16, 8, 4, 7}, T{16, 4, 4, 3}, T{16, 8, 8, 3}}},
+       {T{}, T{16, 8, 4, 0}, T{16, 8, 4, 2}, T{16, 8, 4, 3}, T{16, 8, 4, 7}, T{16, 4, 4, 3}, T{16, 8, 8, 3},
+        T{16, 8, 4, 3, 16}, T{16, 8, 4, 3, 32}}},
       {"out_proj", 768, 1536, 1.f,
        {T{}, T{32, 4, 4, 0}, T{32, 4, 4, 2}, T{32, 4, 4, 3}, T{32, 4, 4, 7}, T{32, 8, 4, 3}, T{64, 4, 2, 3},
-        T{16, 4, 4, 3}, T{64, 2, 2, 3}}},
+        T{16, 4, 4, 3}, T{64, 2, 2, 3}, T{16, 8, 4, 3}, T{16, 8, 8, 3}, T{32, 8, 4, 7}, T{64, 4, 4, 3},
+        T{32, 4, 4, 3, 16}, T{32, 4, 4, 3, 32}, T{32, 4, 4, 7, 16}, T{32, 4, 4, 7, 32}}},
       {"lm_head", 50280, 768, 0.f, {T{}, T{128, 2, 1, 0}, T{128, 2, 1, 3}, T{64, 2, 2, 3}, T{128, 4, 1, 3}}, true},
   };
 

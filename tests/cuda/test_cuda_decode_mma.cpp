@@ -97,11 +97,13 @@ TEST(CudaDecodeMma, EveryTile) {
   std::mt19937 rng(12);
   const cuda::MmaTile tiles[] = {{16, 8, 4, 0}, {16, 8, 8, 1}, {32, 4, 2, 2}, {32, 8, 4, 3}, {64, 4, 1, 0},
                                  {64, 2, 2, 1}, {128, 4, 1, 2}, {128, 2, 1, 3}, {64, 1, 2, 1}, {16, 3, 8, 0},
-                                 {64, 5, 2, 7}, {32, 4, 4, 4}};
+                                 {64, 5, 2, 7}, {32, 4, 4, 4}, {64, 2, 4, 3}, {64, 4, 4, 7}, {64, 2, 2, 3, 16},
+                                 {32, 4, 4, 7, 32}, {16, 8, 4, 3, 16}};
   for (cuda::MmaTile t : tiles)
-    for (int M : {9, 40, 64})
+    for (int M : {9, 20, 40, 64})  // A's 16-row tiles: 1, 2, 3, 4
       EXPECT_LE(check(*gpu, M, 333, 768, 0.5f, t, rng, 341), kBf16)
-          << "bn=" << t.bn << " split=" << t.split << " wk=" << t.wk << " load=" << t.load << " M=" << M;
+          << "bn=" << t.bn << " split=" << t.split << " wk=" << t.wk << " load=" << t.load << " rows=" << t.rows
+          << " M=" << M;
   // beta 1 with several stores a thread (the first two read C early, the rest at the store)
   EXPECT_LE(check(*gpu, 64, 1000, 256, 1.f, {128, 1, 1, 3}, rng), kBf16);
 }
@@ -123,6 +125,7 @@ TEST(CudaDecodeMma, NormFolded) {
       auto stream = static_cast<cudaStream_t>(cuda_stream_of(*gpu));
       cuda::MmaTile tile;
       tile.load = load;
+      tile.rows = load == 2 ? 16 : 0;  // and in row groups of 16 (blocks along grid z)
       cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, ldx, dg, 1e-5f, dW, s.K, dC, s.N, tile);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
       const auto got = to_host(dC, size_t(M) * s.N);

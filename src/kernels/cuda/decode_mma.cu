@@ -15,8 +15,8 @@
 // Inside a block, warp (wn, wk) owns weight rows [16 wn, 16 wn + 16) and the k16 steps
 // wk, wk + WK, ...: mma.sync m16n8k16 with the weight as the 16-row operand and A's rows
 // as the 8-column one (D^T = W A^T), both K-contiguous in shared memory and fetched by
-// ldmatrix; rows of A >= M are skipped a tile of 8 at a time (their garbage only reaches
-// outputs that are not stored).
+// ldmatrix; the number of A's 16-row tiles is a template parameter, and the rows past M
+// in the last one are multiplied too (their garbage only reaches outputs never stored).
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
@@ -71,6 +71,25 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// rows x cpr 16-byte chunks from global rows (ld elements apart) into shared rows (pitch
+// bytes apart), thread t taking chunks t, t + T, ...: the row and column advance by adding
+// (a division per chunk was ~30 instructions, most of a warp's work before the products)
+template <int T>
+__device__ __forceinline__ void copy_rows_async(unsigned char* dst, int pitch, const __nv_bfloat16* src, size_t ld,
+                                                int rows, int cpr) {
+  int r = threadIdx.x / cpr, c = threadIdx.x - r * cpr;
+  const int dr = T / cpr, dc = T - dr * cpr;
+  const __nv_bfloat16* g = src + r * ld + c * 8;
+  unsigned d = smem_addr(dst) + r * pitch + c * 16;
+  const size_t g_step = dr * ld + dc * 8, g_wrap = ld - size_t(cpr) * 8;  // elements
+  const unsigned d_step = dr * pitch + dc * 16, d_wrap = pitch - cpr * 16;  // bytes
+  while (r < rows) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(g) : "memory");
+    r += dr, c += dc, g += g_step, d += d_step;
+    if (c >= cpr) c -= cpr, ++r, g += g_wrap, d += d_wrap;
+  }
+}
+
 // torch: C = A @ W.T + beta * C   A (M, K) bf16 dense, W (N, ldw) bf16, C (M, ldc) fp32.
 // Grid (split, ceil(N / BN)), cluster (split, 1, 1) when split > 1: block (s, t) multiplies
 // weight rows [BN t, BN t + BN) by the K slice [KS s, KS s + KS). Shared memory: the weight
@@ -80,12 +99,20 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], 
 // stages bf16(X * g) of its K slice and the rows' sums of squares of the slice (after them in
 // shared memory, (M, KS / 4)); the cluster, which covers all of K, sums those in rank order
 // and the stores scale each row by its rstd = 1 / sqrt(mean(x^2) + eps) (A's argument unused).
-template <int WN, int WK, bool NORM>
+// MT = ceil(M / 16): the 16-row tiles of A, fixed at compile time so that the products
+// unroll without guards.
+template <int WN, int WK, int MT, bool NORM>
 __global__ void __launch_bounds__(32 * WN * WK, 1)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
-                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load) {
+                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB) {
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
+  {  // grid z: the block's rows [m0, m0 + RB) of A and C
+    const int m0 = blockIdx.z * RB;
+    M = min(RB, M - m0), C += size_t(m0) * ldc;
+    if (NORM) X += size_t(m0) * ldx;
+    else A += size_t(m0) * K;
+  }
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[2];
   __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM ? kMmaMaxM : 1];  // NORM: sums of squares, rstd
@@ -108,8 +135,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // copy a row (load & 2: 16-byte cp.async from every thread instead)
   const int cpr = kl / 8;  // 16-byte chunks a row
   if (load & 2) {
-    for (int c = threadIdx.x; c < rows * cpr; c += T)
-      cp_async16(sW + (c / cpr) * pitch + (c % cpr) * 16, W + size_t(n0 + c / cpr) * ldw + k0 + (c % cpr) * 8, true);
+    copy_rows_async<T>(sW, pitch, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
     cp_async_commit();
   } else if (warp == 0) {
     if (lane == 0) mbar_expect_tx(&bars[0], unsigned(rows) * seg);
@@ -150,8 +176,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       if (lane == 0) row_ss[m] = ss;
     }
   } else if (load & 1) {  // A (written by the previous kernel) by 16-byte cp.async from every thread
-    for (int c = threadIdx.x; c < M * cpr; c += T)
-      cp_async16(sA + (c / cpr) * pitch + (c % cpr) * 16, A + size_t(c / cpr) * K + k0 + (c % cpr) * 8, true);
+    copy_rows_async<T>(sA, pitch, A + k0, K, M, cpr);
     cp_async_commit();
   } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // or one bulk copy a row
     if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
@@ -174,14 +199,14 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
 
   const int wn = warp % WN, wk = warp / WN;
-  float acc[8][4];
+  float acc[2 * MT][4];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  for (int j = 0; j < 2 * MT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   // ldmatrix row addresses: W rows 16 wn + (lane & 15), k half lane >> 4; A rows
   // 8 (lane >> 4) + (lane & 7), k half (lane >> 3) & 1 (matrices b0, b1 of tile 2jj, then 2jj + 1)
   const unsigned aw = smem_addr(sW) + (wn * 16 + (lane & 15)) * pitch + (lane >> 4) * 16;
   const unsigned aa = smem_addr(sA) + ((lane >> 4) * 8 + (lane & 7)) * pitch + ((lane >> 3) & 1) * 16;
-  const int steps = kl / 16, mtiles = (M + 15) / 16;
+  const int steps = kl / 16;
   if (!(load & 2)) mbar_wait(&bars[0], 0);
   if (!NORM && !(load & 1)) mbar_wait(&bars[1], 0);
   if (load & 3) {
@@ -190,28 +215,33 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
   // a k16 step's fragments all loaded before its products, the next step's loaded while
   // they run (the asm is volatile: program order is issue order)
-  auto frags = [&](int ks, unsigned (&a)[4], unsigned (&b)[4][4]) {
-    ldmatrix_x4(a, aw + ks * 32);
+  // (the 8-row tiles past M multiply unwritten rows of sA: only outputs never stored)
+  // This warp's k16 steps are wk, wk + WK, ...: the fragment addresses advance by adding
+  // (computed from the lane per step, they were most of the loop's instructions).
+  const int my_steps = steps > wk ? (steps - wk + WK - 1) / WK : 0;
+  constexpr unsigned kStep = 32u * WK;
+  const unsigned tile_bytes = 16u * unsigned(pitch);  // between A's 16-row tiles
+  unsigned pw = aw + 32u * wk, pa = aa + 32u * wk;
+  auto frags = [&](unsigned (&a)[4], unsigned (&b)[MT][4]) {
+    ldmatrix_x4(a, pw);
 #pragma unroll
-    for (int jj = 0; jj < 4; ++jj)
-      if (jj < mtiles) ldmatrix_x4(b[jj], aa + jj * 16 * pitch + ks * 32);
+    for (int jj = 0; jj < MT; ++jj) ldmatrix_x4(b[jj], pa + jj * tile_bytes);
+    pw += kStep, pa += kStep;
   };
-  auto products = [&](const unsigned (&a)[4], const unsigned (&b)[4][4]) {
+  auto products = [&](const unsigned (&a)[4], const unsigned (&b)[MT][4]) {
 #pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      if (jj < mtiles) {
-        mma_bf16(acc[2 * jj], a, b[jj][0], b[jj][1]);
-        if (16 * jj + 8 < M) mma_bf16(acc[2 * jj + 1], a, b[jj][2], b[jj][3]);
-      }
+    for (int jj = 0; jj < MT; ++jj) {
+      mma_bf16(acc[2 * jj], a, b[jj][0], b[jj][1]);
+      mma_bf16(acc[2 * jj + 1], a, b[jj][2], b[jj][3]);
     }
   };
-  unsigned a0[4], b0[4][4], a1[4], b1[4][4];
-  if (wk < steps) frags(wk, a0, b0);
-  for (int ks = wk; ks < steps; ks += 2 * WK) {
-    if (ks + WK < steps) frags(ks + WK, a1, b1);
+  unsigned a0[4], b0[MT][4], a1[4], b1[MT][4];
+  if (my_steps > 0) frags(a0, b0);
+  for (int i = 0; i < my_steps; i += 2) {
+    if (i + 1 < my_steps) frags(a1, b1);
     products(a0, b0);
-    if (ks + WK >= steps) break;
-    if (ks + 2 * WK < steps) frags(ks + 2 * WK, a0, b0);
+    if (i + 1 >= my_steps) break;
+    if (i + 2 < my_steps) frags(a0, b0);
     products(a1, b1);
   }
 
@@ -223,7 +253,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     float* pw = part + size_t(wk) * M * PB;
     const int g = lane >> 2, t = lane & 3, n = wn * 16 + g;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < 2 * MT; ++j) {
       const int m = 8 * j + 2 * t;
       if (m < M) pw[m * PB + n] = acc[j][0], pw[m * PB + n + 8] = acc[j][2];
       if (m + 1 < M) pw[(m + 1) * PB + n] = acc[j][1], pw[(m + 1) * PB + n + 8] = acc[j][3];
@@ -283,22 +313,34 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * c[e] : r[e];
     }
   }
-  if (S > 1) cluster.sync();  // no block leaves while another reads its partials
+  // no block leaves while another reads its partials (an arrive without release: nothing
+  // written since needs ordering, and the release's memory barrier cost ~0.3 us)
+  if (S > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
 }
 
 using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
-                        const float*, int, const float*, float, int);
+                        const float*, int, const float*, float, int, int);
 
+template <int WN, int WK, bool NORM>
+Kernel kernel_mt(int M) {
+  switch ((M + 15) / 16) {
+    case 1: return decode_mma_kernel<WN, WK, 1, NORM>;
+    case 2: return decode_mma_kernel<WN, WK, 2, NORM>;
+    case 3: return decode_mma_kernel<WN, WK, 3, NORM>;
+    default: return decode_mma_kernel<WN, WK, 4, NORM>;
+  }
+}
 template <bool NORM>
-Kernel kernel_for(int bn, int wk) {
+Kernel kernel_for(int bn, int wk, int M) {
   switch (bn * 16 + wk) {
-    case 16 * 16 + 4: return decode_mma_kernel<1, 4, NORM>;
-    case 16 * 16 + 8: return decode_mma_kernel<1, 8, NORM>;
-    case 32 * 16 + 2: return decode_mma_kernel<2, 2, NORM>;
-    case 32 * 16 + 4: return decode_mma_kernel<2, 4, NORM>;
-    case 64 * 16 + 1: return decode_mma_kernel<4, 1, NORM>;
-    case 64 * 16 + 2: return decode_mma_kernel<4, 2, NORM>;
-    case 128 * 16 + 1: return decode_mma_kernel<8, 1, NORM>;
+    case 16 * 16 + 4: return kernel_mt<1, 4, NORM>(M);
+    case 16 * 16 + 8: return kernel_mt<1, 8, NORM>(M);
+    case 32 * 16 + 2: return kernel_mt<2, 2, NORM>(M);
+    case 32 * 16 + 4: return kernel_mt<2, 4, NORM>(M);
+    case 64 * 16 + 1: return kernel_mt<4, 1, NORM>(M);
+    case 64 * 16 + 2: return kernel_mt<4, 2, NORM>(M);
+    case 64 * 16 + 4: return kernel_mt<4, 4, NORM>(M);
+    case 128 * 16 + 1: return kernel_mt<8, 1, NORM>(M);
     default: return nullptr;
   }
 }
@@ -334,20 +376,21 @@ template <bool NORM>
 void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
             float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile) {
   tile = complete(tile, M, N, K);
-  Kernel kernel = kernel_for<NORM>(tile.bn, tile.wk);
+  const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
+  Kernel kernel = kernel_for<NORM>(tile.bn, tile.wk, RB);
   if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
                            std::to_string(tile.wk) + " warps along K");
-  const Layout l = layout(tile, M, K, NORM);
+  const Layout l = layout(tile, RB, K, NORM);
   if (l.smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(l.smem) + " bytes of shared memory");
-  static int raised[8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
-  int& allowed = raised[(tile.bn / 16) * 16 + tile.wk];
+  static int raised[4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
+  int& allowed = raised[(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
   if (l.smem > 48 * 1024 && int(l.smem) > allowed) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.smem)),
                "decode_mma: cudaFuncSetAttribute");
     allowed = int(l.smem);
   }
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(l.S, (N + tile.bn - 1) / tile.bn);
+  cfg.gridDim = dim3(l.S, (N + tile.bn - 1) / tile.bn, (M + RB - 1) / RB);
   cfg.blockDim = dim3(32 * (tile.bn / 16) * tile.wk);
   cfg.dynamicSmemBytes = l.smem;
   cfg.stream = stream;
@@ -366,7 +409,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   cfg.attrs = attr;
   cfg.numAttrs = n;
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
-                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB),
              "decode_mma: cudaLaunchKernelEx");
 }
 
