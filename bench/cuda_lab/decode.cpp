@@ -4,6 +4,7 @@
 // replays), median of 5 after a warm-up; and, for comparison, a plain loop of step()
 // with the logits copied to the host each token. Prints one table row per case.
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,7 +44,8 @@ void bench(MambaLM& m, int B, int prompt_len, int n_new) {
   // without graphs: step() per token, logits to the host (what a naive loop does)
   std::vector<float> logits(size_t(B) * V);
   std::vector<int32_t> ids = first;
-  for (int rep = 0; rep < 2; rep++) {
+  const int loop_reps = std::getenv("DECODE_LOOP") && std::atoi(std::getenv("DECODE_LOOP")) == 0 ? 0 : 2;
+  for (int rep = 0; rep < loop_reps; rep++) {
     m.reset_state(s);
     m.prefill(s, prompt.data(), prompt_len, last.data());
     m.backend().synchronize();
@@ -52,7 +54,7 @@ void bench(MambaLM& m, int B, int prompt_len, int n_new) {
     if (rep > 0) loop_s.push_back(seconds_since(t0));
   }
   std::sort(graph_s.begin(), graph_s.end());
-  const double g = graph_s[graph_s.size() / 2], l = loop_s[0];
+  const double g = graph_s[graph_s.size() / 2], l = loop_s.empty() ? NAN : loop_s[0];
   std::printf("| decode B=%-3d prompt %d, %d new | graph: %.3f ms/token, %.0f tokens/s | step() loop: %.3f ms/token, %.0f tokens/s |\n",
               B, prompt_len, n_new, 1e3 * g / n_new, double(B) * n_new / g, 1e3 * l / n_new,
               double(B) * n_new / l);
@@ -64,7 +66,8 @@ void bench(MambaLM& m, int B, int prompt_len, int n_new) {
 
 // Usage: cuda_decode [precision ...]: one table per GEMM precision (fp32 | tf32 | bf16;
 // default: the backend's default, bf16, which decodes from a bf16 copy of the weights).
-// DECODE_BATCHES="16 64" picks the batch sizes (default 1 and 64).
+// DECODE_BATCHES="16 64" picks the batch sizes (default 1 and 64); DECODE_LOOP=0 skips the
+// step() loop.
 int main(int argc, char** argv) {
   try {
     std::vector<std::string> precisions(argv + 1, argv + argc);

@@ -51,6 +51,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_KS")) mma_ks_ = std::atoi(m);
+    if (const char* m = std::getenv("BHASA_DECODE_MMA_ROWS")) mma_tile_.rows = std::atoi(m);  // rows a block
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     ctx_.sm_count = prop.multiProcessorCount;

@@ -49,11 +49,11 @@ struct CudaOptions {
   // The decode products with a frozen weight (bf16 A) at M <= decode_mma_max_m rows on our
   // own tensor-core GEMM (decode_mma.cu, PDL, split-K by clusters) instead of cuBLASLt:
   // 0 off, 1 all, 2 all but the head (N > 8192). Measured on the H200 (bench/cuda_lab/NOTES.md,
-  // dgemm3): B = 16 decodes 0.588 -> 0.500 ms a step; at B = 64 cuBLASLt is faster (0.684
-  // against 0.72-0.78), so the default stops at 16 rows. BHASA_DECODE_MMA and
-  // BHASA_DECODE_MMA_MAX_M override these.
+  // dgemm3 and session 7): B = 16 decodes 0.588 -> 0.437 ms a step, B = 32 0.551 -> 0.496
+  // (blocks of 16 rows); at B = 64 cuBLASLt is as fast (0.630 against 0.633) or faster, so
+  // the default stops at 32 rows. BHASA_DECODE_MMA and BHASA_DECODE_MMA_MAX_M override these.
   int decode_mma = 2;
-  int decode_mma_max_m = 16;
+  int decode_mma_max_m = 32;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

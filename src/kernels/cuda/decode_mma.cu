@@ -369,6 +369,7 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
   if (tile.split == 0) tile.split = pick.split;
   if (tile.wk == 0) tile.wk = tile.bn == pick.bn ? pick.wk : 8 / (tile.bn / 16);
   if (tile.load < 0) tile.load = pick.load;
+  if (tile.rows == 0) tile.rows = pick.rows;
   return tile;
 }
 
@@ -420,9 +421,12 @@ bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
 // From the lab (bench/cuda_lab/NOTES.md, dgemm3 runs 1-2): K slices of ~384 where N gives
 // enough column tiles, of ~192 for x_proj's 80 columns (4 warps along K there); operands by
 // cp.async from every thread (load 3: as fast as or faster than bulk copies at every shape).
+// Above 16 rows, blocks of 16 rows (32 for wide outputs at M > 32): each block's serial work
+// grows with its rows (lab, M 32: in_proj 5.51 -> 5.28 us, out_proj 4.29 -> 4.03, x_proj 2.64
+// -> 2.48; M 64: in_proj 7.76 -> 6.58 at 32 rows, 7.41 at 16; x_proj 3.11 -> 2.82 at 16).
 MmaTile decode_mma_pick(int M, int N, int K) {
-  (void)M;
   MmaTile t;
+  t.rows = M <= 16 ? 0 : N <= 128 || M <= 32 ? 16 : 32;
   t.split = std::clamp(N < 256 ? (K + 191) / 192 : (K + 383) / 384, 1, 8);
   t.bn = N >= 16384 ? 128 : N >= 2048 ? 64 : N >= 256 ? 32 : 16;
   t.wk = N < 256 ? 4 : 8 / (t.bn / 16);
