@@ -98,14 +98,18 @@ TEST(CudaDecodeMma, EveryTile) {
   const cuda::MmaTile tiles[] = {{16, 8, 4, 0}, {16, 8, 8, 1}, {32, 4, 2, 2}, {32, 8, 4, 3}, {64, 4, 1, 0},
                                  {64, 2, 2, 1}, {128, 4, 1, 2}, {128, 2, 1, 3}, {64, 1, 2, 1}, {16, 3, 8, 0},
                                  {64, 5, 2, 7}, {32, 4, 4, 4}, {64, 2, 4, 3}, {64, 4, 4, 7}, {64, 2, 2, 3, 16},
-                                 {32, 4, 4, 7, 32}, {16, 8, 4, 3, 16}};
+                                 {32, 4, 4, 7, 32}, {16, 8, 4, 3, 16}, {64, 2, 2, 3, 64}, {32, 4, 4, 7, 48}};
+  // rows 0 takes the pick's row groups (16 or 32 rows above 16); rows 64 / 48 keep A's
+  // 16-row tiles at 1, 2, 3, 4 a block
   for (cuda::MmaTile t : tiles)
-    for (int M : {9, 20, 40, 64})  // A's 16-row tiles: 1, 2, 3, 4
+    for (int M : {9, 20, 40, 64})
       EXPECT_LE(check(*gpu, M, 333, 768, 0.5f, t, rng, 341), kBf16)
           << "bn=" << t.bn << " split=" << t.split << " wk=" << t.wk << " load=" << t.load << " rows=" << t.rows
           << " M=" << M;
   // beta 1 with several stores a thread (the first two read C early, the rest at the store)
   EXPECT_LE(check(*gpu, 64, 1000, 256, 1.f, {128, 1, 1, 3}, rng), kBf16);
+  // a K slice of more 16-byte chunks a row (192) than threads (128): the copies wrap rows
+  EXPECT_LE(check(*gpu, 20, 80, 1536, 0.f, {16, 1, 4, 3, 16}, rng), kBf16);
 }
 
 // norm_gemm's RMSNorm folded in (decode_mma_norm): x fp32 with a row stride, g, eps
@@ -125,7 +129,7 @@ TEST(CudaDecodeMma, NormFolded) {
       auto stream = static_cast<cudaStream_t>(cuda_stream_of(*gpu));
       cuda::MmaTile tile;
       tile.load = load;
-      tile.rows = load == 2 ? 16 : 0;  // and in row groups of 16 (blocks along grid z)
+      tile.rows = load == 2 ? 16 : 64;  // row groups of 16 (blocks along grid z), or all rows a block
       cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, ldx, dg, 1e-5f, dW, s.K, dC, s.N, tile);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
       const auto got = to_host(dC, size_t(M) * s.N);
@@ -158,8 +162,8 @@ TEST(CudaDecodeMma, Deterministic) {
   EXPECT_EQ(a, b);
 }
 
-// the backend routes the decode products there (CudaOptions::decode_mma; M = 20 rows, so with
-// decode_mma_max_m raised from its default 16)
+// the backend routes the decode products there (CudaOptions::decode_mma, decode_mma_max_m
+// raised to 64; M = 20 rows)
 TEST(CudaDecodeMma, BackendProducts) {
   if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
   auto cpu = make_cpu_backend();

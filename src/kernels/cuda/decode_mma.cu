@@ -378,6 +378,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
             float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile) {
   tile = complete(tile, M, N, K);
   const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
+  if (RB > kMmaMaxM) throw Error("decode_mma: " + std::to_string(RB) + " rows a block; at most " + std::to_string(kMmaMaxM));
   Kernel kernel = kernel_for<NORM>(tile.bn, tile.wk, RB);
   if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
                            std::to_string(tile.wk) + " warps along K");

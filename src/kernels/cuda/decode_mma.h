@@ -12,8 +12,9 @@ constexpr int kMmaMaxM = 64;
 // load: how the operands reach shared memory, bits: 1 A by 16-byte cp.async from every
 // thread (else one bulk copy a row), 2 the same for the weight, 4 the next kernel (PDL)
 // let start only after the products, not at the start; -1: the pick's.
-// rows: A's rows a block multiplies (a multiple of 16; 0: the pick's, which may be all M),
-// the rest by other blocks (grid z) that read the same weight tile again, through L2.
+// rows: A's rows a block multiplies (a multiple of 16, at most 64; 0: the pick's, all M up to
+// 16 rows, else 16 or 32), the rest by other blocks (grid z) that read the same weight tile
+// again, through L2.
 struct MmaTile {
   int bn = 0, split = 0, wk = 0, load = -1, rows = 0;
 };
