@@ -21,7 +21,7 @@
 
 #include <unistd.h>
 
-#include "lab_util.h"  // CK, LT
+#include "lab_util.h"  // CK, LT, graph_us
 
 namespace {
 
@@ -117,31 +117,7 @@ float time_cold(const Problem& p, const cublasLtMatmulAlgo_t* algo, const void* 
   for (int i = 0; i < kCalls; ++i)
     if (call(i) != CUBLAS_STATUS_SUCCESS) return -1.f;
   CK(cudaStreamSynchronize(stream));
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kCalls; ++i) call(i);
-  CK(cudaStreamEndCapture(stream, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaGraphLaunch(ge, stream));
-  std::vector<float> ms;
-  for (int r = 0; r < 9; ++r) {
-    CK(cudaEventRecord(a, stream));
-    CK(cudaGraphLaunch(ge, stream));
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
-    float t;
-    CK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(ge);
-  cudaGraphDestroy(g);
-  return 1e3f * median(ms) / kCalls;
+  return float(graph_us(stream, kCalls, [&](int i) { call(i); }, 9));
 }
 
 // As Gemm::fastest times a candidate: the stream held (here by a host function that

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "kernels/cuda/decode_mma.h"
-#include "lab_util.h"  // CK, LT, bf16_bits, from_bf16_bits
+#include "lab_util.h"  // CK, LT, graph_us, bf16_bits, from_bf16_bits
 
 namespace {
 
@@ -56,30 +56,7 @@ double time_graph(const std::function<void(int)>& op) {
   for (int i = 0; i < kCalls; ++i) op(i);
   CK(cudaStreamSynchronize(stream));
   CK(cudaGetLastError());
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kCalls; ++i) op(i);
-  CK(cudaStreamEndCapture(stream, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaGraphLaunch(ge, stream));
-  std::vector<float> ms;
-  for (int r = 0; r < 15; ++r) {
-    CK(cudaEventRecord(a, stream));
-    CK(cudaGraphLaunch(ge, stream));
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
-    float t;
-    CK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
-  std::sort(ms.begin(), ms.end());
-  return 1e3 * ms[ms.size() / 2] / kCalls;
+  return graph_us(stream, kCalls, op);
 }
 
 struct Shape {
@@ -181,24 +158,32 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(lw), cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lc);
   cublasLtMatmulDescDestroy(desc);
+  // one table row: op checked on weight copy 0, then timed; a tile the kernel refuses says why
+  auto row = [&](const std::string& label, const std::function<void(int)>& op) {
+    try {
+      const double err = check([&] { op(0); });
+      const double us = time_graph(op);
+      std::printf("| %s | %.2f | %.2f | %.2e |\n", label.c_str(), us, us / floor_us, err);
+    } catch (const std::exception& e) {
+      std::printf("| %s | failed: %s | | |\n", label.c_str(), e.what());
+      cudaGetLastError();
+    }
+  };
+  const bhasa::cuda::MmaTile pick = bhasa::cuda::decode_mma_pick(M, s.N, s.K);
+  auto describe = [&](const bhasa::cuda::MmaTile& tile) {  // tile's fields, the pick's where 0
+    const bhasa::cuda::MmaTile shown = tile.bn ? tile : pick;
+    char label[96];
+    std::snprintf(label, sizeof label, "bn %d split %d wk %d load %d rows %d", shown.bn, shown.split,
+                  shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load < 0 ? pick.load : shown.load,
+                  shown.rows ? shown.rows : M);
+    return std::string(label);
+  };
   for (size_t v = 0; v <= s.tiles.size(); ++v) {
     const bool pdl = v < s.tiles.size();
     const bhasa::cuda::MmaTile tile = pdl ? s.tiles[v] : s.tiles[0];
-    const bhasa::cuda::MmaTile pick = bhasa::cuda::decode_mma_pick(M, s.N, s.K);
-    const bhasa::cuda::MmaTile shown = tile.bn ? tile : pick;
-    char label[112];
-    std::snprintf(label, sizeof label, "mma bn %d split %d wk %d load %d rows %d%s%s", shown.bn, shown.split,
-                  shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load < 0 ? pick.load : shown.load,
-                  shown.rows ? shown.rows : M, tile.bn ? "" : " (pick)", pdl ? "" : ", no PDL");
-    try {
-      auto op = [&](int c) { bhasa::cuda::decode_mma(stream, pdl, M, s.N, s.K, A, W[c % copies], s.K, s.beta, C, s.N, tile); };
-      const double err = check([&] { op(0); });
-      const double us = time_graph(op);
-      std::printf("| %s | %.2f | %.2f | %.2e |\n", label, us, us / floor_us, err);
-    } catch (const std::exception& e) {
-      std::printf("| %s | failed: %s | | |\n", label, e.what());
-      cudaGetLastError();
-    }
+    row("mma " + describe(tile) + (tile.bn ? "" : " (pick)") + (pdl ? "" : ", no PDL"), [&](int c) {
+      bhasa::cuda::decode_mma(stream, pdl, M, s.N, s.K, A, W[c % copies], s.K, s.beta, C, s.N, tile);
+    });
   }
   if (s.norm) {  // norm_gemm: rms_norm(x, g) @ W.T with the norm folded in (decode_mma_norm)
     std::vector<float> x(size_t(M) * s.K), g(s.K);
@@ -219,23 +204,10 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
     std::vector<bhasa::cuda::MmaTile> norm_tiles = {s.tiles[0]};
     using T = bhasa::cuda::MmaTile;
     if (s.N == 3072) norm_tiles.insert(norm_tiles.end(), {T{64, 2, 2, 3, 16}, T{64, 2, 2, 3, 32}, T{64, 2, 2, 7, 32}});
-    for (const bhasa::cuda::MmaTile& tile : norm_tiles) {
-      const bhasa::cuda::MmaTile shown = tile.bn ? tile : bhasa::cuda::decode_mma_pick(M, s.N, s.K);
-      char label[96];
-      std::snprintf(label, sizeof label, "mma + rms norm folded, bn %d split %d wk %d load %d rows %d", shown.bn,
-                    shown.split, shown.wk ? shown.wk : 8 / (shown.bn / 16), shown.load, shown.rows ? shown.rows : M);
-      try {
-        auto op = [&](int c) {
-          bhasa::cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, s.K, dg, 1e-5f, W[c % copies], s.K, C, s.N, tile);
-        };
-        const double err = check([&] { op(0); });
-        const double us = time_graph(op);
-        std::printf("| %s | %.2f | %.2f | %.2e |\n", label, us, us / floor_us, err);
-      } catch (const std::exception& e) {
-        std::printf("| %s | failed: %s | | |\n", label, e.what());
-        cudaGetLastError();
-      }
-    }
+    for (const bhasa::cuda::MmaTile& tile : norm_tiles)
+      row("mma + rms norm folded, " + describe(tile), [&](int c) {
+        bhasa::cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, s.K, dg, 1e-5f, W[c % copies], s.K, C, s.N, tile);
+      });
     cudaFree(dx), cudaFree(dg);
   }
   std::fflush(stdout);

@@ -1,5 +1,5 @@
 // Shared by the kernel labs: error checks that end the lab, event-timed medians through the
-// backend's marks, the relative L2 error, bf16 rounding on the host (round to nearest even,
+// backend's marks or of a CUDA graph on a stream, the relative L2 error, bf16 rounding on the host (round to nearest even,
 // as the GPU), random inputs and a hash of outputs (variants compared bit for bit).
 #pragma once
 #include <cublasLt.h>
@@ -46,6 +46,36 @@ inline double median_ms(bhasa::Backend& be, const std::function<void()>& f, int 
   }
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
+}
+
+// Microseconds per call of op, captured `calls` times (op(i): the i-th call, e.g. on its own
+// weight copy) in one CUDA graph on `stream`, replayed `reps` times after one warm-up
+// replay; CUDA events, median. The caller has run op once outside the graph (errors).
+inline double graph_us(cudaStream_t stream, int calls, const std::function<void(int)>& op, int reps = 15) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) op(i);
+  CK(cudaStreamEndCapture(stream, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  CK(cudaGraphLaunch(ge, stream));
+  std::vector<float> ms;
+  for (int r = 0; r < reps; ++r) {
+    CK(cudaEventRecord(a, stream));
+    CK(cudaGraphLaunch(ge, stream));
+    CK(cudaEventRecord(b, stream));
+    CK(cudaEventSynchronize(b));
+    float t;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+  std::sort(ms.begin(), ms.end());
+  return 1e3 * ms[ms.size() / 2] / calls;
 }
 
 // ||a - b|| / ||b||; infinite when a holds a NaN or an infinity.
