@@ -274,6 +274,24 @@ class Backend {
                                const float* conv_b, const float* dbc, const float* dt_w,
                                const float* dt_bias, const float* A_log, const float* D,
                                float* h, Operand y) = 0;
+  // A whole mixer sublayer of a decode step, where a backend fuses it further than the ops
+  // above: x += out_proj(y) with y as ssm_decode_step's after norm_gemm (in_proj) and
+  // ssm_decode_in, the conv and SSM states advanced as there. Scratch: xz (B, 2E) fp32,
+  // dbc (B, P), y (B, E) in decode_dtype(B); their contents afterwards are the backend's.
+  // Returns false, touching nothing, where the backend has no such path (the caller then
+  // runs the four ops).
+  struct MixerStep {
+    int B, D, E, N, R, K;  // batch, d_model, d_inner, d_state, dt_rank, d_conv
+    bool rms;
+    float eps;
+    float* x;  // (B, D), the residual stream, in place
+    const float *norm_w, *norm_b, *in_proj, *conv_w, *conv_b, *x_proj, *dt_proj_w, *dt_proj_b, *A_log, *D_skip,
+        *out_proj;
+    float *conv_state, *h_state;  // (B, K-1, E), (B, E, N)
+    float *xz, *dbc;
+    Operand y;
+  };
+  virtual bool mixer_decode_step(const MixerStep& m) { return false; }
   // The dtype a decode step at batch B stores y in (out_proj's A, then read by gemm only):
   // the CUDA backend in bf16 mode answers bf16 for 8 < B <= 64, where out_proj runs on
   // cuBLASLt with the bf16 weight copy, so ssm_decode_step rounds y once and no separate

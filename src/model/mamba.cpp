@@ -165,15 +165,22 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
     const LayerParams& p = layout_.layers[l];
     float* conv_state = s.conv + size_t(l) * B * (K - 1) * E;  // (B, K-1, E)
     float* h_state = s.ssm + size_t(l) * B * E * N;            // (B, E, N)
-    // xz = norm(x) @ in_proj^T;  dbc = silu(conv(x)) @ x_proj^T
     float* xz = a.xz.f32();  // an inference plan's activations are fp32
-    be_.norm_gemm(B, 2 * E, D, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b), W + p.in_proj, xz);
-    be_.ssm_decode_in(B, E, K, P, xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);
-    // y = scan step (dt_proj inside) * silu(z); the conv and SSM states advance
-    be_.ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b),
-                        a.dbc, W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y);
-    // x += y @ out_proj^T  (y in be_.decode_dtype(B), see Activations)
-    be_.gemm(false, true, B, D, E, a.y, E, W + p.out_proj, E, 1.f, x, D);
+    const Backend::MixerStep fused{B, D, E, N, R, K, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b),
+                                   W + p.in_proj, W + p.conv_w, opt(p.conv_b), W + p.x_proj, W + p.dt_proj_w,
+                                   W + p.dt_proj_b, W + p.A_log, W + p.D, W + p.out_proj, conv_state, h_state,
+                                   xz, a.dbc, a.y};
+    // A backend may run the whole sublayer its own way (fused further); else these four ops.
+    if (!be_.mixer_decode_step(fused)) {
+      // xz = norm(x) @ in_proj^T;  dbc = silu(conv(x)) @ x_proj^T
+      be_.norm_gemm(B, 2 * E, D, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b), W + p.in_proj, xz);
+      be_.ssm_decode_in(B, E, K, P, xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);
+      // y = scan step (dt_proj inside) * silu(z); the conv and SSM states advance
+      be_.ssm_decode_step(B, E, N, R, K, xz, xz + E, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), a.dbc,
+                          W + p.dt_proj_w, W + p.dt_proj_b, W + p.A_log, W + p.D, h_state, a.y);
+      // x += y @ out_proj^T  (y in be_.decode_dtype(B), see Activations)
+      be_.gemm(false, true, B, D, E, a.y, E, W + p.out_proj, E, 1.f, x, D);
+    }
     if (I > 0) {
       be_.norm_gemm(B, 2 * I, D, c.rms_norm, c.norm_eps, x, W + p.norm2_w, opt(p.norm2_b), W + p.fc1, a.f);
       be_.swiglu_forward(B, I, a.f, a.g);

@@ -397,3 +397,74 @@ TEST(FrozenWeights, ModelDecode) {
     mc.load_params(params.data());
   }
 }
+
+// mixer_decode_step's own path (16 <= B <= 64 here: in_proj with the norm and the conv folded
+// into decode_mma, x_proj, the scan step on u, out_proj) against the CPU's four ops, two
+// steps in a row (the states it advanced feed the second): the residual stream's update and
+// both states within the bf16 band of the fp32 result, and off it (bf16 was read). At the tiny
+// and the m130 widths (different tiles); at B = 8 it declines (the GEMV path's ops run).
+TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
+  if (!bf16_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  CudaOptions all_rows;  // the fused path up to 64 rows (by default it stops at decode_mma_max_m = 32)
+  all_rows.decode_mma_max_m = 64;
+  auto gpu = make_cuda_backend(all_rows);
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(21);
+  struct Dims { int D, E, N, R; };
+  for (Dims d : {Dims{192, 384, 16, 12}, Dims{768, 1536, 16, 48}}) {
+    const int D = d.D, E = d.E, N = d.N, R = d.R, K = 4, P = R + 2 * N;
+    // the layer's weights in one frozen range, each 16-float aligned
+    std::vector<float> W;
+    auto put = [&](std::vector<float> v) {
+      const size_t off = W.size();
+      W.insert(W.end(), v.begin(), v.end());
+      W.resize((W.size() + 15) / 16 * 16, 0.f);
+      return off;
+    };
+    const size_t norm_w = put(randn(D, rng, 0.2f, 1.0f)), in_proj = put(randn(size_t(2) * E * D, rng, 1 / std::sqrt(float(D)))),
+                 conv_w = put(randn(size_t(E) * K, rng, 0.5f)), conv_b = put(randn(E, rng, 0.2f)),
+                 x_proj = put(randn(size_t(P) * E, rng, 1 / std::sqrt(float(E)))),
+                 dt_w = put(randn(size_t(E) * R, rng, 1 / std::sqrt(float(R)))), dt_b = put(randn(E, rng, 0.5f, -3.0f)),
+                 A_log = put(randn(size_t(E) * N, rng, 0.5f, 1.0f)), D_skip = put(randn(E, rng, 0.2f, 1.0f)),
+                 out_proj = put(randn(size_t(D) * E, rng, 1 / std::sqrt(float(E))));
+    DevBuf dW(*gpu, W);
+    gpu->freeze_weights(dW.p, W.size());
+    for (int B : {8, 16, 40, 64}) {
+      const std::string what = "D=" + std::to_string(D) + " B=" + std::to_string(B);
+      auto x = randn(size_t(B) * D, rng, 1.0f), st = randn(size_t(B) * (K - 1) * E, rng),
+           h = randn(size_t(B) * E * N, rng);
+      DevBuf dx(*gpu, x), dst(*gpu, st), dh(*gpu, h), dxz(*gpu, size_t(B) * 2 * E), ddbc(*gpu, size_t(B) * P),
+          dy(*gpu, size_t(B) * E);
+      auto step_of = [&](const float* Wp, float* xp, float* stp, float* hp, float* xz, float* dbc, Operand y) {
+        return Backend::MixerStep{B, D, E, N, R, K, true, 1e-5f, xp, Wp + norm_w, nullptr, Wp + in_proj,
+                                  Wp + conv_w, Wp + conv_b, Wp + x_proj, Wp + dt_w, Wp + dt_b, Wp + A_log,
+                                  Wp + D_skip, Wp + out_proj, stp, hp, xz, dbc, y};
+      };
+      const auto g = step_of(dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, gpu->decode_dtype(B)));
+      if (B < 16) {
+        EXPECT_FALSE(gpu->mixer_decode_step(g)) << what;
+        continue;
+      }
+      std::vector<float> xz(size_t(B) * 2 * E), dbc(size_t(B) * P), y(size_t(B) * E);
+      const auto c = step_of(W.data(), x.data(), st.data(), h.data(), xz.data(), dbc.data(), y.data());
+      EXPECT_FALSE(cpu->mixer_decode_step(c));
+      for (int step = 0; step < 2; ++step) {
+        const auto gx0 = dx.host(), cx0 = x;  // the update x += out_proj(y) is what is compared
+        ASSERT_TRUE(gpu->mixer_decode_step(g)) << what;
+        cpu->norm_gemm(B, 2 * E, D, true, c.eps, c.x, c.norm_w, nullptr, c.in_proj, c.xz);
+        cpu->ssm_decode_in(B, E, K, P, c.xz, 2 * E, c.conv_state, c.conv_w, c.conv_b, c.x_proj, c.dbc);
+        cpu->ssm_decode_step(B, E, N, R, K, c.xz, c.xz + E, 2 * E, c.conv_state, c.conv_w, c.conv_b, c.dbc,
+                             c.dt_proj_w, c.dt_proj_b, c.A_log, c.D_skip, c.h_state, c.y);
+        cpu->gemm(false, true, B, D, E, c.y, E, c.out_proj, E, 1.f, c.x, D);
+        const std::string at = what + " step " + std::to_string(step);
+        auto gx = dx.host(), cx = x;
+        for (size_t i = 0; i < gx.size(); ++i) gx[i] -= gx0[i], cx[i] -= cx0[i];
+        const auto gst = dst.host(), gh = dh.host();
+        EXPECT_LE(rel_l2(gx, cx), kBf16) << at;
+        EXPECT_GE(rel_l2(gx, cx), kUsed) << at;
+        EXPECT_LE(rel_l2(gst, st), kBf16) << at;
+        EXPECT_LE(rel_l2(gh, h), kBf16) << at;
+      }
+    }
+  }
+}

@@ -47,6 +47,8 @@ class CudaBackend final : public Backend {
     decode_mma_max_m_ = opt.decode_mma_max_m;
     if (const char* m = std::getenv("BHASA_DECODE_MMA")) decode_mma_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
+    fused_mixer_ = opt.fused_mixer;
+    if (const char* m = std::getenv("BHASA_FUSED_MIXER")) fused_mixer_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
@@ -243,6 +245,36 @@ class CudaBackend final : public Backend {
     wrote(conv_state, size_t(B) * (K - 1) * E), wrote(h, size_t(B) * E * N), wrote(y, size_t(B) * E);
     cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
                           dt_bias, A_log, D, h, y);
+  }
+  // The mixer in 4 kernels instead of 6 where in_proj runs on decode_mma (use_mma: 16 <= B
+  // <= 32 by default; bf16 weights): in_proj with the norm and the conv folded in
+  // (decode_mma_norm_conv: no norm_rows or conv_rows kernel, and the conv state read before
+  // pdl_wait), x_proj on u's bf16 copy, the scan step on u, out_proj. H200, m130 decode, ms a
+  // step: B = 16 0.410 -> 0.385, B = 32 0.473 -> 0.449; B = 64 (BHASA_DECODE_MMA_MAX_M=64)
+  // 0.610 against cuBLASLt's 0.609 unfused (decode_mma's in_proj at 64 rows is the slower).
+  bool mixer_decode_step(const MixerStep& m) override {
+    const int P = m.R + 2 * m.N;
+    if (!fused_mixer_ || !m.rms || m.norm_b || m.B <= kGemvMaxM || !use_mma(m.B, 2 * m.E)) return false;
+    const void* in16 = decode_weight(m.B, 2 * m.E, m.D, m.in_proj, m.D);
+    const void* x16 = decode_weight(m.B, P, m.E, m.x_proj, m.E);
+    if (!in16 || !x16 || 2 * m.E < w16_min_n_ ||
+        !cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
+                                           m.conv_w, m.conv_b, m.conv_state) ||
+        !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
+      return false;
+    BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
+    wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
+    wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
+    wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
+    void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);  // (B, E) bf16
+    cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
+                               2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
+    decode_w16(m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P);
+    cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, m.dbc, m.dt_proj_w, m.dt_proj_b,
+                          m.A_log, m.D_skip, m.h_state, m.y);
+    BHASA_LAUNCH_CHECK("mixer_decode_step");
+    gemm(false, true, m.B, m.D, m.E, m.y, m.E, m.out_proj, m.E, 1.f, m.x, m.D);
+    return true;
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
     BHASA_PROFILE_OP(*profile_, "embedding_forward");
@@ -505,6 +537,7 @@ class CudaBackend final : public Backend {
   bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM (with bf16_weights_)
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int decode_mma_ = 0;  // CudaOptions::decode_mma
+  bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
   int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
   int mma_thin_n_ = 128;  // outputs this narrow use decode_mma at any decode M (BHASA_DECODE_MMA_THIN_N)

@@ -54,6 +54,10 @@ struct CudaOptions {
   // the default stops at 32 rows. BHASA_DECODE_MMA and BHASA_DECODE_MMA_MAX_M override these.
   int decode_mma = 2;
   int decode_mma_max_m = 32;
+  // A decode step's mixer in 4 kernels where in_proj runs on decode_mma (16 <= B <=
+  // decode_mma_max_m; Backend::mixer_decode_step): the norm and the causal conv folded into
+  // in_proj (BHASA_FUSED_MIXER=0: off).
+  bool fused_mixer = true;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

@@ -201,6 +201,13 @@ bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, co
                    float* conv_state, const float* conv_w, const float* conv_b, const float* dbc,
                    const float* dt_w, const float* dt_bias, const float* A_log, const float* D, float* h,
                    Operand y);
+bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
+                          const float* A_log, const float* h);
+// The same with u given (x holds silu(conv) already; the conv state untouched): a mixer step
+// whose in_proj did the conv (decode_mma_norm_conv). False where ssm_step_rows would be.
+bool ssm_step_rows_u(Ctx& c, int B, int E, int N, int R, const float* u, const float* z, int ldxz,
+                     const float* dbc, const float* dt_w, const float* dt_bias, const float* A_log, const float* D,
+                     float* h, Operand y);
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);

@@ -90,6 +90,52 @@ __device__ __forceinline__ void copy_rows_async(unsigned char* dst, int pitch, c
   }
 }
 
+// in_proj's outputs left of E with the decode step's conv folded in (decode_mma_norm_conv):
+// torch: u = F.silu(conv_b + (cat(state, s[:, None]) * conv_w).sum(-1))   per row, channel;
+//        state = cat(state[:, 1:], s)
+// state (M, 3, E) fp32, conv_w (E, 4), conv_b (E) or null; u also to u16 (M, E) bf16.
+constexpr int kConvTaps = 4;
+struct ConvEpilogue {
+  const float* w;
+  const float* b;
+  float* state;
+  __nv_bfloat16* u16;
+  int E;
+};
+// Four channels' conv taps, loaded ahead (the state and the weights) and stepped with the
+// new input s.
+struct ConvTaps {
+  float4 st[kConvTaps - 1], w[4], b;
+  __device__ __forceinline__ void load(const ConvEpilogue& cv, int m, int gn) {
+#pragma unroll
+    for (int j = 0; j < kConvTaps - 1; ++j)
+      st[j] = *reinterpret_cast<const float4*>(cv.state + (size_t(m) * (kConvTaps - 1) + j) * cv.E + gn);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = *reinterpret_cast<const float4*>(cv.w + size_t(gn + i) * kConvTaps);
+    b = cv.b ? *reinterpret_cast<const float4*>(cv.b + gn) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  __device__ __forceinline__ float4 step(const ConvEpilogue& cv, int m, int gn, float4 s) const {
+    const float x[4] = {s.x, s.y, s.z, s.w}, bias[4] = {b.x, b.y, b.z, b.w};
+    const float* t0 = &st[0].x;
+    const float* t1 = &st[1].x;
+    const float* t2 = &st[2].x;
+    float u[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float p = bias[i];
+      p += w[i].x * t0[i], p += w[i].y * t1[i], p += w[i].z * t2[i], p += w[i].w * x[i];
+      u[i] = p * sigmoid_fast(p);
+    }
+    float* row = cv.state + size_t(m) * (kConvTaps - 1) * cv.E + gn;
+    *reinterpret_cast<float4*>(row) = st[1];
+    *reinterpret_cast<float4*>(row + cv.E) = st[2];
+    *reinterpret_cast<float4*>(row + 2 * cv.E) = s;
+    const float4 uv = make_float4(u[0], u[1], u[2], u[3]);
+    store4(cv.u16 + size_t(m) * cv.E + gn, uv);
+    return uv;
+  }
+};
+
 // torch: C = A @ W.T + beta * C   A (M, K) bf16 dense, W (N, ldw) bf16, C (M, ldc) fp32.
 // Grid (split, ceil(N / BN)), cluster (split, 1, 1) when split > 1: block (s, t) multiplies
 // weight rows [BN t, BN t + BN) by the K slice [KS s, KS s + KS). Shared memory: the weight
@@ -99,19 +145,23 @@ __device__ __forceinline__ void copy_rows_async(unsigned char* dst, int pitch, c
 // stages bf16(X * g) of its K slice and the rows' sums of squares of the slice (after them in
 // shared memory, (M, KS / 4)); the cluster, which covers all of K, sums those in rank order
 // and the stores scale each row by its rstd = 1 / sqrt(mean(x^2) + eps) (A's argument unused).
+// CONV (with NORM: in_proj of a decode step with the conv folded in, see ConvEpilogue): the
+// outputs left of cv.E go through the causal conv with the state and SiLU.
 // MT = ceil(M / 16): the 16-row tiles of A, fixed at compile time so that the products
 // unroll without guards.
-template <int WN, int WK, int MT, bool NORM>
+template <int WN, int WK, int MT, bool NORM, bool CONV>
 __global__ void __launch_bounds__(32 * WN * WK, 1)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
-                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB) {
+                  const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB,
+                  ConvEpilogue cv) {
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
   {  // grid z: the block's rows [m0, m0 + RB) of A and C
     const int m0 = blockIdx.z * RB;
     M = min(RB, M - m0), C += size_t(m0) * ldc;
     if (NORM) X += size_t(m0) * ldx;
     else A += size_t(m0) * K;
+    if (CONV) cv.state += size_t(m0) * (kConvTaps - 1) * cv.E, cv.u16 += size_t(m0) * cv.E;
   }
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[2];
@@ -134,6 +184,18 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // the whole weight tile in flight at once, before waiting on the previous kernel: one bulk
   // copy a row (load & 2: 16-byte cp.async from every thread instead)
   const int cpr = kl / 8;  // 16-byte chunks a row
+  // CONV: the conv state and weights of the outputs this thread will store (items i0, i0 + T
+  // of this block's share, as below), before the wait: within a step only this kernel writes
+  // this layer's conv state
+  const int items = M * (BN / 4);  // float4s of the tile
+  const int per = (items + S - 1) / S, i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
+  ConvTaps taps[CONV ? 2 : 1];
+  if (CONV)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
+      if (i < end && gn < cv.E) taps[j].load(cv, m, gn);
+    }
   if (load & 2) {
     copy_rows_async<T>(sW, pitch, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
     cp_async_commit();
@@ -186,8 +248,6 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
 
   // beta != 0 (out_proj's residual): the C elements this thread will store, fetched now,
   // off the critical path (the stores below take items i0, i0 + T, ... of this block's share)
-  const int items = M * (BN / 4);  // float4s of the tile
-  const int per = (items + S - 1) / S, i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
   const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
   float4 cpre[2];
 #pragma unroll
@@ -302,6 +362,10 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       s.x *= r, s.y *= r, s.z *= r, s.w *= r;
     }
     float* c = C + size_t(m) * ldc + gn;
+    if (CONV && gn < cv.E) {  // (served: vec, N % 4 == 0, at most 2 items a thread)
+      *reinterpret_cast<float4*>(c) = taps[j].step(cv, m, gn, s);
+      continue;
+    }
     if (vec && gn + 3 < N) {
       if (beta != 0.f) {
         const float4 o = j == 0 ? cpre[0] : j == 1 ? cpre[1] : *reinterpret_cast<const float4*>(c);
@@ -319,28 +383,29 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
 }
 
 using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
-                        const float*, int, const float*, float, int, int);
+                        const float*, int, const float*, float, int, int, ConvEpilogue);
 
-template <int WN, int WK, bool NORM>
+template <int WN, int WK, bool NORM, bool CONV>
 Kernel kernel_mt(int M) {
   switch ((M + 15) / 16) {
-    case 1: return decode_mma_kernel<WN, WK, 1, NORM>;
-    case 2: return decode_mma_kernel<WN, WK, 2, NORM>;
-    case 3: return decode_mma_kernel<WN, WK, 3, NORM>;
-    default: return decode_mma_kernel<WN, WK, 4, NORM>;
+    case 1: return decode_mma_kernel<WN, WK, 1, NORM, CONV>;
+    case 2: return decode_mma_kernel<WN, WK, 2, NORM, CONV>;
+    case 3: return decode_mma_kernel<WN, WK, 3, NORM, CONV>;
+    default: return decode_mma_kernel<WN, WK, 4, NORM, CONV>;
   }
 }
-template <bool NORM>
+// CONV: in_proj's tiles only (decode_mma_pick's at N >= 256)
+template <bool NORM, bool CONV>
 Kernel kernel_for(int bn, int wk, int M) {
   switch (bn * 16 + wk) {
-    case 16 * 16 + 4: return kernel_mt<1, 4, NORM>(M);
-    case 16 * 16 + 8: return kernel_mt<1, 8, NORM>(M);
-    case 32 * 16 + 2: return kernel_mt<2, 2, NORM>(M);
-    case 32 * 16 + 4: return kernel_mt<2, 4, NORM>(M);
-    case 64 * 16 + 1: return kernel_mt<4, 1, NORM>(M);
-    case 64 * 16 + 2: return kernel_mt<4, 2, NORM>(M);
-    case 64 * 16 + 4: return kernel_mt<4, 4, NORM>(M);
-    case 128 * 16 + 1: return kernel_mt<8, 1, NORM>(M);
+    case 16 * 16 + 4: return CONV ? nullptr : kernel_mt<1, 4, NORM, CONV>(M);
+    case 16 * 16 + 8: return CONV ? nullptr : kernel_mt<1, 8, NORM, CONV>(M);
+    case 32 * 16 + 2: return kernel_mt<2, 2, NORM, CONV>(M);
+    case 32 * 16 + 4: return kernel_mt<2, 4, NORM, CONV>(M);
+    case 64 * 16 + 1: return CONV ? nullptr : kernel_mt<4, 1, NORM, CONV>(M);
+    case 64 * 16 + 2: return kernel_mt<4, 2, NORM, CONV>(M);
+    case 64 * 16 + 4: return CONV ? nullptr : kernel_mt<4, 4, NORM, CONV>(M);
+    case 128 * 16 + 1: return CONV ? nullptr : kernel_mt<8, 1, NORM, CONV>(M);
     default: return nullptr;
   }
 }
@@ -373,16 +438,20 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
   return tile;
 }
 
-template <bool NORM>
+template <bool NORM, bool CONV = false>
 void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
-            float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile) {
+            float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile,
+            const ConvEpilogue& cv = {}) {
   tile = complete(tile, M, N, K);
   const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
   if (RB > kMmaMaxM) throw Error("decode_mma: " + std::to_string(RB) + " rows a block; at most " + std::to_string(kMmaMaxM));
-  Kernel kernel = kernel_for<NORM>(tile.bn, tile.wk, RB);
+  Kernel kernel = kernel_for<NORM, CONV>(tile.bn, tile.wk, RB);
   if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
                            std::to_string(tile.wk) + " warps along K");
   const Layout l = layout(tile, RB, K, NORM);
+  const int threads = 32 * (tile.bn / 16) * tile.wk, items = RB * (tile.bn / 4);
+  if (CONV && (items + l.S - 1) / l.S > 2 * threads)  // the conv taps loaded ahead: 2 items a thread
+    throw Error("decode_mma: the conv epilogue takes at most 2 outputs a thread");
   if (l.smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(l.smem) + " bytes of shared memory");
   static int raised[4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
   int& allowed = raised[(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
@@ -393,7 +462,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   }
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(l.S, (N + tile.bn - 1) / tile.bn, (M + RB - 1) / RB);
-  cfg.blockDim = dim3(32 * (tile.bn / 16) * tile.wk);
+  cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = l.smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
@@ -411,7 +480,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   cfg.attrs = attr;
   cfg.numAttrs = n;
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
-                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv),
              "decode_mma: cudaLaunchKernelEx");
 }
 
@@ -453,6 +522,22 @@ bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const 
 void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
                      float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile) {
   launch<true>(stream, pdl, M, N, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile);
+}
+
+bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
+                                 int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
+                                 const float* conv_b, const float* conv_state) {
+  const MmaTile t = complete({}, M, 2 * E, K);
+  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && kernel_for<true, true>(t.bn, t.wk, M) &&
+         aligned16(conv_w) && aligned16(conv_state) && (!conv_b || aligned16(conv_b)) &&
+         decode_mma_norm_serves(M, 2 * E, K, x, ldx, g, W, ldw);
+}
+
+void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
+                          const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
+                          const float* conv_b, float* conv_state, void* u16, MmaTile tile) {
+  const ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
+  launch<true, true>(stream, pdl, M, 2 * E, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile, cv);
 }
 
 }  // namespace bhasa::cuda

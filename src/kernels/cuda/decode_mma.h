@@ -34,5 +34,15 @@ void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* 
 bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw);
 void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
                      float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile = MmaTile{});
+// decode_mma_norm as a decode step's in_proj (N = 2E) with the step's causal conv folded in:
+// outputs [0, E) of each row become u = silu(conv_b + conv_w . [state, s]) (fp32 in C, and
+// bf16 in u16 (M, E) dense) and the conv state (M, 3, E) fp32 takes s; outputs [E, 2E) are
+// decode_mma_norm's. d_conv 4; conv_w (E, 4), conv_b (E) or null, 16-byte aligned.
+bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
+                                 int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
+                                 const float* conv_b, const float* conv_state);
+void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
+                          const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
+                          const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
 
 }  // namespace bhasa::cuda

@@ -26,13 +26,13 @@ constexpr int kLanes = 4;  // lanes per channel, and batch rows per warp
 //     delta u of row r come from lane r by shuffle, C . h is summed and scattered back the
 //     same way, so lane k writes y of row k.
 // Shared memory holds only dbc's 4 rows (B and C are read by every channel), one barrier
-// after their copy. Every state load is issued right after pdl_wait, ahead of the dbc copy
-// and phase 1 (which does not need h). The scalar functions are scan_common.cuh's
+// after their copy. Every state load is issued before pdl_wait (Early; BHASA_SSM_ROWS_EARLY=0:
+// right after it), ahead of the dbc copy and phase 1 (which does not need h). The scalar functions are scan_common.cuh's
 // (softplus_fast, sigmoid_fast: 2 ulp, as the scan's) and the decay ex2.approx, as the tile
 // kernel; offsets in 32 bits (B E N < 2^31). Measured (NOTES.md), B = 64: 5.7 us against
 // the tile kernel's 7.8; slower: 2 row groups a warp (6.5), loading h before pdl_wait with
-// the trigger after the stores (the next step's early loads then safe; 7.7: the next kernel
-// no longer starts early), and B = 12 (2.4 against ssm_step4_kernel's 2.3).
+// the trigger after the stores (7.7: the next kernel no longer starts early; the trigger
+// need not wait, see Early), and B = 12 (2.4 against ssm_step4_kernel's 2.3).
 // torch (per row b, channel e): as ssm_step.cu's ssm_step_kernel.
 constexpr int kRowsWarps = 4, kRowsThreads = 32 * kRowsWarps, kRowsE = 8 * kRowsWarps;  // channels a block
 constexpr int kRowsMaxK = 4;  // d_conv (registers: the conv weights and window)
@@ -55,7 +55,9 @@ __device__ __forceinline__ float ld_now(const float* p) {
 }
 
 // J state chunks a lane (N <= 16 J), RJ dt_w chunks a lane (R <= 16 RJ)
-template <int J, int RJ, class Y>
+// U: x holds u already (the conv done by in_proj's epilogue, decode_mma_norm_conv), the conv
+// state is not touched.
+template <int J, int RJ, class Y, bool Early, bool U>
 __global__ void __launch_bounds__(kRowsThreads, J == 1 ? 6 : 4)  // B = 64: 768 blocks, one wave
 ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
                      const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
@@ -87,10 +89,15 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   }
   float cw[kRowsMaxK];
 #pragma unroll
-  for (int j = 0; j < kRowsMaxK; ++j) cw[j] = j < K ? conv_w[unsigned(e) * K + j] : 0.0f;
-  const float cb = conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
-  pdl_trigger();
-  pdl_wait();
+  for (int j = 0; j < kRowsMaxK; ++j) cw[j] = !U && j < K ? conv_w[unsigned(e) * K + j] : 0.0f;
+  const float cb = !U && conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
+  // Early: the states before pdl_wait. Within a step only this kernel writes this layer's h
+  // and conv state (and the previous replay has finished), so the kernels still running
+  // cannot change them.
+  if (!Early) {
+    pdl_trigger();
+    pdl_wait();
+  }
 
   // the step's inputs, all in flight at once: h of the 4 rows (this lane's chunks), the
   // conv window, x and z of row b1; then dbc's rows
@@ -105,7 +112,11 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
     }
   float win[kRowsMaxK];
 #pragma unroll
-  for (int j = 0; j < kRowsMaxK; ++j) win[j] = j < H ? conv_state[(unsigned(b1) * H + j) * E + e] : 0.0f;
+  for (int j = 0; j < kRowsMaxK; ++j) win[j] = !U && j < H ? conv_state[(unsigned(b1) * H + j) * E + e] : 0.0f;
+  if (Early) {
+    pdl_trigger();
+    pdl_wait();
+  }
   const float xv = ld_now(x + unsigned(b1) * ldxz + e), zz = ld_now(z + unsigned(b1) * ldxz + e);
   // dbc's rows into shared memory (after the state loads: ptxas otherwise moved the copy's
   // wait above them)
@@ -143,8 +154,8 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
 #pragma unroll
   for (int j = 0; j < kRowsMaxK; ++j)
     if (j < K) p += cw[j] * (j < H ? win[j] : xv);
-  const float u = p * sigmoid_fast(p);
-  if (valid && mine)
+  const float u = U ? xv : p * sigmoid_fast(p);
+  if (!U && valid && mine)
 #pragma unroll
     for (int j = 0; j < kRowsMaxK; ++j)
       if (j < H) conv_state[(unsigned(b1) * H + j) * E + e] = j + 1 < H ? win[j + 1] : xv;
@@ -188,17 +199,30 @@ int rows_min_b() {
   return v;
 }
 
+// The states loaded before pdl_wait (Early), unless BHASA_SSM_ROWS_EARLY=0 (read once). H200,
+// m130 decode, ms a step: B = 16 0.440 -> 0.417, B = 32 0.500 -> 0.473, B = 64 0.622 -> 0.608.
+bool rows_early() {
+  static const bool v = [] { const char* s = std::getenv("BHASA_SSM_ROWS_EARLY"); return !s || std::atoi(s) != 0; }();
+  return v;
+}
+
 }  // namespace
 
-bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
-                   float* conv_state, const float* conv_w, const float* conv_b, const float* dbc,
-                   const float* dt_w, const float* dt_bias, const float* A_log, const float* D, float* h,
-                   Operand y) {
+bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
+                          const float* A_log, const float* h) {
   auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (!(B >= rows_min_b() && N % 4 == 0 && N <= 32 && R % 4 == 0 && R <= 64 && K <= kRowsMaxK &&
-        aligned16(A_log) && aligned16(h) && aligned16(dt_w) && aligned16(dbc) &&
-        size_t(B) * std::max(size_t(E) * std::max(N, K), size_t(ldxz)) < (size_t(1) << 31)))  // 32-bit offsets
-    return false;
+  return B >= rows_min_b() && N % 4 == 0 && N <= 32 && R % 4 == 0 && R <= 64 && K <= kRowsMaxK &&
+         aligned16(A_log) && aligned16(h) && aligned16(dt_w) && aligned16(dbc) &&
+         size_t(B) * std::max(size_t(E) * std::max(N, K), size_t(ldxz)) < (size_t(1) << 31);  // 32-bit offsets
+}
+
+namespace {
+
+template <bool U>
+bool rows_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+               float* conv_state, const float* conv_w, const float* conv_b, const float* dbc, const float* dt_w,
+               const float* dt_bias, const float* A_log, const float* D, float* h, Operand y) {
+  if (!ssm_step_rows_serves(B, E, N, R, K, ldxz, dbc, dt_w, A_log, h)) return false;
   const dim3 grid((E + kRowsE - 1) / kRowsE, (B + kLanes - 1) / kLanes);
   const size_t smem = size_t(kLanes) * (R + 2 * N) * sizeof(float);
   with_operand(y, [&](auto* yt) {
@@ -207,10 +231,32 @@ bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, co
       launch(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz, conv_state,
              conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
     };
-    if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y>);
-    else go(ssm_step_rows_kernel<2, 4, Y>);
+    if (rows_early()) {
+      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, true, U>);
+      else go(ssm_step_rows_kernel<2, 4, Y, true, U>);
+    } else {
+      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, false, U>);
+      else go(ssm_step_rows_kernel<2, 4, Y, false, U>);
+    }
   });
   return true;
+}
+
+}  // namespace
+
+bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
+                   float* conv_state, const float* conv_w, const float* conv_b, const float* dbc,
+                   const float* dt_w, const float* dt_bias, const float* A_log, const float* D, float* h,
+                   Operand y) {
+  return rows_step<false>(c, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D,
+                          h, y);
+}
+
+bool ssm_step_rows_u(Ctx& c, int B, int E, int N, int R, const float* u, const float* z, int ldxz,
+                     const float* dbc, const float* dt_w, const float* dt_bias, const float* A_log, const float* D,
+                     float* h, Operand y) {
+  return rows_step<true>(c, B, E, N, R, 1, u, z, ldxz, nullptr, nullptr, nullptr, dbc, dt_w, dt_bias, A_log, D,
+                         h, y);
 }
 
 }  // namespace bhasa::cuda
