@@ -203,7 +203,11 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
     }
     std::vector<bhasa::cuda::MmaTile> norm_tiles = {s.tiles[0]};
     using T = bhasa::cuda::MmaTile;
-    if (s.N == 3072) norm_tiles.insert(norm_tiles.end(), {T{64, 2, 2, 3, 16}, T{64, 2, 2, 3, 32}, T{64, 2, 2, 7, 32}});
+    // (and whole-K tiles, split 1: no cluster, each block's norm is its own)
+    if (s.N == 3072)
+      norm_tiles.insert(norm_tiles.end(), {T{64, 2, 2, 3, 16}, T{64, 2, 2, 3, 32}, T{64, 2, 2, 7, 32}, T{64, 1, 2, 3, 16},
+                                           T{64, 1, 2, 3, 32}, T{64, 1, 2, 3, 64}, T{64, 1, 4, 3, 32}, T{32, 1, 4, 3, 32},
+                                           T{32, 1, 4, 3, 64}, T{64, 3, 2, 3, 32}, T{64, 4, 2, 3, 32}});
     for (const bhasa::cuda::MmaTile& tile : norm_tiles)
       row("mma + rms norm folded, " + describe(tile), [&](int c) {
         bhasa::cuda::decode_mma_norm(stream, true, M, s.N, s.K, dx, s.K, dg, 1e-5f, W[c % copies], s.K, C, s.N, tile);

@@ -104,6 +104,19 @@ void report() {
     reach = std::max(reach, a.end);
     prev = a.name;
   }
+  // What each kernel adds to a chain (PDL kernels start early and wait, so their durations
+  // overlap): its end minus the previous activity's end, in the order they end.
+  Table by_inc;
+  {
+    std::vector<const Act*> ends;
+    for (auto& a : acts)
+      if (a.start >= t0) ends.push_back(&a);
+    std::sort(ends.begin(), ends.end(), [](const Act* a, const Act* b) { return a->end < b->end; });
+    for (size_t i = 1; i < ends.size(); i++) {
+      auto& v = by_inc[short_name(ends[i]->name)];
+      v.first++, v.second += (ends[i]->end - ends[i - 1]->end) / 1e3;
+    }
+  }
   const double window = (t_end - first) / 1e3;
   // TRACE_PER: divide the totals by this many (e.g. the training steps in the window).
   // TRACE_STEP=name: per occurrence of the kernel whose name holds it (one per step).
@@ -118,6 +131,7 @@ void report() {
   for (auto& g : gap_us) g /= per;
   for (auto& [n, v] : by_kernel) v.second /= per;
   for (auto& [n, v] : by_gap) v.second /= per;
+  for (auto& [n, v] : by_inc) v.second /= per;
   for (auto& [n, v] : big_gap) v.second /= per;
   FILE* o = stderr;
   fprintf(o, "\n[trace] window %.1f ms (last %.0f%%); per 1/%g of it: busy %.2f ms, idle %.2f ms\n", window / 1e3,
@@ -137,6 +151,7 @@ void report() {
     }
   };
   print_top(by_kernel, 45, "kernels by total time");
+  print_top(by_inc, 20, "kernels by what they add to the chain (end - previous end)");
   print_top(by_gap, 30, "gaps <= 100 us by kernel pair");
   print_top(big_gap, 12, "gaps > 100 us by kernel pair");
   Table by_api;
