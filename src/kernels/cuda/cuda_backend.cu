@@ -246,34 +246,37 @@ class CudaBackend final : public Backend {
     cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
                           dt_bias, A_log, D, h, y);
   }
-  // The mixer in 4 kernels instead of 6 where in_proj runs on decode_mma (use_mma: 16 <= B
-  // <= 32 by default; bf16 weights): in_proj with the norm and the conv folded in
-  // (decode_mma_norm_conv: no norm_rows or conv_rows kernel, and the conv state read before
-  // pdl_wait), x_proj on u's bf16 copy, the scan step on u, out_proj. H200, m130 decode, ms a
-  // step: B = 16 0.410 -> 0.385, B = 32 0.473 -> 0.449; B = 64 (BHASA_DECODE_MMA_MAX_M=64)
-  // 0.610 against cuBLASLt's 0.609 unfused (decode_mma's in_proj at 64 rows is the slower).
+  // The mixer in 4 kernels, all on our own PDL kernels, at 16 <= B <= 64 with bf16 weights
+  // (unfused: norm_rows, in_proj, conv_rows, x_proj, the scan step, out_proj, with cuBLASLt
+  // for the two wide products above 32 rows): in_proj with the norm and the causal conv
+  // folded in (decode_mma_norm_conv: the conv state read before pdl_wait), x_proj on u's
+  // bf16 copy, the scan step on u, out_proj on decode_mma. H200, m130 decode, ms a step,
+  // unfused -> fused: B 16 0.409 -> 0.384, 32 0.470 -> 0.441, 48 0.578 -> 0.533, 64 0.611 ->
+  // 0.586. decode_mma_max_m does not apply here (its default 32 is for the unfused ops).
   bool mixer_decode_step(const MixerStep& m) override {
     const int P = m.R + 2 * m.N;
-    if (!fused_mixer_ || !m.rms || m.norm_b || m.B <= kGemvMaxM || !use_mma(m.B, 2 * m.E)) return false;
+    if (!fused_mixer_ || decode_mma_ == 0 || !m.rms || m.norm_b || m.B < 16 || m.B > kDecodeMaxM) return false;
     const void* in16 = decode_weight(m.B, 2 * m.E, m.D, m.in_proj, m.D);
     const void* x16 = decode_weight(m.B, P, m.E, m.x_proj, m.E);
-    if (!in16 || !x16 || 2 * m.E < w16_min_n_ ||
+    const void* out16 = decode_weight(m.B, m.D, m.E, m.out_proj, m.E);
+    void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);  // (B, E) bf16
+    if (!in16 || !x16 || !out16 || m.y.dtype != Dtype::bf16 ||
         !cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
                                            m.conv_w, m.conv_b, m.conv_state) ||
+        !cuda::decode_mma_serves(m.B, P, m.E, u16, x16, m.E) || !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E) ||
         !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
       return false;
     BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
     wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
-    void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);  // (B, E) bf16
     cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
                                2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
-    decode_w16(m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P);
+    cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, mma_tile(m.E));
     cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, m.dbc, m.dt_proj_w, m.dt_proj_b,
                           m.A_log, m.D_skip, m.h_state, m.y);
     BHASA_LAUNCH_CHECK("mixer_decode_step");
-    gemm(false, true, m.B, m.D, m.E, m.y, m.E, m.out_proj, m.E, 1.f, m.x, m.D);
+    cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, mma_tile(m.E));
     return true;
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {

@@ -21,6 +21,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/decode_mma.h"
@@ -102,19 +103,18 @@ struct ConvEpilogue {
   __nv_bfloat16* u16;
   int E;
 };
-// Four channels' conv taps, loaded ahead (the state and the weights) and stepped with the
-// new input s.
+// Four channels' conv state, loaded ahead, stepped with the new input s; the weights w
+// (the channels' rows of conv_w) and bias b come from shared memory (in registers for the
+// whole kernel they took 1 block an SM where 2 fit: 170 registers a thread).
 struct ConvTaps {
-  float4 st[kConvTaps - 1], w[4], b;
+  float4 st[kConvTaps - 1];
   __device__ __forceinline__ void load(const ConvEpilogue& cv, int m, int gn) {
 #pragma unroll
     for (int j = 0; j < kConvTaps - 1; ++j)
       st[j] = *reinterpret_cast<const float4*>(cv.state + (size_t(m) * (kConvTaps - 1) + j) * cv.E + gn);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = *reinterpret_cast<const float4*>(cv.w + size_t(gn + i) * kConvTaps);
-    b = cv.b ? *reinterpret_cast<const float4*>(cv.b + gn) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  __device__ __forceinline__ float4 step(const ConvEpilogue& cv, int m, int gn, float4 s) const {
+  __device__ __forceinline__ float4 step(const ConvEpilogue& cv, int m, int gn, float4 s, const float4* w,
+                                         float4 b) const {
     const float x[4] = {s.x, s.y, s.z, s.w}, bias[4] = {b.x, b.y, b.z, b.w};
     const float* t0 = &st[0].x;
     const float* t1 = &st[1].x;
@@ -122,8 +122,9 @@ struct ConvTaps {
     float u[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
+      const float4 wi = w[i];
       float p = bias[i];
-      p += w[i].x * t0[i], p += w[i].y * t1[i], p += w[i].z * t2[i], p += w[i].w * x[i];
+      p += wi.x * t0[i], p += wi.y * t1[i], p += wi.z * t2[i], p += wi.w * x[i];
       u[i] = p * sigmoid_fast(p);
     }
     float* row = cv.state + size_t(m) * (kConvTaps - 1) * cv.E + gn;
@@ -150,7 +151,7 @@ struct ConvTaps {
 // MT = ceil(M / 16): the 16-row tiles of A, fixed at compile time so that the products
 // unroll without guards.
 template <int WN, int WK, int MT, bool NORM, bool CONV>
-__global__ void __launch_bounds__(32 * WN * WK, 1)
+__global__ void __launch_bounds__(32 * WN * WK, CONV ? 2 : 1)  // (CONV: <= 128 registers, 2 blocks an SM)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
                   const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB,
@@ -190,12 +191,18 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   const int items = M * (BN / 4);  // float4s of the tile
   const int per = (items + S - 1) / S, i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
   ConvTaps taps[CONV ? 2 : 1];
-  if (CONV)
+  __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels (BN <= 64)
+  if (CONV) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
       if (i < end && gn < cv.E) taps[j].load(cv, m, gn);
     }
+    const int t = threadIdx.x;  // (read after the barriers before the products)
+    if (t < BN && n0 + t < cv.E) conv_w[t] = *reinterpret_cast<const float4*>(cv.w + size_t(n0 + t) * kConvTaps);
+    if (t < BN / 4 && n0 + 4 * t < cv.E)
+      conv_b[t] = cv.b ? *reinterpret_cast<const float4*>(cv.b + n0 + 4 * t) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
   if (load & 2) {
     copy_rows_async<T>(sW, pitch, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
     cp_async_commit();
@@ -345,10 +352,14 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     }
     __syncthreads();
   }
-  // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it
-  for (int i = i0, j = 0; i < end; i += T, ++j) {
+  // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it:
+  // item i, the thread's j-th (j a compile-time constant, so that cpre and taps stay in
+  // registers: indexed at run time they went to local memory)
+  auto store_item = [&](int i, auto jc) {
+    constexpr int j = decltype(jc)::value;
+    if (i >= end) return;
     const int m = i / (BN / 4), n = (i % (BN / 4)) * 4, gn = n0 + n;
-    if (gn >= N) continue;
+    if (gn >= N) return;
     float4 v[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q)  // all S loads in flight, then the sum in order
@@ -362,13 +373,15 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       s.x *= r, s.y *= r, s.z *= r, s.w *= r;
     }
     float* c = C + size_t(m) * ldc + gn;
-    if (CONV && gn < cv.E) {  // (served: vec, N % 4 == 0, at most 2 items a thread)
-      *reinterpret_cast<float4*>(c) = taps[j].step(cv, m, gn, s);
-      continue;
+    if constexpr (CONV && j < 2) {  // (served: vec, N % 4 == 0, at most 2 items a thread)
+      if (gn < cv.E) {
+        *reinterpret_cast<float4*>(c) = taps[j].step(cv, m, gn, s, conv_w + n, conv_b[n / 4]);
+        return;
+      }
     }
     if (vec && gn + 3 < N) {
       if (beta != 0.f) {
-        const float4 o = j == 0 ? cpre[0] : j == 1 ? cpre[1] : *reinterpret_cast<const float4*>(c);
+        const float4 o = j < 2 ? cpre[j < 2 ? j : 0] : *reinterpret_cast<const float4*>(c);
         s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
       }
       *reinterpret_cast<float4*>(c) = s;
@@ -376,7 +389,10 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       const float r[4] = {s.x, s.y, s.z, s.w};
       for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * c[e] : r[e];
     }
-  }
+  };
+  store_item(i0, std::integral_constant<int, 0>{});
+  store_item(i0 + T, std::integral_constant<int, 1>{});
+  for (int i = i0 + 2 * T; i < end; i += T) store_item(i, std::integral_constant<int, 2>{});
   // no block leaves while another reads its partials (an arrive without release: nothing
   // written since needs ordering, and the release's memory barrier cost ~0.3 us)
   if (S > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
@@ -404,7 +420,7 @@ Kernel kernel_for(int bn, int wk, int M) {
     case 32 * 16 + 4: return kernel_mt<2, 4, NORM, CONV>(M);
     case 64 * 16 + 1: return CONV ? nullptr : kernel_mt<4, 1, NORM, CONV>(M);
     case 64 * 16 + 2: return kernel_mt<4, 2, NORM, CONV>(M);
-    case 64 * 16 + 4: return CONV ? nullptr : kernel_mt<4, 4, NORM, CONV>(M);
+    case 64 * 16 + 4: return CONV ? nullptr : kernel_mt<4, 4, NORM, CONV>(M);  // (CONV: spills)
     case 128 * 16 + 1: return CONV ? nullptr : kernel_mt<8, 1, NORM, CONV>(M);
     default: return nullptr;
   }
