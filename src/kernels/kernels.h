@@ -290,6 +290,9 @@ class Backend {
     float *conv_state, *h_state;  // (B, K-1, E), (B, E, N)
     float *xz, *dbc;
     Operand y;
+    // The next sublayer's norm weight when it is a mixer (RMSNorm) reading this x, else null:
+    // a backend may prepare that norm while it writes x.
+    const float* next_norm_w = nullptr;
   };
   virtual bool mixer_decode_step(const MixerStep& m) { return false; }
   // The dtype a decode step at batch B stores y in (out_proj's A, then read by gemm only):

@@ -169,7 +169,8 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
     const Backend::MixerStep fused{B, D, E, N, R, K, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b),
                                    W + p.in_proj, W + p.conv_w, opt(p.conv_b), W + p.x_proj, W + p.dt_proj_w,
                                    W + p.dt_proj_b, W + p.A_log, W + p.D, W + p.out_proj, conv_state, h_state,
-                                   xz, a.dbc, a.y};
+                                   xz, a.dbc, a.y,
+                                   I == 0 && l + 1 < c.n_layer ? W + layout_.layers[l + 1].norm_w : nullptr};
     // A backend may run the whole sublayer its own way (fused further); else these four ops.
     if (!be_.mixer_decode_step(fused)) {
       // xz = norm(x) @ in_proj^T;  dbc = silu(conv(x)) @ x_proj^T

@@ -402,7 +402,8 @@ TEST(FrozenWeights, ModelDecode) {
 // into decode_mma, x_proj, the scan step on u, out_proj) against the CPU's four ops, two
 // steps in a row (the states it advanced feed the second): the residual stream's update and
 // both states within the bf16 band of the fp32 result, and off it (bf16 was read). At the tiny
-// and the m130 widths (different tiles); at B = 8 it declines (the GEMV path's ops run).
+// and the m130 widths (different tiles); at B = 40 the second step's norm comes prepared by
+// the first's out_proj (next_norm_w); at B = 8 it declines (the GEMV path's ops run).
 TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
   auto gpu = bf16_gpu();
   if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
@@ -438,7 +439,10 @@ TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
                                   Wp + conv_w, Wp + conv_b, Wp + x_proj, Wp + dt_w, Wp + dt_b, Wp + A_log,
                                   Wp + D_skip, Wp + out_proj, stp, hp, xz, dbc, y};
       };
-      const auto g = step_of(dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, gpu->decode_dtype(B)));
+      auto g = step_of(dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, gpu->decode_dtype(B)));
+      // B = 40: the next step reads a norm prepared by this one's out_proj (the same layer
+      // standing in for the next: same x, same norm weight)
+      if (B == 40) g.next_norm_w = dW.p + norm_w;
       if (B < 16) {
         EXPECT_FALSE(gpu->mixer_decode_step(g)) << what;
         continue;

@@ -49,6 +49,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
     fused_mixer_ = opt.fused_mixer;
     if (const char* m = std::getenv("BHASA_FUSED_MIXER")) fused_mixer_ = std::atoi(m) != 0;
+    if (const char* m = std::getenv("BHASA_NORM_SPLIT")) norm_split_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
@@ -87,6 +88,7 @@ class CudaBackend final : public Backend {
     if (!p) return;
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     mirrors_->freed(p);
+    if (prepared_.x == p) prepared_ = {};  // (x is the start of an activations buffer)
     BHASA_CUDA_CHECK(cudaFree(p));
   }
   void upload(float* dst, const float* src, size_t n) override {
@@ -250,33 +252,55 @@ class CudaBackend final : public Backend {
   // (unfused: norm_rows, in_proj, conv_rows, x_proj, the scan step, out_proj, with cuBLASLt
   // for the two wide products above 32 rows): in_proj with the norm and the causal conv
   // folded in (decode_mma_norm_conv: the conv state read before pdl_wait), x_proj on u's
-  // bf16 copy, the scan step on u, out_proj on decode_mma. H200, m130 decode, ms a step,
-  // unfused -> fused: B 16 0.409 -> 0.384, 32 0.470 -> 0.441, 48 0.578 -> 0.533, 64 0.611 ->
-  // 0.586. decode_mma_max_m does not apply here (its default 32 is for the unfused ops).
+  // bf16 copy, the scan step on u, out_proj on decode_mma, which also prepares the next
+  // mixer's norm when there is one (decode_mma_next_norm: in_proj then reads a plain bf16 A,
+  // decode_mma_prenorm_conv). H200, m130 decode, ms a step, unfused -> fused -> with the norm
+  // prepared: B 16 0.412 -> 0.389 -> 0.385, 32 0.473 -> 0.444 -> 0.433, 48 0.582 -> 0.534 ->
+  // 0.496, 64 0.608 -> 0.586 -> 0.561. decode_mma_max_m does not apply here (its default 32
+  // is for the unfused ops).
   bool mixer_decode_step(const MixerStep& m) override {
     const int P = m.R + 2 * m.N;
     if (!fused_mixer_ || decode_mma_ == 0 || !m.rms || m.norm_b || m.B < 16 || m.B > kDecodeMaxM) return false;
     const void* in16 = decode_weight(m.B, 2 * m.E, m.D, m.in_proj, m.D);
     const void* x16 = decode_weight(m.B, P, m.E, m.x_proj, m.E);
     const void* out16 = decode_weight(m.B, m.D, m.E, m.out_proj, m.E);
-    void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);  // (B, E) bf16
+    void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);                     // (B, E) bf16
+    void* next16 = scratch_.get(kDecodeNext16, size_t(m.B) * m.D * 2);               // (B, D) bf16
+    auto* next_ss = static_cast<float*>(scratch_.get(kDecodeNextSS, size_t(m.B) * m.D * sizeof(float)));  // (tiles, B)
+    // this x's norm prepared by the previous step's out_proj, and whether this one prepares the next
+    const bool pre = prepared_.x == m.x && prepared_.g == m.norm_w && prepared_.B == m.B;
+    const bool next = norm_split_ && m.next_norm_w &&
+                      cuda::decode_mma_next_norm_serves(m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D, m.next_norm_w);
     if (!in16 || !x16 || !out16 || m.y.dtype != Dtype::bf16 ||
-        !cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
-                                           m.conv_w, m.conv_b, m.conv_state) ||
+        !(pre ? cuda::decode_mma_prenorm_conv_serves(m.B, m.E, m.D, next16, in16, m.D, m.xz, 2 * m.E, m.K, m.conv_w,
+                                                     m.conv_b, m.conv_state)
+              : cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
+                                                  m.conv_w, m.conv_b, m.conv_state)) ||
         !cuda::decode_mma_serves(m.B, P, m.E, u16, x16, m.E) || !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E) ||
         !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
       return false;
     BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
+    const PreparedNorm in = prepared_;
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
     wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
-    cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
-                               2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
+    if (pre)
+      cuda::decode_mma_prenorm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, next16, next_ss, in.tiles, m.eps, in16, m.D,
+                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
+    else
+      cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
+                                 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
     cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, mma_tile(m.E));
     cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, m.dbc, m.dt_proj_w, m.dt_proj_b,
                           m.A_log, m.D_skip, m.h_state, m.y);
     BHASA_LAUNCH_CHECK("mixer_decode_step");
-    cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, mma_tile(m.E));
+    if (next) {
+      const int tiles = cuda::decode_mma_next_norm(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D,
+                                                   m.next_norm_w, next16, next_ss, mma_tile(m.E));
+      prepared_ = {m.x, m.next_norm_w, m.B, tiles, size_t(m.B) * m.D * sizeof(float)};
+    } else {
+      cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, mma_tile(m.E));
+    }
     return true;
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
@@ -470,14 +494,21 @@ class CudaBackend final : public Backend {
   }
   // The backend writes n floats at p, or rows x cols with row stride ld: a frozen
   // weight there loses its mirror.
+  // Every write through the backend: drops the bf16 mirror of a frozen weight it touches and
+  // a prepared norm (mixer_decode_step) of the x it touches.
+  void note_write(const void* p, size_t bytes) {
+    mirrors_->wrote(p, bytes);
+    const char *a = static_cast<const char*>(p), *x = reinterpret_cast<const char*>(prepared_.x);
+    if (prepared_.x && a < x + prepared_.bytes && x < a + bytes) prepared_ = {};
+  }
   void wrote(const float* p, size_t n) {
-    if (p && n) mirrors_->wrote(p, n * sizeof(float));
+    if (p && n) note_write(p, n * sizeof(float));
   }
   void wrote(const float* p, int rows, int cols, int ld) {
     if (rows > 0 && cols > 0) wrote(p, size_t(rows - 1) * ld + cols);
   }
   void wrote(Operand p, size_t n) {  // fp32 or bf16 elements
-    if (p.p && n) mirrors_->wrote(p.p, n * dtype_bytes(p.dtype));
+    if (p.p && n) note_write(p.p, n * dtype_bytes(p.dtype));
   }
   void wrote(Operand p, int rows, int cols, int ld) {
     if (rows > 0 && cols > 0) wrote(p, size_t(rows - 1) * ld + cols);
@@ -541,6 +572,16 @@ class CudaBackend final : public Backend {
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)
+  bool norm_split_ = true;      // there, the next mixer's norm prepared by out_proj (BHASA_NORM_SPLIT=0: off)
+  // The next mixer's input as the last mixer_decode_step's out_proj left it (norm_split_):
+  // a16 = bf16(x * g) in kDecodeNext16 and the row sums of squares of `tiles` column tiles
+  // in kDecodeNextSS, valid while nothing else writes x (note_write).
+  struct PreparedNorm {
+    const float* x = nullptr;
+    const float* g = nullptr;
+    int B = 0, tiles = 0;
+    size_t bytes = 0;
+  } prepared_;
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
   int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
   int mma_thin_n_ = 128;  // outputs this narrow use decode_mma at any decode M (BHASA_DECODE_MMA_THIN_N)

@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
+  kSampleCounter, kDecodeA16, kDecodeNext16, kDecodeNextSS, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
   kNumSlots
 };
 

@@ -103,6 +103,19 @@ struct ConvEpilogue {
   __nv_bfloat16* u16;
   int E;
 };
+// A decode step's RMSNorm split across two products (kNext, then kPre): out_proj's stores
+// (x, the residual stream after the mixer) also write the next in_proj's A, a16 =
+// bf16(x * g_next), and each row's sum of x^2 over the block's column tile, ss (tiles, ld);
+// in_proj reads a16 as a plain A and scales its rows by rstd = 1 / sqrt(sum of the tiles'
+// sums / K + eps), fixed order: no staging of fp32 x, no cluster sum of squares.
+struct NormSplit {
+  const float* g_next;   // kNext: (N)
+  __nv_bfloat16* a16;    // kNext: (M, N) bf16 dense
+  float* ss;             // kNext: written, kPre: read; (tiles, ld)
+  int tiles, ld;         // kPre: the tiles to sum; both: ss's row stride (the batch)
+};
+// decode_mma_kernel's epilogue kinds (EPI bits)
+constexpr int kNorm = 1, kConv = 2, kPre = 4, kNext = 8;
 // Four channels' conv state, loaded ahead, stepped with the new input s; the weights w
 // (the channels' rows of conv_w) and bias b come from shared memory (in registers for the
 // whole kernel they took 1 block an SM where 2 fit: 170 registers a thread).
@@ -150,23 +163,26 @@ struct ConvTaps {
 // outputs left of cv.E go through the causal conv with the state and SiLU.
 // MT = ceil(M / 16): the 16-row tiles of A, fixed at compile time so that the products
 // unroll without guards.
-template <int WN, int WK, int MT, bool NORM, bool CONV>
-__global__ void __launch_bounds__(32 * WN * WK, CONV ? 2 : 1)  // (CONV: <= 128 registers, 2 blocks an SM)
+template <int WN, int WK, int MT, int EPI>
+__global__ void __launch_bounds__(32 * WN * WK, EPI & kConv ? 2 : 1)  // (kConv: <= 128 registers, 2 blocks an SM)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
                   const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB,
-                  ConvEpilogue cv) {
+                  ConvEpilogue cv, NormSplit ns) {
+  constexpr bool NORM = EPI & kNorm, CONV = EPI & kConv, PRE = EPI & kPre, NEXT = EPI & kNext;
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
+  const int m0 = blockIdx.z * RB;
   {  // grid z: the block's rows [m0, m0 + RB) of A and C
-    const int m0 = blockIdx.z * RB;
     M = min(RB, M - m0), C += size_t(m0) * ldc;
     if (NORM) X += size_t(m0) * ldx;
     else A += size_t(m0) * K;
     if (CONV) cv.state += size_t(m0) * (kConvTaps - 1) * cv.E, cv.u16 += size_t(m0) * cv.E;
+    if (NEXT) ns.a16 += size_t(m0) * N;
   }
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[2];
-  __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM ? kMmaMaxM : 1];  // NORM: sums of squares, rstd
+  // NORM: the rows' sums of squares over the block's slice; NORM, PRE: their rstd
+  __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM || PRE ? kMmaMaxM : 1];
   const int S = gridDim.x, rank = blockIdx.x;  // cluster (S, 1, 1): the block rank is blockIdx.x
   const int n0 = blockIdx.y * BN, k0 = rank * KS, kl = min(KS, K - k0);
   const int rows = min(BN, N - n0), pitch = 2 * KS + 16;
@@ -188,8 +204,10 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // CONV: the conv state and weights of the outputs this thread will store (items i0, i0 + T
   // of this block's share, as below), before the wait: within a step only this kernel writes
   // this layer's conv state
+  // a block's share: whole rows of the tile (NEXT sums each row's squares across its lanes)
   const int items = M * (BN / 4);  // float4s of the tile
-  const int per = (items + S - 1) / S, i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
+  const int per = ((items + S - 1) / S + BN / 4 - 1) / (BN / 4) * (BN / 4);
+  const int i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
   ConvTaps taps[CONV ? 2 : 1];
   __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels (BN <= 64)
   if (CONV) {
@@ -213,6 +231,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
   if (!(load & 4)) pdl_trigger();  // load & 4: the next kernel launched only after our products
   pdl_wait();
+  if (PRE)  // each row's rstd from the previous product's sums of squares, in tile order
+    for (int m = threadIdx.x; m < M; m += T) {
+      float ss = 0.f;
+      for (int q = 0; q < ns.tiles; ++q) ss += ns.ss[size_t(q) * ns.ld + m0 + m];
+      row_r[m] = 1.0f / sqrtf(ss / K + eps);
+    }
   if (NORM) {
     // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
     const int kl4 = kl / 4, total = M * kl4;
@@ -355,11 +379,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // block `rank` sums its share of the tile over the S blocks, in rank order, and stores it:
   // item i, the thread's j-th (j a compile-time constant, so that cpre and taps stay in
   // registers: indexed at run time they went to local memory)
-  auto store_item = [&](int i, auto jc) {
+  // Returns the item's sum of squares of the stored values (NEXT), else 0.
+  auto store_item = [&](int i, auto jc) -> float {
     constexpr int j = decltype(jc)::value;
-    if (i >= end) return;
+    if (i >= end) return 0.f;
     const int m = i / (BN / 4), n = (i % (BN / 4)) * 4, gn = n0 + n;
-    if (gn >= N) return;
+    if (gn >= N) return 0.f;
     float4 v[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q)  // all S loads in flight, then the sum in order
@@ -368,7 +393,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
 #pragma unroll
     for (int q = 1; q < 8; ++q)
       if (q < S) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
-    if (NORM) {
+    if (NORM || PRE) {
       const float r = row_r[m];
       s.x *= r, s.y *= r, s.z *= r, s.w *= r;
     }
@@ -376,7 +401,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     if constexpr (CONV && j < 2) {  // (served: vec, N % 4 == 0, at most 2 items a thread)
       if (gn < cv.E) {
         *reinterpret_cast<float4*>(c) = taps[j].step(cv, m, gn, s, conv_w + n, conv_b[n / 4]);
-        return;
+        return 0.f;
       }
     }
     if (vec && gn + 3 < N) {
@@ -385,45 +410,62 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
         s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
       }
       *reinterpret_cast<float4*>(c) = s;
+      if constexpr (NEXT) {  // (served: vec, N % 4 == 0)
+        const float4 w = *reinterpret_cast<const float4*>(ns.g_next + gn);
+        store4(ns.a16 + size_t(m) * N + gn, make_float4(s.x * w.x, s.y * w.y, s.z * w.z, s.w * w.w));
+        return (s.x * s.x + s.y * s.y) + (s.z * s.z + s.w * s.w);
+      }
     } else {
       const float r[4] = {s.x, s.y, s.z, s.w};
       for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * c[e] : r[e];
     }
+    return 0.f;
   };
-  store_item(i0, std::integral_constant<int, 0>{});
-  store_item(i0 + T, std::integral_constant<int, 1>{});
-  for (int i = i0 + 2 * T; i < end; i += T) store_item(i, std::integral_constant<int, 2>{});
+  // NEXT: item j's row sum over the BN / 4 lanes holding that row (a fixed shuffle tree),
+  // stored by the row's first lane; every lane takes part
+  auto row_sums = [&](int i, float v) {
+#pragma unroll
+    for (int o = 1; o < BN / 4; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (i < end && i % (BN / 4) == 0) ns.ss[size_t(blockIdx.y) * ns.ld + m0 + i / (BN / 4)] = v;
+  };
+  const float ss0 = store_item(i0, std::integral_constant<int, 0>{});
+  const float ss1 = store_item(i0 + T, std::integral_constant<int, 1>{});
+  if (NEXT) row_sums(i0, ss0), row_sums(i0 + T, ss1);
+  for (int i = i0 + 2 * T; i < end; i += T) store_item(i, std::integral_constant<int, 2>{});  // (not NEXT)
   // no block leaves while another reads its partials (an arrive without release: nothing
   // written since needs ordering, and the release's memory barrier cost ~0.3 us)
   if (S > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
 }
 
 using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
-                        const float*, int, const float*, float, int, int, ConvEpilogue);
+                        const float*, int, const float*, float, int, int, ConvEpilogue, NormSplit);
 
-template <int WN, int WK, bool NORM, bool CONV>
+template <int WN, int WK, int EPI>
 Kernel kernel_mt(int M) {
   switch ((M + 15) / 16) {
-    case 1: return decode_mma_kernel<WN, WK, 1, NORM, CONV>;
-    case 2: return decode_mma_kernel<WN, WK, 2, NORM, CONV>;
-    case 3: return decode_mma_kernel<WN, WK, 3, NORM, CONV>;
-    default: return decode_mma_kernel<WN, WK, 4, NORM, CONV>;
+    case 1: return decode_mma_kernel<WN, WK, 1, EPI>;
+    case 2: return decode_mma_kernel<WN, WK, 2, EPI>;
+    case 3: return decode_mma_kernel<WN, WK, 3, EPI>;
+    default: return decode_mma_kernel<WN, WK, 4, EPI>;
   }
 }
-// CONV: in_proj's tiles only (decode_mma_pick's at N >= 256)
-template <bool NORM, bool CONV>
+// The tiles compiled for an epilogue kind: all for the plain and norm-folded products;
+// in_proj's (decode_mma_pick's at N >= 256) with the conv; out_proj's with kNext.
+template <int EPI>
 Kernel kernel_for(int bn, int wk, int M) {
+  constexpr bool all = EPI == 0 || EPI == kNorm, in_proj = EPI & kConv, out_proj = EPI == kNext;
   switch (bn * 16 + wk) {
-    case 16 * 16 + 4: return CONV ? nullptr : kernel_mt<1, 4, NORM, CONV>(M);
-    case 16 * 16 + 8: return CONV ? nullptr : kernel_mt<1, 8, NORM, CONV>(M);
-    case 32 * 16 + 2: return kernel_mt<2, 2, NORM, CONV>(M);
-    case 32 * 16 + 4: return kernel_mt<2, 4, NORM, CONV>(M);
-    case 64 * 16 + 1: return CONV ? nullptr : kernel_mt<4, 1, NORM, CONV>(M);
-    case 64 * 16 + 2: return kernel_mt<4, 2, NORM, CONV>(M);
-    case 64 * 16 + 4: return CONV ? nullptr : kernel_mt<4, 4, NORM, CONV>(M);  // (CONV: spills)
-    case 128 * 16 + 1: return CONV ? nullptr : kernel_mt<8, 1, NORM, CONV>(M);
-    default: return nullptr;
+    case 16 * 16 + 4: if constexpr (all || out_proj) return kernel_mt<1, 4, EPI>(M); break;
+    case 16 * 16 + 8: if constexpr (all || out_proj) return kernel_mt<1, 8, EPI>(M); break;
+    case 32 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 2, EPI>(M); break;
+    case 32 * 16 + 4: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 4, EPI>(M); break;
+    case 64 * 16 + 1: if constexpr (all) return kernel_mt<4, 1, EPI>(M); break;
+    case 64 * 16 + 2: if constexpr (all || in_proj) return kernel_mt<4, 2, EPI>(M); break;
+    case 64 * 16 + 4: if constexpr (all) return kernel_mt<4, 4, EPI>(M); break;
+    case 128 * 16 + 1: if constexpr (all) return kernel_mt<8, 1, EPI>(M); break;
+    default: break;
   }
+  return nullptr;
 }
 
 // K slices of a multiple of 16 (every slice non-empty) and the dynamic shared memory of a tile
@@ -454,20 +496,22 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
   return tile;
 }
 
-template <bool NORM, bool CONV = false>
+template <int EPI>
 void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
             float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile,
-            const ConvEpilogue& cv = {}) {
+            const ConvEpilogue& cv = {}, const NormSplit& ns = {}) {
+  constexpr bool NORM = EPI & kNorm;
   tile = complete(tile, M, N, K);
   const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
   if (RB > kMmaMaxM) throw Error("decode_mma: " + std::to_string(RB) + " rows a block; at most " + std::to_string(kMmaMaxM));
-  Kernel kernel = kernel_for<NORM, CONV>(tile.bn, tile.wk, RB);
+  Kernel kernel = kernel_for<EPI>(tile.bn, tile.wk, RB);
   if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
                            std::to_string(tile.wk) + " warps along K");
   const Layout l = layout(tile, RB, K, NORM);
   const int threads = 32 * (tile.bn / 16) * tile.wk, items = RB * (tile.bn / 4);
-  if (CONV && (items + l.S - 1) / l.S > 2 * threads)  // the conv taps loaded ahead: 2 items a thread
-    throw Error("decode_mma: the conv epilogue takes at most 2 outputs a thread");
+  const int per = ((items + l.S - 1) / l.S + tile.bn / 4 - 1) / (tile.bn / 4) * (tile.bn / 4);  // as the kernel's
+  if ((EPI & (kConv | kNext)) && per > 2 * threads)  // conv taps loaded ahead, row sums: 2 items a thread
+    throw Error("decode_mma: the conv and next-norm epilogues take at most 2 outputs a thread");
   if (l.smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(l.smem) + " bytes of shared memory");
   static int raised[4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
   int& allowed = raised[(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
@@ -496,7 +540,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   cfg.attrs = attr;
   cfg.numAttrs = n;
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
-                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv),
+                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv, ns),
              "decode_mma: cudaLaunchKernelEx");
 }
 
@@ -527,7 +571,7 @@ bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ld
 
 void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
                 float beta, float* C, int ldc, MmaTile tile) {
-  launch<false>(stream, pdl, M, N, K, A, W, ldw, beta, C, ldc, nullptr, 0, nullptr, 0.f, tile);
+  launch<0>(stream, pdl, M, N, K, A, W, ldw, beta, C, ldc, nullptr, 0, nullptr, 0.f, tile);
 }
 
 bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw) {
@@ -537,14 +581,14 @@ bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const 
 
 void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
                      float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile) {
-  launch<true>(stream, pdl, M, N, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile);
+  launch<kNorm>(stream, pdl, M, N, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile);
 }
 
 bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
                                  int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
                                  const float* conv_b, const float* conv_state) {
   const MmaTile t = complete({}, M, 2 * E, K);
-  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && kernel_for<true, true>(t.bn, t.wk, M) &&
+  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && kernel_for<kNorm | kConv>(t.bn, t.wk, M) &&
          aligned16(conv_w) && aligned16(conv_state) && (!conv_b || aligned16(conv_b)) &&
          decode_mma_norm_serves(M, 2 * E, K, x, ldx, g, W, ldw);
 }
@@ -553,7 +597,39 @@ void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, co
                           const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
                           const float* conv_b, float* conv_state, void* u16, MmaTile tile) {
   const ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
-  launch<true, true>(stream, pdl, M, 2 * E, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile, cv);
+  launch<kNorm | kConv>(stream, pdl, M, 2 * E, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile, cv);
+}
+
+bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void* W, int ldw, const float* C, int ldc,
+                                 const float* g_next) {
+  const MmaTile t = complete({}, M, N, K);
+  return N % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(g_next) && kernel_for<kNext>(t.bn, t.wk, M) &&
+         decode_mma_serves(M, N, K, A, W, ldw);
+}
+
+int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
+                         float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile) {
+  const MmaTile t = complete(tile, M, N, K);
+  const NormSplit ns{g_next, static_cast<__nv_bfloat16*>(a16), ss, 0, M};
+  launch<kNext>(stream, pdl, M, N, K, A, W, ldw, 1.f, C, ldc, nullptr, 0, nullptr, 0.f, t, {}, ns);
+  return (N + t.bn - 1) / t.bn;
+}
+
+bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const void* W, int ldw, const float* C,
+                                    int ldc, int d_conv, const float* conv_w, const float* conv_b,
+                                    const float* conv_state) {
+  const MmaTile t = complete({}, M, 2 * E, K);
+  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) &&
+         kernel_for<kPre | kConv>(t.bn, t.wk, M) && aligned16(conv_w) && aligned16(conv_state) &&
+         (!conv_b || aligned16(conv_b)) && decode_mma_serves(M, 2 * E, K, a16, W, ldw);
+}
+
+void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
+                             int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
+                             const float* conv_b, float* conv_state, void* u16, MmaTile tile) {
+  const ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
+  const NormSplit ns{nullptr, nullptr, const_cast<float*>(ss), tiles, M};
+  launch<kPre | kConv>(stream, pdl, M, 2 * E, K, a16, W, ldw, 0.f, C, ldc, nullptr, 0, nullptr, eps, tile, cv, ns);
 }
 
 }  // namespace bhasa::cuda

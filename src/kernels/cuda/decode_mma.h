@@ -44,5 +44,20 @@ bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, c
 void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
                           const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
                           const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
+// A decode step's RMSNorm split across two products, so that in_proj stages a plain bf16 A:
+// decode_mma_next_norm is out_proj (C = A @ W.T + C, the residual stream x) that also writes
+// the next in_proj's A, a16 (M, N) = bf16(x * g_next), and ss (tiles, M): each row's sum of
+// x^2 over one of the product's column tiles; it returns tiles. decode_mma_prenorm_conv is
+// decode_mma_norm_conv reading those: A = a16, rstd = 1 / sqrt(sum over tiles of ss / K + eps).
+bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void* W, int ldw, const float* C, int ldc,
+                                 const float* g_next);
+int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
+                         float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile = MmaTile{});
+bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const void* W, int ldw, const float* C,
+                                    int ldc, int d_conv, const float* conv_w, const float* conv_b,
+                                    const float* conv_state);
+void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
+                             int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
+                             const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
 
 }  // namespace bhasa::cuda
