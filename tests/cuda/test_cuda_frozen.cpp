@@ -428,7 +428,7 @@ TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
                  out_proj = put(randn(size_t(D) * E, rng, 1 / std::sqrt(float(E))));
     DevBuf dW(*gpu, W);
     gpu->freeze_weights(dW.p, W.size());
-    for (int B : {8, 16, 40, 64}) {
+    for (int B : {8, 16, 24, 40, 64}) {  // (24: mixer_tiles' in_proj for 16 < B <= 32)
       const std::string what = "D=" + std::to_string(D) + " B=" + std::to_string(B);
       auto x = randn(size_t(B) * D, rng, 1.0f), st = randn(size_t(B) * (K - 1) * E, rng),
            h = randn(size_t(B) * E * N, rng);

@@ -5,6 +5,7 @@
 // in bf16 mode frozen weights also get a bf16 copy for decoding (weight_mirror.cuh),
 // so every call that writes memory tells the mirrors (wrote) what it wrote.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -55,6 +56,13 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_KS")) mma_ks_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_ROWS")) mma_tile_.rows = std::atoi(m);  // rows a block
+    // the fused mixer's products, for A/B timing: "bn,split,wk,load,rows" (0 / -1: the pick's)
+    auto tile_env = [](const char* name, cuda::MmaTile& t) {
+      if (const char* v = std::getenv(name)) std::sscanf(v, "%d,%d,%d,%d,%d", &t.bn, &t.split, &t.wk, &t.load, &t.rows);
+    };
+    tile_env("BHASA_MIXER_TILE_IN", mixer_tiles_[0]);
+    tile_env("BHASA_MIXER_TILE_X", mixer_tiles_[1]);
+    tile_env("BHASA_MIXER_TILE_OUT", mixer_tiles_[2]);
     cudaDeviceProp prop{};
     BHASA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     ctx_.sm_count = prop.multiProcessorCount;
@@ -281,25 +289,27 @@ class CudaBackend final : public Backend {
       return false;
     BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
     const PreparedNorm in = prepared_;
+    cuda::MmaTile tiles[3];  // in_proj, x_proj, out_proj
+    mixer_tiles(m.B, tiles);
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
     wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
     if (pre)
       cuda::decode_mma_prenorm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, next16, next_ss, in.tiles, m.eps, in16, m.D,
-                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
+                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0]);
     else
       cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
-                                 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, mma_tile(m.D));
-    cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, mma_tile(m.E));
+                                 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0]);
+    cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, tiles[1]);
     cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, m.dbc, m.dt_proj_w, m.dt_proj_b,
                           m.A_log, m.D_skip, m.h_state, m.y);
     BHASA_LAUNCH_CHECK("mixer_decode_step");
     if (next) {
-      const int tiles = cuda::decode_mma_next_norm(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D,
-                                                   m.next_norm_w, next16, next_ss, mma_tile(m.E));
-      prepared_ = {m.x, m.next_norm_w, m.B, tiles, size_t(m.B) * m.D * sizeof(float)};
+      const int ss_tiles = cuda::decode_mma_next_norm(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D,
+                                                      m.next_norm_w, next16, next_ss, tiles[2]);
+      prepared_ = {m.x, m.next_norm_w, m.B, ss_tiles, size_t(m.B) * m.D * sizeof(float)};
     } else {
-      cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, mma_tile(m.E));
+      cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, tiles[2]);
     }
     return true;
   }
@@ -494,6 +504,25 @@ class CudaBackend final : public Backend {
   }
   // The backend writes n floats at p, or rows x cols with row stride ld: a frozen
   // weight there loses its mirror.
+  // The fused mixer's tiles at batch B (decode_mma_pick's but where the whole step measured
+  // faster; H200, m130, ms a step, with one change each: B = 32 in_proj in 3 K slices, all
+  // rows a block 0.433 -> 0.427; B = 64 x_proj in 4 K slices 0.561 -> 0.540, out_proj's 64
+  // rows a block 0.555; both: 0.557 -> 0.535),
+  // then the BHASA_MIXER_TILE_* overrides.
+  void mixer_tiles(int B, cuda::MmaTile (&t)[3]) const {
+    using T = cuda::MmaTile;
+    t[0] = B > 16 && B <= 32 ? T{64, 3, 2, 3, 32} : T{};
+    t[1] = B > 32 ? T{16, 4, 4, 3, 16} : T{};
+    t[2] = B > 32 ? T{32, 4, 4, 3, 64} : T{};
+    for (int i = 0; i < 3; ++i) {
+      const cuda::MmaTile& o = mixer_tiles_[i];
+      if (o.bn) t[i].bn = o.bn;
+      if (o.split) t[i].split = o.split;
+      if (o.wk) t[i].wk = o.wk;
+      if (o.load >= 0) t[i].load = o.load;
+      if (o.rows) t[i].rows = o.rows;
+    }
+  }
   // Every write through the backend: drops the bf16 mirror of a frozen weight it touches and
   // a prepared norm (mixer_decode_step) of the x it touches.
   void note_write(const void* p, size_t bytes) {
@@ -585,6 +614,7 @@ class CudaBackend final : public Backend {
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
   int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
   int mma_thin_n_ = 128;  // outputs this narrow use decode_mma at any decode M (BHASA_DECODE_MMA_THIN_N)
+  cuda::MmaTile mixer_tiles_[3];  // BHASA_MIXER_TILE_IN / _X / _OUT: overrides of mixer_tiles' fields
   cuda::MmaTile mma_tile_;  // decode_mma_pick's, but for the operand loads (BHASA_DECODE_MMA_LOAD)
   int mma_ks_ = 0;  // > 0: K slices of about this many (BHASA_DECODE_MMA_KS), else the pick's
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
