@@ -1,5 +1,6 @@
-// A decode GEMM shaped like cuBLASLt's M = 64 pick but launchable with PDL (issue 6, session
-// 7 prototype, NOT RUN YET: written without device time left; see NOTES.md, session 7).
+// A decode GEMM shaped like cuBLASLt's M = 64 pick but launchable with PDL (issue 6: written in
+// session 7, run in session 8; results in NOTES.md, session 8: correct with LBO 128 / SBO 1024,
+// slower than cuBLASLt above 16 rows).
 //   torch: C = A @ W.T + beta * C   A (M, K) bf16, W (N, K) bf16, C (M, N) fp32, M <= 64
 // One warpgroup (128 threads) a CTA: 64 weight rows x 16 MT batch rows over the whole K (no
 // split-K, so no partials to exchange). wgmma m64nNk16 with the weight tile as its A (64 rows)
