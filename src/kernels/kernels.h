@@ -331,6 +331,9 @@ class Backend {
   virtual void graph_begin_capture() { unsupported("graph capture"); }
   virtual int graph_end_capture() { unsupported("graph capture"); return -1; }  // a handle for graph_replay
   virtual void graph_replay(int graph) { unsupported("graph replay"); }
+  // False once the graph may no longer be replayed as captured (the backend moved a buffer
+  // it holds): capture again.
+  virtual bool graph_current(int graph) const { return true; }
   virtual void graph_destroy(int graph) {}
 
   // ---- timing ---------------------------------------------------------------

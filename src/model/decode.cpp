@@ -119,7 +119,7 @@ void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_ne
   // GEMM algorithm, so the capture below allocates nothing.
   token_step();
   if (n_new > 1) {
-    if (g.handle < 0 || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm ||
+    if (g.handle < 0 || !be_.graph_current(g.handle) || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm ||
         g.temperature != temperature || g.seed != seed) {
       g.release_graph();
       be_.graph_begin_capture();

@@ -23,6 +23,10 @@ void MambaLM::run_captured(TrainGraph& g, bool allowed, const std::function<void
   // The GEMMs read the weights' bf16 mirror at a fixed address (Backend::freeze_weights):
   // the optimizer refreshes it after each update; this makes sure of it for every replay.
   be_.freeze_weights(params_, layout_.total);
+  if (g.handle >= 0 && !be_.graph_current(g.handle)) {  // captured before a scratch buffer moved
+    be_.graph_destroy(g.handle);
+    g.handle = -1;
+  }
   if (g.handle < 0) {
     if (g.runs++ == 0) return body();
     be_.graph_begin_capture();

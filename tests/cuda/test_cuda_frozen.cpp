@@ -6,6 +6,7 @@
 // Any write into the frozen range must drop the copy; tf32 / fp32 modes never make one.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstring>
 #include <limits>
 
@@ -398,57 +399,76 @@ TEST(FrozenWeights, ModelDecode) {
   }
 }
 
-// mixer_decode_step's own path (16 <= B <= 64: in_proj with the norm and the conv folded
-// into decode_mma, x_proj, the scan step on u, out_proj) against the CPU's four ops, two
-// steps in a row (the states it advanced feed the second): the residual stream's update and
-// both states within the bf16 band of the fp32 result, and off it (bf16 was read). At the tiny
-// and the m130 widths (different tiles); at B = 40 the second step's norm comes prepared by
-// the first's out_proj (next_norm_w); at B = 8 it declines (the GEMV path's ops run).
-TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
-  auto gpu = bf16_gpu();
-  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
-  auto cpu = make_cpu_backend();
-  std::mt19937 rng(21);
-  struct Dims { int D, E, N, R; };
-  for (Dims d : {Dims{192, 384, 16, 12}, Dims{768, 1536, 16, 48}}) {
-    const int D = d.D, E = d.E, N = d.N, R = d.R, K = 4, P = R + 2 * N;
-    // the layer's weights in one frozen range, each 16-float aligned
-    std::vector<float> W;
+namespace {
+
+// One mixer layer's weights in one host vector (a frozen range on a device), each 16-float
+// aligned, and the MixerStep of a batch over given weights, states and scratch.
+struct MixerLayer {
+  int D, E, N, R, K = 4;
+  std::vector<float> W;
+  size_t norm_w, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b, A_log, D_skip, out_proj;
+  MixerLayer(int d, int e, int n, int r, std::mt19937& rng) : D(d), E(e), N(n), R(r) {
+    const int P = R + 2 * N;
     auto put = [&](std::vector<float> v) {
       const size_t off = W.size();
       W.insert(W.end(), v.begin(), v.end());
       W.resize((W.size() + 15) / 16 * 16, 0.f);
       return off;
     };
-    const size_t norm_w = put(randn(D, rng, 0.2f, 1.0f)), in_proj = put(randn(size_t(2) * E * D, rng, 1 / std::sqrt(float(D)))),
-                 conv_w = put(randn(size_t(E) * K, rng, 0.5f)), conv_b = put(randn(E, rng, 0.2f)),
-                 x_proj = put(randn(size_t(P) * E, rng, 1 / std::sqrt(float(E)))),
-                 dt_w = put(randn(size_t(E) * R, rng, 1 / std::sqrt(float(R)))), dt_b = put(randn(E, rng, 0.5f, -3.0f)),
-                 A_log = put(randn(size_t(E) * N, rng, 0.5f, 1.0f)), D_skip = put(randn(E, rng, 0.2f, 1.0f)),
-                 out_proj = put(randn(size_t(D) * E, rng, 1 / std::sqrt(float(E))));
-    DevBuf dW(*gpu, W);
-    gpu->freeze_weights(dW.p, W.size());
-    for (int B : {8, 16, 24, 40, 64}) {  // (24: mixer_tiles' in_proj for 16 < B <= 32)
+    norm_w = put(randn(D, rng, 0.2f, 1.0f)), in_proj = put(randn(size_t(2) * E * D, rng, 1 / std::sqrt(float(D))));
+    conv_w = put(randn(size_t(E) * K, rng, 0.5f)), conv_b = put(randn(E, rng, 0.2f));
+    x_proj = put(randn(size_t(P) * E, rng, 1 / std::sqrt(float(E))));
+    dt_w = put(randn(size_t(E) * R, rng, 1 / std::sqrt(float(R)))), dt_b = put(randn(E, rng, 0.5f, -3.0f));
+    A_log = put(randn(size_t(E) * N, rng, 0.5f, 1.0f)), D_skip = put(randn(E, rng, 0.2f, 1.0f));
+    out_proj = put(randn(size_t(D) * E, rng, 1 / std::sqrt(float(E))));
+  }
+  Backend::MixerStep step(int B, const float* Wp, float* x, float* st, float* h, float* xz, float* dbc, Operand y) const {
+    return Backend::MixerStep{B, D, E, N, R, K, true, 1e-5f, x, Wp + norm_w, nullptr, Wp + in_proj, Wp + conv_w,
+                              Wp + conv_b, Wp + x_proj, Wp + dt_w, Wp + dt_b, Wp + A_log, Wp + D_skip, Wp + out_proj,
+                              st, h, xz, dbc, y};
+  }
+  // x (B, D) with rows of different scales (rstd per row matters), conv and SSM states
+  std::vector<float> x0(int B, std::mt19937& rng) const {
+    auto x = randn(size_t(B) * D, rng);
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < D; ++i) x[size_t(b) * D + i] *= 0.25f + float(b % 7);
+    return x;
+  }
+};
+
+}  // namespace
+
+// mixer_decode_step's own path (16 <= B <= 64: in_proj with the norm and the conv folded
+// into decode_mma, x_proj, the scan step on u, out_proj) against the CPU's four ops, two
+// steps in a row (the states it advanced feed the second): the residual stream's update and
+// both states within the bf16 band of the fp32 result, and off it (bf16 was read). At the tiny
+// and the m130 widths (different tiles) and at B = 16, 24, 64 (mixer_tiles' picks differ);
+// the second step's norm comes prepared by the first's out_proj (next_norm_w: the same layer
+// stands in for the next, same x and norm weight), except at B = 40; at B = 8 it declines
+// (the GEMV path's ops run).
+TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
+  auto gpu = bf16_gpu();
+  if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";
+  auto cpu = make_cpu_backend();
+  std::mt19937 rng(21);
+  for (auto [D, E, N, R] : {std::array<int, 4>{192, 384, 16, 12}, std::array<int, 4>{768, 1536, 16, 48}}) {
+    const MixerLayer layer(D, E, N, R, rng);
+    const int K = layer.K, P = R + 2 * N;
+    DevBuf dW(*gpu, layer.W);
+    gpu->freeze_weights(dW.p, layer.W.size());
+    for (int B : {8, 16, 24, 40, 64}) {
       const std::string what = "D=" + std::to_string(D) + " B=" + std::to_string(B);
-      auto x = randn(size_t(B) * D, rng, 1.0f), st = randn(size_t(B) * (K - 1) * E, rng),
-           h = randn(size_t(B) * E * N, rng);
+      auto x = layer.x0(B, rng), st = randn(size_t(B) * (K - 1) * E, rng), h = randn(size_t(B) * E * N, rng);
       DevBuf dx(*gpu, x), dst(*gpu, st), dh(*gpu, h), dxz(*gpu, size_t(B) * 2 * E), ddbc(*gpu, size_t(B) * P),
           dy(*gpu, size_t(B) * E);
-      auto step_of = [&](const float* Wp, float* xp, float* stp, float* hp, float* xz, float* dbc, Operand y) {
-        return Backend::MixerStep{B, D, E, N, R, K, true, 1e-5f, xp, Wp + norm_w, nullptr, Wp + in_proj,
-                                  Wp + conv_w, Wp + conv_b, Wp + x_proj, Wp + dt_w, Wp + dt_b, Wp + A_log,
-                                  Wp + D_skip, Wp + out_proj, stp, hp, xz, dbc, y};
-      };
-      auto g = step_of(dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, gpu->decode_dtype(B)));
-      // B = 40: the next step reads a norm prepared by this one's out_proj (the same layer
-      // standing in for the next: same x, same norm weight)
-      if (B == 40) g.next_norm_w = dW.p + norm_w;
+      auto g = layer.step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, gpu->decode_dtype(B)));
+      if (B != 40) g.next_norm_w = dW.p + layer.norm_w;
       if (B < 16) {
         EXPECT_FALSE(gpu->mixer_decode_step(g)) << what;
         continue;
       }
       std::vector<float> xz(size_t(B) * 2 * E), dbc(size_t(B) * P), y(size_t(B) * E);
-      const auto c = step_of(W.data(), x.data(), st.data(), h.data(), xz.data(), dbc.data(), y.data());
+      const auto c = layer.step(B, layer.W.data(), x.data(), st.data(), h.data(), xz.data(), dbc.data(), y.data());
       EXPECT_FALSE(cpu->mixer_decode_step(c));
       for (int step = 0; step < 2; ++step) {
         const auto gx0 = dx.host(), cx0 = x;  // the update x += out_proj(y) is what is compared
@@ -469,4 +489,31 @@ TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
       }
     }
   }
+}
+
+// The prepared norm is really read: the same three steps with next_norm_w on a backend with
+// the norm split and one without agree to fp32 rounding (the rows' rstd summed in another
+// order) but not bit for bit (with the split off every step stages and sums x itself).
+TEST(FrozenWeights, PreparedNormIsRead) {
+  if (!bf16_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  CudaOptions off;
+  off.norm_split = false;
+  std::unique_ptr<Backend> gpus[2] = {bf16_gpu(), make_cuda_backend(off)};
+  std::mt19937 rng(22);
+  const MixerLayer layer(768, 1536, 16, 48, rng);
+  const int B = 64, P = layer.R + 2 * layer.N;
+  const auto x = layer.x0(B, rng), st = randn(size_t(B) * 3 * layer.E, rng), h = randn(size_t(B) * layer.E * layer.N, rng);
+  std::vector<float> out[2];
+  for (int i = 0; i < 2; ++i) {
+    Backend& be = *gpus[i];
+    DevBuf dW(be, layer.W), dx(be, x), dst(be, st), dh(be, h), dxz(be, size_t(B) * 2 * layer.E), ddbc(be, size_t(B) * P),
+        dy(be, size_t(B) * layer.E);
+    be.freeze_weights(dW.p, layer.W.size());
+    auto g = layer.step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, be.decode_dtype(B)));
+    g.next_norm_w = dW.p + layer.norm_w;
+    for (int step = 0; step < 3; ++step) ASSERT_TRUE(be.mixer_decode_step(g));
+    out[i] = dx.host();
+  }
+  EXPECT_LE(rel_l2(out[0], out[1]), 1e-4);
+  EXPECT_NE(out[0], out[1]) << "the prepared norm was not read";
 }

@@ -50,6 +50,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
     fused_mixer_ = opt.fused_mixer;
     if (const char* m = std::getenv("BHASA_FUSED_MIXER")) fused_mixer_ = std::atoi(m) != 0;
+    norm_split_ = opt.norm_split;
     if (const char* m = std::getenv("BHASA_NORM_SPLIT")) norm_split_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
@@ -272,25 +273,29 @@ class CudaBackend final : public Backend {
     const void* in16 = decode_weight(m.B, 2 * m.E, m.D, m.in_proj, m.D);
     const void* x16 = decode_weight(m.B, P, m.E, m.x_proj, m.E);
     const void* out16 = decode_weight(m.B, m.D, m.E, m.out_proj, m.E);
+    if (!in16 || !x16 || !out16 || m.y.dtype != Dtype::bf16) return false;
+    cuda::MmaTile tiles[3];  // in_proj, x_proj, out_proj
+    mixer_tiles(m.B, tiles);
+    // this x's norm prepared by the previous step's out_proj, and whether this one prepares
+    // the next (the scratch operands are cudaMalloc'ed, aligned: the weights stand in for them
+    // in the checks, so that declining allocates nothing)
+    const bool pre = prepared_.x == m.x && prepared_.g == m.norm_w && prepared_.B == m.B;
+    const bool next = norm_split_ && m.next_norm_w &&
+                      cuda::decode_mma_next_norm_serves(m.B, m.D, m.E, out16, out16, m.E, m.x, m.D, m.next_norm_w,
+                                                        tiles[2]);
+    if (!(pre ? cuda::decode_mma_prenorm_conv_serves(m.B, m.E, m.D, in16, in16, m.D, m.xz, 2 * m.E, m.K, m.conv_w,
+                                                     m.conv_b, m.conv_state, tiles[0])
+              : cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
+                                                  m.conv_w, m.conv_b, m.conv_state, tiles[0])) ||
+        !cuda::decode_mma_serves(m.B, P, m.E, x16, x16, m.E, tiles[1]) ||
+        !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E, tiles[2]) ||
+        !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
+      return false;
     void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);                     // (B, E) bf16
     void* next16 = scratch_.get(kDecodeNext16, size_t(m.B) * m.D * 2);               // (B, D) bf16
     auto* next_ss = static_cast<float*>(scratch_.get(kDecodeNextSS, size_t(m.B) * m.D * sizeof(float)));  // (tiles, B)
-    // this x's norm prepared by the previous step's out_proj, and whether this one prepares the next
-    const bool pre = prepared_.x == m.x && prepared_.g == m.norm_w && prepared_.B == m.B;
-    const bool next = norm_split_ && m.next_norm_w &&
-                      cuda::decode_mma_next_norm_serves(m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D, m.next_norm_w);
-    if (!in16 || !x16 || !out16 || m.y.dtype != Dtype::bf16 ||
-        !(pre ? cuda::decode_mma_prenorm_conv_serves(m.B, m.E, m.D, next16, in16, m.D, m.xz, 2 * m.E, m.K, m.conv_w,
-                                                     m.conv_b, m.conv_state)
-              : cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
-                                                  m.conv_w, m.conv_b, m.conv_state)) ||
-        !cuda::decode_mma_serves(m.B, P, m.E, u16, x16, m.E) || !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E) ||
-        !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
-      return false;
     BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
     const PreparedNorm in = prepared_;
-    cuda::MmaTile tiles[3];  // in_proj, x_proj, out_proj
-    mixer_tiles(m.B, tiles);
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
     wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
@@ -459,7 +464,12 @@ class CudaBackend final : public Backend {
     BHASA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     BHASA_CUDA_CHECK(cudaGraphDestroy(graph));
     graphs_.push_back(exec);
+    graph_scratch_.push_back(scratch_.generation());
     return int(graphs_.size()) - 1;
+  }
+  // A graph holds the scratch addresses of its capture: stale once a scratch buffer moved.
+  bool graph_current(int graph) const override {
+    return graph >= 0 && graph < int(graphs_.size()) && graphs_[graph] && graph_scratch_[graph] == scratch_.generation();
   }
   void graph_replay(int graph) override {
     check(graph >= 0 && graph < int(graphs_.size()) && graphs_[graph], "graph_replay: no such graph");
@@ -497,13 +507,11 @@ class CudaBackend final : public Backend {
                   std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
                   "); use a smaller batch size, sequence length or model");
     }
-    mirrors_->wrote(p, b);  // new memory where a freed, mirrored range was
+    note_write(p, b);  // new memory where a freed, mirrored range (or a prepared x) was
     BHASA_CUDA_CHECK(cudaMemsetAsync(p, 0, b, stream_));
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return p;
   }
-  // The backend writes n floats at p, or rows x cols with row stride ld: a frozen
-  // weight there loses its mirror.
   // The fused mixer's tiles at batch B (decode_mma_pick's but where the whole step measured
   // faster; H200, m130, ms a step, with one change each: B = 32 in_proj in 3 K slices, all
   // rows a block 0.433 -> 0.427; B = 64 x_proj in 4 K slices 0.561 -> 0.540, out_proj's 64
@@ -523,8 +531,8 @@ class CudaBackend final : public Backend {
       if (o.rows) t[i].rows = o.rows;
     }
   }
-  // Every write through the backend: drops the bf16 mirror of a frozen weight it touches and
-  // a prepared norm (mixer_decode_step) of the x it touches.
+  // Every write through the backend (n floats at p, or rows x cols with row stride ld): a
+  // frozen weight there loses its bf16 mirror, an x there its prepared norm (mixer_decode_step).
   void note_write(const void* p, size_t bytes) {
     mirrors_->wrote(p, bytes);
     const char *a = static_cast<const char*>(p), *x = reinterpret_cast<const char*>(prepared_.x);
@@ -601,7 +609,7 @@ class CudaBackend final : public Backend {
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)
-  bool norm_split_ = true;      // there, the next mixer's norm prepared by out_proj (BHASA_NORM_SPLIT=0: off)
+  bool norm_split_ = true;      // there, the next mixer's norm prepared by out_proj (CudaOptions::norm_split)
   // The next mixer's input as the last mixer_decode_step's out_proj left it (norm_split_):
   // a16 = bf16(x * g) in kDecodeNext16 and the row sums of squares of `tiles` column tiles
   // in kDecodeNextSS, valid while nothing else writes x (note_write).
@@ -620,6 +628,7 @@ class CudaBackend final : public Backend {
   int w16_min_n_ = 128;  // bf16-weight cuBLASLt products need N >= this (thinner: TF32, as Gemm::run)
   int head_chunk_ = 16384;  // rows per chunk of head_loss
   std::vector<cudaGraphExec_t> graphs_;  // by handle; null once destroyed
+  std::vector<uint64_t> graph_scratch_;  // per graph: scratch_.generation() at its capture
   cudaEvent_t events_[kTimerSlots] = {};
   std::string name_;
 };

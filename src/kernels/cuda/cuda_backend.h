@@ -58,6 +58,9 @@ struct CudaOptions {
   // (Backend::mixer_decode_step): the norm and the causal conv folded into in_proj
   // (BHASA_FUSED_MIXER=0: off; then the ops above and decode_mma_max_m apply).
   bool fused_mixer = true;
+  // There, out_proj prepares the next mixer's RMSNorm (bf16 x * g and row sums of squares), so
+  // that the next in_proj stages a plain bf16 A (BHASA_NORM_SPLIT=0: off).
+  bool norm_split = true;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

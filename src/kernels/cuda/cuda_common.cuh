@@ -56,13 +56,17 @@ class Scratch {
         throw Error("out of GPU memory allocating " + std::to_string(bytes >> 20) +
                     " MiB of kernel scratch; use a smaller batch size or sequence length");
       b.second = bytes;
+      ++generation_;
       if (zeroed) BHASA_CUDA_CHECK(cudaMemset(b.first, 0, bytes));
     }
     return b.first;
   }
+  // Counts the (re)allocations: a graph captured before the last one may hold a freed address.
+  uint64_t generation() const { return generation_; }
 
  private:
   std::vector<std::pair<void*, size_t>> bufs_ = std::vector<std::pair<void*, size_t>>(kNumSlots, {nullptr, 0});
+  uint64_t generation_ = 0;
 };
 
 struct Ctx {

@@ -116,6 +116,12 @@ struct NormSplit {
 };
 // decode_mma_kernel's epilogue kinds (EPI bits)
 constexpr int kNorm = 1, kConv = 2, kPre = 4, kNext = 8;
+
+// The float4 items of a tile's stores that each of the S blocks of a cluster takes: whole rows
+// of the tile (row_items float4s a row), so that kNext can sum a row within one block.
+__host__ __device__ inline int block_share(int items, int S, int row_items) {
+  return ((items + S - 1) / S + row_items - 1) / row_items * row_items;
+}
 // Four channels' conv state, loaded ahead, stepped with the new input s; the weights w
 // (the channels' rows of conv_w) and bias b come from shared memory (in registers for the
 // whole kernel they took 1 block an SM where 2 fit: 170 registers a thread).
@@ -206,7 +212,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // this layer's conv state
   // a block's share: whole rows of the tile (NEXT sums each row's squares across its lanes)
   const int items = M * (BN / 4);  // float4s of the tile
-  const int per = ((items + S - 1) / S + BN / 4 - 1) / (BN / 4) * (BN / 4);
+  const int per = block_share(items, S, BN / 4);
   const int i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
   ConvTaps taps[CONV ? 2 : 1];
   __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels (BN <= 64)
@@ -398,7 +404,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       s.x *= r, s.y *= r, s.z *= r, s.w *= r;
     }
     float* c = C + size_t(m) * ldc + gn;
-    if constexpr (CONV && j < 2) {  // (served: vec, N % 4 == 0, at most 2 items a thread)
+    if constexpr (CONV && j < 2) {  // (served: vec, N % 4 == 0, at most 2 items a thread: tile_problem)
       if (gn < cv.E) {
         *reinterpret_cast<float4*>(c) = taps[j].step(cv, m, gn, s, conv_w + n, conv_b[n / 4]);
         return 0.f;
@@ -406,7 +412,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     }
     if (vec && gn + 3 < N) {
       if (beta != 0.f) {
-        const float4 o = j < 2 ? cpre[j < 2 ? j : 0] : *reinterpret_cast<const float4*>(c);
+        const float4 o = j < 2 ? cpre[j % 2] : *reinterpret_cast<const float4*>(c);
         s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
       }
       *reinterpret_cast<float4*>(c) = s;
@@ -496,23 +502,32 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
   return tile;
 }
 
+// Why a (completed) tile cannot run an EPI product of M rows over K, or null: the checks of
+// the serves functions and of launch, one place.
+template <int EPI>
+const char* tile_problem(const MmaTile& t, int M, int K) {
+  const int RB = t.rows > 0 ? std::min(t.rows, M) : M;  // rows a block
+  if (RB > kMmaMaxM) return "more than 64 rows a block";
+  if (!kernel_for<EPI>(t.bn, t.wk, RB)) return "no kernel compiled for this tile (weight rows, warps along K)";
+  const Layout l = layout(t, RB, K, EPI & kNorm);
+  if (l.smem > kMaxSmem) return "the tile needs more shared memory than a block has";
+  const int threads = 32 * (t.bn / 16) * t.wk, items = RB * (t.bn / 4);
+  if ((EPI & (kConv | kNext)) && block_share(items, l.S, t.bn / 4) > 2 * threads)
+    return "the conv and next-norm epilogues take at most 2 outputs a thread";  // (taps, row sums)
+  return nullptr;
+}
+
 template <int EPI>
 void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
             float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile,
             const ConvEpilogue& cv = {}, const NormSplit& ns = {}) {
   constexpr bool NORM = EPI & kNorm;
   tile = complete(tile, M, N, K);
+  if (const char* why = tile_problem<EPI>(tile, M, K)) throw Error(std::string("decode_mma: ") + why);
   const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
-  if (RB > kMmaMaxM) throw Error("decode_mma: " + std::to_string(RB) + " rows a block; at most " + std::to_string(kMmaMaxM));
   Kernel kernel = kernel_for<EPI>(tile.bn, tile.wk, RB);
-  if (!kernel) throw Error("decode_mma: no kernel for a tile of " + std::to_string(tile.bn) + " rows and " +
-                           std::to_string(tile.wk) + " warps along K");
   const Layout l = layout(tile, RB, K, NORM);
-  const int threads = 32 * (tile.bn / 16) * tile.wk, items = RB * (tile.bn / 4);
-  const int per = ((items + l.S - 1) / l.S + tile.bn / 4 - 1) / (tile.bn / 4) * (tile.bn / 4);  // as the kernel's
-  if ((EPI & (kConv | kNext)) && per > 2 * threads)  // conv taps loaded ahead, row sums: 2 items a thread
-    throw Error("decode_mma: the conv and next-norm epilogues take at most 2 outputs a thread");
-  if (l.smem > kMaxSmem) throw Error("decode_mma: a tile of " + std::to_string(l.smem) + " bytes of shared memory");
+  const int threads = 32 * (tile.bn / 16) * tile.wk;
   static int raised[4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
   int& allowed = raised[(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
   if (l.smem > 48 * 1024 && int(l.smem) > allowed) {
@@ -564,9 +579,9 @@ MmaTile decode_mma_pick(int M, int N, int K) {
   return t;
 }
 
-bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw) {
+bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw, MmaTile tile) {
   return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 && aligned16(A) &&
-         aligned16(W) && layout(complete({}, M, N, K), M, K, false).smem <= kMaxSmem;
+         aligned16(W) && !tile_problem<0>(complete(tile, M, N, K), M, K);
 }
 
 void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
@@ -574,9 +589,10 @@ void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* 
   launch<0>(stream, pdl, M, N, K, A, W, ldw, beta, C, ldc, nullptr, 0, nullptr, 0.f, tile);
 }
 
-bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw) {
-  return decode_mma_serves(M, N, K, W, W, ldw) && ldx % 4 == 0 && aligned16(x) && aligned16(g) &&
-         layout(complete({}, M, N, K), M, K, true).smem <= kMaxSmem;
+bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw,
+                            MmaTile tile) {
+  return decode_mma_serves(M, N, K, W, W, ldw, tile) && ldx % 4 == 0 && aligned16(x) && aligned16(g) &&
+         !tile_problem<kNorm>(complete(tile, M, N, K), M, K);
 }
 
 void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
@@ -586,11 +602,11 @@ void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const f
 
 bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
                                  int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
-                                 const float* conv_b, const float* conv_state) {
-  const MmaTile t = complete({}, M, 2 * E, K);
-  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && kernel_for<kNorm | kConv>(t.bn, t.wk, M) &&
-         aligned16(conv_w) && aligned16(conv_state) && (!conv_b || aligned16(conv_b)) &&
-         decode_mma_norm_serves(M, 2 * E, K, x, ldx, g, W, ldw);
+                                 const float* conv_b, const float* conv_state, MmaTile tile) {
+  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&
+         aligned16(conv_state) && (!conv_b || aligned16(conv_b)) &&
+         decode_mma_norm_serves(M, 2 * E, K, x, ldx, g, W, ldw, tile) &&
+         !tile_problem<kNorm | kConv>(complete(tile, M, 2 * E, K), M, K);
 }
 
 void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
@@ -601,10 +617,9 @@ void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, co
 }
 
 bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void* W, int ldw, const float* C, int ldc,
-                                 const float* g_next) {
-  const MmaTile t = complete({}, M, N, K);
-  return N % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(g_next) && kernel_for<kNext>(t.bn, t.wk, M) &&
-         decode_mma_serves(M, N, K, A, W, ldw);
+                                 const float* g_next, MmaTile tile) {
+  return N % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(g_next) && decode_mma_serves(M, N, K, A, W, ldw, tile) &&
+         !tile_problem<kNext>(complete(tile, M, N, K), M, K);
 }
 
 int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
@@ -617,11 +632,10 @@ int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, con
 
 bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const void* W, int ldw, const float* C,
                                     int ldc, int d_conv, const float* conv_w, const float* conv_b,
-                                    const float* conv_state) {
-  const MmaTile t = complete({}, M, 2 * E, K);
-  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) &&
-         kernel_for<kPre | kConv>(t.bn, t.wk, M) && aligned16(conv_w) && aligned16(conv_state) &&
-         (!conv_b || aligned16(conv_b)) && decode_mma_serves(M, 2 * E, K, a16, W, ldw);
+                                    const float* conv_state, MmaTile tile) {
+  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&
+         aligned16(conv_state) && (!conv_b || aligned16(conv_b)) && decode_mma_serves(M, 2 * E, K, a16, W, ldw, tile) &&
+         !tile_problem<kPre | kConv>(complete(tile, M, 2 * E, K), M, K);
 }
 
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,

@@ -23,7 +23,8 @@ struct MmaTile {
 MmaTile decode_mma_pick(int M, int N, int K);
 // A (M, K) bf16 dense, W (N, K) bf16 row stride ldw, C (M, N) fp32 row stride ldc:
 // 0 < M <= 64, K % 16 == 0, ldw % 8 == 0, A and W 16-byte aligned.
-bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw);
+// (serves: for that tile, default the pick's)
+bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw, MmaTile tile = MmaTile{});
 // torch: C = A @ W.T + beta * C   (C not read when beta == 0). pdl: launched with
 // programmatic dependent launch (the weight copies start before the previous kernel ends).
 void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
@@ -31,7 +32,8 @@ void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* 
 // norm_gemm with RMSNorm folded in: torch: C = F.rms_norm(x, (K,), g, eps) @ W.T   x (M, ldx)
 // fp32 (ldx % 4 == 0, 16-byte aligned), g (K); A is bf16(x * g), each row scaled by its rstd
 // after the product.
-bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw);
+bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw,
+                            MmaTile tile = MmaTile{});
 void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
                      float eps, const void* W, int ldw, float* C, int ldc, MmaTile tile = MmaTile{});
 // decode_mma_norm as a decode step's in_proj (N = 2E) with the step's causal conv folded in:
@@ -40,7 +42,7 @@ void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const f
 // decode_mma_norm's. d_conv 4; conv_w (E, 4), conv_b (E) or null, 16-byte aligned.
 bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
                                  int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
-                                 const float* conv_b, const float* conv_state);
+                                 const float* conv_b, const float* conv_state, MmaTile tile = MmaTile{});
 void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
                           const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
                           const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
@@ -50,12 +52,12 @@ void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, co
 // x^2 over one of the product's column tiles; it returns tiles. decode_mma_prenorm_conv is
 // decode_mma_norm_conv reading those: A = a16, rstd = 1 / sqrt(sum over tiles of ss / K + eps).
 bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void* W, int ldw, const float* C, int ldc,
-                                 const float* g_next);
+                                 const float* g_next, MmaTile tile = MmaTile{});
 int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
                          float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile = MmaTile{});
 bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const void* W, int ldw, const float* C,
                                     int ldc, int d_conv, const float* conv_w, const float* conv_b,
-                                    const float* conv_state);
+                                    const float* conv_state, MmaTile tile = MmaTile{});
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
                              int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
                              const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
