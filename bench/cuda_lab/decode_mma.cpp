@@ -44,13 +44,6 @@ std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale) {
   }
   return h;
 }
-template <typename T>
-T* upload(const std::vector<T>& h) {
-  T* p;
-  CK(cudaMalloc(&p, h.size() * sizeof(T)));
-  CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return p;
-}
 
 double time_graph(const std::function<void(int)>& op) {
   for (int i = 0; i < kCalls; ++i) op(i);

@@ -26,7 +26,7 @@
 #include <random>
 #include <vector>
 
-#include "lab_util.h"  // CK, LT, bf16_bits, from_bf16_bits
+#include "lab_util.h"  // CK, LT, bf16_bits, from_bf16_bits, upload, graph_us
 
 namespace {
 
@@ -190,37 +190,7 @@ double time_graph(const std::function<void(int)>& op) {
   for (int i = 0; i < kCalls; ++i) op(i);
   CK(cudaStreamSynchronize(stream));
   CK(cudaGetLastError());
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kCalls; ++i) op(i);
-  CK(cudaStreamEndCapture(stream, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaGraphLaunch(ge, stream));
-  std::vector<float> ms;
-  for (int r = 0; r < 15; ++r) {
-    CK(cudaEventRecord(a, stream));
-    CK(cudaGraphLaunch(ge, stream));
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
-    float x;
-    CK(cudaEventElapsedTime(&x, a, b));
-    ms.push_back(x);
-  }
-  std::sort(ms.begin(), ms.end());
-  cudaEventDestroy(a), cudaEventDestroy(b), cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
-  return 1e3 * ms[ms.size() / 2] / kCalls;
-}
-
-template <typename T>
-T* upload(const std::vector<T>& h) {
-  T* p;
-  CK(cudaMalloc(&p, h.size() * sizeof(T)));
-  CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return p;
+  return graph_us(stream, kCalls, op);
 }
 
 void run(int M, int N, int K, std::mt19937& rng) {

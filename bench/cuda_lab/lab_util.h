@@ -48,6 +48,15 @@ inline double median_ms(bhasa::Backend& be, const std::function<void()>& f, int 
   return ts[ts.size() / 2];
 }
 
+// A device copy of h (cudaMalloc; the caller frees it).
+template <typename T>
+T* upload(const std::vector<T>& h) {
+  T* p;
+  CK(cudaMalloc(&p, h.size() * sizeof(T)));
+  CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return p;
+}
+
 // Microseconds per call of op, captured `calls` times (op(i): the i-th call, e.g. on its own
 // weight copy) in one CUDA graph on `stream`, replayed `reps` times after one warm-up
 // replay; CUDA events, median. The caller has run op once outside the graph (errors).
