@@ -19,7 +19,7 @@ namespace {
 struct BenchOptions {
   std::string preset = "seed";
   int batch = 4, seq_len = 256, steps = 3, vocab = 0;
-  int prompt_len = 0, new_tokens = 128;
+  int prompt_len = 0, new_tokens = 128, decode_batch = 1;
   RuntimeOptions rt;
 };
 
@@ -99,14 +99,19 @@ void add_bench_command(CLI::App& app) {
     bench_train(*o);
   });
 
-  CLI::App* decode = bench->add_subcommand("decode", "time recurrent decoding (batch 1) after a prompt");
+  CLI::App* decode = bench->add_subcommand("decode", "time recurrent decoding after a prompt (greedy, a batch of sequences)");
   common(decode);
+  decode->add_option("--batch", o->decode_batch, "sequences decoded together (default 1)")->check(CLI::PositiveNumber);
   decode->add_option("--prompt-len", o->prompt_len, "prompt tokens (default 64)");
   decode->add_option("--new-tokens", o->new_tokens, "tokens to decode")->check(CLI::PositiveNumber);
   decode->callback([o] {
-    o->rt.make();  // applies --threads
+    auto backend = o->rt.make();  // applies --threads
+    if (o->vocab == 0 && o->preset != "m130") o->vocab = 65;
     ModelConfig cfg = preset_config(o->preset, o->vocab);
-    std::printf("%s\n", bench_decode(cfg, o->rt.threads, o->prompt_len ? o->prompt_len : 64, o->new_tokens).dump().c_str());
+    nlohmann::json j = bench_decode(cfg, *backend, o->rt.threads, o->decode_batch, o->prompt_len ? o->prompt_len : 64,
+                                    o->new_tokens);
+    j["device"] = o->rt.device;
+    std::printf("%s\n", j.dump().c_str());
   });
 
   CLI::App* prefill = bench->add_subcommand("prefill", "time prefilling one prompt (batch 1)");
@@ -114,6 +119,7 @@ void add_bench_command(CLI::App& app) {
   prefill->add_option("--prompt-len", o->prompt_len, "prompt tokens (default 512)");
   prefill->callback([o] {
     o->rt.make();
+    if (o->vocab == 0 && o->preset != "m130") o->vocab = 65;
     ModelConfig cfg = preset_config(o->preset, o->vocab);
     std::printf("%s\n", bench_prefill(cfg, o->rt.threads, o->prompt_len ? o->prompt_len : 512).dump().c_str());
   });

@@ -149,3 +149,19 @@ TEST(Cli, ChatWithoutTerminalForScripts) {
 }
 
 }  // namespace
+
+// `bench decode` on the chosen backend with a batch: one JSON line whose counts add up
+// (tokens/s covers every sequence: batch * new_tokens / seconds).
+TEST(Cli, BenchDecodeBatch) {
+  test::RunResult r = run_bhasa("bench decode --preset tiny --batch 3 --prompt-len 5 --new-tokens 7 --threads 1", false);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  EXPECT_EQ(j["backend"], "cpu");
+  EXPECT_EQ(j["batch"], 3);
+  EXPECT_EQ(j["new_tokens"], 7);
+  const double s = j["seconds"].get<double>();
+  ASSERT_GT(s, 0.0);
+  EXPECT_NEAR(j["tokens_per_s"].get<double>(), 3 * 7 / s, 1e-6 * 3 * 7 / s);
+  EXPECT_NEAR(j["ms_per_token"].get<double>(), 1e3 * s / 7, 1e-9 * 1e3 * s);
+  expect_failure("bench decode --preset tiny --batch 0", "--batch");
+}
