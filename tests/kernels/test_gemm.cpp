@@ -9,9 +9,11 @@ using namespace bhasa;
 using namespace bhasa::test;
 
 TEST(Gemm, AllTransposesWithPaddedStridesAndBeta) {
-  // M = 1 takes the sgemv path (decoding one sequence); M = 7 the sgemm path.
-  for (const int M : {7, 1}) {
-  const int N = 9, K = 5;
+  // M = 1 takes the sgemv path (decoding one sequence); with B transposed (a weight) M = 7
+  // and 8 the streaming one (decoding a batch: 4 rows at once, then the rest one by one),
+  // M = 9 and the rest sgemm.
+  for (const int M : {7, 1, 8, 9}) {
+  const int N = 9, K = 37;
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb) {
       // op(A) (M, K): stored (M, K) or (K, M); each with 3 extra columns.
