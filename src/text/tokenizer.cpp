@@ -15,7 +15,8 @@ static bool is_char_level(const nlohmann::json& j) {
   bool no_merges = merges == model.end() || (merges->is_array() && merges->empty());
   auto pre = j.find("pre_tokenizer");
   bool no_pre = pre == j.end() || pre->is_null();
-  return model.value("type", "") == "BPE" && no_merges && no_pre;
+  auto type = model.find("type");  // (any JSON value: a non-string type is simply not char-level)
+  return type != model.end() && type->is_string() && *type == "BPE" && no_merges && no_pre;
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer_from_string(const std::string& text, const std::string& source) {

@@ -115,6 +115,22 @@ TEST(BpeBadJson, MissingModel) {
   EXPECT_NE(load_error(j).find("no \"model\""), std::string::npos) << load_error(j);
 }
 
+// A model "type" that is not a string (found by fuzz_tokenizer: it escaped as a JSON
+// type_error and aborted): a clear error, whatever the rest.
+TEST(BpeBadJson, NonStringModelType) {
+  for (json type : {json(false), json(7), json::array(), json(nullptr)}) {
+    json j = fixture_json();
+    j["model"]["type"] = type;
+    const std::string msg = load_error(j);
+    EXPECT_NE(msg, "(no error)") << type.dump();
+  }
+  json j = fixture_json();  // the fuzzer's input: no merges either (the char-level check)
+  j["model"]["type"] = false;
+  j["model"].erase("merges");
+  j["pre_tokenizer"] = nullptr;
+  EXPECT_NE(load_error(j), "(no error)");
+}
+
 TEST(BpeBadJson, MissingVocab) {
   json j = fixture_json();
   j["model"].erase("vocab");
