@@ -32,6 +32,13 @@ BpeTokenizer::BpeTokenizer(std::unordered_map<std::string, int32_t> vocab, std::
     check(!a.content.empty(), "added token " + std::to_string(a.id) + " has empty content");
     max_id = std::max(max_id, a.id);
   }
+  // ids index a table: one far past the number of tokens (a damaged file) would allocate
+  // gigabytes (found by fuzz_tokenizer). Real files are dense: 0..N-1, added tokens after.
+  const size_t entries = vocab_.size() + added_.size();
+  check(size_t(max_id) < 2 * entries + 256, [&] {
+    return "token id " + std::to_string(max_id) + " is far past the " + std::to_string(entries) +
+           " tokens of this vocabulary: a tokenizer's ids run 0..N-1";
+  });
   id_to_token_.assign(max_id + 1, "");
   for (const auto& [tok, id] : vocab_) {
     check(id_to_token_[id].empty(), "BPE vocabulary: id " + std::to_string(id) + " is used by both '" +

@@ -131,6 +131,17 @@ TEST(BpeBadJson, NonStringModelType) {
   EXPECT_NE(load_error(j), "(no error)");
 }
 
+// An id far past the vocabulary's size (found by fuzz_tokenizer: it allocated 9.6 GB for the
+// id table) is a clear error; ids a little past it (added tokens after a gap) still load.
+TEST(BpeBadJson, IdFarPastTheVocabulary) {
+  json j = fixture_json();
+  j["model"]["vocab"]["zz_far"] = 298000000;
+  EXPECT_NE(load_error(j).find("far past"), std::string::npos) << load_error(j);
+  json ok = fixture_json();
+  ok["model"]["vocab"]["zz_near"] = int(ok["model"]["vocab"].size()) + 10;
+  EXPECT_EQ(load_error(ok), "(no error)");
+}
+
 TEST(BpeBadJson, MissingVocab) {
   json j = fixture_json();
   j["model"].erase("vocab");
