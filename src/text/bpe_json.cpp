@@ -1,6 +1,8 @@
 // Reading and writing the Hugging Face tokenizer.json form of a byte-level BPE.
 // Everything we cannot reproduce exactly is refused with a message, rather than
 // silently giving ids that differ from HF's.
+#include <cstdint>
+
 #include "core/error.h"
 #include "core/files.h"
 #include "text/bpe.h"
@@ -20,6 +22,13 @@ static std::string type_of(const json& obj, const std::string& where) {
   const json& t = field(obj, "type", where);
   check(t.is_string(), where + ".type must be a string");
   return t.get<std::string>();
+}
+
+// A token id: an integer in int32 (a float or a huge integer would not convert cleanly).
+static int32_t json_token_id(const json& v, const std::string& where) {
+  check(v.is_number_integer() && v.get<int64_t>() >= INT32_MIN && v.get<int64_t>() <= INT32_MAX,
+        [&] { return where + " is not an integer id in int32 (" + v.dump() + ")"; });
+  return int32_t(v.get<int64_t>());
 }
 
 static bool flag(const json& obj, const char* key, bool fallback) {
@@ -87,8 +96,7 @@ BpeTokenizer BpeTokenizer::from_json(const json& j, const std::string& source) {
     check(vocab_json.is_object(), where + ".vocab must be an object {token: id}");
     std::unordered_map<std::string, int32_t> vocab;
     for (auto it = vocab_json.begin(); it != vocab_json.end(); ++it) {
-      check(it.value().is_number_integer(), where + ".vocab[\"" + it.key() + "\"] is not an integer id");
-      vocab.emplace(it.key(), it.value().get<int32_t>());
+      vocab.emplace(it.key(), json_token_id(it.value(), where + ".vocab[\"" + it.key() + "\"]"));
     }
 
     const json& merges_json = field(model, "merges", where);
@@ -115,7 +123,7 @@ BpeTokenizer BpeTokenizer::from_json(const json& j, const std::string& source) {
     if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
       for (const json& a : j["added_tokens"]) {
         AddedToken t;
-        t.id = field(a, "id", source + ": added_tokens entry").get<int32_t>();
+        t.id = json_token_id(field(a, "id", source + ": added_tokens entry"), source + ": added_tokens entry's id");
         t.content = field(a, "content", source + ": added_tokens entry").get<std::string>();
         t.special = flag(a, "special", false);
         t.normalized = flag(a, "normalized", !t.special);

@@ -142,6 +142,19 @@ TEST(BpeBadJson, IdFarPastTheVocabulary) {
   EXPECT_EQ(load_error(ok), "(no error)");
 }
 
+// Ids that are not int32 integers (found by fuzz_tokenizer: a float id 7.8e77 converted to
+// int, undefined behaviour): a clear error.
+TEST(BpeBadJson, NonIntegerIds) {
+  for (json id : {json(7.77e77), json(1.5), json(int64_t(1) << 40), json("3")}) {
+    json j = fixture_json();
+    j["model"]["vocab"]["zz"] = id;
+    EXPECT_NE(load_error(j).find("not an integer id"), std::string::npos) << id.dump() << ": " << load_error(j);
+    json a = fixture_json();
+    a["added_tokens"] = json::array({{{"id", id}, {"content", "<x>"}}});
+    EXPECT_NE(load_error(a).find("not an integer id"), std::string::npos) << id.dump() << ": " << load_error(a);
+  }
+}
+
 TEST(BpeBadJson, MissingVocab) {
   json j = fixture_json();
   j["model"].erase("vocab");
