@@ -26,7 +26,8 @@
 #include <random>
 #include <vector>
 
-#include "lab_util.h"  // CK, LT, bf16_bits, from_bf16_bits, upload, graph_us
+#include "kernels/cuda/cuda_common.cuh"  // launch (PDL)
+#include "lab_util.h"                   // CK, LT, bf16_bits, from_bf16_bits, upload, graph_us
 
 namespace {
 
@@ -172,18 +173,9 @@ void launch(int M, int N, int K, const void* A, const void* W, float beta, float
   if (!raised)
     CK(cudaFuncSetAttribute(wg_kernel<MT, BatchA>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
   raised = true;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = BatchA ? dim3((N + 16 * MT - 1) / (16 * MT)) : dim3((N + 63) / 64, (M + 16 * MT - 1) / (16 * MT));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, wg_kernel<MT, BatchA>, M, N, K, static_cast<const __nv_bfloat16*>(A),
-                        static_cast<const __nv_bfloat16*>(W), K, beta, C, N, swap));
+  const dim3 grid = BatchA ? dim3((N + 16 * MT - 1) / (16 * MT)) : dim3((N + 63) / 64, (M + 16 * MT - 1) / (16 * MT));
+  bhasa::cuda::launch(wg_kernel<MT, BatchA>, grid, dim3(kThreads), smem, stream, /*pdl=*/true, M, N, K, A, W, K, beta,
+                      C, N, swap);
 }
 
 double time_graph(const std::function<void(int)>& op) {

@@ -579,9 +579,26 @@ MmaTile decode_mma_pick(int M, int N, int K) {
   return t;
 }
 
-bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw, MmaTile tile) {
+namespace {
+
+// A product of this shape on operands so aligned, with the tile (completed) an EPI kernel can
+// run: what each serves function checks, besides its own epilogue's operands.
+template <int EPI>
+bool serves_as(int M, int N, int K, const void* A, const void* W, int ldw, const MmaTile& tile) {
   return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 && aligned16(A) &&
-         aligned16(W) && !tile_problem<0>(complete(tile, M, N, K), M, K);
+         aligned16(W) && !tile_problem<EPI>(complete(tile, M, N, K), M, K);
+}
+// in_proj's outputs C (M, 2E) row stride ldc and the conv epilogue's operands (ConvEpilogue)
+bool conv_serves(int E, const float* C, int ldc, int d_conv, const float* conv_w, const float* conv_b,
+                 const float* conv_state) {
+  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&
+         aligned16(conv_state) && (!conv_b || aligned16(conv_b));
+}
+
+}  // namespace
+
+bool decode_mma_serves(int M, int N, int K, const void* A, const void* W, int ldw, MmaTile tile) {
+  return serves_as<0>(M, N, K, A, W, ldw, tile);
 }
 
 void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
@@ -591,8 +608,7 @@ void decode_mma(cudaStream_t stream, bool pdl, int M, int N, int K, const void* 
 
 bool decode_mma_norm_serves(int M, int N, int K, const float* x, int ldx, const float* g, const void* W, int ldw,
                             MmaTile tile) {
-  return decode_mma_serves(M, N, K, W, W, ldw, tile) && ldx % 4 == 0 && aligned16(x) && aligned16(g) &&
-         !tile_problem<kNorm>(complete(tile, M, N, K), M, K);
+  return ldx % 4 == 0 && aligned16(x) && aligned16(g) && serves_as<kNorm>(M, N, K, W, W, ldw, tile);
 }
 
 void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const float* x, int ldx, const float* g,
@@ -603,10 +619,8 @@ void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const f
 bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
                                  int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
                                  const float* conv_b, const float* conv_state, MmaTile tile) {
-  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&
-         aligned16(conv_state) && (!conv_b || aligned16(conv_b)) &&
-         decode_mma_norm_serves(M, 2 * E, K, x, ldx, g, W, ldw, tile) &&
-         !tile_problem<kNorm | kConv>(complete(tile, M, 2 * E, K), M, K);
+  return conv_serves(E, C, ldc, d_conv, conv_w, conv_b, conv_state) && ldx % 4 == 0 && aligned16(x) &&
+         aligned16(g) && serves_as<kNorm | kConv>(M, 2 * E, K, W, W, ldw, tile);
 }
 
 void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
@@ -618,8 +632,8 @@ void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, co
 
 bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void* W, int ldw, const float* C, int ldc,
                                  const float* g_next, MmaTile tile) {
-  return N % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(g_next) && decode_mma_serves(M, N, K, A, W, ldw, tile) &&
-         !tile_problem<kNext>(complete(tile, M, N, K), M, K);
+  return N % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(g_next) &&
+         serves_as<kNext>(M, N, K, A, W, ldw, tile);
 }
 
 int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
@@ -633,9 +647,8 @@ int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, con
 bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const void* W, int ldw, const float* C,
                                     int ldc, int d_conv, const float* conv_w, const float* conv_b,
                                     const float* conv_state, MmaTile tile) {
-  return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&
-         aligned16(conv_state) && (!conv_b || aligned16(conv_b)) && decode_mma_serves(M, 2 * E, K, a16, W, ldw, tile) &&
-         !tile_problem<kPre | kConv>(complete(tile, M, 2 * E, K), M, K);
+  return conv_serves(E, C, ldc, d_conv, conv_w, conv_b, conv_state) &&
+         serves_as<kPre | kConv>(M, 2 * E, K, a16, W, ldw, tile);
 }
 
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,

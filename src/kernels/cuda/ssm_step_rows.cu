@@ -5,6 +5,7 @@
 // with the state h (B, E, N) and the conv state (B, K-1, E) fp32, y fp32 or bf16 (Y).
 #include <algorithm>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/scan_common.cuh"  // ex2_, softplus_fast, sigmoid_fast, cp.async
@@ -27,7 +28,8 @@ constexpr int kLanes = 4;  // lanes per channel, and batch rows per warp
 //     same way, so lane k writes y of row k.
 // Shared memory holds only dbc's 4 rows (B and C are read by every channel), one barrier
 // after their copy. Every state load is issued before pdl_wait (Early; BHASA_SSM_ROWS_EARLY=0:
-// right after it), ahead of the dbc copy and phase 1 (which does not need h). The scalar functions are scan_common.cuh's
+// right after it), ahead of the dbc copy and phase 1 (which does not need h). The scalar
+// functions are scan_common.cuh's
 // (softplus_fast, sigmoid_fast: 2 ulp, as the scan's) and the decay ex2.approx, as the tile
 // kernel; offsets in 32 bits (B E N < 2^31). Measured (NOTES.md), B = 64: 5.7 us against
 // the tile kernel's 7.8; slower: 2 row groups a warp (6.5), loading h before pdl_wait with
@@ -231,13 +233,12 @@ bool rows_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const 
       launch(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz, conv_state,
              conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
     };
-    if (rows_early()) {
-      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, true, U>);
-      else go(ssm_step_rows_kernel<2, 4, Y, true, U>);
-    } else {
-      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, false, U>);
-      else go(ssm_step_rows_kernel<2, 4, Y, false, U>);
-    }
+    auto pick = [&](auto early) {  // (early: std::bool_constant)
+      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U>);
+      else go(ssm_step_rows_kernel<2, 4, Y, early(), U>);
+    };
+    if (rows_early()) pick(std::true_type{});
+    else pick(std::false_type{});
   });
   return true;
 }
