@@ -295,6 +295,14 @@ class Backend {
     const float* next_norm_w = nullptr;
   };
   virtual bool mixer_decode_step(const MixerStep& m) { return false; }
+  // A decode step's embedding, out (B, D) = table[ids], by a backend that may also prepare the
+  // first mixer's RMSNorm (weight norm_w, or null), as MixerStep::next_norm_w lets out_proj
+  // prepare the next. Returns false, touching nothing, where it has no such path (the caller
+  // runs embedding_forward).
+  virtual bool embedding_decode(int B, int D, const int32_t* ids, const float* table, float* out,
+                                const float* norm_w) {
+    return false;
+  }
   // The dtype a decode step at batch B stores y in (out_proj's A, then read by gemm only):
   // the CUDA backend in bf16 mode answers bf16 for 8 < B <= 64, where out_proj runs on
   // cuBLASLt with the bf16 weight copy, so ssm_decode_step rounds y once and no separate

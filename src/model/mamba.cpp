@@ -81,8 +81,13 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p) {
   auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : W + off; };
   const size_t ls = a.layer_stride, TD = size_t(T) * D;
 
+  if (s && L == 1) {  // a decode step: the backend may prepare layer 0's norm with the embedding
+    const float* norm0 = c.rms_norm && c.n_layer > 0 ? W + layout_.layers[0].norm_w : nullptr;
+    if (!be_.embedding_decode(T, D, a.ids, W + layout_.embedding, a.resid, norm0))
+      be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
+    return decode_stack(a, *s);
+  }
   be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
-  if (s && L == 1) return decode_stack(a, *s);
   int sub = 0;  // sublayer index: mixer, then MLP when present
   for (int l = 0; l < c.n_layer; l++) {
     const LayerParams& p = layout_.layers[l];

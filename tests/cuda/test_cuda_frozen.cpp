@@ -491,6 +491,86 @@ TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
   }
 }
 
+// x_proj folded into in_proj is really what runs: the same three steps with the fold on and
+// off (x_proj as its own product) agree closely but not bit for bit, at both widths (24 and
+// 12 tiles) and at B = 16, 32 and 64 (mixer_tiles' picks differ). (The same bf16 operands,
+// summed by column tile instead of by K slice: dbc differs by fp32 rounding, which flips some
+// of y's bf16 roundings, 2^-8 each, so x's update differs by ~1e-4; FusedMixerStepMatchesFourOps
+// holds the fold to the CPU's four ops.)
+TEST(FrozenWeights, XProjFoldIsRead) {
+  if (!bf16_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  CudaOptions off;
+  off.xproj_fold = false;
+  std::unique_ptr<Backend> gpus[2] = {bf16_gpu(), make_cuda_backend(off)};
+  std::mt19937 rng(23);
+  for (auto [D, E, N, R] : {std::array<int, 4>{192, 384, 16, 12}, std::array<int, 4>{768, 1536, 16, 48}}) {
+    const MixerLayer layer(D, E, N, R, rng);
+    for (int B : {16, 32, 64}) {
+      const int P = layer.R + 2 * layer.N;
+      const auto x = layer.x0(B, rng), st = randn(size_t(B) * 3 * layer.E, rng),
+                 h = randn(size_t(B) * layer.E * layer.N, rng);
+      std::vector<float> out[2], hs[2];
+      for (int i = 0; i < 2; ++i) {
+        Backend& be = *gpus[i];
+        DevBuf dW(be, layer.W), dx(be, x), dst(be, st), dh(be, h), dxz(be, size_t(B) * 2 * layer.E),
+            ddbc(be, size_t(B) * P), dy(be, size_t(B) * layer.E);
+        be.freeze_weights(dW.p, layer.W.size());
+        auto g = layer.step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, be.decode_dtype(B)));
+        g.next_norm_w = dW.p + layer.norm_w;
+        for (int step = 0; step < 3; ++step) ASSERT_TRUE(be.mixer_decode_step(g));
+        out[i] = dx.host(), hs[i] = dh.host();
+      }
+      const std::string what = "D=" + std::to_string(D) + " B=" + std::to_string(B);
+      EXPECT_LE(rel_l2(out[0], out[1]), 1e-3) << what;
+      EXPECT_LE(rel_l2(hs[0], hs[1]), 1e-3) << what;
+      EXPECT_NE(hs[0], hs[1]) << what << ": the fold was not used";
+    }
+  }
+}
+
+// A decode step's embedding prepares the first mixer's norm (embedding_decode): x = the
+// table's rows exactly, and the mixer step after it, which reads the prepared bf16 x * g and
+// sums of squares, agrees with one that stages the norm itself (norm split off:
+// embedding_decode declines). (Unlike the out_proj's preparation, the results came out bit for
+// bit the same here, even with a wide range of magnitudes; that this path runs in a decode
+// shows in the kernel trace: layer 0's in_proj is the prepared kind.)
+TEST(FrozenWeights, EmbeddingPreparesFirstNorm) {
+  if (!bf16_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  CudaOptions off;
+  off.norm_split = false;
+  std::unique_ptr<Backend> gpus[2] = {bf16_gpu(), make_cuda_backend(off)};
+  std::mt19937 rng(24);
+  const MixerLayer layer(768, 1536, 16, 48, rng);
+  const int B = 32, V = 40, P = layer.R + 2 * layer.N;
+  auto table = randn(size_t(V) * layer.D, rng);
+  const auto st = randn(size_t(B) * 3 * layer.E, rng), h = randn(size_t(B) * layer.E * layer.N, rng);
+  // a wide range of magnitudes, so that the rows' sums of squares in another order round
+  // differently (with plain randn the two rstd were often the same float)
+  for (size_t i = 0; i < table.size(); ++i) table[i] *= std::ldexp(1.0f, int(i * 7 % 13) - 6);
+  std::vector<int32_t> ids(B);
+  for (auto& t : ids) t = int32_t(rng() % V);
+  std::vector<float> want(size_t(B) * layer.D), out[2];
+  for (int b = 0; b < B; ++b)
+    std::copy_n(table.begin() + size_t(ids[b]) * layer.D, layer.D, want.begin() + size_t(b) * layer.D);
+  for (int i = 0; i < 2; ++i) {
+    Backend& be = *gpus[i];
+    DevBuf dW(be, layer.W), dt(be, table), dx(be, size_t(B) * layer.D), dst(be, st), dh(be, h),
+        dxz(be, size_t(B) * 2 * layer.E), ddbc(be, size_t(B) * P), dy(be, size_t(B) * layer.E);
+    int32_t* did = be.alloc_i32(B);
+    be.upload_i32(did, ids.data(), B);
+    be.freeze_weights(dW.p, layer.W.size());
+    const bool prepared = be.embedding_decode(B, layer.D, did, dt.p, dx.p, dW.p + layer.norm_w);
+    EXPECT_EQ(prepared, i == 0);
+    if (!prepared) be.embedding_forward(B, layer.D, did, dt.p, dx.p);
+    EXPECT_EQ(dx.host(), want) << "backend " << i;
+    auto g = layer.step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, be.decode_dtype(B)));
+    ASSERT_TRUE(be.mixer_decode_step(g));
+    out[i] = dx.host();
+    be.free(did);
+  }
+  EXPECT_LE(rel_l2(out[0], out[1]), 1e-5);
+}
+
 // The prepared norm is really read: the same three steps with next_norm_w on a backend with
 // the norm split and one without agree to fp32 rounding (the rows' rstd summed in another
 // order) but not bit for bit (with the split off every step stages and sums x itself).

@@ -52,6 +52,8 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_FUSED_MIXER")) fused_mixer_ = std::atoi(m) != 0;
     norm_split_ = opt.norm_split;
     if (const char* m = std::getenv("BHASA_NORM_SPLIT")) norm_split_ = std::atoi(m) != 0;
+    xproj_fold_ = opt.xproj_fold;
+    if (const char* m = std::getenv("BHASA_XPROJ_FOLD")) xproj_fold_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
@@ -291,9 +293,14 @@ class CudaBackend final : public Backend {
         !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E, tiles[2]) ||
         !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
       return false;
+    // x_proj folded into in_proj: its partials, one a column tile left of E
+    const int xtiles = xproj_fold_ ? cuda::decode_mma_xproj_tiles(m.B, m.E, m.D, P, tiles[0]) : 0;
     void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);                     // (B, E) bf16
     void* next16 = scratch_.get(kDecodeNext16, size_t(m.B) * m.D * 2);               // (B, D) bf16
     auto* next_ss = static_cast<float*>(scratch_.get(kDecodeNextSS, size_t(m.B) * m.D * sizeof(float)));  // (tiles, B)
+    cuda::XProjFold xp;
+    if (xtiles > 0)
+      xp = {x16, P, static_cast<float*>(scratch_.get(kDecodeXPart, size_t(xtiles) * m.B * P * sizeof(float)))};  // (xtiles, B, P)
     BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
     const PreparedNorm in = prepared_;
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
@@ -301,13 +308,13 @@ class CudaBackend final : public Backend {
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
     if (pre)
       cuda::decode_mma_prenorm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, next16, next_ss, in.tiles, m.eps, in16, m.D,
-                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0]);
+                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp);
     else
       cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
-                                 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0]);
-    cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, tiles[1]);
-    cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, m.dbc, m.dt_proj_w, m.dt_proj_b,
-                          m.A_log, m.D_skip, m.h_state, m.y);
+                                 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp);
+    if (xtiles == 0) cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, tiles[1]);
+    cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, xtiles > 0 ? xp.part : m.dbc,
+                          m.dt_proj_w, m.dt_proj_b, m.A_log, m.D_skip, m.h_state, m.y, std::max(xtiles, 1));
     BHASA_LAUNCH_CHECK("mixer_decode_step");
     if (next) {
       const int ss_tiles = cuda::decode_mma_next_norm(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D,
@@ -316,6 +323,20 @@ class CudaBackend final : public Backend {
     } else {
       cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, tiles[2]);
     }
+    return true;
+  }
+  // With the first mixer's norm prepared (embedding_prenorm), where mixer_decode_step would
+  // read it: layer 0's in_proj then stages a plain bf16 A as the others do.
+  bool embedding_decode(int B, int D, const int32_t* ids, const float* table, float* out,
+                        const float* norm_w) override {
+    if (!norm_w || !fused_mixer_ || !norm_split_ || decode_mma_ == 0 || !bf16_weights_ || B < 16 || B > kDecodeMaxM)
+      return false;
+    void* next16 = scratch_.get(kDecodeNext16, size_t(B) * D * 2);  // (as mixer_decode_step's)
+    auto* next_ss = static_cast<float*>(scratch_.get(kDecodeNextSS, size_t(B) * D * sizeof(float)));
+    BHASA_PROFILE_OP(*profile_, "embedding_decode");
+    if (!cuda::embedding_prenorm(ctx_, B, D, ids, table, norm_w, out, next16, next_ss)) return false;
+    wrote(out, size_t(B) * D);
+    prepared_ = {out, norm_w, B, 1, size_t(B) * D * sizeof(float)};
     return true;
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
@@ -610,6 +631,7 @@ class CudaBackend final : public Backend {
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)
   bool norm_split_ = true;      // there, the next mixer's norm prepared by out_proj (CudaOptions::norm_split)
+  bool xproj_fold_ = true;      // and x_proj folded into in_proj (CudaOptions::xproj_fold)
   // The next mixer's input as the last mixer_decode_step's out_proj left it (norm_split_):
   // a16 = bf16(x * g) in kDecodeNext16 and the row sums of squares of `tiles` column tiles
   // in kDecodeNextSS, valid while nothing else writes x (note_write).

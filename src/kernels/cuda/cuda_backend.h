@@ -61,6 +61,9 @@ struct CudaOptions {
   // There, out_proj prepares the next mixer's RMSNorm (bf16 x * g and row sums of squares), so
   // that the next in_proj stages a plain bf16 A (BHASA_NORM_SPLIT=0: off).
   bool norm_split = true;
+  // There, x_proj folded into in_proj's epilogue (per column tile partials, summed by the scan
+  // step: one kernel fewer a layer; BHASA_XPROJ_FOLD=0: off).
+  bool xproj_fold = true;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

@@ -35,7 +35,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kDecodeNext16, kDecodeNextSS, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
+  kSampleCounter, kDecodeA16, kDecodeNext16, kDecodeNextSS, kDecodeXPart, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
   kNumSlots
 };
 
@@ -84,26 +84,46 @@ struct Ctx {
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
 
+// cluster_x > 1: thread-block clusters of cluster_x blocks along x (it divides grid.x).
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-            bool pdl, Args... args) {
+void launch_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      bool pdl, int cluster_x, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (cluster_x > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster_x, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...), "cudaLaunchKernelEx");
+}
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            bool pdl, Args... args) {
+  launch_clustered(kernel, grid, block, smem, stream, pdl, 1, args...);
 }
 
 // ---- kernel families (one .cu each) -------------------------------------------
 void embedding_forward(Ctx& c, int T, int D, const int32_t* ids, const float* table, float* out);
 void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const float* dout,
                         float* dtable);
+// A decode step's embedding (B rows) that also writes the first mixer's norm prepared:
+// a16 (B, D) bf16 = out * g and ss (B) = each row's sum of squares. False (nothing launched)
+// where the operands are not aligned for it (D % 4, 16-byte table, g and out).
+bool embedding_prenorm(Ctx& c, int B, int D, const int32_t* ids, const float* table, const float* g, float* out,
+                       void* a16, float* ss);
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
                   const float* b, Operand out, float* mean, float* rstd);
@@ -209,9 +229,11 @@ bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const flo
                           const float* A_log, const float* h);
 // The same with u given (x holds silu(conv) already; the conv state untouched): a mixer step
 // whose in_proj did the conv (decode_mma_norm_conv). False where ssm_step_rows would be.
+// xtiles > 1: in_proj did x_proj too (XProjFold, decode_mma.h): dbc holds its xtiles partials
+// (xtiles, B, P), summed here in tile order.
 bool ssm_step_rows_u(Ctx& c, int B, int E, int N, int R, const float* u, const float* z, int ldxz,
                      const float* dbc, const float* dt_w, const float* dt_bias, const float* A_log, const float* D,
-                     float* h, Operand y);
+                     float* h, Operand y, int xtiles = 1);
 
 void sample_tokens(Ctx& c, int B, int V, const float* logits, float temperature, uint64_t seed,
                    int32_t* counter, int32_t* ids, int32_t* history, int capacity);

@@ -100,8 +100,13 @@ struct ConvEpilogue {
   const float* w;
   const float* b;
   float* state;
-  __nv_bfloat16* u16;
+  __nv_bfloat16* u16;  // or null (x_proj folded)
   int E;
+  // x_proj folded (XProjFold): W_x (P, E) bf16 or null; the partials (E / BN, ldm, P); xoff:
+  // the byte offset in dynamic shared memory of W_x's tile columns, then the tile's u
+  const __nv_bfloat16* xw;
+  float* xpart;
+  int P, ldm, xoff;
 };
 // A decode step's RMSNorm split across two products (kNext, then kPre): out_proj's stores
 // (x, the residual stream after the mixer) also write the next in_proj's A, a16 =
@@ -151,7 +156,7 @@ struct ConvTaps {
     *reinterpret_cast<float4*>(row + cv.E) = st[2];
     *reinterpret_cast<float4*>(row + 2 * cv.E) = s;
     const float4 uv = make_float4(u[0], u[1], u[2], u[3]);
-    store4(cv.u16 + size_t(m) * cv.E + gn, uv);
+    if (cv.u16) store4(cv.u16 + size_t(m) * cv.E + gn, uv);
     return uv;
   }
 };
@@ -182,7 +187,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     M = min(RB, M - m0), C += size_t(m0) * ldc;
     if (NORM) X += size_t(m0) * ldx;
     else A += size_t(m0) * K;
-    if (CONV) cv.state += size_t(m0) * (kConvTaps - 1) * cv.E, cv.u16 += size_t(m0) * cv.E;
+    if (CONV) cv.state += size_t(m0) * (kConvTaps - 1) * cv.E, cv.u16 += cv.u16 ? size_t(m0) * cv.E : 0;
     if (NEXT) ns.a16 += size_t(m0) * N;
   }
   extern __shared__ __align__(128) unsigned char smem[];
@@ -227,6 +232,16 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     if (t < BN / 4 && n0 + 4 * t < cv.E)
       conv_b[t] = cv.b ? *reinterpret_cast<const float4*>(cv.b + n0 + 4 * t) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
+  // x_proj folded: W_x's columns of this tile (P rows of BN) in flight now, as the weight
+  const bool xfold = CONV && cv.xw && n0 < cv.E;  // (uniform over the block)
+  const int xpitch = 2 * BN + 16;
+  unsigned char* sX = smem + (CONV ? cv.xoff : 0);                 // (16 ceil(P / 16), BN) bf16
+  unsigned char* sU = sX + (CONV ? (cv.P + 15) / 16 * 16 : 0) * xpitch;  // the share's u (rows, BN) bf16
+  const int m_lo = rank * per / (BN / 4);  // the share's first row
+  if (xfold) {
+    copy_rows_async<T>(sX, xpitch, cv.xw + n0, cv.E, cv.P, BN / 8);
+    cp_async_commit();
+  }
   if (load & 2) {
     copy_rows_async<T>(sW, pitch, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
     cp_async_commit();
@@ -237,12 +252,6 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
   if (!(load & 4)) pdl_trigger();  // load & 4: the next kernel launched only after our products
   pdl_wait();
-  if (PRE)  // each row's rstd from the previous product's sums of squares, in tile order
-    for (int m = threadIdx.x; m < M; m += T) {
-      float ss = 0.f;
-      for (int q = 0; q < ns.tiles; ++q) ss += ns.ss[size_t(q) * ns.ld + m0 + m];
-      row_r[m] = 1.0f / sqrtf(ss / K + eps);
-    }
   if (NORM) {
     // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
     const int kl4 = kl / 4, total = M * kl4;
@@ -281,6 +290,28 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
     __syncwarp();
     for (int r = lane; r < M; r += 32) bulk_copy(sA + r * pitch, A + size_t(r) * K + k0, seg, &bars[1]);
+  }
+  if (PRE) {
+    // each row's rstd from the previous product's sums of squares, read while A's copies
+    // fly (before them, and a load at a time, they were two and more L2 round trips in a
+    // row): 4 lanes a row, each summing the tiles q = p, p + 4, .. with 8 loads in flight,
+    // then the 4 lanes' sums by a fixed shuffle tree (every lane gets the same value)
+    for (int base = 0; base < 4 * M; base += T) {
+      const int idx = base + threadIdx.x, m = idx / 4, p = idx % 4;
+      const bool active = idx < 4 * M;
+      float ss = 0.f;
+      for (int q0 = p; q0 < ns.tiles; q0 += 32) {
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          v[j] = active && q0 + 4 * j < ns.tiles ? ns.ss[size_t(q0 + 4 * j) * ns.ld + m0 + m] : 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) ss += v[j];
+      }
+      ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+      ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+      if (active && p == 0) row_r[m] = 1.0f / sqrtf(ss / K + eps);
+    }
   }
 
   // beta != 0 (out_proj's residual): the C elements this thread will store, fetched now,
@@ -406,7 +437,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     float* c = C + size_t(m) * ldc + gn;
     if constexpr (CONV && j < 2) {  // (served: vec, N % 4 == 0, at most 2 items a thread: tile_problem)
       if (gn < cv.E) {
-        *reinterpret_cast<float4*>(c) = taps[j].step(cv, m, gn, s, conv_w + n, conv_b[n / 4]);
+        const float4 u = taps[j].step(cv, m, gn, s, conv_w + n, conv_b[n / 4]);
+        *reinterpret_cast<float4*>(c) = u;
+        if (xfold) {
+          __nv_bfloat162 h[2] = {__floats2bfloat162_rn(u.x, u.y), __floats2bfloat162_rn(u.z, u.w)};
+          *reinterpret_cast<uint2*>(sU + (m - m_lo) * xpitch + n * 2) = *reinterpret_cast<const uint2*>(h);
+        }
         return 0.f;
       }
     }
@@ -438,6 +474,40 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   const float ss1 = store_item(i0 + T, std::integral_constant<int, 1>{});
   if (NEXT) row_sums(i0, ss0), row_sums(i0 + T, ss1);
   for (int i = i0 + 2 * T; i < end; i += T) store_item(i, std::integral_constant<int, 2>{});  // (not NEXT)
+  if (xfold) {
+    // torch: part[t][rows] = u[rows, tile] @ W_x[:, tile].T   (D^T = W_x u^T: W_x's 16-row tiles
+    // as mma's A, the share's u rows as its 8-column B, as the products above)
+    cp_async_wait<0>();
+    __syncthreads();  // the share's u in sU, W_x's columns landed
+    const int SR = min(per / (BN / 4), M - m_lo), mts = (cv.P + 15) / 16, units = mts * ((SR + 15) / 16);
+    float* part = cv.xpart + (size_t(blockIdx.y) * cv.ldm + m0 + m_lo) * cv.P;  // (SR, P) of tile blockIdx.y
+    for (int unit = warp; unit < units; unit += WN * WK) {
+      const int mt = unit % mts, rt = unit / mts;
+      const unsigned px = smem_addr(sX) + (mt * 16 + (lane & 15)) * xpitch + (lane >> 4) * 16;
+      const unsigned pu = smem_addr(sU) + (rt * 16 + (lane >> 4) * 8 + (lane & 7)) * xpitch + ((lane >> 3) & 1) * 16;
+      float d[2][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        unsigned a[4], b[4];
+        ldmatrix_x4(a, px + 32 * ks);
+        ldmatrix_x4(b, pu + 32 * ks);
+        mma_bf16(d[0], a, b[0], b[1]);
+        mma_bf16(d[1], a, b[2], b[3]);
+      }
+      // d[h] = D rows (x_proj outputs) j, j + 8, columns (the share's rows) r, r + 1
+      const int j = mt * 16 + (lane >> 2);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = rt * 16 + 8 * h + 2 * (lane & 3);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float* o = part + size_t(r + e) * cv.P;
+          if (r + e < SR && j < cv.P) o[j] = d[h][e];
+          if (r + e < SR && j + 8 < cv.P) o[j + 8] = d[h][2 + e];
+        }
+      }
+    }
+  }
   // no block leaves while another reads its partials (an arrive without release: nothing
   // written since needs ordering, and the release's memory barrier cost ~0.3 us)
   if (S > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
@@ -478,8 +548,9 @@ Kernel kernel_for(int bn, int wk, int M) {
 struct Layout {
   int KS, S;
   size_t smem;
+  int xoff = 0;  // x_proj folded: where its operands start (ConvEpilogue::xoff)
 };
-Layout layout(const MmaTile& t, int M, int K, bool norm) {
+Layout layout(const MmaTile& t, int M, int K, bool norm, int xP = 0) {
   const int split = std::clamp(t.split, 1, std::min(8, K / 16));
   Layout l;
   l.KS = (K / 16 + split - 1) / split * 16, l.S = (K + l.KS - 1) / l.KS;
@@ -488,6 +559,11 @@ Layout layout(const MmaTile& t, int M, int K, bool norm) {
   // norm: then the sums of squares (M, KS / 4)
   const size_t tiles = size_t(t.bn + (M + 15) / 16 * 16) * pitch + (norm ? size_t(M) * (l.KS / 4) * 4 : 0);
   l.smem = std::max(tiles, size_t(t.wk) * M * (t.bn + 4) * 4);
+  if (xP > 0) {  // then W_x's tile columns (xP rows, in 16-row tiles) and the block's share of u
+    const int share_rows = block_share(M * (t.bn / 4), l.S, t.bn / 4) / (t.bn / 4);
+    l.xoff = int((l.smem + 127) / 128 * 128);
+    l.smem = l.xoff + size_t((xP + 15) / 16 * 16 + (share_rows + 15) / 16 * 16) * (2 * t.bn + 16);
+  }
   return l;
 }
 constexpr size_t kMaxSmem = 226 * 1024;  // the opt-in limit (227 KB) less the static part
@@ -504,12 +580,14 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
 
 // Why a (completed) tile cannot run an EPI product of M rows over K, or null: the checks of
 // the serves functions and of launch, one place.
+// xP > 0: with x_proj folded (W_x's xP rows).
 template <int EPI>
-const char* tile_problem(const MmaTile& t, int M, int K) {
+const char* tile_problem(const MmaTile& t, int M, int K, int xP = 0) {
   const int RB = t.rows > 0 ? std::min(t.rows, M) : M;  // rows a block
   if (RB > kMmaMaxM) return "more than 64 rows a block";
   if (!kernel_for<EPI>(t.bn, t.wk, RB)) return "no kernel compiled for this tile (weight rows, warps along K)";
-  const Layout l = layout(t, RB, K, EPI & kNorm);
+  if (xP > 128) return "x_proj folded: more than 128 outputs";
+  const Layout l = layout(t, RB, K, EPI & kNorm, xP);
   if (l.smem > kMaxSmem) return "the tile needs more shared memory than a block has";
   const int threads = 32 * (t.bn / 16) * t.wk, items = RB * (t.bn / 4);
   if ((EPI & (kConv | kNext)) && block_share(items, l.S, t.bn / 4) > 2 * threads)
@@ -520,13 +598,16 @@ const char* tile_problem(const MmaTile& t, int M, int K) {
 template <int EPI>
 void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw, float beta,
             float* C, int ldc, const float* X, int ldx, const float* g, float eps, MmaTile tile,
-            const ConvEpilogue& cv = {}, const NormSplit& ns = {}) {
+            ConvEpilogue cv = {}, const NormSplit& ns = {}) {
   constexpr bool NORM = EPI & kNorm;
   tile = complete(tile, M, N, K);
-  if (const char* why = tile_problem<EPI>(tile, M, K)) throw Error(std::string("decode_mma: ") + why);
+  const int xP = cv.xw ? cv.P : 0;
+  if (const char* why = tile_problem<EPI>(tile, M, K, xP)) throw Error(std::string("decode_mma: ") + why);
+  if (xP && cv.E % tile.bn) throw Error("decode_mma: x_proj folded needs E a multiple of the tile's columns");
   const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
   Kernel kernel = kernel_for<EPI>(tile.bn, tile.wk, RB);
-  const Layout l = layout(tile, RB, K, NORM);
+  const Layout l = layout(tile, RB, K, NORM, xP);
+  cv.xoff = l.xoff, cv.ldm = M;
   const int threads = 32 * (tile.bn / 16) * tile.wk;
   static int raised[4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
   int& allowed = raised[(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
@@ -589,6 +670,15 @@ bool serves_as(int M, int N, int K, const void* A, const void* W, int ldw, const
          aligned16(W) && !tile_problem<EPI>(complete(tile, M, N, K), M, K);
 }
 // in_proj's outputs C (M, 2E) row stride ldc and the conv epilogue's operands (ConvEpilogue)
+ConvEpilogue conv_epilogue(int E, const float* conv_w, const float* conv_b, float* conv_state, void* u16,
+                           const XProjFold* xp) {
+  ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
+  if (xp && xp->w) {
+    if (!aligned16(xp->w) || !aligned16(xp->part)) throw Error("decode_mma: x_proj folded: operands not 16-byte aligned");
+    cv.u16 = nullptr, cv.xw = static_cast<const __nv_bfloat16*>(xp->w), cv.xpart = xp->part, cv.P = xp->P;
+  }
+  return cv;
+}
 bool conv_serves(int E, const float* C, int ldc, int d_conv, const float* conv_w, const float* conv_b,
                  const float* conv_state) {
   return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&
@@ -616,6 +706,13 @@ void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const f
   launch<kNorm>(stream, pdl, M, N, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile);
 }
 
+int decode_mma_xproj_tiles(int M, int E, int K, int P, MmaTile tile) {
+  const MmaTile t = complete(tile, M, 2 * E, K);
+  if (P <= 0 || E % t.bn || tile_problem<kPre | kConv>(t, M, K, P) || tile_problem<kNorm | kConv>(t, M, K, P))
+    return 0;
+  return E / t.bn;
+}
+
 bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
                                  int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
                                  const float* conv_b, const float* conv_state, MmaTile tile) {
@@ -625,8 +722,8 @@ bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, c
 
 void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
                           const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
-                          const float* conv_b, float* conv_state, void* u16, MmaTile tile) {
-  const ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
+                          const float* conv_b, float* conv_state, void* u16, MmaTile tile, const XProjFold* xp) {
+  const ConvEpilogue cv = conv_epilogue(E, conv_w, conv_b, conv_state, u16, xp);
   launch<kNorm | kConv>(stream, pdl, M, 2 * E, K, nullptr, W, ldw, 0.f, C, ldc, x, ldx, g, eps, tile, cv);
 }
 
@@ -653,8 +750,9 @@ bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const 
 
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
                              int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
-                             const float* conv_b, float* conv_state, void* u16, MmaTile tile) {
-  const ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
+                             const float* conv_b, float* conv_state, void* u16, MmaTile tile,
+                             const XProjFold* xp) {
+  const ConvEpilogue cv = conv_epilogue(E, conv_w, conv_b, conv_state, u16, xp);
   const NormSplit ns{nullptr, nullptr, const_cast<float*>(ss), tiles, M};
   launch<kPre | kConv>(stream, pdl, M, 2 * E, K, a16, W, ldw, 0.f, C, ldc, nullptr, 0, nullptr, eps, tile, cv, ns);
 }

@@ -40,12 +40,25 @@ void decode_mma_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const f
 // outputs [0, E) of each row become u = silu(conv_b + conv_w . [state, s]) (fp32 in C, and
 // bf16 in u16 (M, E) dense) and the conv state (M, 3, E) fp32 takes s; outputs [E, 2E) are
 // decode_mma_norm's. d_conv 4; conv_w (E, 4), conv_b (E) or null, 16-byte aligned.
+// x_proj folded into in_proj's conv epilogue (decode_mma_{norm,prenorm}_conv with an XProjFold):
+// each column tile t left of E multiplies the u it just made (its rows, bf16) by W_x's columns
+// of the tile, part[t] (M, P) fp32 = u[:, tile t] @ W_x[:, tile t].T, and u16 is not written;
+// the scan step sums the E / bn tiles in order (ssm_step_rows_u with xtiles).
+struct XProjFold {
+  const void* w = nullptr;  // W_x (P, E) bf16 dense, 16-byte aligned
+  int P = 0;                // its rows (dt_rank + 2 d_state), at most 128
+  float* part = nullptr;    // (tiles, M, P) fp32: decode_mma_xproj_tiles
+};
+// The partials' tiles (E / bn) of in_proj's tile for (M, E, K), or 0 when x_proj cannot be
+// folded into it (E not a multiple of its columns, P over 128, or shared memory).
+int decode_mma_xproj_tiles(int M, int E, int K, int P, MmaTile tile = MmaTile{});
 bool decode_mma_norm_conv_serves(int M, int E, int K, const float* x, int ldx, const float* g, const void* W,
                                  int ldw, const float* C, int ldc, int d_conv, const float* conv_w,
                                  const float* conv_b, const float* conv_state, MmaTile tile = MmaTile{});
 void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const float* x, int ldx,
                           const float* g, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
-                          const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
+                          const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{},
+                          const XProjFold* xp = nullptr);
 // A decode step's RMSNorm split across two products, so that in_proj stages a plain bf16 A:
 // decode_mma_next_norm is out_proj (C = A @ W.T + C, the residual stream x) that also writes
 // the next in_proj's A, a16 (M, N) = bf16(x * g_next), and ss (tiles, M): each row's sum of
@@ -60,6 +73,7 @@ bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const 
                                     const float* conv_state, MmaTile tile = MmaTile{});
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
                              int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
-                             const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{});
+                             const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{},
+                             const XProjFold* xp = nullptr);
 
 }  // namespace bhasa::cuda

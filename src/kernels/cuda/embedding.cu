@@ -138,6 +138,48 @@ void embedding_forward(Ctx& c, int T, int D, const int32_t* ids, const float* ta
   BHASA_LAUNCH_CHECK("embedding_forward");
 }
 
+namespace {
+
+// torch: out = table[ids];  a16 = (out * g).bfloat16();  ss = (out * out).sum(-1)
+// A decode step's embedding that also prepares the first mixer's RMSNorm, as out_proj's
+// decode_mma_next_norm does for the next ones (one column tile: ss (B)). A block a row,
+// float4 columns; the row's sum in a fixed order (lanes by a shuffle tree, then warps).
+__global__ void embedding_prenorm_kernel(int D, const int32_t* ids, const float* table, const float* g, float* out,
+                                         __nv_bfloat16* a16, float* ss) {
+  __shared__ float warp_ss[32];
+  pdl_trigger();
+  pdl_wait();  // ids come from the previous step's sampler
+  const int b = blockIdx.x, D4 = D / 4;
+  const float4* row = reinterpret_cast<const float4*>(table) + size_t(ids[b]) * D4;
+  float sum = 0.f;
+  for (int c = threadIdx.x; c < D4; c += blockDim.x) {
+    const float4 x = row[c], w = reinterpret_cast<const float4*>(g)[c];
+    reinterpret_cast<float4*>(out)[size_t(b) * D4 + c] = x;
+    store4(a16 + size_t(b) * D + 4 * c, make_float4(x.x * w.x, x.y * w.y, x.z * w.z, x.w * w.w));
+    sum += (x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w);
+  }
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (threadIdx.x % 32 == 0) warp_ss[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.f;
+    for (int w = 0; w < int(blockDim.x / 32); ++w) t += warp_ss[w];
+    ss[b] = t;
+  }
+}
+
+}  // namespace
+
+bool embedding_prenorm(Ctx& c, int B, int D, const int32_t* ids, const float* table, const float* g, float* out,
+                       void* a16, float* ss) {
+  auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (B <= 0 || D % 4 || !aligned16(table) || !aligned16(g) || !aligned16(out) || reinterpret_cast<uintptr_t>(a16) % 8)
+    return false;
+  launch(embedding_prenorm_kernel, dim3(B), dim3(D >= 1024 ? 256 : 128), 0, c.stream, c.pdl, D, ids, table, g, out,
+         static_cast<__nv_bfloat16*>(a16), ss);
+  return true;
+}
+
 void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const float* dout,
                         float* dtable) {
   if (T == 0 || D == 0) return;

@@ -3,12 +3,16 @@
 //   u = silu(conv(state, x)); conv state shift; delta = softplus(dt_proj(dbc[:R]) + bias);
 //   h = exp(delta A) h + delta B u; y = (C.h + D u) silu(z)
 // with the state h (B, E, N) and the conv state (B, K-1, E) fp32, y fp32 or bf16 (Y).
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/scan_common.cuh"  // ex2_, softplus_fast, sigmoid_fast, cp.async
+
+namespace cg = cooperative_groups;
 
 namespace bhasa::cuda {
 
@@ -59,14 +63,19 @@ __device__ __forceinline__ float ld_now(const float* p) {
 // J state chunks a lane (N <= 16 J), RJ dt_w chunks a lane (R <= 16 RJ)
 // U: x holds u already (the conv done by in_proj's epilogue, decode_mma_norm_conv), the conv
 // state is not touched.
-template <int J, int RJ, class Y, bool Early, bool U>
+// Sum: dbc is x_proj's xtiles partials (xtiles, B, P), xstride floats apart, made by in_proj's
+// epilogue (XProjFold): the blocks of a cluster (the same rows, other channels) each sum a
+// share of the 4 rows' items in tile order, then copy the other shares from the others'
+// shared memory (summed by every block, the partials were ~24x dbc's bytes from L2 a block).
+template <int J, int RJ, class Y, bool Early, bool U, bool Sum>
 __global__ void __launch_bounds__(kRowsThreads, J == 1 ? 6 : 4)  // B = 64: 768 blocks, one wave
 ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
                      const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
                      const float* __restrict__ conv_w, const float* __restrict__ conv_b,
                      const float* __restrict__ dbc, const float* __restrict__ dt_w,
                      const float* __restrict__ dt_bias, const float* __restrict__ A_log,
-                     const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y) {
+                     const float* __restrict__ Dp, float* __restrict__ h, Y* __restrict__ y, int xtiles,
+                     int xstride) {
   extern __shared__ __align__(16) float sdb[];  // (4, P): dbc of the block's rows
   const int k = threadIdx.x % kLanes;
   const int e_raw = blockIdx.x * kRowsE + threadIdx.x / kLanes;
@@ -123,11 +132,52 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   // dbc's rows into shared memory (after the state loads: ptxas otherwise moved the copy's
   // wait above them)
   const int P4 = P / 4;
-  for (int i = threadIdx.x; i < kLanes * P4; i += kRowsThreads) {
-    const int r = i / P4;
-    cp_async16(sdb + 4 * i, dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (i - r * P4), r < nr);
+  if (!Sum) {
+    for (int i = threadIdx.x; i < kLanes * P4; i += kRowsThreads) {
+      const int r = i / P4;
+      cp_async16(sdb + 4 * i, dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (i - r * P4), r < nr);
+    }
+    cp_async_commit();
+  } else {
+    // thread t sums item it = t % per of the share over the tiles q = t / per, q + TP, ..
+    // (TP = kRowsThreads / per phases; consecutive threads read consecutive 16-byte items of a
+    // tile, all of a thread's loads in flight), then the TP phases in order from shared memory
+    cg::cluster_group cluster = cg::this_cluster();
+    const int CS = cluster.num_blocks(), cr = cluster.block_rank(), items = kLanes * P4;
+    const int per = (items + CS - 1) / CS, TP = max(1, kRowsThreads / per);
+    float4* phase = reinterpret_cast<float4*>(sdb + kLanes * P);  // (TP, per)
+    if (threadIdx.x < TP * per) {
+      const int i = threadIdx.x % per, q = threadIdx.x / per, it = cr * per + i;
+      if (it < items) {
+        const int r = it / P4;
+        const float* src = dbc + unsigned(b0 + min(r, nr - 1)) * P + 4 * (it - r * P4);
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int t0 = q; t0 < xtiles; t0 += 8 * TP) {
+          float4 v[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            v[j] = t0 + j * TP < xtiles ? __ldcg(reinterpret_cast<const float4*>(src + size_t(t0 + j * TP) * xstride))
+                                        : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) s.x += v[j].x, s.y += v[j].y, s.z += v[j].z, s.w += v[j].w;
+        }
+        phase[q * per + i] = s;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < per && cr * per + int(threadIdx.x) < items) {
+      float4 s = phase[threadIdx.x];
+      for (int q = 1; q < TP; ++q) {
+        const float4 v = phase[q * per + threadIdx.x];
+        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+      }
+      *reinterpret_cast<float4*>(sdb + 4 * (cr * per + threadIdx.x)) = s;
+    }
+    cluster.sync();  // every share in its block
+    for (int i = threadIdx.x; i < items; i += kRowsThreads)
+      if (i / per != cr)
+        *reinterpret_cast<float4*>(sdb + 4 * i) = *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdb, i / per) + 4 * i);
   }
-  cp_async_commit();
 #pragma unroll
   for (int j = 0; j < J; ++j) {  // (before pdl_wait, this wait for A_log held the state loads back)
     a4[j] = make_float4(-ex2_(a4[j].x * kLog2e) * kLog2e, -ex2_(a4[j].y * kLog2e) * kLog2e,
@@ -192,6 +242,8 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   }
   const float ys = sum4_scatter(yp, k);
   if (valid && mine) y[unsigned(b1) * E + e] = from_float<Y>((ys + Dv * u) * (zz * sigmoid_fast(zz)));
+  // Sum: no block leaves while another may still read its share (nothing to order: relaxed)
+  if (Sum) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
 }
 
 // BHASA_SSM_ROWS_MIN_B (read once; default 16): the smallest B for ssm_step_rows_kernel,
@@ -205,6 +257,17 @@ int rows_min_b() {
 // m130 decode, ms a step: B = 16 0.440 -> 0.417, B = 32 0.500 -> 0.473, B = 64 0.622 -> 0.608.
 bool rows_early() {
   static const bool v = [] { const char* s = std::getenv("BHASA_SSM_ROWS_EARLY"); return !s || std::atoi(s) != 0; }();
+  return v;
+}
+
+// The cluster of the Sum kernels, BHASA_XSUM_CLUSTER (read once): 1, 2, 4 or 8 (a larger
+// value 8), or 0 / unset: by the batch (rows_step).
+int xsum_cluster() {
+  static const int v = [] {
+    const char* s = std::getenv("BHASA_XSUM_CLUSTER");
+    const int c = s ? std::atoi(s) : 0;
+    return c >= 8 ? 8 : c >= 4 ? 4 : c >= 2 ? 2 : c;
+  }();
   return v;
 }
 
@@ -223,22 +286,36 @@ namespace {
 template <bool U>
 bool rows_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
                float* conv_state, const float* conv_w, const float* conv_b, const float* dbc, const float* dt_w,
-               const float* dt_bias, const float* A_log, const float* D, float* h, Operand y) {
+               const float* dt_bias, const float* A_log, const float* D, float* h, Operand y, int xtiles = 1) {
   if (!ssm_step_rows_serves(B, E, N, R, K, ldxz, dbc, dt_w, A_log, h)) return false;
   const dim3 grid((E + kRowsE - 1) / kRowsE, (B + kLanes - 1) / kLanes);
-  const size_t smem = size_t(kLanes) * (R + 2 * N) * sizeof(float);
+  // (Sum: then the phases' sums, at most kRowsThreads float4s)
+  const size_t smem = size_t(kLanes) * (R + 2 * N) * sizeof(float) + (xtiles > 1 ? kRowsThreads * 16 : 0);
+  // Sum: clusters of xsum_cluster() blocks, or the largest power of 2 below that divides grid.x.
+  // Auto (H200, m130 decode, ms a step, clusters of 8 / 4 / 2 / 1, x_proj unfolded): B = 16
+  // 0.363 / 0.368 / 0.370 / 0.380 (0.378), B = 32 0.419 / 0.421 / 0.424 / 0.430 (0.423), B = 48
+  // 0.479 / 0.475 / 0.488 / 0.483 (0.486), B = 64 0.617 / 0.601 / 0.515 / 0.519 (0.531): with 768
+  // blocks (B = 64) large clusters no longer fit beside the kernels still running (PDL), and
+  // without clusters every block reads all 24 tiles (~24 MB from L2 a step).
+  int cluster = xtiles <= 1 ? 1 : xsum_cluster() > 0 ? xsum_cluster() : grid.y <= 8 ? 8 : grid.y <= 12 ? 4 : 2;
+  while (grid.x % cluster) cluster /= 2;
+  const int xstride = B * (R + 2 * N);
   with_operand(y, [&](auto* yt) {
     using Y = std::remove_pointer_t<decltype(yt)>;
     auto go = [&](auto kernel) {
-      launch(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, B, E, N, R, K, x, z, ldxz, conv_state,
-             conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt);
+      launch_clustered(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, cluster, B, E, N, R, K, x, z, ldxz,
+                       conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt, xtiles, xstride);
     };
-    auto pick = [&](auto early) {  // (early: std::bool_constant)
-      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U>);
-      else go(ssm_step_rows_kernel<2, 4, Y, early(), U>);
+    auto pick = [&](auto early, auto sum) {  // (std::bool_constant)
+      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U, U && sum()>);
+      else go(ssm_step_rows_kernel<2, 4, Y, early(), U, U && sum()>);
     };
-    if (rows_early()) pick(std::true_type{});
-    else pick(std::false_type{});
+    auto pick_sum = [&](auto early) {
+      if (xtiles > 1) pick(early, std::true_type{});
+      else pick(early, std::false_type{});
+    };
+    if (rows_early()) pick_sum(std::true_type{});
+    else pick_sum(std::false_type{});
   });
   return true;
 }
@@ -255,9 +332,9 @@ bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, co
 
 bool ssm_step_rows_u(Ctx& c, int B, int E, int N, int R, const float* u, const float* z, int ldxz,
                      const float* dbc, const float* dt_w, const float* dt_bias, const float* A_log, const float* D,
-                     float* h, Operand y) {
+                     float* h, Operand y, int xtiles) {
   return rows_step<true>(c, B, E, N, R, 1, u, z, ldxz, nullptr, nullptr, nullptr, dbc, dt_w, dt_bias, A_log, D,
-                         h, y);
+                         h, y, xtiles);
 }
 
 }  // namespace bhasa::cuda
