@@ -616,28 +616,10 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
                "decode_mma: cudaFuncSetAttribute");
     allowed = int(l.smem);
   }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(l.S, (N + tile.bn - 1) / tile.bn, (M + RB - 1) / RB);
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = l.smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int n = 0;
-  if (pdl) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n].val.programmaticStreamSerializationAllowed = 1;
-    ++n;
-  }
-  if (l.S > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = l.S, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
-    ++n;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
-  check_cuda(cudaLaunchKernelEx(&cfg, kernel, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A),
-                                static_cast<const __nv_bfloat16*>(W), ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv, ns),
-             "decode_mma: cudaLaunchKernelEx");
+  // clusters of the S blocks of a column tile (the K slices)
+  launch_clustered(kernel, dim3(l.S, (N + tile.bn - 1) / tile.bn, (M + RB - 1) / RB), dim3(threads), l.smem, stream,
+                   pdl, l.S, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A), static_cast<const __nv_bfloat16*>(W),
+                   ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv, ns);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
