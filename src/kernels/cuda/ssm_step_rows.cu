@@ -40,7 +40,7 @@ constexpr int kLanes = 4;  // lanes per channel, and batch rows per warp
 // the trigger after the stores (7.7: the next kernel no longer starts early; the trigger
 // need not wait, see Early), and B = 12 (2.4 against ssm_step4_kernel's 2.3).
 // torch (per row b, channel e): as ssm_step.cu's ssm_step_kernel.
-constexpr int kRowsWarps = 4, kRowsThreads = 32 * kRowsWarps, kRowsE = 8 * kRowsWarps;  // channels a block
+constexpr int kRowsWarps = 4;  // warps a block (the Sum kernels: sum_shape)
 constexpr int kRowsMaxK = 4;  // d_conv (registers: the conv weights and window)
 
 // v[r] summed over the 4 lanes of a channel; lane k gets row k's sum (rows 0..3)
@@ -67,8 +67,8 @@ __device__ __forceinline__ float ld_now(const float* p) {
 // epilogue (XProjFold): the blocks of a cluster (the same rows, other channels) each sum a
 // share of the 4 rows' items in tile order, then copy the other shares from the others'
 // shared memory (summed by every block, the partials were ~24x dbc's bytes from L2 a block).
-template <int J, int RJ, class Y, bool Early, bool U, bool Sum>
-__global__ void __launch_bounds__(kRowsThreads, J == 1 ? 6 : 4)  // B = 64: 768 blocks, one wave
+template <int J, int RJ, class Y, bool Early, bool U, bool Sum, int W>
+__global__ void __launch_bounds__(32 * W, (J == 1 ? 24 : 16) / W)  // W = 4, B = 64: 768 blocks, one wave
 ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
                      const float* __restrict__ z, int ldxz, float* __restrict__ conv_state,
                      const float* __restrict__ conv_w, const float* __restrict__ conv_b,
@@ -78,6 +78,7 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
                      int xstride) {
   extern __shared__ __align__(16) float sdb[];  // (4, P): dbc of the block's rows
   const int k = threadIdx.x % kLanes;
+  constexpr int kRowsThreads = 32 * W, kRowsE = 8 * W;  // threads, channels a block
   const int e_raw = blockIdx.x * kRowsE + threadIdx.x / kLanes;
   const bool valid = e_raw < E;
   const int e = valid ? e_raw : 0;  // inactive channels compute channel 0 and store nothing
@@ -260,15 +261,27 @@ bool rows_early() {
   return v;
 }
 
-// The cluster of the Sum kernels, BHASA_XSUM_CLUSTER (read once): 1, 2, 4 or 8 (a larger
-// value 8), or 0 / unset: by the batch (rows_step).
-int xsum_cluster() {
-  static const int v = [] {
-    const char* s = std::getenv("BHASA_XSUM_CLUSTER");
-    const int c = s ? std::atoi(s) : 0;
-    return c >= 8 ? 8 : c >= 4 ? 4 : c >= 2 ? 2 : c;
-  }();
-  return v;
+// The Sum kernels' blocks: warps (4, 8 or 16; channels 8 a warp) and clusters (1, 2, 4 or 8
+// blocks summing the partials together, each a share). Unclustered, each block reads all the
+// tiles of its 4 rows (~30 KB at m130): wider blocks mean fewer such reads, as long as the
+// blocks fit in one wave (16 warps: one block an SM). H200, m130 decode, ms a step (x_proj
+// unfolded: B = 16 0.378, 32 0.423, 48 0.486, 64 0.531), warps x cluster:
+//   B = 16: 4 x 8 0.362, 4 x 1 0.380, 8 x 1 0.377, 16 x 1 0.355, 16 x 2 0.362;
+//   B = 32: 4 x 8 0.419, 8 x 1 0.410, 16 x 1 0.398, 16 x 2 0.410;
+//   B = 48: 4 x 4 0.475, 8 x 1 0.462, 8 x 2 0.458, 16 x 1 0.510 (two waves);
+//   B = 64: 4 x 2 0.515, 4 x 8 0.617 (with 768 blocks, large clusters no longer fit beside the
+//   kernels still running), 8 x 1 0.493, 8 x 2 0.501, 16 x 1 0.563 (two waves).
+// BHASA_SSM_ROWS_WARPS / BHASA_XSUM_CLUSTER (read once) override.
+struct SumShape {
+  int warps, cluster;
+};
+SumShape sum_shape(int B) {
+  static const int warps = [] { const char* s = std::getenv("BHASA_SSM_ROWS_WARPS"); return s ? std::atoi(s) : 0; }();
+  static const int cluster = [] { const char* s = std::getenv("BHASA_XSUM_CLUSTER"); return s ? std::atoi(s) : 0; }();
+  SumShape t = B <= 32 ? SumShape{16, 1} : B <= 48 ? SumShape{8, 2} : SumShape{8, 1};
+  if (warps > 0) t.warps = warps >= 16 ? 16 : warps >= 8 ? 8 : 4;
+  if (cluster > 0) t.cluster = cluster >= 8 ? 8 : cluster >= 4 ? 4 : cluster >= 2 ? 2 : 1;
+  return t;
 }
 
 }  // namespace
@@ -288,27 +301,28 @@ bool rows_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const 
                float* conv_state, const float* conv_w, const float* conv_b, const float* dbc, const float* dt_w,
                const float* dt_bias, const float* A_log, const float* D, float* h, Operand y, int xtiles = 1) {
   if (!ssm_step_rows_serves(B, E, N, R, K, ldxz, dbc, dt_w, A_log, h)) return false;
-  const dim3 grid((E + kRowsE - 1) / kRowsE, (B + kLanes - 1) / kLanes);
-  // (Sum: then the phases' sums, at most kRowsThreads float4s)
-  const size_t smem = size_t(kLanes) * (R + 2 * N) * sizeof(float) + (xtiles > 1 ? kRowsThreads * 16 : 0);
-  // Sum: clusters of xsum_cluster() blocks, or the largest power of 2 below that divides grid.x.
-  // Auto (H200, m130 decode, ms a step, clusters of 8 / 4 / 2 / 1, x_proj unfolded): B = 16
-  // 0.363 / 0.368 / 0.370 / 0.380 (0.378), B = 32 0.419 / 0.421 / 0.424 / 0.430 (0.423), B = 48
-  // 0.479 / 0.475 / 0.488 / 0.483 (0.486), B = 64 0.617 / 0.601 / 0.515 / 0.519 (0.531): with 768
-  // blocks (B = 64) large clusters no longer fit beside the kernels still running (PDL), and
-  // without clusters every block reads all 24 tiles (~24 MB from L2 a step).
-  int cluster = xtiles <= 1 ? 1 : xsum_cluster() > 0 ? xsum_cluster() : grid.y <= 8 ? 8 : grid.y <= 12 ? 4 : 2;
+  const SumShape sum = xtiles > 1 ? sum_shape(B) : SumShape{kRowsWarps, 1};
+  const int W = sum.warps, threads = 32 * W;  // warps a block
+  const dim3 grid((E + 8 * W - 1) / (8 * W), (B + kLanes - 1) / kLanes);
+  // (Sum: then the phases' sums, at most a float4 a thread)
+  const size_t smem = size_t(kLanes) * (R + 2 * N) * sizeof(float) + (xtiles > 1 ? threads * 16 : 0);
+  int cluster = sum.cluster;  // (or the largest power of 2 below it that divides grid.x)
   while (grid.x % cluster) cluster /= 2;
   const int xstride = B * (R + 2 * N);
   with_operand(y, [&](auto* yt) {
     using Y = std::remove_pointer_t<decltype(yt)>;
     auto go = [&](auto kernel) {
-      launch_clustered(kernel, grid, dim3(kRowsThreads), smem, c.stream, c.pdl, cluster, B, E, N, R, K, x, z, ldxz,
+      launch_clustered(kernel, grid, dim3(threads), smem, c.stream, c.pdl, cluster, B, E, N, R, K, x, z, ldxz,
                        conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt, xtiles, xstride);
     };
-    auto pick = [&](auto early, auto sum) {  // (std::bool_constant)
-      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U, U && sum()>);
-      else go(ssm_step_rows_kernel<2, 4, Y, early(), U, U && sum()>);
+    auto pick_w = [&](auto early, auto sum, auto w) {  // (std::integral_constant)
+      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U, U && sum(), w()>);
+      else go(ssm_step_rows_kernel<2, 4, Y, early(), U, U && sum(), w()>);
+    };
+    auto pick = [&](auto early, auto summed) {
+      if (summed() && W == 16) pick_w(early, summed, std::integral_constant<int, 16>{});
+      else if (summed() && W == 8) pick_w(early, summed, std::integral_constant<int, 8>{});
+      else pick_w(early, summed, std::integral_constant<int, kRowsWarps>{});
     };
     auto pick_sum = [&](auto early) {
       if (xtiles > 1) pick(early, std::true_type{});
