@@ -259,16 +259,20 @@ class CudaBackend final : public Backend {
     cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
                           dt_bias, A_log, D, h, y);
   }
-  // The mixer in 4 kernels, all on our own PDL kernels, at 16 <= B <= 64 with bf16 weights
-  // (unfused: norm_rows, in_proj, conv_rows, x_proj, the scan step, out_proj, with cuBLASLt
-  // for the two wide products above 32 rows): in_proj with the norm and the causal conv
-  // folded in (decode_mma_norm_conv: the conv state read before pdl_wait), x_proj on u's
-  // bf16 copy, the scan step on u, out_proj on decode_mma, which also prepares the next
-  // mixer's norm when there is one (decode_mma_next_norm: in_proj then reads a plain bf16 A,
-  // decode_mma_prenorm_conv). H200, m130 decode, ms a step, unfused -> fused -> with the norm
-  // prepared: B 16 0.412 -> 0.389 -> 0.385, 32 0.473 -> 0.444 -> 0.433, 48 0.582 -> 0.534 ->
-  // 0.496, 64 0.608 -> 0.586 -> 0.561. decode_mma_max_m does not apply here (its default 32
-  // is for the unfused ops).
+  // The mixer in 3 kernels, all our own and launched with PDL, at 16 <= B <= 64 with bf16
+  // weights (unfused: norm_rows, in_proj, conv_rows, x_proj, the scan step, out_proj, with
+  // cuBLASLt for the two wide products above 32 rows):
+  //   in_proj with the norm, the causal conv and x_proj folded in (decode_mma_prenorm_conv /
+  //     decode_mma_norm_conv: the conv state read before pdl_wait; x_proj as one partial a
+  //     column tile, XProjFold), or x_proj as a fourth kernel on u's bf16 copy;
+  //   the scan step on u, summing x_proj's partials (ssm_step_rows_u);
+  //   out_proj on decode_mma, which also prepares the next norm when there is one
+  //     (decode_mma_next_norm: the next in_proj then reads a plain bf16 A); the embedding
+  //     prepares the first (embedding_decode).
+  // H200, m130 decode, ms a step, unfused -> 4 kernels -> the norm prepared -> x_proj folded:
+  // B 16 0.412 -> 0.389 -> 0.378 -> 0.355, 32 0.473 -> 0.444 -> 0.423 -> 0.398, 48 0.582 ->
+  // 0.534 -> 0.486 -> 0.458, 64 0.608 -> 0.586 -> 0.531 -> 0.493. decode_mma_max_m does not
+  // apply here (its default 32 is for the unfused ops).
   bool mixer_decode_step(const MixerStep& m) override {
     const int P = m.R + 2 * m.N;
     if (!fused_mixer_ || decode_mma_ == 0 || !m.rms || m.norm_b || m.B < 16 || m.B > kDecodeMaxM) return false;

@@ -64,9 +64,10 @@ __device__ __forceinline__ float ld_now(const float* p) {
 // U: x holds u already (the conv done by in_proj's epilogue, decode_mma_norm_conv), the conv
 // state is not touched.
 // Sum: dbc is x_proj's xtiles partials (xtiles, B, P), xstride floats apart, made by in_proj's
-// epilogue (XProjFold): the blocks of a cluster (the same rows, other channels) each sum a
-// share of the 4 rows' items in tile order, then copy the other shares from the others'
-// shared memory (summed by every block, the partials were ~24x dbc's bytes from L2 a block).
+// epilogue (XProjFold), summed here in tile order: by each block for its 4 rows, or with
+// clusters (sum_shape) each block of a cluster (the same rows, other channels) sums a share
+// of the items and copies the other shares from the others' shared memory.
+// W: warps a block (8 channels each).
 template <int J, int RJ, class Y, bool Early, bool U, bool Sum, int W>
 __global__ void __launch_bounds__(32 * W, (J == 1 ? 24 : 16) / W)  // W = 4, B = 64: 768 blocks, one wave
 ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict__ x,
@@ -174,10 +175,13 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
       }
       *reinterpret_cast<float4*>(sdb + 4 * (cr * per + threadIdx.x)) = s;
     }
-    cluster.sync();  // every share in its block
-    for (int i = threadIdx.x; i < items; i += kRowsThreads)
-      if (i / per != cr)
-        *reinterpret_cast<float4*>(sdb + 4 * i) = *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdb, i / per) + 4 * i);
+    if (CS > 1) {
+      cluster.sync();  // every share in its block
+      for (int i = threadIdx.x; i < items; i += kRowsThreads)
+        if (i / per != cr)
+          *reinterpret_cast<float4*>(sdb + 4 * i) =
+              *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdb, i / per) + 4 * i);
+    }  // (the barrier below, before phase 1, makes sdb whole)
   }
 #pragma unroll
   for (int j = 0; j < J; ++j) {  // (before pdl_wait, this wait for A_log held the state loads back)
@@ -244,7 +248,8 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   const float ys = sum4_scatter(yp, k);
   if (valid && mine) y[unsigned(b1) * E + e] = from_float<Y>((ys + Dv * u) * (zz * sigmoid_fast(zz)));
   // Sum: no block leaves while another may still read its share (nothing to order: relaxed)
-  if (Sum) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
+  if (Sum && cg::this_cluster().num_blocks() > 1)
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
 }
 
 // BHASA_SSM_ROWS_MIN_B (read once; default 16): the smallest B for ssm_step_rows_kernel,
@@ -315,9 +320,9 @@ bool rows_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const 
       launch_clustered(kernel, grid, dim3(threads), smem, c.stream, c.pdl, cluster, B, E, N, R, K, x, z, ldxz,
                        conv_state, conv_w, conv_b, dbc, dt_w, dt_bias, A_log, D, h, yt, xtiles, xstride);
     };
-    auto pick_w = [&](auto early, auto sum, auto w) {  // (std::integral_constant)
-      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U, U && sum(), w()>);
-      else go(ssm_step_rows_kernel<2, 4, Y, early(), U, U && sum(), w()>);
+    auto pick_w = [&](auto early, auto summed, auto w) {  // (std::integral_constant)
+      if (N <= 16 && R <= 48) go(ssm_step_rows_kernel<1, 3, Y, early(), U, U && summed(), w()>);
+      else go(ssm_step_rows_kernel<2, 4, Y, early(), U, U && summed(), w()>);
     };
     auto pick = [&](auto early, auto summed) {
       if (summed() && W == 16) pick_w(early, summed, std::integral_constant<int, 16>{});
