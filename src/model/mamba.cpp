@@ -157,7 +157,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p) {
 }
 
 // One token per sequence with states (a decode step): the same layers through the
-// fused step ops, 4 kernels per mixer on the GPU instead of 7. The inference plan
+// fused step ops (a backend may fuse a mixer further: mixer_decode_step). The inference plan
 // shares one slice among layers, so x_out == x_in and the residual adds in place.
 void MambaLM::decode_stack(Activations& a, DecodeState& s) {
   const ModelConfig& c = cfg_;

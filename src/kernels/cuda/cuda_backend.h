@@ -54,7 +54,7 @@ struct CudaOptions {
   // the default stops at 32 rows. BHASA_DECODE_MMA and BHASA_DECODE_MMA_MAX_M override these.
   int decode_mma = 2;
   int decode_mma_max_m = 32;
-  // A decode step's mixer at 16 <= B <= 64 in 4 kernels, all on decode_mma and our own
+  // A decode step's mixer at 16 <= B <= 64 in 3 or 4 kernels, all on decode_mma and our own
   // (Backend::mixer_decode_step): the norm and the causal conv folded into in_proj
   // (BHASA_FUSED_MIXER=0: off; then the ops above and decode_mma_max_m apply).
   bool fused_mixer = true;
