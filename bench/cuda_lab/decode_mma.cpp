@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "kernels/cuda/decode_mma.h"
-#include "lab_util.h"  // CK, LT, graph_us, bf16_bits, from_bf16_bits
+#include "lab_util.h"  // CK, LT, LtDecodeGemm, graph_us, bf16_bits, from_bf16_bits
 
 namespace {
 
@@ -113,44 +113,19 @@ void run_shape(int M, const Shape& s, std::mt19937& rng) {
               s.N, s.K, s.beta, wn * 2 / 1e6, floor_us, copies);
   std::printf("| kernel | us | x floor | rel err |\n|---|---|---|---|\n");
   // cuBLASLt: column-major C^T (N, M) = W (K, N)^T A (K, M)
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t lw, la, lc;
-  LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
-  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
-  LT(cublasLtMatrixLayoutCreate(&lw, CUDA_R_16BF, s.K, s.N, s.K));
-  LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.K, M, s.K));
-  LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, s.N, M, s.N));
-  cublasLtMatmulPreference_t pref;
-  LT(cublasLtMatmulPreferenceCreate(&pref));
-  LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWs, sizeof(kWs)));
-  cublasLtMatmulHeuristicResult_t r[8];
-  int found = 0;
-  LT(cublasLtMatmulAlgoGetHeuristic(lt, desc, lw, la, lc, lc, pref, 8, r, &found));
-  double best = 1e30, first = -1;
-  int best_i = -1;
-  for (int i = 0; i < found; ++i) {
-    const float alpha = 1.f, beta = s.beta;
-    auto call = [&](int c) {
-      LT(cublasLtMatmul(lt, desc, &alpha, W[c % copies], lw, A, la, &beta, C, lc, C, lc, &r[i].algo, workspace, kWs,
-                        stream));
-    };
-    const double us = time_graph(call);
-    if (i == 0) first = us;
-    if (us < best) best = us, best_i = i;
-  }
   {
-    const float alpha = 1.f, beta = s.beta;
-    const double err = check([&] {
-      LT(cublasLtMatmul(lt, desc, &alpha, W[0], lw, A, la, &beta, C, lc, C, lc, &r[best_i].algo, workspace, kWs,
-                        stream));
-    });
-    std::printf("| cuBLASLt best of %d (first %.2f) | %.2f | %.2f | %.2e |\n", found, first, best, best / floor_us, err);
+    const LtDecodeGemm lt_gemm(lt, workspace, kWs, M, s.N, s.K);
+    double best = 1e30, first = -1;
+    int best_i = -1;
+    for (int i = 0; i < lt_gemm.found; ++i) {
+      const double us = time_graph([&](int c) { lt_gemm.run(i, W[c % copies], A, s.beta, C, stream); });
+      if (i == 0) first = us;
+      if (us < best) best = us, best_i = i;
+    }
+    const double err = check([&] { lt_gemm.run(best_i, W[0], A, s.beta, C, stream); });
+    std::printf("| cuBLASLt best of %d (first %.2f) | %.2f | %.2f | %.2e |\n", lt_gemm.found, first, best,
+                best / floor_us, err);
   }
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(lw), cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatmulDescDestroy(desc);
   // one table row: op checked on weight copy 0, then timed; a tile the kernel refuses says why
   auto row = [&](const std::string& label, const std::function<void(int)>& op) {
     try {

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_common.cuh"  // launch (PDL)
-#include "lab_util.h"                   // CK, LT, bf16_bits, from_bf16_bits, upload, graph_us
+#include "lab_util.h"                   // CK, LT, LtDecodeGemm, bf16_bits, from_bf16_bits, upload, graph_us
 
 namespace {
 
@@ -254,32 +254,14 @@ void run(int M, int N, int K, std::mt19937& rng) {
   void* ws;
   const size_t kWs = 32u << 20;
   CK(cudaMalloc(&ws, kWs));
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t lw, la, lc;
-  LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t tr = CUBLAS_OP_T, no = CUBLAS_OP_N;
-  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof(tr)));
-  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)));
-  LT(cublasLtMatrixLayoutCreate(&lw, CUDA_R_16BF, K, N, K));
-  LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, M, K));
-  LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, N));
-  cublasLtMatmulPreference_t pref;
-  LT(cublasLtMatmulPreferenceCreate(&pref));
-  LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWs, sizeof(kWs)));
-  cublasLtMatmulHeuristicResult_t r[8];
-  int found = 0;
-  LT(cublasLtMatmulAlgoGetHeuristic(lt, desc, lw, la, lc, lc, pref, 8, r, &found));
-  double best = 1e30;
-  for (int i = 0; i < found; ++i) {
-    const float alpha = 1.f, beta = 0.f;
-    best = std::min(best, time_graph([&](int c) {
-                      LT(cublasLtMatmul(lt, desc, &alpha, W[c % copies], lw, A, la, &beta, C, lc, C, lc, &r[i].algo, ws,
-                                        kWs, stream));
-                    }));
+  {
+    const LtDecodeGemm lt_gemm(lt, ws, kWs, M, N, K);
+    double best = 1e30;
+    for (int i = 0; i < lt_gemm.found; ++i)
+      best = std::min(best, time_graph([&](int c) { lt_gemm.run(i, W[c % copies], A, 0.f, C, stream); }));
+    std::printf("| cuBLASLt best of %d | %.2f | |\n", lt_gemm.found, best);
   }
-  std::printf("| cuBLASLt best of %d | %.2f | |\n", found, best);
-  cublasLtMatmulPreferenceDestroy(pref), cublasLtMatrixLayoutDestroy(lw), cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lc), cublasLtMatmulDescDestroy(desc), cublasLtDestroy(lt);
+  cublasLtDestroy(lt);
   cudaFree(ws), cudaFree(A), cudaFree(C);
   for (void* p : W) cudaFree(p);
 }

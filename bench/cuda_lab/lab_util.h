@@ -87,6 +87,45 @@ inline double graph_us(cudaStream_t stream, int calls, const std::function<void(
   return 1e3 * ms[ms.size() / 2] / calls;
 }
 
+// cuBLASLt's decode product C (M, N) fp32 = A (M, K) bf16 @ W (N, K)^T bf16 + beta C, as the
+// column-major C^T (N, M) = W (K, N)^T A (K, M): the heuristic's candidates (up to 8), each run
+// by its index, so that a lab can time them all and keep the best.
+struct LtDecodeGemm {
+  cublasLtHandle_t lt;
+  void* ws;
+  size_t ws_bytes;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t lw, la, lc;
+  cublasLtMatmulHeuristicResult_t r[8];
+  int found = 0;
+  LtDecodeGemm(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes, int M, int N, int K)
+      : lt(handle), ws(workspace), ws_bytes(workspace_bytes) {
+    LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
+    LT(cublasLtMatrixLayoutCreate(&lw, CUDA_R_16BF, K, N, K));
+    LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, M, K));
+    LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, N));
+    cublasLtMatmulPreference_t pref;
+    LT(cublasLtMatmulPreferenceCreate(&pref));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                            sizeof(ws_bytes)));
+    LT(cublasLtMatmulAlgoGetHeuristic(lt, desc, lw, la, lc, lc, pref, 8, r, &found));
+    cublasLtMatmulPreferenceDestroy(pref);
+  }
+  ~LtDecodeGemm() {
+    cublasLtMatrixLayoutDestroy(lw), cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(desc);
+  }
+  LtDecodeGemm(const LtDecodeGemm&) = delete;
+  LtDecodeGemm& operator=(const LtDecodeGemm&) = delete;
+  void run(int i, const void* W, const void* A, float beta, float* C, cudaStream_t stream) const {
+    const float alpha = 1.f;
+    LT(cublasLtMatmul(lt, desc, &alpha, W, lw, A, la, &beta, C, lc, C, lc, &r[i].algo, ws, ws_bytes, stream));
+  }
+};
+
 // ||a - b|| / ||b||; infinite when a holds a NaN or an infinity.
 inline double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;

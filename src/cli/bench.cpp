@@ -32,8 +32,13 @@ double train_step_gemm_flops(const ModelConfig& c, double tokens) {
   return 6 * matmul_params * tokens;
 }
 
+// The preset's shape; its vocabulary --vocab, else m130's own or tinyshakespeare's 65 symbols.
+ModelConfig bench_config(const BenchOptions& o) {
+  return preset_config(o.preset, o.vocab == 0 && o.preset != "m130" ? 65 : o.vocab);
+}
+
 void bench_train(const BenchOptions& o) {
-  ModelConfig cfg = preset_config(o.preset, o.vocab);
+  ModelConfig cfg = bench_config(o);
   auto backend = o.rt.make();
   MambaLM model(cfg, *backend);
   model.init_params(1234);
@@ -94,10 +99,7 @@ void add_bench_command(CLI::App& app) {
   train->add_option("--batch", o->batch, "batch size")->check(CLI::PositiveNumber);
   train->add_option("--seq-len", o->seq_len, "sequence length")->check(CLI::PositiveNumber);
   train->add_option("--steps", o->steps, "timed steps (after one warm-up)")->check(CLI::PositiveNumber);
-  train->callback([o] {
-    if (o->vocab == 0 && o->preset != "m130") o->vocab = 65;
-    bench_train(*o);
-  });
+  train->callback([o] { bench_train(*o); });
 
   CLI::App* decode = bench->add_subcommand("decode", "time recurrent decoding after a prompt (greedy, a batch of sequences)");
   common(decode);
@@ -106,8 +108,7 @@ void add_bench_command(CLI::App& app) {
   decode->add_option("--new-tokens", o->new_tokens, "tokens to decode")->check(CLI::PositiveNumber);
   decode->callback([o] {
     auto backend = o->rt.make();  // applies --threads
-    if (o->vocab == 0 && o->preset != "m130") o->vocab = 65;
-    ModelConfig cfg = preset_config(o->preset, o->vocab);
+    ModelConfig cfg = bench_config(*o);
     nlohmann::json j = bench_decode(cfg, *backend, o->rt.threads, o->decode_batch, o->prompt_len ? o->prompt_len : 64,
                                     o->new_tokens);
     j["device"] = o->rt.device;
@@ -119,8 +120,7 @@ void add_bench_command(CLI::App& app) {
   prefill->add_option("--prompt-len", o->prompt_len, "prompt tokens (default 512)");
   prefill->callback([o] {
     o->rt.make();
-    if (o->vocab == 0 && o->preset != "m130") o->vocab = 65;
-    ModelConfig cfg = preset_config(o->preset, o->vocab);
+    ModelConfig cfg = bench_config(*o);
     std::printf("%s\n", bench_prefill(cfg, o->rt.threads, o->prompt_len ? o->prompt_len : 512).dump().c_str());
   });
 }

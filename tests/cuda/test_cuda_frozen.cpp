@@ -434,6 +434,18 @@ struct MixerLayer {
       for (int i = 0; i < D; ++i) x[size_t(b) * D + i] *= 0.25f + float(b % 7);
     return x;
   }
+  // `steps` fused steps on a bf16 backend from x, conv state st and SSM state h, each preparing
+  // the next one's norm (this layer stands in for the next): x and h after them.
+  void run_prepared(Backend& be, int B, const std::vector<float>& x, const std::vector<float>& st,
+                    const std::vector<float>& h, int steps, std::vector<float>& x_out, std::vector<float>& h_out) const {
+    DevBuf dW(be, W), dx(be, x), dst(be, st), dh(be, h), dxz(be, size_t(B) * 2 * E), ddbc(be, size_t(B) * (R + 2 * N)),
+        dy(be, size_t(B) * E);
+    be.freeze_weights(dW.p, W.size());
+    auto g = step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, be.decode_dtype(B)));
+    g.next_norm_w = dW.p + norm_w;
+    for (int i = 0; i < steps; ++i) ASSERT_TRUE(be.mixer_decode_step(g));
+    x_out = dx.host(), h_out = dh.host();
+  }
 };
 
 }  // namespace
@@ -506,20 +518,10 @@ TEST(FrozenWeights, XProjFoldIsRead) {
   for (auto [D, E, N, R] : {std::array<int, 4>{192, 384, 16, 12}, std::array<int, 4>{768, 1536, 16, 48}}) {
     const MixerLayer layer(D, E, N, R, rng);
     for (int B : {16, 32, 64}) {
-      const int P = layer.R + 2 * layer.N;
       const auto x = layer.x0(B, rng), st = randn(size_t(B) * 3 * layer.E, rng),
                  h = randn(size_t(B) * layer.E * layer.N, rng);
       std::vector<float> out[2], hs[2];
-      for (int i = 0; i < 2; ++i) {
-        Backend& be = *gpus[i];
-        DevBuf dW(be, layer.W), dx(be, x), dst(be, st), dh(be, h), dxz(be, size_t(B) * 2 * layer.E),
-            ddbc(be, size_t(B) * P), dy(be, size_t(B) * layer.E);
-        be.freeze_weights(dW.p, layer.W.size());
-        auto g = layer.step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, be.decode_dtype(B)));
-        g.next_norm_w = dW.p + layer.norm_w;
-        for (int step = 0; step < 3; ++step) ASSERT_TRUE(be.mixer_decode_step(g));
-        out[i] = dx.host(), hs[i] = dh.host();
-      }
+      for (int i = 0; i < 2; ++i) ASSERT_NO_FATAL_FAILURE(layer.run_prepared(*gpus[i], B, x, st, h, 3, out[i], hs[i]));
       const std::string what = "D=" + std::to_string(D) + " B=" + std::to_string(B);
       EXPECT_LE(rel_l2(out[0], out[1]), 1e-3) << what;
       EXPECT_LE(rel_l2(hs[0], hs[1]), 1e-3) << what;
@@ -581,19 +583,10 @@ TEST(FrozenWeights, PreparedNormIsRead) {
   std::unique_ptr<Backend> gpus[2] = {bf16_gpu(), make_cuda_backend(off)};
   std::mt19937 rng(22);
   const MixerLayer layer(768, 1536, 16, 48, rng);
-  const int B = 64, P = layer.R + 2 * layer.N;
+  const int B = 64;
   const auto x = layer.x0(B, rng), st = randn(size_t(B) * 3 * layer.E, rng), h = randn(size_t(B) * layer.E * layer.N, rng);
-  std::vector<float> out[2];
-  for (int i = 0; i < 2; ++i) {
-    Backend& be = *gpus[i];
-    DevBuf dW(be, layer.W), dx(be, x), dst(be, st), dh(be, h), dxz(be, size_t(B) * 2 * layer.E), ddbc(be, size_t(B) * P),
-        dy(be, size_t(B) * layer.E);
-    be.freeze_weights(dW.p, layer.W.size());
-    auto g = layer.step(B, dW.p, dx.p, dst.p, dh.p, dxz.p, ddbc.p, Operand(dy.p, be.decode_dtype(B)));
-    g.next_norm_w = dW.p + layer.norm_w;
-    for (int step = 0; step < 3; ++step) ASSERT_TRUE(be.mixer_decode_step(g));
-    out[i] = dx.host();
-  }
+  std::vector<float> out[2], hs[2];
+  for (int i = 0; i < 2; ++i) ASSERT_NO_FATAL_FAILURE(layer.run_prepared(*gpus[i], B, x, st, h, 3, out[i], hs[i]));
   EXPECT_LE(rel_l2(out[0], out[1]), 1e-4);
   EXPECT_NE(out[0], out[1]) << "the prepared norm was not read";
 }

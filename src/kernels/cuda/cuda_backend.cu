@@ -299,7 +299,7 @@ class CudaBackend final : public Backend {
       return false;
     // x_proj folded into in_proj: its partials, one a column tile left of E
     const int xtiles = xproj_fold_ ? cuda::decode_mma_xproj_tiles(m.B, m.E, m.D, P, tiles[0]) : 0;
-    void* u16 = scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);                     // (B, E) bf16
+    void* u16 = xtiles > 0 ? nullptr : scratch_.get(kDecodeA16, size_t(m.B) * m.E * 2);  // (B, E) bf16: x_proj's A
     void* next16 = scratch_.get(kDecodeNext16, size_t(m.B) * m.D * 2);               // (B, D) bf16
     auto* next_ss = static_cast<float*>(scratch_.get(kDecodeNextSS, size_t(m.B) * m.D * sizeof(float)));  // (tiles, B)
     cuda::XProjFold xp;

@@ -29,6 +29,8 @@ inline void check_cuda(cudaError_t err, const char* what) {
 inline unsigned blocks_for(size_t n, unsigned threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
+// A pointer that 16-byte (float4, cp.async, bulk copy) accesses may use.
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Named scratch buffers that only ever grow: after the first step of a given shape,
 // no kernel family allocates again.

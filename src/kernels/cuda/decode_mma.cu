@@ -622,7 +622,6 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
                    ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv, ns);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<size_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -651,7 +650,7 @@ bool serves_as(int M, int N, int K, const void* A, const void* W, int ldw, const
   return M > 0 && M <= kMmaMaxM && N > 0 && K > 0 && K % 16 == 0 && ldw % 8 == 0 && aligned16(A) &&
          aligned16(W) && !tile_problem<EPI>(complete(tile, M, N, K), M, K);
 }
-// in_proj's outputs C (M, 2E) row stride ldc and the conv epilogue's operands (ConvEpilogue)
+// The conv epilogue's operands, with x_proj folded in when xp says so.
 ConvEpilogue conv_epilogue(int E, const float* conv_w, const float* conv_b, float* conv_state, void* u16,
                            const XProjFold* xp) {
   ConvEpilogue cv{conv_w, conv_b, conv_state, static_cast<__nv_bfloat16*>(u16), E};
@@ -661,6 +660,7 @@ ConvEpilogue conv_epilogue(int E, const float* conv_w, const float* conv_b, floa
   }
   return cv;
 }
+// in_proj's outputs C (M, 2E) row stride ldc and the conv epilogue's operands (ConvEpilogue)
 bool conv_serves(int E, const float* C, int ldc, int d_conv, const float* conv_w, const float* conv_b,
                  const float* conv_state) {
   return d_conv == kConvTaps && E % 4 == 0 && ldc % 4 == 0 && aligned16(C) && aligned16(conv_w) &&

@@ -131,7 +131,7 @@ int bits_for(int V) {
 void embedding_forward(Ctx& c, int T, int D, const int32_t* ids, const float* table, float* out) {
   const size_t n = size_t(T) * D;
   if (n == 0) return;
-  if (D % 4 == 0 && reinterpret_cast<uintptr_t>(table) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0)
+  if (D % 4 == 0 && aligned16(table) && aligned16(out))
     embedding_forward_vec<<<blocks_for(n / 4, 256), 256, 0, c.stream>>>(T, D, ids, table, out);
   else
     embedding_forward_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(T, D, ids, table, out);
@@ -172,7 +172,6 @@ __global__ void embedding_prenorm_kernel(int D, const int32_t* ids, const float*
 
 bool embedding_prenorm(Ctx& c, int B, int D, const int32_t* ids, const float* table, const float* g, float* out,
                        void* a16, float* ss) {
-  auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (B <= 0 || D % 4 || !aligned16(table) || !aligned16(g) || !aligned16(out) || reinterpret_cast<uintptr_t>(a16) % 8)
     return false;
   launch(embedding_prenorm_kernel, dim3(B), dim3(D >= 1024 ? 256 : 128), 0, c.stream, c.pdl, D, ids, table, g, out,

@@ -335,7 +335,6 @@ void dispatch_ch(Ctx& c, int M, int N, int K, const float* A, int lda, const flo
 #undef BHASA_GEMV_CH
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 }  // namespace
 

@@ -293,7 +293,6 @@ SumShape sum_shape(int B) {
 
 bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
                           const float* A_log, const float* h) {
-  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   return B >= rows_min_b() && N % 4 == 0 && N <= 32 && R % 4 == 0 && R <= 64 && K <= kRowsMaxK &&
          aligned16(A_log) && aligned16(h) && aligned16(dt_w) && aligned16(dbc) &&
          size_t(B) * std::max(size_t(E) * std::max(N, K), size_t(ldxz)) < (size_t(1) << 31);  // 32-bit offsets
