@@ -50,6 +50,19 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
       "r"(parity)
       : "memory");
 }
+// this CTA's shared address a as the same variable's address in cluster block `rank`
+__device__ __forceinline__ unsigned cluster_addr(unsigned a, int rank) {
+  unsigned r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  return r;
+}
+// v into another cluster block's shared memory (dst, bar: cluster_addr's), counted on its
+// mbarrier's transaction bytes; the sender does not wait
+__device__ __forceinline__ void push4(unsigned dst, float4 v, unsigned bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(dst),
+               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(bar)
+               : "memory");
+}
 // bytes (a multiple of 16) from global src to shared dst (both 16-byte aligned) by the
 // copy engine; completes on bar's transaction count
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
@@ -179,7 +192,7 @@ __global__ void __launch_bounds__(32 * WN * WK, EPI & kConv ? 2 : 1)  // (kConv:
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
                   const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB,
-                  ConvEpilogue cv, NormSplit ns) {
+                  int roff, ConvEpilogue cv, NormSplit ns) {
   constexpr bool NORM = EPI & kNorm, CONV = EPI & kConv, PRE = EPI & kPre, NEXT = EPI & kNext;
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
   const int m0 = blockIdx.z * RB;
@@ -191,7 +204,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     if (NEXT) ns.a16 += size_t(m0) * N;
   }
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ __align__(8) uint64_t bars[2];
+  __shared__ __align__(8) uint64_t bars[3];  // the weight's bulk copies, A's, the pushed partials
   // NORM: the rows' sums of squares over the block's slice; NORM, PRE: their rstd
   __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM || PRE ? kMmaMaxM : 1];
   const int S = gridDim.x, rank = blockIdx.x;  // cluster (S, 1, 1): the block rank is blockIdx.x
@@ -205,6 +218,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   if (threadIdx.x == 0) {
     mbar_init(&bars[0], 1);
     mbar_init(&bars[1], 1);
+    mbar_init(&bars[2], 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   }
@@ -219,6 +233,17 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   const int items = M * (BN / 4);  // float4s of the tile
   const int per = block_share(items, S, BN / 4);
   const int i0 = rank * per + threadIdx.x, end = min(items, (rank + 1) * per);
+  // The split-K partials of this block's share are pushed here by the S blocks (push4, slices
+  // in rank order), counted on bars[2]: the owner waits only for its own inputs. (The cluster
+  // barrier and pulls through DSMEM before, and the barrier keeping every block until the
+  // others had read it, were ~2 us of out_proj's epilogue.) Not with NORM, whose sums of
+  // squares go through DSMEM after a cluster barrier.
+  const bool push = !NORM && S > 1;
+  float4* recv = reinterpret_cast<float4*>(smem + roff);  // (S, per)
+  if (push) {
+    if (threadIdx.x == 0) mbar_expect_tx(&bars[2], unsigned(S) * unsigned(max(end - rank * per, 0)) * 16u);
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");  // bars[2] initialised (waited before pushing)
+  }
   ConvTaps taps[CONV ? 2 : 1];
   __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels (BN <= 64)
   if (CONV) {
@@ -231,6 +256,15 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     if (t < BN && n0 + t < cv.E) conv_w[t] = *reinterpret_cast<const float4*>(cv.w + size_t(n0 + t) * kConvTaps);
     if (t < BN / 4 && n0 + 4 * t < cv.E)
       conv_b[t] = cv.b ? *reinterpret_cast<const float4*>(cv.b + n0 + 4 * t) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  // NEXT: the next norm's weights of the thread's items (a weight: before the wait)
+  float4 gnext[NEXT ? 2 : 1];
+  if (NEXT) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int i = i0 + j * T, gn = n0 + (i % (BN / 4)) * 4;
+      gnext[j] = i < end && gn + 3 < N ? *reinterpret_cast<const float4*>(ns.g_next + gn) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
   }
   // x_proj folded: W_x's columns of this tile (P rows of BN) in flight now, as the weight
   const bool xfold = CONV && cv.xw && n0 < cv.E;  // (uniform over the block)
@@ -402,8 +436,22 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     }
   }
   cg::cluster_group cluster = cg::this_cluster();
-  if (S > 1) cluster.sync();  // every block's slice 0 is complete and visible to the cluster
-  else __syncthreads();
+  if (push) {
+    __syncthreads();  // slice 0 complete
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");  // every block's bars[2] initialised
+    // item i goes to its owner q = i / per, into slice `rank` of q's recv
+    const unsigned bar = smem_addr(&bars[2]), slot = smem_addr(recv + rank * per);
+    for (int i = threadIdx.x; i < items; i += T) {
+      const int q = i / per, m = i / (BN / 4), n = (i % (BN / 4)) * 4;
+      const float4 v = *reinterpret_cast<const float4*>(part + m * PB + n);
+      push4(cluster_addr(slot + unsigned(i - q * per) * 16u, q), v, cluster_addr(bar, q));
+    }
+    mbar_wait(&bars[2], 0);  // the S slices of our share have landed
+  } else if (S > 1) {
+    cluster.sync();  // every block's slice 0 is complete and visible to the cluster
+  } else {
+    __syncthreads();
+  }
 
   if (NORM) {  // rstd of each row from the S slices' sums of squares, in rank order
     for (int m = threadIdx.x; m < M; m += T) {
@@ -425,7 +473,9 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     float4 v[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q)  // all S loads in flight, then the sum in order
-      if (q < S) v[q] = *reinterpret_cast<const float4*>((S > 1 ? cluster.map_shared_rank(part, q) : part) + m * PB + n);
+      if (q < S)
+        v[q] = push ? recv[q * per + i - rank * per]
+                    : *reinterpret_cast<const float4*>((S > 1 ? cluster.map_shared_rank(part, q) : part) + m * PB + n);
     float4 s = v[0];
 #pragma unroll
     for (int q = 1; q < 8; ++q)
@@ -453,7 +503,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       }
       *reinterpret_cast<float4*>(c) = s;
       if constexpr (NEXT) {  // (served: vec, N % 4 == 0)
-        const float4 w = *reinterpret_cast<const float4*>(ns.g_next + gn);
+        const float4 w = gnext[j % 2];
         store4(ns.a16 + size_t(m) * N + gn, make_float4(s.x * w.x, s.y * w.y, s.z * w.z, s.w * w.w));
         return (s.x * s.x + s.y * s.y) + (s.z * s.z + s.w * s.w);
       }
@@ -510,11 +560,11 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   }
   // no block leaves while another reads its partials (an arrive without release: nothing
   // written since needs ordering, and the release's memory barrier cost ~0.3 us)
-  if (S > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
+  if (S > 1 && !push) asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
 }
 
 using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
-                        const float*, int, const float*, float, int, int, ConvEpilogue, NormSplit);
+                        const float*, int, const float*, float, int, int, int, ConvEpilogue, NormSplit);
 
 template <int WN, int WK, int EPI>
 Kernel kernel_mt(int M) {
@@ -549,6 +599,7 @@ struct Layout {
   int KS, S;
   size_t smem;
   int xoff = 0;  // x_proj folded: where its operands start (ConvEpilogue::xoff)
+  int roff = 0;  // split-K without the norm: the pushed partials (S, share) float4
 };
 Layout layout(const MmaTile& t, int M, int K, bool norm, int xP = 0) {
   const int split = std::clamp(t.split, 1, std::min(8, K / 16));
@@ -563,6 +614,10 @@ Layout layout(const MmaTile& t, int M, int K, bool norm, int xP = 0) {
     const int share_rows = block_share(M * (t.bn / 4), l.S, t.bn / 4) / (t.bn / 4);
     l.xoff = int((l.smem + 127) / 128 * 128);
     l.smem = l.xoff + size_t((xP + 15) / 16 * 16 + (share_rows + 15) / 16 * 16) * (2 * t.bn + 16);
+  }
+  if (!norm && l.S > 1) {  // (the kernel's push)
+    l.roff = int((l.smem + 127) / 128 * 128);
+    l.smem = l.roff + size_t(l.S) * block_share(M * (t.bn / 4), l.S, t.bn / 4) * 16;
   }
   return l;
 }
@@ -619,7 +674,7 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   // clusters of the S blocks of a column tile (the K slices)
   launch_clustered(kernel, dim3(l.S, (N + tile.bn - 1) / tile.bn, (M + RB - 1) / RB), dim3(threads), l.smem, stream,
                    pdl, l.S, M, N, K, l.KS, static_cast<const __nv_bfloat16*>(A), static_cast<const __nv_bfloat16*>(W),
-                   ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, cv, ns);
+                   ldw, beta, C, ldc, X, ldx, g, eps, tile.load, RB, l.roff, cv, ns);
 }
 
 
