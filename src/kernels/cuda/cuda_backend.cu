@@ -546,7 +546,7 @@ class CudaBackend final : public Backend {
     using T = cuda::MmaTile;
     t[0] = B > 16 && B <= 32 ? T{64, 3, 2, 3, 32} : T{};
     t[1] = B > 32 ? T{16, 4, 4, 3, 16} : T{};
-    t[2] = B > 32 ? T{32, 4, 4, 3, 64} : T{};
+    t[2] = B > 32 ? T{64, 8, 2, 3, 64} : T{};
     for (int i = 0; i < 3; ++i) {
       const cuda::MmaTile& o = mixer_tiles_[i];
       if (o.bn) t[i].bn = o.bn;

@@ -586,7 +586,7 @@ Kernel kernel_for(int bn, int wk, int M) {
     case 32 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 2, EPI>(M); break;
     case 32 * 16 + 4: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 4, EPI>(M); break;
     case 64 * 16 + 1: if constexpr (all) return kernel_mt<4, 1, EPI>(M); break;
-    case 64 * 16 + 2: if constexpr (all || in_proj) return kernel_mt<4, 2, EPI>(M); break;
+    case 64 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<4, 2, EPI>(M); break;
     case 64 * 16 + 4: if constexpr (all) return kernel_mt<4, 4, EPI>(M); break;
     case 128 * 16 + 1: if constexpr (all) return kernel_mt<8, 1, EPI>(M); break;
     default: break;
