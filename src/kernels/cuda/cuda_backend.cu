@@ -540,7 +540,9 @@ class CudaBackend final : public Backend {
   // The fused mixer's tiles at batch B (decode_mma_pick's but where the whole step measured
   // faster; H200, m130, ms a step, with one change each: B = 32 in_proj in 3 K slices, all
   // rows a block 0.433 -> 0.427; B = 64 x_proj in 4 K slices 0.561 -> 0.540, out_proj's 64
-  // rows a block 0.555; both: 0.557 -> 0.535),
+  // rows a block 0.555; both: 0.557 -> 0.535; with the split-K partials pushed, out_proj in
+  // 64 columns x 8 K slices at B > 32: B = 48 0.459 -> 0.443, 64 0.478 -> 0.471, where the
+  // 32 x 4 tile read all of y's slice in 24 blocks where now 12 do, half of it each),
   // then the BHASA_MIXER_TILE_* overrides.
   void mixer_tiles(int B, cuda::MmaTile (&t)[3]) const {
     using T = cuda::MmaTile;

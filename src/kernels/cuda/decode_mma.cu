@@ -10,7 +10,9 @@
 // slice (from L2) the same way. Tiles are small (bn rows x K / split) so that even N = 768
 // gives ~200 blocks; the split-K partials are summed through distributed shared memory by
 // a thread-block cluster of the `split` blocks of a column tile (fixed order: no atomics,
-// the result does not depend on timing).
+// the result does not depend on timing): each block pushes its partials to the blocks that
+// store them (st.async, counted on the owner's mbarrier), so an owner waits for its own
+// inputs alone and nobody waits for the others to finish reading.
 //
 // Inside a block, warp (wn, wk) owns weight rows [16 wn, 16 wn + 16) and the k16 steps
 // wk, wk + WK, ...: mma.sync m16n8k16 with the weight as the 16-row operand and A's rows
