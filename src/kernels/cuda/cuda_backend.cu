@@ -541,14 +541,15 @@ class CudaBackend final : public Backend {
   // faster; H200, m130, ms a step, with one change each: B = 32 in_proj in 3 K slices, all
   // rows a block 0.433 -> 0.427; B = 64 x_proj in 4 K slices 0.561 -> 0.540, out_proj's 64
   // rows a block 0.555; both: 0.557 -> 0.535; with the split-K partials pushed, out_proj in
-  // 64 columns x 8 K slices at B > 32: B = 48 0.459 -> 0.443, 64 0.478 -> 0.471, where the
-  // 32 x 4 tile read all of y's slice in 24 blocks where now 12 do, half of it each),
+  // 64 columns x 8 K slices, all rows a block, at B > 16: B = 24 0.356 -> 0.340, 32 0.386 ->
+  // 0.382, 48 0.459 -> 0.443, 64 0.478 -> 0.471, where the 32 x 4 tile read all of y's slice
+  // in 24 blocks where now 12 do, half of it each; B = 16 0.326 -> 0.329, not taken),
   // then the BHASA_MIXER_TILE_* overrides.
   void mixer_tiles(int B, cuda::MmaTile (&t)[3]) const {
     using T = cuda::MmaTile;
     t[0] = B > 16 && B <= 32 ? T{64, 3, 2, 3, 32} : T{};
     t[1] = B > 32 ? T{16, 4, 4, 3, 16} : T{};
-    t[2] = B > 32 ? T{64, 8, 2, 3, 64} : T{};
+    t[2] = B > 16 ? T{64, 8, 2, 3, 64} : T{};
     for (int i = 0; i < 3; ++i) {
       const cuda::MmaTile& o = mixer_tiles_[i];
       if (o.bn) t[i].bn = o.bn;
