@@ -290,8 +290,9 @@ class Backend {
     float *conv_state, *h_state;  // (B, K-1, E), (B, E, N)
     float *xz, *dbc;
     Operand y;
-    // The next sublayer's norm weight when it is a mixer (RMSNorm) reading this x, else null:
-    // a backend may prepare that norm while it writes x.
+    // The next norm reading this x when it is an RMSNorm (the next mixer's, or after the last
+    // layer the final norm before the head), else null: a backend may prepare that norm while
+    // it writes x.
     const float* next_norm_w = nullptr;
   };
   virtual bool mixer_decode_step(const MixerStep& m) { return false; }
@@ -326,6 +327,15 @@ class Backend {
   virtual void sample_tokens(int B, int V, const float* logits, float temperature, uint64_t seed,
                              int32_t* counter, int32_t* ids, int32_t* history, int capacity) {
     unsupported("sample_tokens");
+  }
+  // A decode step's tied head and its next ids at once: norm_gemm(B, V, D, ...) into logits
+  // (B, V), then sample_tokens from them. A backend may fuse the two (the CUDA backend picks
+  // greedy ids in the head's own kernel); logits are written either way.
+  virtual void head_sample(int B, int V, int D, bool rms, float eps, const float* x, const float* norm_w,
+                           const float* norm_b, const float* W, float* logits, float temperature, uint64_t seed,
+                           int32_t* counter, int32_t* ids, int32_t* history, int capacity) {
+    norm_gemm(B, V, D, rms, eps, x, norm_w, norm_b, W, logits);
+    sample_tokens(B, V, logits, temperature, seed, counter, ids, history, capacity);
   }
   virtual void download_i32(int32_t* dst, const int32_t* src, size_t n) {  // backend -> host
     unsupported("download_i32");

@@ -111,10 +111,8 @@ void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_ne
   const int32_t zero = 0;
   be_.upload_i32(g.counter, &zero, 1);
   be_.upload_i32(a.ids, first_ids, B);
-  auto token_step = [&] {
-    forward_stack(a, &s);
-    be_.sample_tokens(B, V, a.logits, temperature, seed, g.counter, a.ids, g.history, g.capacity);
-  };
+  const TokenPick pick{temperature, seed, g.counter, g.history, g.capacity};
+  auto token_step = [&] { forward_stack(a, &s, 0.0f, &pick); };  // the layers, the head, the next ids
   // The first token runs eagerly: it also sizes every scratch buffer and picks every
   // GEMM algorithm, so the capture below allocates nothing.
   token_step();

@@ -72,7 +72,7 @@ size_t MambaLM::activation_bytes() const { return act_ ? act_->bytes : 0; }
 // ---------------------------------------------------------------------------
 // forward
 
-void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p) {
+void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, const TokenPick* pick) {
   const ModelConfig& c = cfg_;
   const int B = a.B, L = a.L, T = a.T, D = c.d_model, E = c.d_inner(), N = c.d_state,
             R = c.dt_rank, K = c.d_conv, P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;
@@ -85,7 +85,7 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p) {
     const float* norm0 = c.rms_norm && c.n_layer > 0 ? W + layout_.layers[0].norm_w : nullptr;
     if (!be_.embedding_decode(T, D, a.ids, W + layout_.embedding, a.resid, norm0))
       be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
-    return decode_stack(a, *s);
+    return decode_stack(a, *s, pick);
   }
   be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
   int sub = 0;  // sublayer index: mixer, then MLP when present
@@ -159,13 +159,21 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p) {
 // One token per sequence with states (a decode step): the same layers through the
 // fused step ops (a backend may fuse a mixer further: mixer_decode_step). The inference plan
 // shares one slice among layers, so x_out == x_in and the residual adds in place.
-void MambaLM::decode_stack(Activations& a, DecodeState& s) {
+void MambaLM::decode_stack(Activations& a, DecodeState& s, const TokenPick* pick) {
   const ModelConfig& c = cfg_;
   const int B = a.B, D = c.d_model, E = c.d_inner(), N = c.d_state, R = c.dt_rank, K = c.d_conv,
             P = R + 2 * N, I = c.d_intermediate, V = c.vocab_size;
   const float* W = params_;
   auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : W + off; };
   float* x = a.resid;  // (B, D), updated in place by every sublayer
+  // The norm after this layer's mixer, which a backend may prepare along with out_proj: the
+  // next mixer's, or the final one (the head's). None with an MLP (its norm comes first) or
+  // a LayerNorm bias (a backend's prepared norm is RMSNorm's bf16(x * g)).
+  auto next_norm = [&](int l) -> const float* {
+    if (I > 0 || !c.rms_norm) return nullptr;
+    if (l + 1 < c.n_layer) return W + layout_.layers[l + 1].norm_w;
+    return layout_.norm_f_b == SIZE_MAX ? W + layout_.norm_f_w : nullptr;
+  };
   for (int l = 0; l < c.n_layer; l++) {
     const LayerParams& p = layout_.layers[l];
     float* conv_state = s.conv + size_t(l) * B * (K - 1) * E;  // (B, K-1, E)
@@ -175,7 +183,7 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
                                    W + p.in_proj, W + p.conv_w, opt(p.conv_b), W + p.x_proj, W + p.dt_proj_w,
                                    W + p.dt_proj_b, W + p.A_log, W + p.D, W + p.out_proj, conv_state, h_state,
                                    xz, a.dbc, a.y,
-                                   I == 0 && l + 1 < c.n_layer ? W + layout_.layers[l + 1].norm_w : nullptr};
+                                   next_norm(l)};
     // A backend may run the whole sublayer its own way (fused further); else these four ops.
     if (!be_.mixer_decode_step(fused)) {
       // xz = norm(x) @ in_proj^T;  dbc = silu(conv(x)) @ x_proj^T
@@ -193,9 +201,14 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s) {
       be_.gemm(false, true, B, D, I, a.g, I, W + p.fc2, I, 1.f, x, D);
     }
   }
-  // logits = norm_f(x) @ embedding^T (the tied head)
-  be_.norm_gemm(B, V, D, c.rms_norm, c.norm_eps, x, W + layout_.norm_f_w, opt(layout_.norm_f_b),
-                W + layout_.embedding, a.logits);
+  // logits = norm_f(x) @ embedding^T (the tied head); with pick, then the next ids
+  if (pick)
+    be_.head_sample(B, V, D, c.rms_norm, c.norm_eps, x, W + layout_.norm_f_w, opt(layout_.norm_f_b),
+                    W + layout_.embedding, a.logits, pick->temperature, pick->seed, pick->counter, a.ids,
+                    pick->history, pick->capacity);
+  else
+    be_.norm_gemm(B, V, D, c.rms_norm, c.norm_eps, x, W + layout_.norm_f_w, opt(layout_.norm_f_b),
+                  W + layout_.embedding, a.logits);
 }
 
 double MambaLM::forward(const int32_t* ids, const int32_t* targets, bool need_backward) {

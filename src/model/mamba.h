@@ -105,8 +105,17 @@ class MambaLM {
   // embedding -> layers -> final norm -> logits (B*L, V) into a.logits, for ids already in a.ids.
   // With a state, the conv and scan continue from it and leave their final states in it.
   // drop_p > 0 (training forwards only): dropout on y and g with the seeds in a.drop_seeds.
-  void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f);
-  void decode_stack(Activations& a, DecodeState& s);  // forward_stack at L = 1 with states
+  // pick (decode steps only): the next ids sampled into a.ids at the end, by the backend's
+  // head_sample (which may fuse the head and the sampling).
+  struct TokenPick {
+    float temperature;
+    uint64_t seed;
+    int32_t *counter, *history;
+    int capacity;
+  };
+  void forward_stack(Activations& a, DecodeState* s, float drop_p = 0.0f, const TokenPick* pick = nullptr);
+  // forward_stack at L = 1 with states
+  void decode_stack(Activations& a, DecodeState& s, const TokenPick* pick);
   void backward_stack(Activations& a);  // backward() for the last training forward on a
   Activations& inference_buffers(std::unique_ptr<Activations>& slot, int B, int L);
   // One captured part of the training step (train_graph.cpp).

@@ -15,6 +15,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/decode_mma.h"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/head_mma.h"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/weight_mirror.cuh"
 
@@ -54,6 +55,8 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_NORM_SPLIT")) norm_split_ = std::atoi(m) != 0;
     xproj_fold_ = opt.xproj_fold;
     if (const char* m = std::getenv("BHASA_XPROJ_FOLD")) xproj_fold_ = std::atoi(m) != 0;
+    if (const char* m = std::getenv("BHASA_HEAD_MMA")) head_mma_ = std::atoi(m) != 0;
+    if (const char* m = std::getenv("BHASA_HEAD_PICK")) head_pick_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
@@ -206,6 +209,7 @@ class CudaBackend final : public Backend {
     if (gemv_ && gemv_serves(M, N, K, x, K, W, K, w, b))
       return cuda::gemv(ctx_, M, N, K, x, K, W, K, 0.f, out, N, rms ? 1 : 2, eps, w, b, {},
                         gemv_w16_serves(K, K, w16) ? w16 : nullptr);
+    if (head_on_mma(M, N, K, rms, eps, x, w, b, w16, out, nullptr)) return;
     // RMSNorm folded into our GEMM (BHASA_DECODE_MMA_NORM=0: a norm kernel first, as below)
     if (w16 && N >= w16_min_n_ && rms && decode_mma_norm_ && use_mma(M, N) &&
         cuda::decode_mma_norm_serves(M, N, K, x, K, w, w16, K))
@@ -223,6 +227,40 @@ class CudaBackend final : public Backend {
     }
     if (w16 && N >= w16_min_n_) return gemm_->run_w16(M, N, K, h, K, nullptr, w16, K, 0.f, out, N);
     gemm_->run(false, true, M, N, K, h, K, W, K, 0.f, out, N);
+  }
+  // The tied head of a batch decode step, its norm prepared by the last layer's out_proj
+  // (mixer_decode_step with the final norm as next_norm_w): head_mma, launched with PDL, and
+  // with pick the greedy ids too. False, launching nothing, where it does not serve.
+  // m130, B = 64, in the decode chain: cuBLASLt 30.0 us, head_mma 28.8-29.4 (NOTES.md, session 11).
+  bool head_on_mma(int M, int N, int K, bool rms, float eps, const float* x, const float* w, const float* b,
+                   const void* w16, float* out, const cuda::HeadPick* pick) {
+    if (!w16 || !rms || b || !head_mma_ || prepared_.x != x || prepared_.g != w || prepared_.B != M) return false;
+    const void* a16 = scratch_.get(kDecodeNext16, size_t(M) * K * 2);  // (as mixer_decode_step's)
+    if (!cuda::head_mma_serves(M, N, K, a16, w16, K, out, N)) return false;
+    const auto* ss = static_cast<const float*>(scratch_.get(kDecodeNextSS, size_t(M) * K * sizeof(float)));
+    cuda::head_mma(stream_, ctx_.pdl, ctx_.sm_count, M, N, K, a16, ss, prepared_.tiles, M, eps, w16, K, out, N,
+                   pick);
+    return true;
+  }
+  // Greedy: the ids picked by head_mma itself (its blocks' bests merged by its last block), in
+  // place of sample_tokens' pass over the logits.
+  // m130, ms a step (one call, session 11): cuBLASLt head + sample_tokens -> head_mma +
+  // sample_tokens -> this: B = 16 0.328 -> 0.324 -> 0.323, B = 32 0.372 -> 0.371 -> 0.366,
+  // B = 64 0.473 -> 0.472 -> 0.470.
+  void head_sample(int B, int V, int D, bool rms, float eps, const float* x, const float* norm_w,
+                   const float* norm_b, const float* W, float* logits, float temperature, uint64_t seed,
+                   int32_t* counter, int32_t* ids, int32_t* history, int capacity) override {
+    if (temperature <= 0.0f && head_pick_) {
+      BHASA_PROFILE_OP(*profile_, "head_sample");
+      cuda::HeadPick pick;
+      pick.counter = counter, pick.ids = ids, pick.history = history, pick.capacity = capacity;
+      pick.keys = static_cast<unsigned long long*>(scratch_.get(kHeadPickKeys, size_t(B) * 8, /*zeroed=*/true));
+      pick.done = static_cast<unsigned*>(scratch_.get(kHeadPickDone, sizeof(unsigned), /*zeroed=*/true));
+      wrote(logits, size_t(B) * V);
+      if (head_on_mma(B, V, D, rms, eps, x, norm_w, norm_b, decode_weight(B, V, D, W, D), logits, &pick)) return;
+    }
+    Backend::head_sample(B, V, D, rms, eps, x, norm_w, norm_b, W, logits, temperature, seed, counter, ids, history,
+                         capacity);
   }
   void ssm_decode_in(int B, int E, int K, int P, const float* x, int ldx, const float* conv_state,
                      const float* conv_w, const float* conv_b, const float* x_proj,
@@ -639,6 +677,8 @@ class CudaBackend final : public Backend {
   bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)
   bool norm_split_ = true;      // there, the next mixer's norm prepared by out_proj (CudaOptions::norm_split)
   bool xproj_fold_ = true;      // and x_proj folded into in_proj (CudaOptions::xproj_fold)
+  bool head_mma_ = true;        // a decode step's head on head_mma.cu when its norm is prepared (BHASA_HEAD_MMA)
+  bool head_pick_ = true;       // and greedy ids picked by it (head_sample; BHASA_HEAD_PICK)
   // The next mixer's input as the last mixer_decode_step's out_proj left it (norm_split_):
   // a16 = bf16(x * g) in kDecodeNext16 and the row sums of squares of `tiles` column tiles
   // in kDecodeNextSS, valid while nothing else writes x (note_write).

@@ -37,7 +37,7 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 enum ScratchSlot {
   kNormPartials, kConvPartials, kScanPartials, kScanParamPartials, kSortKeys, kSortVals,
   kSortTemp, kRowLoss, kReduce, kHostResult, kDecodeA, kDecodeStats, kSampleVal, kSampleIdx,
-  kSampleCounter, kDecodeA16, kDecodeNext16, kDecodeNextSS, kDecodeXPart, kHeadLogits, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
+  kSampleCounter, kDecodeA16, kDecodeNext16, kDecodeNextSS, kDecodeXPart, kHeadLogits, kHeadPickKeys, kHeadPickDone, kScanWide0, kScanWide1, kScanWide2, kScanWide3, kScanWide4, kScanWide5,
   kNumSlots
 };
 
