@@ -1,6 +1,7 @@
 // Helpers for the CUDA tests: the GPU backend next to the CPU reference, device
 // buffers made from host vectors, and the relative error ||out - ref|| / ||ref||.
 #pragma once
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -114,5 +115,27 @@ struct DevIds {
   }
   ~DevIds() { be->free(p); }
 };
+
+// Raw device copies for the kernel-level tests (cudaMalloc'ed: the caller frees them), and
+// bf16 normal draws (bits).
+template <typename T>
+T* to_device(const std::vector<T>& h) {
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, h.size() * sizeof(T)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  return static_cast<T*>(p);
+}
+template <typename T>
+std::vector<T> to_host(const T* p, size_t n) {
+  std::vector<T> h(n);
+  EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+inline std::vector<uint16_t> randn_bf16(size_t n, std::mt19937& rng, float scale) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = float_to_bf16_bits(d(rng));
+  return v;
+}
 
 }  // namespace bhasa::test

@@ -18,25 +18,6 @@ using namespace bhasa::test;
 
 namespace {
 
-std::vector<uint16_t> randn_bf16(size_t n, std::mt19937& rng, float scale) {
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<uint16_t> v(n);
-  for (auto& x : v) x = float_to_bf16_bits(d(rng));
-  return v;
-}
-template <typename T>
-T* to_device(const std::vector<T>& h) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, h.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  return static_cast<T*>(p);
-}
-template <typename T>
-std::vector<T> to_host(const T* p, size_t n) {
-  std::vector<T> h(n);
-  EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return h;
-}
 
 // One product: returns ||C - ref|| / ||ref|| over the (M, N) block of C (ldc >= N), the
 // columns between N and ldc checked untouched; columns every `step` (plus the last 9).
