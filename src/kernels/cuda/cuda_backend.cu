@@ -739,7 +739,9 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // norm_gemm's norm as a kernel of its own, BHASA_DECODE_MMA_MAX_M=<m> uses it up to m rows only,
 // BHASA_DECODE_MMA_THIN_N=<n> also for outputs of at most n columns at any decode batch (default 128),
 // BHASA_DECODE_MMA_LOAD=<0..7> picks its operand loads and BHASA_DECODE_MMA_KS=<k> its K
-// slices, decode_mma.h), BHASA_TRAIN_GRAPHS=0 runs the training
+// slices, decode_mma.h), BHASA_HEAD_MMA=0 runs a batch decode step's head on a norm kernel +
+// cuBLASLt instead of head_mma.cu and BHASA_HEAD_PICK=0 keeps greedy sampling a kernel of its
+// own (both read by the backend itself), BHASA_TRAIN_GRAPHS=0 runs the training
 // step launch by launch (both for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;
