@@ -120,7 +120,9 @@ inline int count_lines(const std::string& path) {
 }
 
 // Blocks until `path` has at least n lines (or the child has exited / timeout).
-inline bool wait_for_lines(const Child& c, const std::string& path, int n, double timeout_s = 60) {
+// (A child that exits early ends the wait at once; the long default is for the sanitizer
+// build on a loaded 2-core machine, where a tiny-preset step took 25 s.)
+inline bool wait_for_lines(const Child& c, const std::string& path, int n, double timeout_s = 300) {
   const auto t0 = std::chrono::steady_clock::now();
   while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < timeout_s) {
     if (count_lines(path) >= n) return true;
