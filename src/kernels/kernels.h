@@ -294,6 +294,13 @@ class Backend {
     // layer the final norm before the head), else null: a backend may prepare that norm while
     // it writes x.
     const float* next_norm_w = nullptr;
+    // Layer 0 may take its input straight from the embedding: x = embed_table[embed_ids] (B
+    // rows of a (vocab, D) table), not yet written; the backend then writes x = that + the
+    // mixer's output. A backend that does not serve this returns false (the caller then writes
+    // x first, by embedding_decode, and calls again without these).
+    const int32_t* embed_ids = nullptr;
+    const float* embed_table = nullptr;
+    int vocab = 0;
   };
   virtual bool mixer_decode_step(const MixerStep& m) { return false; }
   // A decode step's embedding, out (B, D) = table[ids], by a backend that may also prepare the
@@ -330,7 +337,8 @@ class Backend {
   }
   // A decode step's tied head and its next ids at once: norm_gemm(B, V, D, ...) into logits
   // (B, V), then sample_tokens from them. A backend may fuse the two (the CUDA backend picks
-  // greedy ids in the head's own kernel); logits are written either way.
+  // greedy ids in the head's own kernel) and then leave logits unwritten: the caller wants
+  // the ids.
   virtual void head_sample(int B, int V, int D, bool rms, float eps, const float* x, const float* norm_w,
                            const float* norm_b, const float* W, float* logits, float temperature, uint64_t seed,
                            int32_t* counter, int32_t* ids, int32_t* history, int capacity) {

@@ -264,6 +264,7 @@ head_mma_kernel(int M, int N, const __nv_bfloat16* __restrict__ A, const float* 
         for (int j = 0; j < 4; ++j)
           if (n + j < N) better(best[k], best_v[k], e[j], n + j);
       }
+      if (pick.ids && !pick.logits) continue;
       float* o = out + size_t(r) * ldc + n;
       if (vec && n + 3 < N) {
         *reinterpret_cast<float4*>(o) = v;
