@@ -294,13 +294,6 @@ class Backend {
     // layer the final norm before the head), else null: a backend may prepare that norm while
     // it writes x.
     const float* next_norm_w = nullptr;
-    // Layer 0 may take its input straight from the embedding: x = embed_table[embed_ids] (B
-    // rows of a (vocab, D) table), not yet written; the backend then writes x = that + the
-    // mixer's output. A backend that does not serve this returns false (the caller then writes
-    // x first, by embedding_decode, and calls again without these).
-    const int32_t* embed_ids = nullptr;
-    const float* embed_table = nullptr;
-    int vocab = 0;
   };
   virtual bool mixer_decode_step(const MixerStep& m) { return false; }
   // A decode step's embedding, out (B, D) = table[ids], by a backend that may also prepare the

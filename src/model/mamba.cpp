@@ -81,7 +81,12 @@ void MambaLM::forward_stack(Activations& a, DecodeState* s, float drop_p, const 
   auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : W + off; };
   const size_t ls = a.layer_stride, TD = size_t(T) * D;
 
-  if (s && L == 1) return decode_stack(a, *s, pick);  // a decode step (its embedding there)
+  if (s && L == 1) {  // a decode step: the backend may prepare layer 0's norm with the embedding
+    const float* norm0 = c.rms_norm && c.n_layer > 0 ? W + layout_.layers[0].norm_w : nullptr;
+    if (!be_.embedding_decode(T, D, a.ids, W + layout_.embedding, a.resid, norm0))
+      be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
+    return decode_stack(a, *s, pick);
+  }
   be_.embedding_forward(T, D, a.ids, W + layout_.embedding, a.resid);
   int sub = 0;  // sublayer index: mixer, then MLP when present
   for (int l = 0; l < c.n_layer; l++) {
@@ -169,13 +174,6 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s, const TokenPick* pick
     if (l + 1 < c.n_layer) return W + layout_.layers[l + 1].norm_w;
     return layout_.norm_f_b == SIZE_MAX ? W + layout_.norm_f_w : nullptr;
   };
-  // x = embedding[ids], by the backend's own path that may also prepare layer 0's norm
-  auto embed = [&] {
-    const float* norm0 = c.rms_norm && c.n_layer > 0 ? W + layout_.layers[0].norm_w : nullptr;
-    if (!be_.embedding_decode(B, D, a.ids, W + layout_.embedding, x, norm0))
-      be_.embedding_forward(B, D, a.ids, W + layout_.embedding, x);
-  };
-  if (c.n_layer == 0) embed();
   for (int l = 0; l < c.n_layer; l++) {
     const LayerParams& p = layout_.layers[l];
     float* conv_state = s.conv + size_t(l) * B * (K - 1) * E;  // (B, K-1, E)
@@ -186,16 +184,8 @@ void MambaLM::decode_stack(Activations& a, DecodeState& s, const TokenPick* pick
                                    W + p.dt_proj_b, W + p.A_log, W + p.D, W + p.out_proj, conv_state, h_state,
                                    xz, a.dbc, a.y,
                                    next_norm(l)};
-    // Layer 0 may read the embedding itself (no x written before it); else x first.
-    bool done = false;
-    if (l == 0) {
-      Backend::MixerStep first = fused;
-      first.embed_ids = a.ids, first.embed_table = W + layout_.embedding, first.vocab = V;
-      done = be_.mixer_decode_step(first);
-      if (!done) embed();
-    }
     // A backend may run the whole sublayer its own way (fused further); else these four ops.
-    if (!done && !be_.mixer_decode_step(fused)) {
+    if (!be_.mixer_decode_step(fused)) {
       // xz = norm(x) @ in_proj^T;  dbc = silu(conv(x)) @ x_proj^T
       be_.norm_gemm(B, 2 * E, D, c.rms_norm, c.norm_eps, x, W + p.norm_w, opt(p.norm_b), W + p.in_proj, xz);
       be_.ssm_decode_in(B, E, K, P, xz, 2 * E, conv_state, W + p.conv_w, opt(p.conv_b), W + p.x_proj, a.dbc);

@@ -136,6 +136,19 @@ TEST(HeadMma, PicksGreedyIds) {
       }
       EXPECT_EQ(ids[3], 0);
     }
+    {  // without the logits (HeadPick::logits false): the same ids, and nothing stored
+      const auto ids_before = to_host(dids, c.M);
+      float* dNone = to_device(std::vector<float>(size_t(c.M) * c.ldc, NAN));
+      pick.logits = false;
+      cuda::head_mma(stream, true, sms, c.M, c.N, c.K, dA, c.tiles ? dss : nullptr, c.tiles, c.M, 1e-5f, dW, c.ldw,
+                     dNone, c.ldc, &pick);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      EXPECT_EQ(to_host(dids, c.M), ids_before) << "M=" << c.M;
+      size_t stored = 0;
+      for (float v : to_host(dNone, size_t(c.M) * c.ldc)) stored += !std::isnan(v);
+      EXPECT_EQ(stored, 0u) << "M=" << c.M;
+      cudaFree(dNone);
+    }
     EXPECT_EQ(to_host(pick.done, 1)[0], 0u);
     EXPECT_EQ(to_host(pick.keys, c.M), std::vector<unsigned long long>(c.M, 0));
     cudaFree(dA), cudaFree(dW), cudaFree(dss), cudaFree(dC), cudaFree(dcounter), cudaFree(dids), cudaFree(dhist);

@@ -55,12 +55,9 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_NORM_SPLIT")) norm_split_ = std::atoi(m) != 0;
     xproj_fold_ = opt.xproj_fold;
     if (const char* m = std::getenv("BHASA_XPROJ_FOLD")) xproj_fold_ = std::atoi(m) != 0;
-    embed_fold_ = opt.embed_fold;
-    if (const char* m = std::getenv("BHASA_EMBED_FOLD")) embed_fold_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_HEAD_MMA")) head_mma_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_HEAD_PICK")) head_pick_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_HEAD_LOGITS")) head_logits_ = std::atoi(m) != 0;
-
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
@@ -88,7 +85,6 @@ class CudaBackend final : public Backend {
     gemm_->set_profile(nullptr);
     profile_.reset();  // prints the op profile, when on
     mirrors_.reset();
-    drop_embed_norms(nullptr);
     gemm_.reset();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cudaFreeHost(host_result_);
@@ -107,8 +103,6 @@ class CudaBackend final : public Backend {
     if (!p) return;
     BHASA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     mirrors_->freed(p);
-    drop_embed_norms(p);
-    note_write(p, 1);  // embed norms read from inside it are stale
     if (prepared_.x == p) prepared_ = {};  // (x is the start of an activations buffer)
     BHASA_CUDA_CHECK(cudaFree(p));
   }
@@ -261,7 +255,7 @@ class CudaBackend final : public Backend {
       BHASA_PROFILE_OP(*profile_, "head_sample");
       cuda::HeadPick pick;
       pick.counter = counter, pick.ids = ids, pick.history = history, pick.capacity = capacity;
-      pick.logits = head_logits_;
+      pick.logits = head_logits_;  // (the caller wants the ids)
       pick.keys = static_cast<unsigned long long*>(scratch_.get(kHeadPickKeys, size_t(B) * 8, /*zeroed=*/true));
       pick.done = static_cast<unsigned*>(scratch_.get(kHeadPickDone, sizeof(unsigned), /*zeroed=*/true));
       wrote(logits, size_t(B) * V);
@@ -319,19 +313,9 @@ class CudaBackend final : public Backend {
   // B 16 0.412 -> 0.389 -> 0.378 -> 0.355, 32 0.473 -> 0.444 -> 0.423 -> 0.398, 48 0.582 ->
   // 0.534 -> 0.486 -> 0.458, 64 0.608 -> 0.586 -> 0.531 -> 0.493. decode_mma_max_m does not
   // apply here (its default 32 is for the unfused ops).
-  // Layer 0 from the embedding (MixerStep::embed_ids): in_proj gathers A and the sums of
-  // squares from a per-token table of the first norm prepared (embed_norm), out_proj gathers
-  // the residual from the embedding: no embedding kernel between the head and layer 0.
   bool mixer_decode_step(const MixerStep& m) override {
     const int P = m.R + 2 * m.N;
     if (!fused_mixer_ || decode_mma_ == 0 || !m.rms || m.norm_b || m.B < 16 || m.B > kDecodeMaxM) return false;
-    cuda::EmbedRows emb;
-    if (m.embed_ids) {
-      if (!embed_fold_ || !norm_split_ || !m.next_norm_w) return false;
-      const EmbedNorm* t = embed_norm(m.embed_table, m.norm_w, m.vocab, m.D);
-      if (!t) return false;
-      emb = {m.embed_ids, m.embed_table, t->a16, t->ss};
-    }
     const void* in16 = decode_weight(m.B, 2 * m.E, m.D, m.in_proj, m.D);
     const void* x16 = decode_weight(m.B, P, m.E, m.x_proj, m.E);
     const void* out16 = decode_weight(m.B, m.D, m.E, m.out_proj, m.E);
@@ -341,7 +325,7 @@ class CudaBackend final : public Backend {
     // this x's norm prepared by the previous step's out_proj, and whether this one prepares
     // the next (the scratch operands are cudaMalloc'ed, aligned: the weights stand in for them
     // in the checks, so that declining allocates nothing)
-    const bool pre = emb.ids || (prepared_.x == m.x && prepared_.g == m.norm_w && prepared_.B == m.B);
+    const bool pre = prepared_.x == m.x && prepared_.g == m.norm_w && prepared_.B == m.B;
     const bool next = norm_split_ && m.next_norm_w &&
                       cuda::decode_mma_next_norm_serves(m.B, m.D, m.E, out16, out16, m.E, m.x, m.D, m.next_norm_w,
                                                         tiles[2]);
@@ -349,7 +333,6 @@ class CudaBackend final : public Backend {
                                                      m.conv_b, m.conv_state, tiles[0])
               : cuda::decode_mma_norm_conv_serves(m.B, m.E, m.D, m.x, m.D, m.norm_w, in16, m.D, m.xz, 2 * m.E, m.K,
                                                   m.conv_w, m.conv_b, m.conv_state, tiles[0])) ||
-        (emb.ids && (!next || !cuda::decode_mma_embed_serves(m.B, m.E, m.D, in16, out16, tiles[0], tiles[2]))) ||
         !cuda::decode_mma_serves(m.B, P, m.E, x16, x16, m.E, tiles[1]) ||
         !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E, tiles[2]) ||
         !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
@@ -369,7 +352,7 @@ class CudaBackend final : public Backend {
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
     if (pre)
       cuda::decode_mma_prenorm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, next16, next_ss, in.tiles, m.eps, in16, m.D,
-                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp, &emb);
+                                    m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp);
     else
       cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
                                  2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp);
@@ -379,7 +362,7 @@ class CudaBackend final : public Backend {
     BHASA_LAUNCH_CHECK("mixer_decode_step");
     if (next) {
       const int ss_tiles = cuda::decode_mma_next_norm(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, m.x, m.D,
-                                                      m.next_norm_w, next16, next_ss, tiles[2], &emb);
+                                                      m.next_norm_w, next16, next_ss, tiles[2]);
       prepared_ = {m.x, m.next_norm_w, m.B, ss_tiles, size_t(m.B) * m.D * sizeof(float)};
     } else {
       cuda::decode_mma(stream_, ctx_.pdl, m.B, m.D, m.E, m.y.p, out16, m.E, 1.f, m.x, m.D, tiles[2]);
@@ -500,7 +483,6 @@ class CudaBackend final : public Backend {
     const bool fuse = !(e && std::string(e) == "old");
     void* p16 = fuse && bf16_weights_ ? mirrors_->rewriting(p, n) : nullptr;
     if (!p16) wrote(p, n);
-    else embed_norms_wrote(p, n * sizeof(float));  // (the mirror follows; layer 0's per-token norm does not)
     wrote(m, n), wrote(v, n);
     cuda::adamw(ctx_, n, p, g, m, v, lr, b1, b2, eps, wd, step, grad_scale, p16);
   }
@@ -623,17 +605,6 @@ class CudaBackend final : public Backend {
     mirrors_->wrote(p, bytes);
     const char *a = static_cast<const char*>(p), *x = reinterpret_cast<const char*>(prepared_.x);
     if (prepared_.x && a < x + prepared_.bytes && x < a + bytes) prepared_ = {};
-    embed_norms_wrote(p, bytes);
-  }
-  // (also where a write keeps the weights' bf16 mirror current: adamw)
-  void embed_norms_wrote(const void* p, size_t bytes) {
-    const char* a = static_cast<const char*>(p);
-    auto hits = [&](const float* q, size_t n) {
-      const char* b = reinterpret_cast<const char*>(q);
-      return a < b + n * sizeof(float) && b < a + bytes;
-    };
-    for (EmbedNorm& e : embed_norms_)
-      if (e.valid && (hits(e.table, size_t(e.V) * e.D) || hits(e.g, e.D))) e.valid = false;
   }
   void wrote(const float* p, size_t n) {
     if (p && n) note_write(p, n * sizeof(float));
@@ -668,49 +639,6 @@ class CudaBackend final : public Backend {
   }
   // The bf16 copy of a frozen weight W (N, K) row stride ldw for a decode product with
   // M rows, or null (not bf16 mode, M too large, W not frozen).
-  // Layer 0's norm prepared for every token (embedding_prenorm_table), one a (table, g) pair,
-  // built where a step first asks and kept while nothing writes either (note_write); its
-  // buffers keep their addresses, so a graph reading them stays valid across rebuilds. Null
-  // during a stream capture unless already built (nothing is allocated or built there).
-  struct EmbedNorm {
-    const float* table = nullptr;
-    const float* g = nullptr;
-    int V = 0, D = 0;
-    void* a16 = nullptr;  // (V, D) bf16
-    float* ss = nullptr;  // (V)
-    bool valid = false;
-  };
-  const EmbedNorm* embed_norm(const float* table, const float* g, int V, int D) {
-    if (!table || !g || V <= 0 || D <= 0) return nullptr;
-    auto it = std::find_if(embed_norms_.begin(), embed_norms_.end(), [&](const EmbedNorm& e) {
-      return e.table == table && e.g == g && e.V == V && e.D == D;
-    });
-    if (it != embed_norms_.end() && it->valid) return &*it;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    BHASA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-    if (capture != cudaStreamCaptureStatusNone) return nullptr;
-    if (it == embed_norms_.end()) {
-      EmbedNorm e{table, g, V, D};
-      BHASA_CUDA_CHECK(cudaMalloc(&e.a16, size_t(V) * D * 2));
-      BHASA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&e.ss), size_t(V) * sizeof(float)));
-      embed_norms_.push_back(e);
-      it = embed_norms_.end() - 1;
-    }
-    if (!cuda::embedding_prenorm_table(ctx_, V, D, table, g, it->a16, it->ss)) return nullptr;
-    it->valid = true;
-    return &*it;
-  }
-  void drop_embed_norms(const void* freed) {
-    for (auto it = embed_norms_.begin(); it != embed_norms_.end();) {
-      if (freed == nullptr || it->table == freed || it->g == freed) {
-        BHASA_CUDA_CHECK(cudaFree(it->a16));
-        BHASA_CUDA_CHECK(cudaFree(it->ss));
-        it = embed_norms_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
   const void* decode_weight(int M, int N, int K, const float* W, int ldw) const {
     if (!bf16_weights_ || M > kDecodeMaxM || N <= 0 || K <= 0) return nullptr;
     return mirrors_->find(W, size_t(N - 1) * ldw + K);
@@ -753,9 +681,7 @@ class CudaBackend final : public Backend {
   bool xproj_fold_ = true;      // and x_proj folded into in_proj (CudaOptions::xproj_fold)
   bool head_mma_ = true;        // a decode step's head on head_mma.cu when its norm is prepared (BHASA_HEAD_MMA)
   bool head_pick_ = true;       // and greedy ids picked by it (head_sample; BHASA_HEAD_PICK)
-  bool head_logits_ = false;    // there, the logits stored too (BHASA_HEAD_LOGITS; nothing reads them)
-  bool embed_fold_ = true;      // layer 0 reads the embedding itself (CudaOptions::embed_fold)
-  std::vector<EmbedNorm> embed_norms_;
+  bool head_logits_ = false;    // there, the logits stored too (BHASA_HEAD_LOGITS=1; nothing reads them)
   // The next mixer's input as the last mixer_decode_step's out_proj left it (norm_split_):
   // a16 = bf16(x * g) in kDecodeNext16 and the row sums of squares of `tiles` column tiles
   // in kDecodeNextSS, valid while nothing else writes x (note_write).
@@ -817,8 +743,9 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
 // BHASA_DECODE_MMA_THIN_N=<n> also for outputs of at most n columns at any decode batch (default 128),
 // BHASA_DECODE_MMA_LOAD=<0..7> picks its operand loads and BHASA_DECODE_MMA_KS=<k> its K
 // slices, decode_mma.h), BHASA_HEAD_MMA=0 runs a batch decode step's head on a norm kernel +
-// cuBLASLt instead of head_mma.cu and BHASA_HEAD_PICK=0 keeps greedy sampling a kernel of its
-// own (both read by the backend itself), BHASA_TRAIN_GRAPHS=0 runs the training
+// cuBLASLt instead of head_mma.cu, BHASA_HEAD_PICK=0 keeps greedy sampling a kernel of its
+// own and BHASA_HEAD_LOGITS=1 has the head that picks store the logits too (all read by the
+// backend itself), BHASA_TRAIN_GRAPHS=0 runs the training
 // step launch by launch (both for comparisons).
 static CudaOptions options_from_env() {
   CudaOptions opt;

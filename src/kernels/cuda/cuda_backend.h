@@ -64,10 +64,6 @@ struct CudaOptions {
   // There, x_proj folded into in_proj's epilogue (per column tile partials, summed by the scan
   // step: one kernel fewer a layer; BHASA_XPROJ_FOLD=0: off).
   bool xproj_fold = true;
-  // A decode step's layer 0 reads its input from the embedding itself (MixerStep::embed_ids:
-  // its norm prepared per token once, embedding_prenorm_table), with no embedding kernel
-  // between the head and it. BHASA_EMBED_FOLD=0 turns it off.
-  bool embed_fold = true;
 };
 constexpr int kDecodeMaxM = 64;  // the largest batch read through a frozen weight's mirror
 

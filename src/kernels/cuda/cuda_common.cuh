@@ -126,10 +126,6 @@ void embedding_backward(Ctx& c, int T, int D, int V, const int32_t* ids, const f
 // where the operands are not aligned for it (D % 4, 16-byte table, g and out).
 bool embedding_prenorm(Ctx& c, int B, int D, const int32_t* ids, const float* table, const float* g, float* out,
                        void* a16, float* ss);
-// The same for every token at once: a16 (V, D) bf16 = table * g and ss (V), row v bit for bit
-// what embedding_prenorm writes for token v (so a decode step's layer 0 may read its rows
-// instead: decode_mma.h's EmbedRows). Not launched with PDL.
-bool embedding_prenorm_table(Ctx& c, int V, int D, const float* table, const float* g, void* a16, float* ss);
 
 void norm_forward(Ctx& c, int T, int D, bool rms, float eps, const float* x, const float* w,
                   const float* b, Operand out, float* mean, float* rstd);

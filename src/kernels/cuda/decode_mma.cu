@@ -59,19 +59,6 @@ __device__ __forceinline__ void copy_rows_async(unsigned char* dst, int pitch, c
   }
 }
 
-// copy_rows_async with source row r at src + ids[r] * ld (layer 0 reading its A from the
-// embedding's table): a division per chunk, once a step
-template <int T>
-__device__ __forceinline__ void gather_rows_async(unsigned char* dst, int pitch, const __nv_bfloat16* src, size_t ld,
-                                                  const int32_t* ids, int rows, int cpr) {
-  for (int i = threadIdx.x; i < rows * cpr; i += T) {
-    const int r = i / cpr, c = i - r * cpr;
-    const __nv_bfloat16* g = src + size_t(ids[r]) * ld + c * 8;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst) + r * pitch + c * 16), "l"(g)
-                 : "memory");
-  }
-}
-
 // in_proj's outputs left of E with the decode step's conv folded in (decode_mma_norm_conv):
 // torch: u = F.silu(conv_b + (cat(state, s[:, None]) * conv_w).sum(-1))   per row, channel;
 //        state = cat(state[:, 1:], s)
@@ -94,21 +81,14 @@ struct ConvEpilogue {
 // bf16(x * g_next), and each row's sum of x^2 over the block's column tile, ss (tiles, ld);
 // in_proj reads a16 as a plain A and scales its rows by rstd = 1 / sqrt(sum of the tiles'
 // sums / K + eps), fixed order: no staging of fp32 x, no cluster sum of squares.
-// A step's layer 0 may read its input straight from the embedding (EmbedRows): then row m
-// of kPre's A and ss is row rows[m] of a per-token table (ss (V), one tile), and kNext's
-// residual row m is row rows[m] of resid (V, N), so no kernel writes x before out_proj.
 struct NormSplit {
   const float* g_next;   // kNext: (N)
   __nv_bfloat16* a16;    // kNext: (M, N) bf16 dense
   float* ss;             // kNext: written, kPre: read; (tiles, ld)
   int tiles, ld;         // kPre: the tiles to sum; both: ss's row stride (the batch)
-  const int32_t* rows = nullptr;  // or null: the token id of each row (M)
-  const float* resid = nullptr;   // kNext with rows: the residual rows' table (V, N) fp32
 };
 // decode_mma_kernel's epilogue kinds (EPI bits)
-// (kGather with kPre or kNext: layer 0 reading the embedding, NormSplit::rows; compiled apart
-// so that the other layers' kernels carry none of it)
-constexpr int kNorm = 1, kConv = 2, kPre = 4, kNext = 8, kGather = 16;
+constexpr int kNorm = 1, kConv = 2, kPre = 4, kNext = 8;
 
 // The float4 items of a tile's stores that each of the S blocks of a cluster takes: whole rows
 // of the tile (row_items float4s a row), so that kNext can sum a row within one block.
@@ -168,18 +148,15 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
                   const float* __restrict__ X, int ldx, const float* __restrict__ g, float eps, int load, int RB,
                   int roff, ConvEpilogue cv, NormSplit ns) {
-  constexpr bool NORM = EPI & kNorm, CONV = EPI & kConv, PRE = EPI & kPre, NEXT = EPI & kNext,
-                 GATHER = EPI & kGather;
+  constexpr bool NORM = EPI & kNorm, CONV = EPI & kConv, PRE = EPI & kPre, NEXT = EPI & kNext;
   constexpr int BN = 16 * WN, T = 32 * WN * WK, PB = BN + 4;
   const int m0 = blockIdx.z * RB;
   {  // grid z: the block's rows [m0, m0 + RB) of A and C
     M = min(RB, M - m0), C += size_t(m0) * ldc;
     if (NORM) X += size_t(m0) * ldx;
-    else if (GATHER && PRE) ns.rows += m0;  // (A is gathered by these)
     else A += size_t(m0) * K;
     if (CONV) cv.state += size_t(m0) * (kConvTaps - 1) * cv.E, cv.u16 += cv.u16 ? size_t(m0) * cv.E : 0;
     if (NEXT) ns.a16 += size_t(m0) * N;
-    if (GATHER && NEXT) ns.rows += m0;
   }
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[3];  // the weight's bulk copies, A's, the pushed partials
@@ -296,14 +273,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       if (lane == 0) row_ss[m] = ss;
     }
   } else if (load & 1) {  // A (written by the previous kernel) by 16-byte cp.async from every thread
-    if (GATHER && PRE) gather_rows_async<T>(sA, pitch, A + k0, K, ns.rows, M, cpr);
-    else copy_rows_async<T>(sA, pitch, A + k0, K, M, cpr);
+    copy_rows_async<T>(sA, pitch, A + k0, K, M, cpr);
     cp_async_commit();
   } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // or one bulk copy a row
     if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
     __syncwarp();
-    for (int r = lane; r < M; r += 32)
-      bulk_copy(sA + r * pitch, A + size_t(GATHER && PRE ? ns.rows[r] : r) * K + k0, seg, &bars[1]);
+    for (int r = lane; r < M; r += 32) bulk_copy(sA + r * pitch, A + size_t(r) * K + k0, seg, &bars[1]);
   }
   if (PRE) {
     // each row's rstd from the previous product's sums of squares, read while A's copies
@@ -313,13 +288,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     for (int base = 0; base < 4 * M; base += T) {
       const int idx = base + threadIdx.x, m = idx / 4, p = idx % 4;
       const bool active = idx < 4 * M;
-      const size_t row = GATHER ? (active ? ns.rows[m] : 0) : m0 + m;
       float ss = 0.f;
       for (int q0 = p; q0 < ns.tiles; q0 += 32) {
         float v[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j)
-          v[j] = active && q0 + 4 * j < ns.tiles ? ns.ss[size_t(q0 + 4 * j) * ns.ld + row] : 0.f;
+          v[j] = active && q0 + 4 * j < ns.tiles ? ns.ss[size_t(q0 + 4 * j) * ns.ld + m0 + m] : 0.f;
 #pragma unroll
         for (int j = 0; j < 8; ++j) ss += v[j];
       }
@@ -332,16 +306,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // beta != 0 (out_proj's residual): the C elements this thread will store, fetched now,
   // off the critical path (the stores below take items i0, i0 + T, ... of this block's share)
   const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(C) % 16 == 0);
-  // the residual's row m: C's, or (kNext, layer 0 from the embedding) the table's row of its token
-  auto resid_row = [&](int m) -> const float* {
-    return GATHER && NEXT ? ns.resid + size_t(ns.rows[m]) * N : C + size_t(m) * ldc;
-  };
   float4 cpre[2];
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
     cpre[j] = beta != 0.f && vec && i < end && gn + 3 < N
-                  ? *reinterpret_cast<const float4*>(resid_row(m) + gn)
+                  ? *reinterpret_cast<const float4*>(C + size_t(m) * ldc + gn)
                   : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 
@@ -483,7 +453,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     }
     if (vec && gn + 3 < N) {
       if (beta != 0.f) {
-        const float4 o = j < 2 ? cpre[j % 2] : *reinterpret_cast<const float4*>(resid_row(m) + gn);
+        const float4 o = j < 2 ? cpre[j % 2] : *reinterpret_cast<const float4*>(c);
         s.x += beta * o.x, s.y += beta * o.y, s.z += beta * o.z, s.w += beta * o.w;
       }
       *reinterpret_cast<float4*>(c) = s;
@@ -494,8 +464,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       }
     } else {
       const float r[4] = {s.x, s.y, s.z, s.w};
-      const float* o = resid_row(m) + gn;
-      for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * o[e] : r[e];
+      for (int e = 0; e < 4 && gn + e < N; ++e) c[e] = beta != 0.f ? r[e] + beta * c[e] : r[e];
     }
     return 0.f;
   };
@@ -562,19 +531,15 @@ Kernel kernel_mt(int M) {
   }
 }
 // The tiles compiled for an epilogue kind: all for the plain and norm-folded products;
-// in_proj's (decode_mma_pick's at N >= 256) with the conv; out_proj's with kNext. With
-// kGather (layer 0 alone) only mixer_tiles' picks: in_proj 64 x 2, out_proj 64 x 2 and the
-// pick's 32 x 4 at 16 rows.
+// in_proj's (decode_mma_pick's at N >= 256) with the conv; out_proj's with kNext.
 template <int EPI>
 Kernel kernel_for(int bn, int wk, int M) {
-  constexpr int E0 = EPI & ~kGather;
-  constexpr bool G = EPI & kGather, all = !G && (E0 == 0 || E0 == kNorm), in_proj = E0 & kConv,
-                 out_proj = E0 == kNext;
+  constexpr bool all = EPI == 0 || EPI == kNorm, in_proj = EPI & kConv, out_proj = EPI == kNext;
   switch (bn * 16 + wk) {
-    case 16 * 16 + 4: if constexpr (all || (!G && out_proj)) return kernel_mt<1, 4, EPI>(M); break;
-    case 16 * 16 + 8: if constexpr (all || (!G && out_proj)) return kernel_mt<1, 8, EPI>(M); break;
-    case 32 * 16 + 2: if constexpr (all || (!G && (in_proj || out_proj))) return kernel_mt<2, 2, EPI>(M); break;
-    case 32 * 16 + 4: if constexpr (all || (!G && in_proj) || out_proj) return kernel_mt<2, 4, EPI>(M); break;
+    case 16 * 16 + 4: if constexpr (all || out_proj) return kernel_mt<1, 4, EPI>(M); break;
+    case 16 * 16 + 8: if constexpr (all || out_proj) return kernel_mt<1, 8, EPI>(M); break;
+    case 32 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 2, EPI>(M); break;
+    case 32 * 16 + 4: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 4, EPI>(M); break;
     case 64 * 16 + 1: if constexpr (all) return kernel_mt<4, 1, EPI>(M); break;
     case 64 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<4, 2, EPI>(M); break;
     case 64 * 16 + 4: if constexpr (all) return kernel_mt<4, 4, EPI>(M); break;
@@ -761,16 +726,9 @@ bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void*
 }
 
 int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
-                         float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile,
-                         const EmbedRows* emb) {
+                         float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile) {
   const MmaTile t = complete(tile, M, N, K);
-  NormSplit ns{g_next, static_cast<__nv_bfloat16*>(a16), ss, 0, M};
-  if (emb && emb->ids) {
-    if (!aligned16(emb->table)) throw Error("decode_mma_next_norm: the embedding table is not 16-byte aligned");
-    ns.rows = emb->ids, ns.resid = emb->table;
-    launch<kNext | kGather>(stream, pdl, M, N, K, A, W, ldw, 1.f, C, ldc, nullptr, 0, nullptr, 0.f, t, {}, ns);
-    return (N + t.bn - 1) / t.bn;
-  }
+  const NormSplit ns{g_next, static_cast<__nv_bfloat16*>(a16), ss, 0, M};
   launch<kNext>(stream, pdl, M, N, K, A, W, ldw, 1.f, C, ldc, nullptr, 0, nullptr, 0.f, t, {}, ns);
   return (N + t.bn - 1) / t.bn;
 }
@@ -785,22 +743,10 @@ bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const 
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
                              int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
                              const float* conv_b, float* conv_state, void* u16, MmaTile tile,
-                             const XProjFold* xp, const EmbedRows* emb) {
+                             const XProjFold* xp) {
   const ConvEpilogue cv = conv_epilogue(E, conv_w, conv_b, conv_state, u16, xp);
-  NormSplit ns{nullptr, nullptr, const_cast<float*>(ss), tiles, M};
-  if (emb && emb->ids) {  // A and ss: rows of the table of bf16(E * g) and its sums of squares
-    if (!aligned16(emb->a16)) throw Error("decode_mma_prenorm_conv: the embedding's a16 table is not 16-byte aligned");
-    ns.ss = const_cast<float*>(emb->ss), ns.tiles = 1, ns.rows = emb->ids;
-    return launch<kPre | kConv | kGather>(stream, pdl, M, 2 * E, K, emb->a16, W, ldw, 0.f, C, ldc, nullptr, 0, nullptr,
-                                          eps, tile, cv, ns);
-  }
+  const NormSplit ns{nullptr, nullptr, const_cast<float*>(ss), tiles, M};
   launch<kPre | kConv>(stream, pdl, M, 2 * E, K, a16, W, ldw, 0.f, C, ldc, nullptr, 0, nullptr, eps, tile, cv, ns);
-}
-
-bool decode_mma_embed_serves(int M, int E, int K, const void* in16, const void* out16, MmaTile in_tile,
-                             MmaTile out_tile) {
-  return serves_as<kPre | kConv | kGather>(M, 2 * E, K, in16, in16, K, in_tile) &&
-         serves_as<kNext | kGather>(M, K, E, out16, out16, E, out_tile);
 }
 
 }  // namespace bhasa::cuda

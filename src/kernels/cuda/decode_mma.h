@@ -3,8 +3,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
 namespace bhasa::cuda {
 
 constexpr int kMmaMaxM = 64;
@@ -66,32 +64,16 @@ void decode_mma_norm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, co
 // the next in_proj's A, a16 (M, N) = bf16(x * g_next), and ss (tiles, M): each row's sum of
 // x^2 over one of the product's column tiles; it returns tiles. decode_mma_prenorm_conv is
 // decode_mma_norm_conv reading those: A = a16, rstd = 1 / sqrt(sum over tiles of ss / K + eps).
-// Layer 0 of a decode step reading its input straight from the embedding: x = table[ids]
-// is never written before out_proj writes the layer's output. decode_mma_prenorm_conv then
-// reads A's row m from a16 (V, K) = bf16(table * g) at row ids[m] and its sum of squares
-// from ss (V) (embedding_prenorm_table), and decode_mma_next_norm reads the residual's row m
-// from table (V, N) fp32 at row ids[m]. ids (M): device token ids, in range.
-struct EmbedRows {
-  const int32_t* ids = nullptr;
-  const float* table = nullptr;  // (V, D) fp32: the embedding
-  const void* a16 = nullptr;     // (V, D) bf16(table * g): layer 0's norm prepared per token
-  const float* ss = nullptr;     // (V): each token's sum of squares
-};
-// Whether the two products of layer 0 serve it with these tiles (in_proj (M, 2E, K) and
-// out_proj (M, K, E) on the bf16 weights in16, out16), besides their own serves functions.
-bool decode_mma_embed_serves(int M, int E, int K, const void* in16, const void* out16, MmaTile in_tile,
-                             MmaTile out_tile);
 bool decode_mma_next_norm_serves(int M, int N, int K, const void* A, const void* W, int ldw, const float* C, int ldc,
                                  const float* g_next, MmaTile tile = MmaTile{});
 int decode_mma_next_norm(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, const void* W, int ldw,
-                         float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile = MmaTile{},
-                         const EmbedRows* emb = nullptr);
+                         float* C, int ldc, const float* g_next, void* a16, float* ss, MmaTile tile = MmaTile{});
 bool decode_mma_prenorm_conv_serves(int M, int E, int K, const void* a16, const void* W, int ldw, const float* C,
                                     int ldc, int d_conv, const float* conv_w, const float* conv_b,
                                     const float* conv_state, MmaTile tile = MmaTile{});
 void decode_mma_prenorm_conv(cudaStream_t stream, bool pdl, int M, int E, int K, const void* a16, const float* ss,
                              int tiles, float eps, const void* W, int ldw, float* C, int ldc, const float* conv_w,
                              const float* conv_b, float* conv_state, void* u16, MmaTile tile = MmaTile{},
-                             const XProjFold* xp = nullptr, const EmbedRows* emb = nullptr);
+                             const XProjFold* xp = nullptr);
 
 }  // namespace bhasa::cuda

@@ -144,19 +144,17 @@ namespace {
 // A decode step's embedding that also prepares the first mixer's RMSNorm, as out_proj's
 // decode_mma_next_norm does for the next ones (one column tile: ss (B)). A block a row,
 // float4 columns; the row's sum in a fixed order (lanes by a shuffle tree, then warps).
-// ids null: row b is token b, and out is null (embedding_prenorm_table: every token's a16
-// and ss, the same bits as a step's).
 __global__ void embedding_prenorm_kernel(int D, const int32_t* ids, const float* table, const float* g, float* out,
                                          __nv_bfloat16* a16, float* ss) {
   __shared__ float warp_ss[32];
   pdl_trigger();
   pdl_wait();  // ids come from the previous step's sampler
   const int b = blockIdx.x, D4 = D / 4;
-  const float4* row = reinterpret_cast<const float4*>(table) + size_t(ids ? ids[b] : b) * D4;
+  const float4* row = reinterpret_cast<const float4*>(table) + size_t(ids[b]) * D4;
   float sum = 0.f;
   for (int c = threadIdx.x; c < D4; c += blockDim.x) {
     const float4 x = row[c], w = reinterpret_cast<const float4*>(g)[c];
-    if (out) reinterpret_cast<float4*>(out)[size_t(b) * D4 + c] = x;
+    reinterpret_cast<float4*>(out)[size_t(b) * D4 + c] = x;
     store4(a16 + size_t(b) * D + 4 * c, make_float4(x.x * w.x, x.y * w.y, x.z * w.z, x.w * w.w));
     sum += (x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w);
   }
@@ -170,25 +168,14 @@ __global__ void embedding_prenorm_kernel(int D, const int32_t* ids, const float*
   }
 }
 
-// (the table's rows must sum in a step's order: one block size for both)
-int prenorm_threads(int D) { return D >= 1024 ? 256 : 128; }
-
 }  // namespace
 
 bool embedding_prenorm(Ctx& c, int B, int D, const int32_t* ids, const float* table, const float* g, float* out,
                        void* a16, float* ss) {
   if (B <= 0 || D % 4 || !aligned16(table) || !aligned16(g) || !aligned16(out) || reinterpret_cast<uintptr_t>(a16) % 8)
     return false;
-  launch(embedding_prenorm_kernel, dim3(B), dim3(prenorm_threads(D)), 0, c.stream, c.pdl, D, ids, table, g, out,
+  launch(embedding_prenorm_kernel, dim3(B), dim3(D >= 1024 ? 256 : 128), 0, c.stream, c.pdl, D, ids, table, g, out,
          static_cast<__nv_bfloat16*>(a16), ss);
-  return true;
-}
-
-bool embedding_prenorm_table(Ctx& c, int V, int D, const float* table, const float* g, void* a16, float* ss) {
-  if (V <= 0 || D % 4 || !aligned16(table) || !aligned16(g) || reinterpret_cast<uintptr_t>(a16) % 8) return false;
-  embedding_prenorm_kernel<<<V, prenorm_threads(D), 0, c.stream>>>(D, nullptr, table, g, nullptr,
-                                                                  static_cast<__nv_bfloat16*>(a16), ss);
-  BHASA_LAUNCH_CHECK("embedding_prenorm_table");
   return true;
 }
 

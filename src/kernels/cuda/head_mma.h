@@ -21,7 +21,7 @@ bool head_mma_serves(int M, int N, int K, const void* a16, const void* W, int ld
 // its columns a row, merged by atomicMax on a 64-bit key a row; the last block to finish (a
 // counter) writes ids (M) "=", history (capacity, M) row *counter (while below capacity),
 // and *counter += 1. keys (M) and done (1) are scratch, zero before and left at zero.
-// logits false: out is not written (a decode loop that wants the ids alone: 12.9 MB a step
+// logits false: out is not written (a decode loop that wants the ids alone; 12.9 MB a step
 // at m130, batch 64).
 struct HeadPick {
   bool logits = true;
