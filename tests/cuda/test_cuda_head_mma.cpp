@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <limits>
 
@@ -97,7 +98,8 @@ TEST(HeadMma, MatchesFloat64) {
 // The greedy pick (HeadPick): ids are each row's argmax of the logits it wrote, the first of
 // equals (rows of W duplicated: exact ties across blocks and within one), token 0 for a row
 // of A that is all zero (every logit 0: a tie of all); history row `counter`, the counter
-// advanced, and not past capacity; a second call (done reset) picks again.
+// advanced, and not past capacity; a second call (done reset) picks again, with the tiles
+// taken in turn (HeadPick::next_tile): the same logits bit for bit, the counter left at zero.
 TEST(HeadMma, PicksGreedyIds) {
   BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
   std::mt19937 rng(32);
@@ -119,11 +121,18 @@ TEST(HeadMma, PicksGreedyIds) {
     pick.counter = dcounter, pick.ids = dids, pick.history = dhist, pick.capacity = capacity;
     pick.keys = to_device(std::vector<unsigned long long>(c.M, 0));
     pick.done = to_device(std::vector<unsigned>{0});
+    unsigned* dnext = to_device(std::vector<unsigned>{0});
+    std::vector<float> first_logits;
     for (int call = 0; call < 2; ++call) {
+      pick.next_tile = call == 1 ? dnext : nullptr;  // the second call: tiles taken in turn
       cuda::head_mma(stream, true, sms, c.M, c.N, c.K, dA, c.tiles ? dss : nullptr, c.tiles, c.M, 1e-5f, dW, c.ldw,
                      dC, c.ldc, &pick);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
       const auto logits = to_host(dC, size_t(c.M) * c.ldc);
+      if (call == 0) first_logits = logits;
+      else  // (bytes: the columns past N stay NaN in both)
+        EXPECT_EQ(std::memcmp(logits.data(), first_logits.data(), logits.size() * sizeof(float)), 0)
+            << "M=" << c.M << ": tiles taken in turn, other bits";
       const auto ids = to_host(dids, c.M), hist = to_host(dhist, size_t(capacity) * c.M), counter = to_host(dcounter, 1);
       EXPECT_EQ(counter[0], 2 + call);
       for (int m = 0; m < c.M; ++m) {
@@ -150,6 +159,8 @@ TEST(HeadMma, PicksGreedyIds) {
       cudaFree(dNone);
     }
     EXPECT_EQ(to_host(pick.done, 1)[0], 0u);
+    EXPECT_EQ(to_host(dnext, 1)[0], 0u);
+    cudaFree(dnext);
     EXPECT_EQ(to_host(pick.keys, c.M), std::vector<unsigned long long>(c.M, 0));
     cudaFree(dA), cudaFree(dW), cudaFree(dss), cudaFree(dC), cudaFree(dcounter), cudaFree(dids), cudaFree(dhist);
     cudaFree(pick.keys), cudaFree(pick.done);

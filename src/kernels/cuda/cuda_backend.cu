@@ -58,6 +58,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_HEAD_MMA")) head_mma_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_HEAD_PICK")) head_pick_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_HEAD_LOGITS")) head_logits_ = std::atoi(m) != 0;
+    if (const char* m = std::getenv("BHASA_HEAD_TAKEN")) head_taken_ = std::atoi(m) != 0;
     if (const char* m = std::getenv("BHASA_DECODE_MMA_MAX_M")) decode_mma_max_m_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_THIN_N")) mma_thin_n_ = std::atoi(m);
     if (const char* m = std::getenv("BHASA_DECODE_MMA_LOAD")) mma_tile_.load = std::atoi(m);
@@ -258,7 +259,8 @@ class CudaBackend final : public Backend {
       pick.counter = counter, pick.ids = ids, pick.history = history, pick.capacity = capacity;
       pick.logits = head_logits_;  // (the caller wants the ids)
       pick.keys = static_cast<unsigned long long*>(scratch_.get(kHeadPickKeys, size_t(B) * 8, /*zeroed=*/true));
-      pick.done = static_cast<unsigned*>(scratch_.get(kHeadPickDone, sizeof(unsigned), /*zeroed=*/true));
+      pick.done = static_cast<unsigned*>(scratch_.get(kHeadPickDone, 2 * sizeof(unsigned), /*zeroed=*/true));
+      if (head_taken_) pick.next_tile = pick.done + 1;
       wrote(logits, size_t(B) * V);
       if (head_on_mma(B, V, D, rms, eps, x, norm_w, norm_b, decode_weight(B, V, D, W, D), logits, &pick)) return;
     }
@@ -683,6 +685,7 @@ class CudaBackend final : public Backend {
   bool head_mma_ = true;        // a decode step's head on head_mma.cu when its norm is prepared (BHASA_HEAD_MMA)
   bool head_pick_ = true;       // and greedy ids picked by it (head_sample; BHASA_HEAD_PICK)
   bool head_logits_ = false;    // there, the logits stored too (BHASA_HEAD_LOGITS=1; nothing reads them)
+  bool head_taken_ = true;      // there, tiles taken in turn by the ready blocks (BHASA_HEAD_TAKEN=0: by index)
   // The next mixer's input as the last mixer_decode_step's out_proj left it (norm_split_):
   // a16 = bf16(x * g) in kDecodeNext16 and the row sums of squares of `tiles` column tiles
   // in kDecodeNextSS, valid while nothing else writes x (note_write).

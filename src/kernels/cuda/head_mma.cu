@@ -131,7 +131,10 @@ __device__ void pick_ids(int M, int N, const HeadPick& pick, const float (&best)
     pick.keys[r] = 0;
   }
   consumers_sync();  // every row has read step
-  if (threadIdx.x == 0) *pick.counter = step + 1, *pick.done = 0;
+  if (threadIdx.x == 0) {
+    *pick.counter = step + 1, *pick.done = 0;
+    if (pick.next_tile) *pick.next_tile = 0;  // every producer has taken its last
+  }
 }
 
 // torch: out = (A.float() @ W.float().T) * rstd[:, None]   (HeadSplit's WM, RG, KB)
@@ -157,11 +160,23 @@ head_mma_kernel(int M, int N, const __nv_bfloat16* __restrict__ A, const float* 
   __syncthreads();  // the last block-wide barrier: the producer leaves when its copies are issued
   pdl_trigger();
 
-  if (warp == kWarps) {  // the producer: tile t = blockIdx.x + i gridDim.x into stage i % stages
+  // pick.next_tile: the stage's tile, taken in turn by whichever block's producer is ready
+  // (one past the last: no more), so that blocks on SMs the previous kernel left free early
+  // take more tiles; else block b takes tiles b, b + grid, ...
+  __shared__ int stage_tile[kMaxStages];
+  const bool taken = pick.next_tile != nullptr;
+  if (warp == kWarps) {  // the producer: its i-th tile into stage i % stages
     constexpr unsigned row_bytes = 2u * K;
-    for (int i = 0, t = blockIdx.x; t < n_tiles; ++i, t += gridDim.x) {
+    for (int i = 0;; ++i) {
       const int s = i % stages;
       if (i >= stages) mbar_wait(&empty[s], ((i / stages) - 1) & 1);
+      int t = blockIdx.x + i * gridDim.x;
+      if (taken) {
+        if (lane == 0) t = int(atomicAdd(pick.next_tile, 1u)), stage_tile[s] = t;  // (released by the arrive)
+        t = __shfl_sync(0xffffffffu, t, 0);
+        if (t >= n_tiles && lane == 0) mbar_arrive(&full[s]);  // the consumers stop at this stage
+      }
+      if (t >= n_tiles) break;
       if (HEAD_MMA_LAB & 2) {
         if (lane == 0) mbar_arrive(&full[s]);
         continue;
@@ -203,10 +218,13 @@ head_mma_kernel(int M, int N, const __nv_bfloat16* __restrict__ A, const float* 
   // threadIdx.x and threadIdx.x + 256 of every tile (M 8 <= 512 items: two rows at most)
   float best[2] = {-FLT_MAX, -FLT_MAX};
   int best_v[2] = {INT_MAX, INT_MAX};
-  for (int i = 0, t = blockIdx.x; t < n_tiles; ++i, t += gridDim.x) {
+  for (int i = 0;; ++i) {
     const int s = i % stages;
     float acc[WM][4][4] = {};  // (m-tile, n-tile of 8 weight rows, fragment)
+    if (!taken && blockIdx.x + i * gridDim.x >= n_tiles) break;
     mbar_wait(&full[s], (i / stages) & 1);
+    const int t = taken ? stage_tile[s] : blockIdx.x + i * gridDim.x;
+    if (t >= n_tiles) break;
     const unsigned char* stage = smem + s * stage_bytes + g * pitch + 2 * (kw + 8 * c);
     // k block by k block, the 4 weight fragments loaded first; consecutive mma then feed
     // 4 WM different accumulators (a chain of dependent mma a few deep stalled the pipe)

@@ -23,8 +23,12 @@ bool head_mma_serves(int M, int N, int K, const void* a16, const void* W, int ld
 // and *counter += 1. keys (M) and done (1) are scratch, zero before and left at zero.
 // logits false: out is not written (a decode loop that wants the ids alone; 12.9 MB a step
 // at m130, batch 64).
+// next_tile (1) or null: scratch, zero before and left at zero; the weight's tiles are then
+// taken in turn by whichever block is ready (blocks that start early, on SMs the previous
+// kernel left free, take more), else block b takes tiles b, b + grid, ...
 struct HeadPick {
   bool logits = true;
+  unsigned* next_tile = nullptr;
   int32_t* counter = nullptr;
   int32_t* ids = nullptr;
   int32_t* history = nullptr;
