@@ -42,4 +42,11 @@ BHASA_HOST_DEVICE inline float sample_score(float logit, float temperature, uint
   return temperature <= 0.0f ? logit : logit / temperature + gumbel_noise(seed, step, b, v);
 }
 
+// Merges a candidate (score s, token v) into a best so far: the larger score, then the
+// smaller token, whatever order candidates come in (the rule's tie-break, for merges across
+// threads and blocks).
+BHASA_HOST_DEVICE inline void better_pick(float& best, int& best_v, float s, int v) {
+  if (s > best || (s == best && v < best_v)) best = s, best_v = v;
+}
+
 }  // namespace bhasa

@@ -15,6 +15,8 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/kernels.h"
+#include "kernels/sampling.h"
+#include "model/mamba.h"
 
 namespace bhasa::test {
 
@@ -136,6 +138,29 @@ inline std::vector<uint16_t> randn_bf16(size_t n, std::mt19937& rng, float scale
   std::vector<uint16_t> v(n);
   for (auto& x : v) x = float_to_bf16_bits(d(rng));
   return v;
+}
+
+// What generate_tokens must produce from the state s: step() for each token, the sampling
+// rule (kernels/sampling.h) on the host; (B, n_new) row-major, as generate_tokens writes them.
+inline std::vector<int32_t> reference_tokens(MambaLM& m, DecodeState& s, const std::vector<int32_t>& first,
+                                             int n_new, float temperature, uint64_t seed) {
+  const int B = s.batch, V = m.config().vocab_size;
+  std::vector<int32_t> ids = first, out(size_t(B) * n_new);
+  std::vector<float> logits(size_t(B) * V);
+  for (int i = 0; i < n_new; i++) {
+    m.step(s, ids.data(), logits.data());
+    for (int b = 0; b < B; b++) {
+      int best = 0;
+      float bs = sample_score(logits[size_t(b) * V], temperature, seed, i, b, 0);
+      for (int v = 1; v < V; v++) {
+        const float sc = sample_score(logits[size_t(b) * V + v], temperature, seed, i, b, v);
+        if (sc > bs) bs = sc, best = v;
+      }
+      ids[b] = best;
+      out[size_t(b) * n_new + i] = best;
+    }
+  }
+  return out;
 }
 
 }  // namespace bhasa::test

@@ -14,28 +14,6 @@ using namespace bhasa::test;
 
 namespace {
 
-// What generate_tokens must produce: step() for each token, the rule on the host.
-std::vector<int32_t> reference_tokens(MambaLM& m, DecodeState& s, const std::vector<int32_t>& first,
-                                      int n_new, float temperature, uint64_t seed) {
-  const int B = s.batch, V = m.config().vocab_size;
-  std::vector<int32_t> ids = first, out(size_t(B) * n_new);
-  std::vector<float> logits(size_t(B) * V);
-  for (int i = 0; i < n_new; i++) {
-    m.step(s, ids.data(), logits.data());
-    for (int b = 0; b < B; b++) {
-      int best = 0;
-      float bs = sample_score(logits[size_t(b) * V], temperature, seed, i, b, 0);
-      for (int v = 1; v < V; v++) {
-        const float sc = sample_score(logits[size_t(b) * V + v], temperature, seed, i, b, v);
-        if (sc > bs) bs = sc, best = v;
-      }
-      ids[b] = best;
-      out[size_t(b) * n_new + i] = best;
-    }
-  }
-  return out;
-}
-
 // Prefills a random prompt of B sequences into s.
 void prefill_random(MambaLM& m, DecodeState& s, int L, uint32_t seed) {
   const int B = s.batch, V = m.config().vocab_size;

@@ -187,15 +187,14 @@ TEST(HeadMma, ServesOnlyWhatItRuns) {
 TEST(HeadMma, ModelDecode) {
   if (!cuda_gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
   auto make = [](const char* head) {
-    setenv("BHASA_HEAD_MMA", head, 1);  // read at the backend's construction
-    auto be = make_cuda_backend("bf16");
-    unsetenv("BHASA_HEAD_MMA");
-    return be;
+    const ScopedEnv env("BHASA_HEAD_MMA", head);  // read at the backend's construction
+    return make_cuda_backend("bf16");
   };
   auto on = make("1"), off = make("0");
-  setenv("BHASA_HEAD_PICK", "0", 1);  // head_mma, then sample_tokens
-  auto nopick = make("1");
-  unsetenv("BHASA_HEAD_PICK");
+  auto nopick = [&] {
+    const ScopedEnv env("BHASA_HEAD_PICK", "0");  // head_mma, then sample_tokens
+    return make("1");
+  }();
   auto cpu = make_cpu_backend();
   ModelConfig cfg = preset_config("tiny", 1000);
   cfg.d_model = 256;
@@ -222,23 +221,13 @@ TEST(HeadMma, ModelDecode) {
       EXPECT_NE(lon, loff) << "the head did not run on head_mma, step " << i << " B=" << B;
     }
     const int n_new = 10;
-    std::vector<int32_t> got(size_t(B) * n_new), want(size_t(B) * n_new), cur = ids;
+    std::vector<int32_t> got(size_t(B) * n_new);
     mon.reset_state(son);
     mon.prefill(son, prompt.data(), L, lon.data());
     mon.generate_tokens(son, ids.data(), n_new, got.data(), 0.0f, 1);
-    mon.reset_state(son);
+    mon.reset_state(son);  // the step loop's greedy tokens from the same start
     mon.prefill(son, prompt.data(), L, lon.data());
-    for (int i = 0; i < n_new; ++i) {
-      mon.step(son, cur.data(), lon.data());
-      for (int b = 0; b < B; ++b) {
-        int best = 0;
-        for (int v = 1; v < V; ++v)
-          if (lon[size_t(b) * V + v] > lon[size_t(b) * V + best]) best = v;
-        cur[b] = best;
-        want[size_t(b) * n_new + i] = best;
-      }
-    }
-    EXPECT_EQ(got, want) << "B=" << B;
+    EXPECT_EQ(got, reference_tokens(mon, son, ids, n_new, 0.0f, 1)) << "B=" << B;
     // the head's own pick against sample_tokens: the same tokens, and the states after them
     // bit for bit the same
     std::vector<int32_t> got_np(got.size());

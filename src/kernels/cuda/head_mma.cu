@@ -28,6 +28,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/head_mma.h"
 #include "kernels/cuda/sm90.cuh"
+#include "kernels/sampling.h"
 
 // Lab switches (bench/cuda_lab/head_mma_lab.cu compiles this file with them; 0 here): bit 1
 // skips the products, bit 2 the weight's copies, bit 4 the sums and stores, so that each
@@ -86,12 +87,7 @@ __device__ __forceinline__ uint4 ld_shared16(const unsigned char* p) {
   return v;
 }
 
-// (max score, then min index): sample_tokens' tie-break, whatever order candidates come in
-__device__ __forceinline__ void better(float& best, int& best_v, float s, int v) {
-  if (s > best || (s == best && v < best_v)) best = s, best_v = v;
-}
-
-// (score, index) as one 64-bit key whose unsigned order is better()'s: the score's bits
+// (score, index) as one 64-bit key whose unsigned order is better_pick()'s: the score's bits
 // made monotonic (-0 as +0: equal scores), then the complement of the index (the smaller
 // index wins a tie)
 __device__ __forceinline__ unsigned long long pick_key(float s, int v) {
@@ -111,7 +107,7 @@ __device__ void pick_ids(int M, int N, const HeadPick& pick, const float (&best)
     float b = best[k];
     int bv = best_v[k];
     for (int o = 1; o < 8; o <<= 1)  // the row's 8 lanes (items of a row are 8 consecutive threads)
-      better(b, bv, __shfl_xor_sync(0xffffffffu, b, o), __shfl_xor_sync(0xffffffffu, bv, o));
+      better_pick(b, bv, __shfl_xor_sync(0xffffffffu, b, o), __shfl_xor_sync(0xffffffffu, bv, o));
     const int r = (threadIdx.x + k * 32 * kWarps) / (kRows / 4);
     if (lane % 8 == 0 && r < M && bv != INT_MAX) atomicMax(pick.keys + r, pick_key(b, bv));
   }
@@ -280,7 +276,7 @@ head_mma_kernel(int M, int N, const __nv_bfloat16* __restrict__ A, const float* 
         const float e[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          if (n + j < N) better(best[k], best_v[k], e[j], n + j);
+          if (n + j < N) better_pick(best[k], best_v[k], e[j], n + j);
       }
       if (pick.ids && !pick.logits) continue;
       float* o = out + size_t(r) * ldc + n;

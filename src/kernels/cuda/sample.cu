@@ -22,16 +22,11 @@ namespace {
 constexpr int kThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
-// (max score, then min index): the rule's tie-break, whatever order candidates come in
-__device__ __forceinline__ void better(float& best, int& best_v, float s, int v) {
-  if (s > best || (s == best && v < best_v)) { best = s; best_v = v; }
-}
-
 __device__ __forceinline__ void block_best(float& best, int& best_v) {
   __shared__ float s_val[kThreads / 32];
   __shared__ int s_idx[kThreads / 32];
   for (int o = 16; o > 0; o >>= 1)
-    better(best, best_v, __shfl_xor_sync(kFull, best, o), __shfl_xor_sync(kFull, best_v, o));
+    better_pick(best, best_v, __shfl_xor_sync(kFull, best, o), __shfl_xor_sync(kFull, best_v, o));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();  // s_val may still be read by a previous call
   if (lane == 0) { s_val[warp] = best; s_idx[warp] = best_v; }
@@ -39,7 +34,7 @@ __device__ __forceinline__ void block_best(float& best, int& best_v) {
   best = lane < kThreads / 32 ? s_val[lane] : -FLT_MAX;
   best_v = lane < kThreads / 32 ? s_idx[lane] : INT_MAX;
   for (int o = 16; o > 0; o >>= 1)
-    better(best, best_v, __shfl_xor_sync(kFull, best, o), __shfl_xor_sync(kFull, best_v, o));
+    better_pick(best, best_v, __shfl_xor_sync(kFull, best, o), __shfl_xor_sync(kFull, best_v, o));
 }
 
 constexpr int kVec = 8;           // float4 (or float, when rows are not 16-byte aligned) loads in flight
@@ -180,7 +175,7 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
         float v;
         int i;
         part(r, j, v, i);
-        better(bv, bi, v, i);
+        better_pick(bv, bi, v, i);
       }
       finish(r, bv, bi);
     }
@@ -193,10 +188,10 @@ sample_kernel(int B, int V, const float* __restrict__ logits, float temperature,
         float v;
         int i;
         part(r, j, v, i);
-        better(bv, bi, v, i);
+        better_pick(bv, bi, v, i);
       }
       for (int o = 16; o > 0; o >>= 1)
-        better(bv, bi, __shfl_xor_sync(kFull, bv, o), __shfl_xor_sync(kFull, bi, o));
+        better_pick(bv, bi, __shfl_xor_sync(kFull, bv, o), __shfl_xor_sync(kFull, bi, o));
       if (lane == 0) finish(r, bv, bi);
     }
   }
