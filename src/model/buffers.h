@@ -148,7 +148,10 @@ struct MambaLM::Activations {
 // valid while all of these stay the same.
 struct MambaLM::DecodeGraph {
   Backend& be;
-  int handle = -1;
+  int handle = -1;        // one token step
+  int handle_run = -1;    // run_steps token steps back to back, so that PDL links each step's
+                          // head to the next step's embedding (no edge crosses graph launches)
+  int run_steps = 0;
   const int32_t* ids = nullptr;  // the step plan's ids buffer
   const float* conv = nullptr;   // the DecodeState's buffers
   const float* ssm = nullptr;
@@ -165,7 +168,8 @@ struct MambaLM::DecodeGraph {
   }
   void release_graph() {
     if (handle >= 0) be.graph_destroy(handle);
-    handle = -1;
+    if (handle_run >= 0) be.graph_destroy(handle_run);
+    handle = handle_run = -1;
   }
 };
 

@@ -3,6 +3,7 @@
 // forward_stack as training, with a DecodeState carrying the conv and SSM states.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "kernels/sampling.h"
@@ -70,6 +71,15 @@ void MambaLM::step(DecodeState& s, const int32_t* ids, float* logits) {
   be_.download(logits, a.logits, size_t(B) * V);
 }
 
+// Token steps a replayed graph holds (BHASA_DECODE_GRAPH_STEPS, default 8): within one graph
+// each step's first kernel starts under the previous step's last (PDL); between two graph
+// launches it waits for the whole previous graph.
+static int decode_graph_steps() {
+  const char* env = std::getenv("BHASA_DECODE_GRAPH_STEPS");
+  const int n = env ? std::atoi(env) : 8;
+  return std::clamp(n, 1, 64);
+}
+
 void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_new, int32_t* out_ids,
                               float temperature, uint64_t seed) {
   check(n_new >= 0, "the number of tokens to generate must not be negative");
@@ -117,20 +127,29 @@ void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_ne
   // GEMM algorithm, so the capture below allocates nothing.
   token_step();
   if (n_new > 1) {
-    if (g.handle < 0 || !be_.graph_current(g.handle) || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm ||
-        g.temperature != temperature || g.seed != seed) {
+    const int run = decode_graph_steps();
+    if (g.handle < 0 || !be_.graph_current(g.handle) || (g.handle_run >= 0 && !be_.graph_current(g.handle_run)) ||
+        g.run_steps != run || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm || g.temperature != temperature ||
+        g.seed != seed) {
       g.release_graph();
-      be_.graph_begin_capture();
-      try {
-        token_step();
-      } catch (...) {
-        try { be_.graph_end_capture(); } catch (...) {}
-        throw;
-      }
-      g.handle = be_.graph_end_capture();
+      auto capture = [&](int steps) {
+        be_.graph_begin_capture();
+        try {
+          for (int i = 0; i < steps; i++) token_step();
+        } catch (...) {
+          try { be_.graph_end_capture(); } catch (...) {}
+          throw;
+        }
+        return be_.graph_end_capture();
+      };
+      g.handle = capture(1);
+      if (run > 1) g.handle_run = capture(run);
+      g.run_steps = run;
       g.ids = a.ids, g.conv = s.conv, g.ssm = s.ssm, g.temperature = temperature, g.seed = seed;
     }
-    for (int i = 1; i < n_new; i++) be_.graph_replay(g.handle);
+    int left = n_new - 1;
+    for (; g.handle_run >= 0 && left >= run; left -= run) be_.graph_replay(g.handle_run);
+    for (; left > 0; left--) be_.graph_replay(g.handle);
   }
   std::vector<int32_t> history(size_t(n_new) * B);  // (n_new, B)
   be_.download_i32(history.data(), g.history, history.size());

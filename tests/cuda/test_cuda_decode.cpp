@@ -77,3 +77,29 @@ TEST(GenerateTokens, CudaGraphMatchesStepSampled) {
   BHASA_REQUIRE_GPU(gpu);
   check_generate(*gpu, 0.8f, 0.8);
 }
+
+// The graph holds BHASA_DECODE_GRAPH_STEPS token steps (default 8), replayed whole and then
+// one step at a time for the rest: 23 replayed steps in runs of 1, 5, 8 or 64 (more than
+// there are) give the same tokens, both sampling rules.
+TEST(GenerateTokens, CudaGraphRunsOfStepsAgree) {
+  BHASA_REQUIRE_GPU(gpu);
+  ModelConfig cfg = preset_config("tiny", 97);
+  MambaLM m(cfg, *gpu);
+  m.init_params(5);
+  const int B = 3, n_new = 24;
+  const std::vector<int32_t> first = {1, 50, 96};
+  DecodeState s = m.new_state(B);
+  for (const float temperature : {0.0f, 0.8f}) {
+    std::vector<int32_t> want;
+    for (const char* steps : {"1", "5", "8", "64"}) {
+      ScopedEnv run("BHASA_DECODE_GRAPH_STEPS", steps);
+      m.reset_state(s);
+      prefill_random(m, s, 7, 11);
+      std::vector<int32_t> got(size_t(B) * n_new);
+      m.generate_tokens(s, first.data(), n_new, got.data(), temperature, 42);
+      if (want.empty()) want = got;
+      EXPECT_EQ(got, want) << "runs of " << steps << " steps, temperature " << temperature;
+    }
+  }
+  m.free_state(s);
+}

@@ -1,4 +1,5 @@
-// head_mma.cu (the tied head of a batch decode step) against a float64 product of the same
+// head_mma.cu (the tied head of a batch decode step; head_wgmma.cu at 48 < M <= 64, and
+// mma.sync's kernel there too with BHASA_HEAD_WGMMA=0) against a float64 product of the same
 // bf16 operands, each row scaled by its rstd from the prepared sums of squares: many M, odd
 // N (the last stage part empty), K 256 / 512 / 768, strided W and out (the gap untouched),
 // out NaN-poisoned, ss null; two calls bitwise equal (the K-eighths summed in a fixed order).
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <cstdlib>
 #include <limits>
 
@@ -88,11 +90,35 @@ TEST(HeadMma, MatchesFloat64) {
   std::mt19937 rng(31);
   std::vector<float> bits;
   // fp32 accumulation of exact bf16 products: ~1e-7 in practice
-  for (const Case& c : {Case{64, 50280, 768, 768, 50280, 12}, Case{16, 4099, 768, 776, 4100, 24},
-                        Case{33, 1001, 512, 512, 1004, 3}, Case{1, 37, 256, 264, 40, 1}, Case{48, 333, 768, 768, 336, 0},
-                        Case{20, 2048, 256, 256, 2048, 2}, Case{64, 95, 512, 520, 96, 5}})
-    EXPECT_LE(check(*gpu, c, rng, &bits), 1e-5) << "M=" << c.M << " N=" << c.N << " K=" << c.K << " ldw=" << c.ldw
-                                                << " ldc=" << c.ldc << " tiles=" << c.tiles;
+  for (const char* wgmma : {"1", "0"}) {  // 48 < M: head_wgmma where the device has it, then mma.sync
+    const ScopedEnv env("BHASA_HEAD_WGMMA", wgmma);
+    for (const Case& c : {Case{64, 50280, 768, 768, 50280, 12}, Case{16, 4099, 768, 776, 4100, 24},
+                          Case{33, 1001, 512, 512, 1004, 3}, Case{1, 37, 256, 264, 40, 1}, Case{48, 333, 768, 768, 336, 0},
+                          Case{20, 2048, 256, 256, 2048, 2}, Case{64, 95, 512, 520, 96, 5}, Case{49, 1001, 256, 256, 1004, 2},
+                          Case{57, 4099, 768, 776, 4100, 0}})
+      EXPECT_LE(check(*gpu, c, rng, &bits), 1e-5) << "M=" << c.M << " N=" << c.N << " K=" << c.K << " ldw=" << c.ldw
+                                                  << " ldc=" << c.ldc << " tiles=" << c.tiles << " wgmma " << wgmma;
+  }
+}
+
+// head_wgmma (head_mma's path at 48 < M <= 64 on a compute capability 9.0 device) serves what
+// it runs: it declines where head_mma's mma.sync kernel runs instead.
+TEST(HeadMma, WgmmaServesOnlyWhatItRuns) {
+  BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
+  int dev = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  alignas(16) static char buf[64];
+  float* out = reinterpret_cast<float*>(buf);
+  EXPECT_EQ(cuda::head_wgmma_serves(64, 50280, 768, buf, buf, 768, out, 50280), major == 9 && minor == 0);
+  EXPECT_EQ(cuda::head_wgmma_serves(49, 100, 256, buf, buf, 256, out, 100), major == 9 && minor == 0);
+  EXPECT_FALSE(cuda::head_wgmma_serves(48, 100, 768, buf, buf, 768, out, 100));    // rows: mma.sync's
+  EXPECT_FALSE(cuda::head_wgmma_serves(65, 100, 768, buf, buf, 768, out, 100));
+  EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 1024, buf, buf, 1024, out, 100));  // A's registers
+  EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 384, buf, buf, 384, out, 100));    // K
+  EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 256, buf + 8, buf, 256, out, 100)); // alignment
+  EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 256, buf, buf, 260, out, 100));    // ldw % 8
 }
 
 // The greedy pick (HeadPick): ids are each row's argmax of the logits it wrote, the first of
@@ -106,7 +132,12 @@ TEST(HeadMma, PicksGreedyIds) {
   auto stream = static_cast<cudaStream_t>(cuda_stream_of(*gpu));
   int sms = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
-  for (const Case& c : {Case{64, 50280, 768, 768, 50280, 12}, Case{20, 5003, 512, 512, 5004, 2}, Case{16, 700, 256, 256, 700, 0}}) {
+  const Case cases[] = {Case{64, 50280, 768, 768, 50280, 12}, Case{64, 50280, 768, 768, 50280, 12},
+                        Case{57, 3001, 512, 520, 3004, 3}, Case{20, 5003, 512, 512, 5004, 2}, Case{16, 700, 256, 256, 700, 0}};
+  for (size_t ci = 0; ci < std::size(cases); ++ci) {
+    const Case& c = cases[ci];
+    // the first M = 64 on head_mma's mma.sync kernel, the others where they fall (head_wgmma above 48 rows)
+    const ScopedEnv env("BHASA_HEAD_WGMMA", ci == 0 ? "0" : "1");
     auto A = randn_bf16(size_t(c.M) * c.K, rng, 1.f), W = randn_bf16(size_t(c.N) * c.ldw, rng, 0.05f);
     for (int n = 0; n + 37 < c.N; n += 97)  // row n + 37 (later blocks or tiles) equals row n
       std::copy(W.begin() + size_t(n) * c.ldw, W.begin() + size_t(n + 1) * c.ldw, W.begin() + size_t(n + 37) * c.ldw);

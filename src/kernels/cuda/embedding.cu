@@ -10,6 +10,7 @@
 // writer and a fixed summation order, so the result is bitwise repeatable; and a
 // frequent id (a few % of the tokens in text) is summed by many chunks in parallel,
 // not by one thread walking thousands of rows.
+#include <algorithm>
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -142,18 +143,23 @@ namespace {
 
 // torch: out = table[ids];  a16 = (out * g).bfloat16();  ss = (out * out).sum(-1)
 // A decode step's embedding that also prepares the first mixer's RMSNorm, as out_proj's
-// decode_mma_next_norm does for the next ones (one column tile: ss (B)). A block a row,
-// float4 columns; the row's sum in a fixed order (lanes by a shuffle tree, then warps).
-__global__ void embedding_prenorm_kernel(int D, const int32_t* ids, const float* table, const float* g, float* out,
-                                         __nv_bfloat16* a16, float* ss) {
+// decode_mma_next_norm does for the next ones (one column tile: ss (B)). A block a row, a
+// thread a float4 column (up to D = 4096; past that a thread takes more): every load of the
+// row is in flight at once after the id's, where 128 threads at D = 768 made two trips to
+// DRAM in a row. The row's sum in a fixed order (lanes by a shuffle tree, then warps).
+__global__ void embedding_prenorm_kernel(int D, const int32_t* __restrict__ ids, const float* __restrict__ table,
+                                         const float* __restrict__ g, float* __restrict__ out,
+                                         __nv_bfloat16* __restrict__ a16, float* __restrict__ ss) {
   __shared__ float warp_ss[32];
+  const int b = blockIdx.x, D4 = D / 4;
+  const float4* g4 = reinterpret_cast<const float4*>(g);
+  const float4 w0 = threadIdx.x < D4 ? g4[threadIdx.x] : float4{};  // a weight: before the wait
   pdl_trigger();
   pdl_wait();  // ids come from the previous step's sampler
-  const int b = blockIdx.x, D4 = D / 4;
   const float4* row = reinterpret_cast<const float4*>(table) + size_t(ids[b]) * D4;
   float sum = 0.f;
   for (int c = threadIdx.x; c < D4; c += blockDim.x) {
-    const float4 x = row[c], w = reinterpret_cast<const float4*>(g)[c];
+    const float4 x = row[c], w = c == int(threadIdx.x) ? w0 : g4[c];
     reinterpret_cast<float4*>(out)[size_t(b) * D4 + c] = x;
     store4(a16 + size_t(b) * D + 4 * c, make_float4(x.x * w.x, x.y * w.y, x.z * w.z, x.w * w.w));
     sum += (x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w);
@@ -174,7 +180,8 @@ bool embedding_prenorm(Ctx& c, int B, int D, const int32_t* ids, const float* ta
                        void* a16, float* ss) {
   if (B <= 0 || D % 4 || !aligned16(table) || !aligned16(g) || !aligned16(out) || reinterpret_cast<uintptr_t>(a16) % 8)
     return false;
-  launch(embedding_prenorm_kernel, dim3(B), dim3(D >= 1024 ? 256 : 128), 0, c.stream, c.pdl, D, ids, table, g, out,
+  const int threads = std::min(1024, (D / 4 + 31) / 32 * 32);
+  launch(embedding_prenorm_kernel, dim3(B), dim3(threads), 0, c.stream, c.pdl, D, ids, table, g, out,
          static_cast<__nv_bfloat16*>(a16), ss);
   return true;
 }

@@ -24,9 +24,11 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/head_mma.h"
+#include "kernels/cuda/head_pick.cuh"
 #include "kernels/cuda/sm90.cuh"
 #include "kernels/sampling.h"
 
@@ -78,7 +80,8 @@ HeadLayout head_layout(int M, int K) {
   return l;
 }
 
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(32 * kWarps) : "memory"); }
+static_assert(32 * kWarps == kHeadConsumers, "pick_finish's barrier counts the consumers");
+__device__ __forceinline__ void consumers_sync() { head_consumers_sync(); }
 __device__ __forceinline__ uint4 ld_shared16(const unsigned char* p) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -87,20 +90,9 @@ __device__ __forceinline__ uint4 ld_shared16(const unsigned char* p) {
   return v;
 }
 
-// (score, index) as one 64-bit key whose unsigned order is better_pick()'s: the score's bits
-// made monotonic (-0 as +0: equal scores), then the complement of the index (the smaller
-// index wins a tie)
-__device__ __forceinline__ unsigned long long pick_key(float s, int v) {
-  const unsigned b = s == 0.0f ? 0u : __float_as_uint(s), mono = b & 0x80000000u ? ~b : b | 0x80000000u;
-  return (static_cast<unsigned long long>(mono) << 32) | (0xffffffffu - static_cast<unsigned>(v));
-}
-
 // The greedy ids from the consumers' bests (head_mma's pick): each row's best of this block
-// (the 8 lanes of a row's items) goes into the row's key by atomicMax (the same result in
-// any order); the last block to finish (a counter) reads the keys, writes the ids and
-// clears the keys for the next call.
+// (the 8 lanes of a row's items) goes into the row's key by atomicMax; pick_finish does the rest.
 __device__ void pick_ids(int M, int N, const HeadPick& pick, const float (&best)[2], const int (&best_v)[2]) {
-  __shared__ bool s_last;
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
@@ -111,26 +103,7 @@ __device__ void pick_ids(int M, int N, const HeadPick& pick, const float (&best)
     const int r = (threadIdx.x + k * 32 * kWarps) / (kRows / 4);
     if (lane % 8 == 0 && r < M && bv != INT_MAX) atomicMax(pick.keys + r, pick_key(b, bv));
   }
-  __threadfence();
-  consumers_sync();
-  if (threadIdx.x == 0) s_last = atomicAdd(pick.done, 1u) == gridDim.x - 1;
-  consumers_sync();
-  if (!s_last) return;
-  __threadfence();
-  const int step = *pick.counter;
-  for (int r = threadIdx.x; r < M; r += 32 * kWarps) {
-    const unsigned long long key = __ldcg(pick.keys + r);
-    const unsigned v = 0xffffffffu - static_cast<unsigned>(key);
-    const int id = key != 0 && v < unsigned(N) ? int(v) : 0;  // a row of NaN: no key, token 0
-    pick.ids[r] = id;
-    if (pick.history && step < pick.capacity) pick.history[size_t(step) * M + r] = id;
-    pick.keys[r] = 0;
-  }
-  consumers_sync();  // every row has read step
-  if (threadIdx.x == 0) {
-    *pick.counter = step + 1, *pick.done = 0;
-    if (pick.next_tile) *pick.next_tile = 0;  // every producer has taken its last
-  }
+  pick_finish(M, N, pick);
 }
 
 // torch: out = (A.float() @ W.float().T) * rstd[:, None]   (HeadSplit's WM, RG, KB)
@@ -331,6 +304,9 @@ bool head_mma_serves(int M, int N, int K, const void* a16, const void* W, int ld
 void head_mma(cudaStream_t stream, bool pdl, int sm_count, int M, int N, int K, const void* a16, const float* ss,
               int tiles, int ss_ld, float eps, const void* W, int ldw, float* out, int ldc, const HeadPick* pick) {
   check(head_mma_serves(M, N, K, a16, W, ldw, out, ldc), "head_mma: this shape or these operands are not served");
+  const char* wgmma = std::getenv("BHASA_HEAD_WGMMA");  // (each call: the tests run both)
+  if ((!wgmma || std::atoi(wgmma) != 0) && head_wgmma_serves(M, N, K, a16, W, ldw, out, ldc))
+    return head_wgmma(stream, pdl, sm_count, M, N, K, a16, ss, tiles, ss_ld, eps, W, ldw, out, ldc, pick);
   const Kernel kernel = kernel_for(M, K);
   const HeadLayout l = head_layout(M, K);
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.smem)),
