@@ -1,5 +1,5 @@
-// head_mma.cu (the tied head of a batch decode step; head_wgmma.cu at 48 < M <= 64, and
-// mma.sync's kernel there too with BHASA_HEAD_WGMMA=0) against a float64 product of the same
+// head_mma.cu (the tied head of a batch decode step: head_wgmma.cu on an sm_90 device, and
+// head_mma's own mma.sync kernel with BHASA_HEAD_WGMMA=0) against a float64 product of the same
 // bf16 operands, each row scaled by its rstd from the prepared sums of squares: many M, odd
 // N (the last stage part empty), K 256 / 512 / 768, strided W and out (the gap untouched),
 // out NaN-poisoned, ss null; two calls bitwise equal (the K-eighths summed in a fixed order).
@@ -90,7 +90,7 @@ TEST(HeadMma, MatchesFloat64) {
   std::mt19937 rng(31);
   std::vector<float> bits;
   // fp32 accumulation of exact bf16 products: ~1e-7 in practice
-  for (const char* wgmma : {"1", "0"}) {  // 48 < M: head_wgmma where the device has it, then mma.sync
+  for (const char* wgmma : {"1", "0"}) {  // head_wgmma where the device has it, then mma.sync
     const ScopedEnv env("BHASA_HEAD_WGMMA", wgmma);
     for (const Case& c : {Case{64, 50280, 768, 768, 50280, 12}, Case{16, 4099, 768, 776, 4100, 24},
                           Case{33, 1001, 512, 512, 1004, 3}, Case{1, 37, 256, 264, 40, 1}, Case{48, 333, 768, 768, 336, 0},
@@ -101,8 +101,8 @@ TEST(HeadMma, MatchesFloat64) {
   }
 }
 
-// head_wgmma (head_mma's path at 48 < M <= 64 on a compute capability 9.0 device) serves what
-// it runs: it declines where head_mma's mma.sync kernel runs instead.
+// head_wgmma (head_mma's path on a compute capability 9.0 device) serves what it runs: it
+// declines where only head_mma's mma.sync kernel could run, or neither.
 TEST(HeadMma, WgmmaServesOnlyWhatItRuns) {
   BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
   int dev = 0, major = 0, minor = 0;
@@ -113,8 +113,9 @@ TEST(HeadMma, WgmmaServesOnlyWhatItRuns) {
   float* out = reinterpret_cast<float*>(buf);
   EXPECT_EQ(cuda::head_wgmma_serves(64, 50280, 768, buf, buf, 768, out, 50280), major == 9 && minor == 0);
   EXPECT_EQ(cuda::head_wgmma_serves(49, 100, 256, buf, buf, 256, out, 100), major == 9 && minor == 0);
-  EXPECT_FALSE(cuda::head_wgmma_serves(48, 100, 768, buf, buf, 768, out, 100));    // rows: mma.sync's
-  EXPECT_FALSE(cuda::head_wgmma_serves(65, 100, 768, buf, buf, 768, out, 100));
+  EXPECT_EQ(cuda::head_wgmma_serves(1, 100, 512, buf, buf, 512, out, 100), major == 9 && minor == 0);
+  EXPECT_FALSE(cuda::head_wgmma_serves(65, 100, 768, buf, buf, 768, out, 100));     // rows
+  EXPECT_FALSE(cuda::head_wgmma_serves(0, 100, 768, buf, buf, 768, out, 100));
   EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 1024, buf, buf, 1024, out, 100));  // A's registers
   EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 384, buf, buf, 384, out, 100));    // K
   EXPECT_FALSE(cuda::head_wgmma_serves(64, 100, 256, buf + 8, buf, 256, out, 100)); // alignment
@@ -136,7 +137,7 @@ TEST(HeadMma, PicksGreedyIds) {
                         Case{57, 3001, 512, 520, 3004, 3}, Case{20, 5003, 512, 512, 5004, 2}, Case{16, 700, 256, 256, 700, 0}};
   for (size_t ci = 0; ci < std::size(cases); ++ci) {
     const Case& c = cases[ci];
-    // the first M = 64 on head_mma's mma.sync kernel, the others where they fall (head_wgmma above 48 rows)
+    // the first M = 64 on head_mma's mma.sync kernel, the others on head_wgmma where the device has it
     const ScopedEnv env("BHASA_HEAD_WGMMA", ci == 0 ? "0" : "1");
     auto A = randn_bf16(size_t(c.M) * c.K, rng, 1.f), W = randn_bf16(size_t(c.N) * c.ldw, rng, 0.05f);
     for (int n = 0; n + 37 < c.N; n += 97)  // row n + 37 (later blocks or tiles) equals row n

@@ -41,7 +41,7 @@ void head_mma(cudaStream_t stream, bool pdl, int sm_count, int M, int N, int K, 
               int tiles, int ss_ld, float eps, const void* W, int ldw, float* out, int ldc,
               const HeadPick* pick = nullptr);
 
-// head_mma's contract on Hopper's wgmma, for 48 < M <= 64 and K 256, 512 or 768 on a
+// head_mma's contract on Hopper's wgmma, for 1 <= M <= 64 and K 256, 512 or 768 on a
 // compute capability 9.0 device (the library's sm_90a code).
 bool head_wgmma_serves(int M, int N, int K, const void* a16, const void* W, int ldw, const float* out, int ldc);
 void head_wgmma(cudaStream_t stream, bool pdl, int sm_count, int M, int N, int K, const void* a16, const float* ss,

@@ -1,5 +1,7 @@
-// The tied LM head at 49-64 rows on Hopper's warpgroup MMA (wgmma): head_mma.cu's weight
-// stream and pick, with products that read the weight from shared memory once.
+// The tied LM head at 1-64 rows on Hopper's warpgroup MMA (wgmma): head_mma.cu's weight
+// stream and pick, with products that read the weight from shared memory once. head_mma
+// runs it wherever it serves (BHASA_HEAD_WGMMA=0: head_mma's own mma.sync kernel); rows
+// past M are zeros in A, never stored nor picked.
 //
 // head_mma's consumers (mma.sync) were the limit at M = 64: each 32-row tile took ~1.7 us of
 // products and K-group sums against ~1.4 us to stream it (NOTES.md, session 11), since every
@@ -273,7 +275,7 @@ bool device_has_wgmma() {
 }  // namespace
 
 bool head_wgmma_serves(int M, int N, int K, const void* a16, const void* W, int ldw, const float* out, int ldc) {
-  return M > 48 && M <= 64 && N >= 1 && kernel_for(K) && stages_for(K) >= 2 && aligned16(a16) && aligned16(W) &&
+  return M >= 1 && M <= 64 && N >= 1 && kernel_for(K) && stages_for(K) >= 2 && aligned16(a16) && aligned16(W) &&
          ldw % 8 == 0 && ldw >= K && (out != nullptr) && ldc >= N && device_has_wgmma();
 }
 
