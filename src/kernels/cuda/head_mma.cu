@@ -1,5 +1,7 @@
-// The tied LM head of a batch decode step: logits (M, N) = rms_norm(x) @ W^T at M <= 64 rows,
-// N = the vocabulary (50280 at m130: a 77 MB bf16 weight, 18 us at the copy rate). cuBLASLt
+// The tied LM head of a batch decode step: logits (M, N) = rms_norm(x) @ W^T at M <= 64 rows.
+// On a compute capability 9.0 device head_mma runs head_wgmma.cu's kernel (the same design on
+// wgmma and TMA, faster); this file's mma.sync kernel serves elsewhere, or with BHASA_HEAD_WGMMA=0.
+// At N = the vocabulary (50280 at m130: a 77 MB bf16 weight, 18 us at the copy rate), cuBLASLt
 // took 30 us for it in the decode chain at M = 64 (2.6 TB/s), and it cannot be launched with
 // PDL, so its weight stream began only after the last layer had ended.
 //
@@ -28,7 +30,7 @@
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/head_mma.h"
-#include "kernels/cuda/head_pick.cuh"
+#include "kernels/cuda/head_common.cuh"
 #include "kernels/cuda/sm90.cuh"
 #include "kernels/sampling.h"
 
@@ -171,16 +173,8 @@ head_mma_kernel(int M, int N, const __nv_bfloat16* __restrict__ A, const float* 
         a[m][kb][h] = r < M ? __ldg(reinterpret_cast<const uint4*>(A + size_t(r) * K + kw + 32 * kb + 8 * c))
                             : make_uint4(0, 0, 0, 0);
       }
-  if (threadIdx.x < MR) {  // each row's rstd from the tiles' sums of squares, in tile order
-    const int r = threadIdx.x;
-    float v = 1.0f;
-    if (ss && r < M) {
-      float sum = 0.f;
-      for (int q = 0; q < tiles; ++q) sum += ss[size_t(q) * ss_ld + r];
-      v = 1.0f / sqrtf(sum / K + eps);
-    }
-    rstd[r] = v;  // (seen after the first consumers_sync below)
-  }
+  if (threadIdx.x < MR)  // (seen after the first consumers_sync below)
+    rstd[threadIdx.x] = head_row_rstd(threadIdx.x, M, K, ss, tiles, ss_ld, eps);
 
   const bool vec = (ldc % 4 == 0) && (reinterpret_cast<size_t>(out) % 16 == 0);
   // pick: this thread's best (score, then the smaller index) of its items' rows, items

@@ -1,6 +1,7 @@
-// The greedy pick folded into a decode head (head_mma.cu, head_wgmma.cu): each block merges
-// its rows' bests into one 64-bit key a row by atomicMax, and the last block to finish
-// writes the ids. Device code shared by the two heads; HeadPick is head_mma.h's.
+// Device code shared by the two decode heads (head_mma.cu, head_wgmma.cu): each row's rstd
+// from the prepared sums of squares, and the greedy pick's end (each block merges its rows'
+// bests into one 64-bit key a row by atomicMax; the last block to finish writes the ids).
+// HeadPick is head_mma.h's.
 #pragma once
 #include <climits>
 
@@ -12,6 +13,15 @@ namespace bhasa::cuda {
 constexpr int kHeadConsumers = 256;
 __device__ __forceinline__ void head_consumers_sync() {
   asm volatile("bar.sync 1, %0;" ::"n"(kHeadConsumers) : "memory");
+}
+
+// rstd of row r (< M): 1 / sqrt(the tiles' sums of squares, in tile order, / K + eps); 1
+// without ss (no scaling) or past M
+__device__ __forceinline__ float head_row_rstd(int r, int M, int K, const float* ss, int tiles, int ss_ld, float eps) {
+  if (!ss || r >= M) return 1.0f;
+  float sum = 0.f;
+  for (int q = 0; q < tiles; ++q) sum += ss[size_t(q) * ss_ld + r];
+  return 1.0f / sqrtf(sum / K + eps);
 }
 
 // (score, index) as one 64-bit key whose unsigned order is better_pick()'s: the score's bits
