@@ -148,7 +148,7 @@ struct MambaLM::Activations {
 // valid while all of these stay the same.
 struct MambaLM::DecodeGraph {
   Backend& be;
-  int handle = -1;        // one token step
+  int handle = -1;        // one token step (each graph captured when first needed; -1 before)
   int handle_run = -1;    // run_steps token steps back to back, so that PDL links each step's
                           // head to the next step's embedding (no edge crosses graph launches)
   int run_steps = 0;

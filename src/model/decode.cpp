@@ -128,28 +128,30 @@ void MambaLM::generate_tokens(DecodeState& s, const int32_t* first_ids, int n_ne
   token_step();
   if (n_new > 1) {
     const int run = decode_graph_steps();
-    if (g.handle < 0 || !be_.graph_current(g.handle) || (g.handle_run >= 0 && !be_.graph_current(g.handle_run)) ||
+    if ((g.handle >= 0 && !be_.graph_current(g.handle)) || (g.handle_run >= 0 && !be_.graph_current(g.handle_run)) ||
         g.run_steps != run || g.ids != a.ids || g.conv != s.conv || g.ssm != s.ssm || g.temperature != temperature ||
         g.seed != seed) {
       g.release_graph();
-      auto capture = [&](int steps) {
-        be_.graph_begin_capture();
-        try {
-          for (int i = 0; i < steps; i++) token_step();
-        } catch (...) {
-          try { be_.graph_end_capture(); } catch (...) {}
-          throw;
-        }
-        return be_.graph_end_capture();
-      };
-      g.handle = capture(1);
-      if (run > 1) g.handle_run = capture(run);
       g.run_steps = run;
       g.ids = a.ids, g.conv = s.conv, g.ssm = s.ssm, g.temperature = temperature, g.seed = seed;
     }
-    int left = n_new - 1;
-    for (; g.handle_run >= 0 && left >= run; left -= run) be_.graph_replay(g.handle_run);
-    for (; left > 0; left--) be_.graph_replay(g.handle);
+    auto capture = [&](int steps) {
+      be_.graph_begin_capture();
+      try {
+        for (int i = 0; i < steps; i++) token_step();
+      } catch (...) {
+        try { be_.graph_end_capture(); } catch (...) {}
+        throw;
+      }
+      return be_.graph_end_capture();
+    };
+    // the remaining n_new - 1 steps: whole runs, then single steps; each graph captured the
+    // first time it is needed
+    const int runs = run > 1 ? (n_new - 1) / run : 0, singles = n_new - 1 - runs * run;
+    if (runs > 0 && g.handle_run < 0) g.handle_run = capture(run);
+    if (singles > 0 && g.handle < 0) g.handle = capture(1);
+    for (int i = 0; i < runs; i++) be_.graph_replay(g.handle_run);
+    for (int i = 0; i < singles; i++) be_.graph_replay(g.handle);
   }
   std::vector<int32_t> history(size_t(n_new) * B);  // (n_new, B)
   be_.download_i32(history.data(), g.history, history.size());
