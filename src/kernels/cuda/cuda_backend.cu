@@ -586,13 +586,21 @@ class CudaBackend final : public Backend {
   // rows a block 0.555; both: 0.557 -> 0.535; with the split-K partials pushed, out_proj in
   // 64 columns x 8 K slices, all rows a block, at B > 16: B = 24 0.356 -> 0.340, 32 0.386 ->
   // 0.382, 48 0.459 -> 0.443, 64 0.478 -> 0.471, where the 32 x 4 tile read all of y's slice
-  // in 24 blocks where now 12 do, half of it each; B = 16 0.326 -> 0.329, not taken),
-  // then the BHASA_MIXER_TILE_* overrides.
+  // in 24 blocks where now 12 do, half of it each; B = 16 0.326 -> 0.329, not taken;
+  // session 14, in_proj in 128 columns, one warp along K: fewer blocks, so that they are all
+  // on the SMs, weights copied, when out_proj ends, and 12 x_proj partials for the scan step
+  // to sum, not 24; B = 64 with 2 K slices, 32 rows a block (96 blocks) and out_proj in 4 K
+  // slices (48 blocks) 0.467 -> 0.443, either alone 0.463 / 0.472; B = 48 in 4 K slices, all
+  // rows (96 blocks) 0.411 -> 0.397; B = 16 the same 0.318 -> 0.313; B = 24 / 32 no better:
+  // 0.333 / 0.364 at best), then the BHASA_MIXER_TILE_* overrides.
   void mixer_tiles(int B, cuda::MmaTile (&t)[3]) const {
     using T = cuda::MmaTile;
-    t[0] = B > 16 && B <= 32 ? T{64, 3, 2, 3, 32} : T{};
+    t[0] = B > 48   ? T{128, 2, 1, 3, 32}
+           : B > 32 ? T{128, 4, 1, 3, 64}
+           : B > 16 ? T{64, 3, 2, 3, 32}
+                    : T{128, 4, 1, 3, 32};
     t[1] = B > 32 ? T{16, 4, 4, 3, 16} : T{};
-    t[2] = B > 16 ? T{64, 8, 2, 3, 64} : T{};
+    t[2] = B > 48 ? T{64, 4, 2, 3, 64} : B > 16 ? T{64, 8, 2, 3, 64} : T{};
     for (int i = 0; i < 3; ++i) {
       const cuda::MmaTile& o = mixer_tiles_[i];
       if (o.bn) t[i].bn = o.bn;

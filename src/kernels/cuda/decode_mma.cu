@@ -200,7 +200,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");  // bars[2] initialised (waited before pushing)
   }
   ConvTaps taps[CONV ? 2 : 1];
-  __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels (BN <= 64)
+  __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels
   if (CONV) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -531,7 +531,8 @@ Kernel kernel_mt(int M) {
   }
 }
 // The tiles compiled for an epilogue kind: all for the plain and norm-folded products;
-// in_proj's (decode_mma_pick's at N >= 256) with the conv; out_proj's with kNext.
+// in_proj's (decode_mma_pick's at N >= 256, and the fused mixer's 128 columns) with the
+// conv; out_proj's with kNext.
 template <int EPI>
 Kernel kernel_for(int bn, int wk, int M) {
   constexpr bool all = EPI == 0 || EPI == kNorm, in_proj = EPI & kConv, out_proj = EPI == kNext;
@@ -543,7 +544,7 @@ Kernel kernel_for(int bn, int wk, int M) {
     case 64 * 16 + 1: if constexpr (all) return kernel_mt<4, 1, EPI>(M); break;
     case 64 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<4, 2, EPI>(M); break;
     case 64 * 16 + 4: if constexpr (all) return kernel_mt<4, 4, EPI>(M); break;
-    case 128 * 16 + 1: if constexpr (all) return kernel_mt<8, 1, EPI>(M); break;
+    case 128 * 16 + 1: if constexpr (all || in_proj) return kernel_mt<8, 1, EPI>(M); break;
     default: break;
   }
   return nullptr;
