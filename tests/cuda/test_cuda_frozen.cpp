@@ -443,7 +443,7 @@ struct MixerLayer {
 // into decode_mma, x_proj, the scan step on u, out_proj) against the CPU's four ops, two
 // steps in a row (the states it advanced feed the second): the residual stream's update and
 // both states within the bf16 band of the fp32 result, and off it (bf16 was read). At the tiny
-// and the m130 widths (different tiles) and at B = 16, 24, 64 (mixer_tiles' picks differ);
+// and the m130 widths (different tiles) and at B = 16, 24, 32, 40, 64 (mixer_tiles' picks differ);
 // the second step's norm comes prepared by the first's out_proj (next_norm_w: the same layer
 // stands in for the next, same x and norm weight), except at B = 40; at B = 8 it declines
 // (the GEMV path's ops run).
@@ -457,7 +457,7 @@ TEST(FrozenWeights, FusedMixerStepMatchesFourOps) {
     const int K = layer.K, P = R + 2 * N;
     DevBuf dW(*gpu, layer.W);
     gpu->freeze_weights(dW.p, layer.W.size());
-    for (int B : {8, 16, 24, 40, 64}) {
+    for (int B : {8, 16, 24, 32, 40, 64}) {
       const std::string what = "D=" + std::to_string(D) + " B=" + std::to_string(B);
       auto x = layer.x0(B, rng), st = randn(size_t(B) * (K - 1) * E, rng), h = randn(size_t(B) * E * N, rng);
       DevBuf dx(*gpu, x), dst(*gpu, st), dh(*gpu, h), dxz(*gpu, size_t(B) * 2 * E), ddbc(*gpu, size_t(B) * P),
