@@ -105,12 +105,14 @@ TEST(GenerateTokens, CudaGraphRunsOfStepsAgree) {
 }
 
 // The decode kernels load their layer's conv and SSM states before waiting on the previous
-// kernel: the writer, the same layer one token step earlier, is assumed done by then. With one
-// layer and a small vocabulary a step is 5 small kernels that could all be on the SMs at once,
-// each launched early by the one before: the closest the assumption comes to failing. A graph
-// of 8 token steps (the default) against the step() loop, which waits after each step: the same
-// greedy tokens and, since the same layer kernels ran on them, bit-equal final states, at B = 16
-// and 64 (the fused mixer's own path).
+// kernel: the writer, the same layer one token step earlier, must be done by then, which the
+// step's embedding kernel ensures by letting its dependent launch only after its own wait
+// (embedding_prenorm_kernel). With one layer and a small vocabulary a step is 5 small kernels
+// that could all be on the SMs at once, each launched early by the one before: without that cut
+// this test failed on the H200 (stale SSM states; session 15). A graph of 8 token steps (the
+// default) against the step() loop, which waits after each step: the same greedy tokens and,
+// since the same layer kernels ran on them, bit-equal final states, at B = 16 and 64 (the fused
+// mixer's own path).
 TEST(GenerateTokens, CudaGraphOneLayerMatchesStepLoop) {
   auto gpu = gpu_or_null(GemmMath::bf16);
   if (!gpu) GTEST_SKIP() << "no CUDA GPU on this machine";

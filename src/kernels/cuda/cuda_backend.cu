@@ -350,14 +350,21 @@ class CudaBackend final : public Backend {
       xp = {x16, P, static_cast<float*>(scratch_.get(kDecodeXPart, size_t(xtiles) * m.B * P * sizeof(float)))};  // (xtiles, B, P)
     BHASA_PROFILE_OP(*profile_, "mixer_decode_step");
     const PreparedNorm in = prepared_;
+    // The kernels below load this layer's states before their waits, taking the last writer
+    // to have ended: true where each step starts with embedding_decode (its kernel is the cut,
+    // embedding_prenorm_kernel). A layer stepped again since then (callers other than the
+    // model's decode) has its in_proj launched without PDL, after everything before it.
+    const bool again = std::find(stepped_.begin(), stepped_.end(), m.conv_state) != stepped_.end();
+    if (!again) stepped_.push_back(m.conv_state);
+    const bool pdl = ctx_.pdl && !again;
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
     wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
     wrote(m.y, size_t(m.B) * m.E), wrote(m.x, size_t(m.B) * m.D);
     if (pre)
-      cuda::decode_mma_prenorm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, next16, next_ss, in.tiles, m.eps, in16, m.D,
+      cuda::decode_mma_prenorm_conv(stream_, pdl, m.B, m.E, m.D, next16, next_ss, in.tiles, m.eps, in16, m.D,
                                     m.xz, 2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp);
     else
-      cuda::decode_mma_norm_conv(stream_, ctx_.pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
+      cuda::decode_mma_norm_conv(stream_, pdl, m.B, m.E, m.D, m.x, m.D, m.norm_w, m.eps, in16, m.D, m.xz,
                                  2 * m.E, m.conv_w, m.conv_b, m.conv_state, u16, tiles[0], &xp);
     if (xtiles == 0) cuda::decode_mma(stream_, ctx_.pdl, m.B, P, m.E, u16, x16, m.E, 0.f, m.dbc, P, tiles[1]);
     cuda::ssm_step_rows_u(ctx_, m.B, m.E, m.N, m.R, m.xz, m.xz + m.E, 2 * m.E, xtiles > 0 ? xp.part : m.dbc,
@@ -384,10 +391,12 @@ class CudaBackend final : public Backend {
     if (!cuda::embedding_prenorm(ctx_, B, D, ids, table, norm_w, out, next16, next_ss)) return false;
     wrote(out, size_t(B) * D);
     prepared_ = {out, norm_w, B, 1, size_t(B) * D * sizeof(float)};
+    stepped_.clear();
     return true;
   }
   void embedding_forward(int T, int D, const int32_t* ids, const float* table, float* out) override {
     BHASA_PROFILE_OP(*profile_, "embedding_forward");
+    stepped_.clear();  // (a plain launch: it starts after everything before it has ended)
     wrote(out, size_t(T) * D);
     cuda::embedding_forward(ctx_, T, D, ids, table, out);
   }
@@ -708,6 +717,9 @@ class CudaBackend final : public Backend {
     int B = 0, tiles = 0;
     size_t bytes = 0;
   } prepared_;
+  // The conv states mixer_decode_step has stepped since the last embedding (its kernel is the
+  // cut after which a step's kernels may load states early).
+  std::vector<const float*> stepped_;
   bool decode_mma_norm_ = true;  // with decode_mma: norm_gemm's RMSNorm folded into it
   int decode_mma_max_m_ = 16;  // CudaOptions::decode_mma_max_m
   int mma_thin_n_ = 128;  // outputs this narrow use decode_mma at any decode M (BHASA_DECODE_MMA_THIN_N)

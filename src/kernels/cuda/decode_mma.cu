@@ -183,7 +183,8 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   const int cpr = kl / 8;  // 16-byte chunks a row
   // CONV: the conv state and weights of the outputs this thread will store (items i0, i0 + T
   // of this block's share, as below), before the wait: within a step only this kernel writes
-  // this layer's conv state
+  // this layer's conv state, and the previous step's kernels have ended (the cut in
+  // embedding_prenorm_kernel)
   // a block's share: whole rows of the tile (NEXT sums each row's squares across its lanes)
   const int items = M * (BN / 4);  // float4s of the tile
   const int per = block_share(items, S, BN / 4);

@@ -154,8 +154,16 @@ __global__ void embedding_prenorm_kernel(int D, const int32_t* __restrict__ ids,
   const int b = blockIdx.x, D4 = D / 4;
   const float4* g4 = reinterpret_cast<const float4*>(g);
   const float4 w0 = threadIdx.x < D4 ? g4[threadIdx.x] : float4{};  // a weight: before the wait
-  pdl_trigger();
   pdl_wait();  // ids come from the previous step's sampler
+  // The next kernel launches only now, once the previous step's kernels have all ended (the
+  // head's pdl_wait waited for the last mixer's, and so on back). The mixer's kernels load
+  // their layer's states before their own wait, taking the writer (the same layer a step
+  // earlier) to be done; but each lets its dependent launch at its start, so without this cut
+  // launches could run a whole step ahead where the blocks are small enough to all fit: a
+  // one-layer model read stale states (GenerateTokens.CudaGraphOneLayerMatchesStepLoop failed
+  // on the H200 with the trigger before the wait). m130, B = 64: 0.440-0.441 ms a step either
+  // way (NOTES.md, session 15).
+  pdl_trigger();
   const float4* row = reinterpret_cast<const float4*>(table) + size_t(ids[b]) * D4;
   float sum = 0.f;
   for (int c = threadIdx.x; c < D4; c += blockDim.x) {

@@ -105,8 +105,8 @@ ssm_step_rows_kernel(int B, int E, int N, int R, int K, const float* __restrict_
   for (int j = 0; j < kRowsMaxK; ++j) cw[j] = !U && j < K ? conv_w[unsigned(e) * K + j] : 0.0f;
   const float cb = !U && conv_b ? conv_b[e] : 0.0f, Dv = Dp[e], bias = dt_bias[e];
   // Early: the states before pdl_wait. Within a step only this kernel writes this layer's h
-  // and conv state (and the previous replay has finished), so the kernels still running
-  // cannot change them.
+  // and conv state, and the previous step's kernels have ended before this step's launch
+  // (the cut in embedding_prenorm_kernel), so the kernels still running cannot change them.
   if (!Early) {
     pdl_trigger();
     pdl_wait();
