@@ -353,9 +353,12 @@ class CudaBackend final : public Backend {
     // The kernels below load this layer's states before their waits, taking the last writer
     // to have ended: true where each step starts with embedding_decode (its kernel is the cut,
     // embedding_prenorm_kernel). A layer stepped again since then (callers other than the
-    // model's decode) has its in_proj launched without PDL, after everything before it.
-    const bool again = std::find(stepped_.begin(), stepped_.end(), m.conv_state) != stepped_.end();
-    if (!again) stepped_.push_back(m.conv_state);
+    // model's decode) has its in_proj launched without PDL, after everything before it: a cut
+    // too, so the list starts again there (which also bounds it).
+    const bool again = std::find(stepped_.begin(), stepped_.end(), m.conv_state) != stepped_.end() ||
+                       stepped_.size() >= 1024;
+    if (again) stepped_.clear();
+    stepped_.push_back(m.conv_state);
     const bool pdl = ctx_.pdl && !again;
     wrote(m.xz, size_t(m.B) * 2 * m.E), wrote(m.dbc, size_t(m.B) * P);
     wrote(m.conv_state, size_t(m.B) * (m.K - 1) * m.E), wrote(m.h_state, size_t(m.B) * m.E * m.N);
