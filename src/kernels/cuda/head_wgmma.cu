@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/head_mma.h"
@@ -58,6 +59,9 @@ size_t stage_bytes(int K) { return size_t(K / kBoxK) * kBoxBytes; }
 size_t fixed_bytes() { return 1024 /* alignment */ + kRedBytes + 2 * kMaxStages * 8 + 64 * 4 + kMaxStages * 4; }
 int stages_for(int K) { return int(std::min<size_t>(kMaxStages, (kSmemMax - fixed_bytes()) / stage_bytes(K))); }
 
+// L2 eviction priorities of a TMA load (the cache-policy operand, as CUTLASS's CacheHintSm90)
+constexpr uint64_t kEvictNormal = 0x1000000000000000ull, kEvictFirst = 0x12F0000000000000ull;
+
 #if HEAD_WGMMA_COMPILED
 // wgmma's shared-memory matrix descriptor: start >> 4 (bits 0-13), leading offset (unused by a
 // swizzled K-major operand) 16-29, stride offset >> 4 (1024: the next 8 rows) 32-45, layout 1
@@ -85,10 +89,12 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
 // a box {kBoxK, kRows} of the tensor map at (k, row) into dst, completing on bar
-__device__ __forceinline__ void tma_box(unsigned dst, const CUtensorMap* map, int k, int row, uint64_t* bar) {
+__device__ __forceinline__ void tma_box(unsigned dst, const CUtensorMap* map, int k, int row, uint64_t* bar,
+                                        uint64_t policy) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-      "l"(map), "r"(k), "r"(row), "r"(smem_addr(bar))
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3}], [%4], %5;" ::"r"(dst),
+      "l"(map), "r"(k), "r"(row), "r"(smem_addr(bar)), "l"(policy)
       : "memory");
 }
 __device__ __forceinline__ unsigned ld_b32(const __nv_bfloat16* p) { return *reinterpret_cast<const unsigned*>(p); }
@@ -99,7 +105,7 @@ template <int KS>
 __global__ void __launch_bounds__(kThreads, 1)
 head_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, int M, int N, const __nv_bfloat16* __restrict__ A,
                   const float* __restrict__ ss, int tiles, int ss_ld, float eps, float* __restrict__ out, int ldc,
-                  int stages, HeadPick pick) {
+                  int stages, HeadPick pick, uint64_t policy) {
 #if HEAD_WGMMA_COMPILED
   constexpr int K = 32 * KS, kBoxes = K / kBoxK;
   constexpr unsigned kStageBytes = kBoxes * kBoxBytes;
@@ -137,7 +143,7 @@ head_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, int M, int N, const 
       if (t >= n_tiles) break;
       mbar_expect_tx(&full[s], kStageBytes);
       const unsigned dst = smem_addr(smem + s * kStageBytes);
-      for (int b = 0; b < kBoxes; ++b) tma_box(dst + b * kBoxBytes, &wmap, b * kBoxK, t * kRows, &full[s]);
+      for (int b = 0; b < kBoxes; ++b) tma_box(dst + b * kBoxBytes, &wmap, b * kBoxK, t * kRows, &full[s], policy);
     }
     return;
   }
@@ -231,7 +237,7 @@ head_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, int M, int N, const 
 }
 
 using Kernel = void (*)(const CUtensorMap, int, int, const __nv_bfloat16*, const float*, int, int, float, float*, int,
-                        int, HeadPick);
+                        int, HeadPick, uint64_t);
 Kernel kernel_for(int K) {
   switch (K) {
     case 256: return head_wgmma_kernel<8>;
@@ -290,8 +296,18 @@ void head_wgmma(cudaStream_t stream, bool pdl, int sm_count, int M, int N, int K
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
              "head_wgmma: cudaFuncSetAttribute");
   const int G = std::min((N + kRows - 1) / kRows, std::max(sm_count, 1));
+  // The weight is streamed once a step, and L2 (60 MB) cannot keep it to the next (77 MB at m130):
+  // its lines are marked evict_first, so that they leave before the lines the layers share
+  // between their kernels (BHASA_HEAD_EVICT_FIRST=0: normal). H200, m130 decode, ms a step, two
+  // runs each: B = 64 0.444 / 0.443 -> 0.440 / 0.442, B = 48 0.396 / 0.395 -> 0.393 / 0.394.
+  // Keeping 16-32 MB of it in L2 from step to step instead (evict_last) did no better, and with
+  // L2 set aside for persisting lines the layers slowed (B = 64 0.55-0.66: NOTES.md, session 16).
+  static const uint64_t policy = [] {
+    const char* v = std::getenv("BHASA_HEAD_EVICT_FIRST");
+    return v && std::atoi(v) == 0 ? kEvictNormal : kEvictFirst;
+  }();
   launch(kernel, dim3(G), dim3(kThreads), smem, stream, pdl, map, M, N, static_cast<const __nv_bfloat16*>(a16), ss,
-         tiles, ss_ld, eps, out, ldc, stages, pick ? *pick : HeadPick{});
+         tiles, ss_ld, eps, out, ldc, stages, pick ? *pick : HeadPick{}, policy);
   BHASA_LAUNCH_CHECK("head_wgmma");
 }
 
