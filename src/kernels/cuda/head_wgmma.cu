@@ -296,16 +296,24 @@ void head_wgmma(cudaStream_t stream, bool pdl, int sm_count, int M, int N, int K
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
              "head_wgmma: cudaFuncSetAttribute");
   const int G = std::min((N + kRows - 1) / kRows, std::max(sm_count, 1));
-  // The weight is streamed once a step, and L2 (60 MB) cannot keep it to the next (77 MB at m130):
-  // its lines are marked evict_first, so that they leave before the lines the layers share
-  // between their kernels (BHASA_HEAD_EVICT_FIRST=0: normal). H200, m130 decode, ms a step, two
-  // runs each: B = 64 0.444 / 0.443 -> 0.440 / 0.442, B = 48 0.396 / 0.395 -> 0.393 / 0.394.
+  // A weight larger than half of L2 is streamed once a step and cannot stay in L2 to the next
+  // (m130: 77 MB, the H200's L2 60 MB): its lines are marked evict_first, so that they leave
+  // before the lines the layers pass between their kernels (BHASA_HEAD_EVICT_FIRST=0: normal;
+  // a smaller weight stays normal, as it may be found in L2 again). H200, m130 decode, ms a
+  // step, three runs each: B = 64 0.441 -> 0.437-0.438, B = 48 0.398-0.400 -> 0.396-0.398.
   // Keeping 16-32 MB of it in L2 from step to step instead (evict_last) did no better, and with
-  // L2 set aside for persisting lines the layers slowed (B = 64 0.55-0.66: NOTES.md, session 16).
-  static const uint64_t policy = [] {
+  // L2 set aside for persisting lines the layers slowed (B = 64 0.55-0.65: NOTES.md, session 16).
+  static const bool evict_first = [] {
     const char* v = std::getenv("BHASA_HEAD_EVICT_FIRST");
-    return v && std::atoi(v) == 0 ? kEvictNormal : kEvictFirst;
+    return !v || std::atoi(v) != 0;
   }();
+  static const size_t l2_bytes = [] {
+    int dev = 0, bytes = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, dev);
+    return size_t(bytes);
+  }();
+  const uint64_t policy = evict_first && size_t(N) * ldw * 2 > l2_bytes / 2 ? kEvictFirst : kEvictNormal;
   launch(kernel, dim3(G), dim3(kThreads), smem, stream, pdl, map, M, N, static_cast<const __nv_bfloat16*>(a16), ss,
          tiles, ss_ld, eps, out, ldc, stages, pick ? *pick : HeadPick{}, policy);
   BHASA_LAUNCH_CHECK("head_wgmma");
