@@ -95,34 +95,55 @@ constexpr int kNorm = 1, kConv = 2, kPre = 4, kNext = 8;
 __host__ __device__ inline int block_share(int items, int S, int row_items) {
   return ((items + S - 1) / S + row_items - 1) / row_items * row_items;
 }
-// Four channels' conv state, loaded ahead, stepped with the new input s; the weights w
-// (the channels' rows of conv_w) and bias b come from shared memory (in registers for the
-// whole kernel they took 1 block an SM where 2 fit: 170 registers a thread).
+// Four channels' conv, all but the new input's tap done before pdl_wait: the state, the
+// weights and the bias are loaded at the kernel's start (issue); once the weight tile's copies
+// are issued, each channel's sum bias + w0 s0 + w1 s1 + w2 s2 is formed and the state's shift
+// (its rows 1, 2 into rows 0, 1) stored (prepare), so that after the product only p += w3 x,
+// SiLU and the new row remain (the same operations in the same order as all at once). Only this kernel
+// reads or writes this layer's conv state within a step, and the previous step's kernels have
+// ended (the cut in embedding_prenorm_kernel). With the whole conv after the product, its
+// arithmetic alone was ~0.33 us of in_proj in the chain at M = 64; split so, H200 m130 decode
+// ms a step, B = 16 0.311 -> 0.305, 32 0.356 -> 0.350, 48 0.400 -> 0.395, 64 0.443 -> 0.432
+// (prepare after pdl_wait, while A's copies fly, was slower at 16 and 48: NOTES.md, session 16).
 struct ConvTaps {
-  float4 st[kConvTaps - 1];
-  __device__ __forceinline__ void load(const ConvEpilogue& cv, int m, int gn) {
+  float4 st[kConvTaps - 1], w[4], b;  // (issue .. prepare)
+  float4 pre, w3;                     // (prepare .. step)
+  __device__ __forceinline__ void issue(const ConvEpilogue& cv, int m, int gn) {
 #pragma unroll
     for (int j = 0; j < kConvTaps - 1; ++j)
       st[j] = *reinterpret_cast<const float4*>(cv.state + (size_t(m) * (kConvTaps - 1) + j) * cv.E + gn);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = *reinterpret_cast<const float4*>(cv.w + size_t(gn + i) * kConvTaps);
+    b = cv.b ? *reinterpret_cast<const float4*>(cv.b + gn) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  __device__ __forceinline__ float4 step(const ConvEpilogue& cv, int m, int gn, float4 s, const float4* w,
-                                         float4 b) const {
-    const float x[4] = {s.x, s.y, s.z, s.w}, bias[4] = {b.x, b.y, b.z, b.w};
+  __device__ __forceinline__ void prepare(const ConvEpilogue& cv, int m, int gn) {
+    const float bias[4] = {b.x, b.y, b.z, b.w};
     const float* t0 = &st[0].x;
     const float* t1 = &st[1].x;
     const float* t2 = &st[2].x;
-    float u[4];
+    float p[4], w3f[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float4 wi = w[i];
-      float p = bias[i];
-      p += wi.x * t0[i], p += wi.y * t1[i], p += wi.z * t2[i], p += wi.w * x[i];
-      u[i] = p * sigmoid_fast(p);
+      p[i] = bias[i];
+      p[i] += w[i].x * t0[i], p[i] += w[i].y * t1[i], p[i] += w[i].z * t2[i];
+      w3f[i] = w[i].w;
     }
+    pre = make_float4(p[0], p[1], p[2], p[3]), w3 = make_float4(w3f[0], w3f[1], w3f[2], w3f[3]);
     float* row = cv.state + size_t(m) * (kConvTaps - 1) * cv.E + gn;
     *reinterpret_cast<float4*>(row) = st[1];
     *reinterpret_cast<float4*>(row + cv.E) = st[2];
-    *reinterpret_cast<float4*>(row + 2 * cv.E) = s;
+  }
+  // torch: u = F.silu(pre + w3 * s); the state's last row = s
+  __device__ __forceinline__ float4 step(const ConvEpilogue& cv, int m, int gn, float4 s) const {
+    const float x[4] = {s.x, s.y, s.z, s.w}, pr[4] = {pre.x, pre.y, pre.z, pre.w}, w3f[4] = {w3.x, w3.y, w3.z, w3.w};
+    float u[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float p = pr[i];
+      p += w3f[i] * x[i];
+      u[i] = p * sigmoid_fast(p);
+    }
+    *reinterpret_cast<float4*>(cv.state + (size_t(m) * (kConvTaps - 1) + 2) * cv.E + gn) = s;
     const float4 uv = make_float4(u[0], u[1], u[2], u[3]);
     if (cv.u16) store4(cv.u16 + size_t(m) * cv.E + gn, uv);
     return uv;
@@ -201,17 +222,12 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");  // bars[2] initialised (waited before pushing)
   }
   ConvTaps taps[CONV ? 2 : 1];
-  __shared__ float4 conv_w[CONV ? BN : 1], conv_b[CONV ? BN / 4 : 1];  // the tile's channels
   if (CONV) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
-      if (i < end && gn < cv.E) taps[j].load(cv, m, gn);
+      if (i < end && gn < cv.E) taps[j].issue(cv, m, gn);
     }
-    const int t = threadIdx.x;  // (read after the barriers before the products)
-    if (t < BN && n0 + t < cv.E) conv_w[t] = *reinterpret_cast<const float4*>(cv.w + size_t(n0 + t) * kConvTaps);
-    if (t < BN / 4 && n0 + 4 * t < cv.E)
-      conv_b[t] = cv.b ? *reinterpret_cast<const float4*>(cv.b + n0 + 4 * t) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   // NEXT: the next norm's weights of the thread's items (a weight: before the wait)
   float4 gnext[NEXT ? 2 : 1];
@@ -241,6 +257,13 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     for (int r = lane; r < rows; r += 32) bulk_copy(sW + r * pitch, W + size_t(n0 + r) * ldw + k0, seg, &bars[0]);
   }
   if (!(load & 4)) pdl_trigger();  // load & 4: the next kernel launched only after our products
+  if (CONV) {  // the conv's sums over the state and its shift (after the copies are issued)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int i = i0 + j * T, m = i / (BN / 4), gn = n0 + (i % (BN / 4)) * 4;
+      if (i < end && gn < cv.E) taps[j].prepare(cv, m, gn);
+    }
+  }
   pdl_wait();
   if (NORM) {
     // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
@@ -315,6 +338,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
                   ? *reinterpret_cast<const float4*>(C + size_t(m) * ldc + gn)
                   : make_float4(0.f, 0.f, 0.f, 0.f);
   }
+
 
   const int wn = warp % WN, wk = warp / WN;
   float acc[2 * MT][4];
@@ -443,7 +467,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     float* c = C + size_t(m) * ldc + gn;
     if constexpr (CONV && j < 2) {  // (served: vec, N % 4 == 0, at most 2 items a thread: tile_problem)
       if (gn < cv.E) {
-        const float4 u = taps[j].step(cv, m, gn, s, conv_w + n, conv_b[n / 4]);
+        const float4 u = taps[j].step(cv, m, gn, s);
         *reinterpret_cast<float4*>(c) = u;
         if (xfold) {
           __nv_bfloat162 h[2] = {__floats2bfloat162_rn(u.x, u.y), __floats2bfloat162_rn(u.z, u.w)};
