@@ -339,7 +339,6 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
                   : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 
-
   const int wn = warp % WN, wk = warp / WN;
   float acc[2 * MT][4];
 #pragma unroll
