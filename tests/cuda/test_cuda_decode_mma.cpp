@@ -79,9 +79,12 @@ TEST(CudaDecodeMma, EveryTile) {
   const cuda::MmaTile tiles[] = {{16, 8, 4, 0}, {16, 8, 8, 1}, {32, 4, 2, 2}, {32, 8, 4, 3}, {64, 4, 1, 0},
                                  {64, 2, 2, 1}, {128, 4, 1, 2}, {128, 2, 1, 3}, {64, 1, 2, 1}, {16, 3, 8, 0},
                                  {64, 5, 2, 7}, {32, 4, 4, 4}, {64, 2, 4, 3}, {64, 4, 4, 7}, {64, 2, 2, 3, 16},
-                                 {32, 4, 4, 7, 32}, {16, 8, 4, 3, 16}, {64, 2, 2, 3, 64}, {32, 4, 4, 7, 48}};
+                                 {32, 4, 4, 7, 32}, {16, 8, 4, 3, 16}, {64, 2, 2, 3, 64}, {32, 4, 4, 7, 48},
+                                 {128, 2, 1, 11, 32}, {64, 2, 2, 11, 64}, {64, 3, 2, 11}};
   // rows 0 takes the pick's row groups (16 or 32 rows above 16); rows 64 / 48 keep A's
-  // 16-row tiles at 1, 2, 3, 4 a block
+  // 16-row tiles at 1, 2, 3, 4 a block. On an sm_90a device the tiles of 64 and 128 weight
+  // rows with K slices of whole 64s and load 3 or 7 run on wgmma; load 11 is the same tiles
+  // on mma.sync.
   for (cuda::MmaTile t : tiles)
     for (int M : {9, 20, 40, 64})
       EXPECT_LE(check(*gpu, M, 333, 768, 0.5f, t, rng, 341), kBf16)

@@ -19,15 +19,26 @@
 // as the 8-column one (D^T = W A^T), both K-contiguous in shared memory and fetched by
 // ldmatrix; the number of A's 16-row tiles is a template parameter, and the rows past M
 // in the last one are multiplied too (their garbage only reaches outputs never stored).
+//
+// Where the tile's warps along N make whole warpgroups (bn 64 or 128) and its K slices are
+// whole 64s (use_wgmma), the products run on wgmma instead: the copies write both tiles in
+// wgmma's 128-byte swizzle (wgmma.cuh), and each warpgroup issues m64n(16 MT)k16 on its 64
+// weight rows for its k16 steps, reading both operands from shared memory itself. Its
+// accumulators are mma.sync's fragments, so the epilogues are the same code. The products
+// were on the step's critical path: at B = 64 taking half of in_proj's mma.sync steps away
+// saved 15 us a step, all of them 39 (diagnostic builds, NOTES.md session 17); on wgmma
+// batch-64 decode went 0.429 -> 0.400 ms a step.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/decode_mma.h"
 #include "kernels/cuda/sm90.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -56,6 +67,25 @@ __device__ __forceinline__ void copy_rows_async(unsigned char* dst, int pitch, c
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(g) : "memory");
     r += dr, c += dc, g += g_step, d += d_step;
     if (c >= cpr) c -= cpr, ++r, g += g_wrap, d += d_wrap;
+  }
+}
+
+// copy_rows_async into wgmma's swizzled K-major layout (wgmma.cuh): chunk c of row r to block
+// c / 8 (block_bytes apart), row r (128 bytes apart), chunk (c % 8) ^ (r % 8). Consecutive
+// threads take a row's consecutive chunks: each 8 of them fill one 128-byte row.
+template <int T>
+__device__ __forceinline__ void copy_rows_sw128(unsigned char* dst, unsigned block_bytes, const __nv_bfloat16* src,
+                                                size_t ld, int rows, int cpr) {
+  int r = threadIdx.x / cpr, c = threadIdx.x - r * cpr;
+  const int dr = T / cpr, dc = T - dr * cpr;
+  const __nv_bfloat16* g = src + r * ld + c * 8;
+  const unsigned base = smem_addr(dst);
+  const size_t g_step = dr * ld + dc * 8, g_wrap = ld - size_t(cpr) * 8;  // elements
+  while (r < rows) {
+    const unsigned d = base + unsigned(c >> 3) * block_bytes + unsigned(r) * 128u + unsigned(((c & 7) ^ (r & 7)) << 4);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(g) : "memory");
+    r += dr, c += dc, g += g_step;
+    if (c >= cpr) c -= cpr, ++r, g += g_wrap;
   }
 }
 
@@ -163,7 +193,7 @@ struct ConvTaps {
 // outputs left of cv.E go through the causal conv with the state and SiLU.
 // MT = ceil(M / 16): the 16-row tiles of A, fixed at compile time so that the products
 // unroll without guards.
-template <int WN, int WK, int MT, int EPI>
+template <int WN, int WK, int MT, int EPI, bool WG>
 __global__ void __launch_bounds__(32 * WN * WK, EPI & kConv ? 2 : 1)  // (kConv: <= 128 registers, 2 blocks an SM)
 decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__ A,
                   const __nv_bfloat16* __restrict__ W, int ldw, float beta, float* __restrict__ C, int ldc,
@@ -179,7 +209,10 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     if (CONV) cv.state += size_t(m0) * (kConvTaps - 1) * cv.E, cv.u16 += cv.u16 ? size_t(m0) * cv.E : 0;
     if (NEXT) ns.a16 += size_t(m0) * N;
   }
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  static_assert(!WG || WN % 4 == 0, "wgmma: the warps along N make whole warpgroups");
+  // WG: the swizzled tiles' atoms start 1024-aligned (the host adds 1024 bytes)
+  unsigned char* const smem = WG ? smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u) : smem_raw;
   __shared__ __align__(8) uint64_t bars[3];  // the weight's bulk copies, A's, the pushed partials
   // NORM: the rows' sums of squares over the block's slice; NORM, PRE: their rstd
   __shared__ float row_ss[NORM ? kMmaMaxM : 1], row_r[NORM || PRE ? kMmaMaxM : 1];
@@ -188,7 +221,9 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   const int rows = min(BN, N - n0), pitch = 2 * KS + 16;
   const unsigned seg = 2u * unsigned(kl);
   unsigned char* sW = smem;
-  unsigned char* sA = smem + BN * pitch;
+  // WG: the weight tile (BN, KS) and A's (16 MT, KS) in wgmma's swizzled layout (wgmma.cuh)
+  const unsigned w_block = BN * 128u, a_block = 16u * MT * 128u;  // WG: between 64-k blocks
+  unsigned char* sA = smem + (WG ? size_t(KS / 64) * w_block : size_t(BN) * pitch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
@@ -249,7 +284,8 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
     cp_async_commit();
   }
   if (load & 2) {
-    copy_rows_async<T>(sW, pitch, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
+    if (WG) copy_rows_sw128<T>(sW, w_block, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
+    else copy_rows_async<T>(sW, pitch, W + size_t(n0) * ldw + k0, ldw, rows, cpr);
     cp_async_commit();
   } else if (warp == 0) {
     if (lane == 0) mbar_expect_tx(&bars[0], unsigned(rows) * seg);
@@ -268,7 +304,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   if (NORM) {
     // bf16(x * g) into sA and x . x per float4 into sq, 8 float4 loads a thread in flight
     const int kl4 = kl / 4, total = M * kl4;
-    float* sq = reinterpret_cast<float*>(sA + ((M + 15) / 16 * 16) * pitch);  // (M, kl4)
+    float* sq = reinterpret_cast<float*>(sA + (WG ? size_t(KS / 64) * a_block : size_t((M + 15) / 16 * 16) * pitch));  // (M, kl4)
     for (int base = threadIdx.x; base < total; base += 8 * T) {
       float4 xv[8];
 #pragma unroll
@@ -283,7 +319,9 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
           const float4 x = xv[j], w = *reinterpret_cast<const float4*>(g + k0 + 4 * c4);
           sq[i] = (x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w);
           __nv_bfloat162 h[2] = {__floats2bfloat162_rn(x.x * w.x, x.y * w.y), __floats2bfloat162_rn(x.z * w.z, x.w * w.w)};
-          *reinterpret_cast<uint2*>(sA + m * pitch + c4 * 8) = *reinterpret_cast<const uint2*>(h);
+          unsigned char* d = WG ? sA + (c4 >> 4) * a_block + m * 128 + ((((c4 >> 1) & 7) ^ (m & 7)) << 4) + (c4 & 1) * 8
+                                : sA + m * pitch + c4 * 8;
+          *reinterpret_cast<uint2*>(d) = *reinterpret_cast<const uint2*>(h);
         }
       }
     }
@@ -297,7 +335,8 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
       if (lane == 0) row_ss[m] = ss;
     }
   } else if (load & 1) {  // A (written by the previous kernel) by 16-byte cp.async from every thread
-    copy_rows_async<T>(sA, pitch, A + k0, K, M, cpr);
+    if (WG) copy_rows_sw128<T>(sA, a_block, A + k0, K, M, cpr);
+    else copy_rows_async<T>(sA, pitch, A + k0, K, M, cpr);
     cp_async_commit();
   } else if (warp == (WN * WK > 1 ? 1 : 0)) {  // or one bulk copy a row
     if (lane == 0) mbar_expect_tx(&bars[1], unsigned(M) * seg);
@@ -352,6 +391,7 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   if (!NORM && !(load & 1)) mbar_wait(&bars[1], 0);
   if (load & 3) {
     cp_async_wait<0>();
+    if (WG) fence_proxy_async_smem();  // this thread's copies and stores, to wgmma's reads
     __syncthreads();  // every thread's copies have landed
   }
   // a k16 step's fragments all loaded before its products, the next step's loaded while
@@ -360,30 +400,50 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // This warp's k16 steps are wk, wk + WK, ...: the fragment addresses advance by adding
   // (computed from the lane per step, they were most of the loop's instructions).
   const int my_steps = steps > wk ? (steps - wk + WK - 1) / WK : 0;
-  constexpr unsigned kStep = 32u * WK;
-  const unsigned tile_bytes = 16u * unsigned(pitch);  // between A's 16-row tiles
-  unsigned pw = aw + 32u * wk, pa = aa + 32u * wk;
-  auto frags = [&](unsigned (&a)[4], unsigned (&b)[MT][4]) {
-    ldmatrix_x4(a, pw);
-#pragma unroll
-    for (int jj = 0; jj < MT; ++jj) ldmatrix_x4(b[jj], pa + jj * tile_bytes);
-    pw += kStep, pa += kStep;
-  };
-  auto products = [&](const unsigned (&a)[4], const unsigned (&b)[MT][4]) {
-#pragma unroll
-    for (int jj = 0; jj < MT; ++jj) {
-      mma_bf16(acc[2 * jj], a, b[jj][0], b[jj][1]);
-      mma_bf16(acc[2 * jj + 1], a, b[jj][2], b[jj][3]);
+  if constexpr (WG) {
+#if BHASA_WGMMA_COMPILED
+    // warpgroup (warps 4 q .. 4 q + 3; wn / 4 = q % (WN / 4), wk uniform over it) runs
+    // wgmma m64n(16 MT)k16 on its 64 weight rows and all of A's rows for its k16 steps
+    // wk, wk + WK, ..: acc is then the same fragments as mma.sync's below (warp w of the
+    // warpgroup holds weight rows 16 w .. 16 w + 15, n8 column tile j in acc[j])
+    const unsigned wg_w = smem_addr(sW) + unsigned(wn / 4) * 64u * 128u, wg_a = smem_addr(sA);
+    fence_operands<8 * MT>(&acc[0][0]);
+    wgmma_fence();
+    for (int i = 0; i < my_steps; ++i) {
+      const int s = wk + i * WK;
+      const unsigned kb = unsigned(s & 3) * 32u;
+      wgmma_ss<MT>(acc, sw128_desc(wg_w + unsigned(s >> 2) * w_block + kb), sw128_desc(wg_a + unsigned(s >> 2) * a_block + kb));
     }
-  };
-  unsigned a0[4], b0[MT][4], a1[4], b1[MT][4];
-  if (my_steps > 0) frags(a0, b0);
-  for (int i = 0; i < my_steps; i += 2) {
-    if (i + 1 < my_steps) frags(a1, b1);
-    products(a0, b0);
-    if (i + 1 >= my_steps) break;
-    if (i + 2 < my_steps) frags(a0, b0);
-    products(a1, b1);
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_operands<8 * MT>(&acc[0][0]);
+#endif
+  } else {
+    constexpr unsigned kStep = 32u * WK;
+    const unsigned tile_bytes = 16u * unsigned(pitch);  // between A's 16-row tiles
+    unsigned pw = aw + 32u * wk, pa = aa + 32u * wk;
+    auto frags = [&](unsigned (&a)[4], unsigned (&b)[MT][4]) {
+      ldmatrix_x4(a, pw);
+#pragma unroll
+      for (int jj = 0; jj < MT; ++jj) ldmatrix_x4(b[jj], pa + jj * tile_bytes);
+      pw += kStep, pa += kStep;
+    };
+    auto products = [&](const unsigned (&a)[4], const unsigned (&b)[MT][4]) {
+#pragma unroll
+      for (int jj = 0; jj < MT; ++jj) {
+        mma_bf16(acc[2 * jj], a, b[jj][0], b[jj][1]);
+        mma_bf16(acc[2 * jj + 1], a, b[jj][2], b[jj][3]);
+      }
+    };
+    unsigned a0[4], b0[MT][4], a1[4], b1[MT][4];
+    if (my_steps > 0) frags(a0, b0);
+    for (int i = 0; i < my_steps; i += 2) {
+      if (i + 1 < my_steps) frags(a1, b1);
+      products(a0, b0);
+      if (i + 1 >= my_steps) break;
+      if (i + 2 < my_steps) frags(a0, b0);
+      products(a1, b1);
+    }
   }
 
   if (load & 4) pdl_trigger();
@@ -545,30 +605,37 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
 using Kernel = void (*)(int, int, int, int, const __nv_bfloat16*, const __nv_bfloat16*, int, float, float*, int,
                         const float*, int, const float*, float, int, int, int, ConvEpilogue, NormSplit);
 
-template <int WN, int WK, int EPI>
-Kernel kernel_mt(int M) {
+template <int WN, int WK, int EPI, bool WG>
+Kernel kernel_rows(int M) {
   switch ((M + 15) / 16) {
-    case 1: return decode_mma_kernel<WN, WK, 1, EPI>;
-    case 2: return decode_mma_kernel<WN, WK, 2, EPI>;
-    case 3: return decode_mma_kernel<WN, WK, 3, EPI>;
-    default: return decode_mma_kernel<WN, WK, 4, EPI>;
+    case 1: return decode_mma_kernel<WN, WK, 1, EPI, WG>;
+    case 2: return decode_mma_kernel<WN, WK, 2, EPI, WG>;
+    case 3: return decode_mma_kernel<WN, WK, 3, EPI, WG>;
+    default: return decode_mma_kernel<WN, WK, 4, EPI, WG>;
   }
+}
+// wg: the products on wgmma (whole warpgroups along N only)
+template <int WN, int WK, int EPI>
+Kernel kernel_mt(int M, bool wg) {
+  if constexpr (WN % 4 == 0)
+    if (wg) return kernel_rows<WN, WK, EPI, true>(M);
+  return kernel_rows<WN, WK, EPI, false>(M);
 }
 // The tiles compiled for an epilogue kind: all for the plain and norm-folded products;
 // in_proj's (decode_mma_pick's at N >= 256, and the fused mixer's 128 columns) with the
 // conv; out_proj's with kNext.
 template <int EPI>
-Kernel kernel_for(int bn, int wk, int M) {
+Kernel kernel_for(int bn, int wk, int M, bool wg = false) {
   constexpr bool all = EPI == 0 || EPI == kNorm, in_proj = EPI & kConv, out_proj = EPI == kNext;
   switch (bn * 16 + wk) {
-    case 16 * 16 + 4: if constexpr (all || out_proj) return kernel_mt<1, 4, EPI>(M); break;
-    case 16 * 16 + 8: if constexpr (all || out_proj) return kernel_mt<1, 8, EPI>(M); break;
-    case 32 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 2, EPI>(M); break;
-    case 32 * 16 + 4: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 4, EPI>(M); break;
-    case 64 * 16 + 1: if constexpr (all) return kernel_mt<4, 1, EPI>(M); break;
-    case 64 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<4, 2, EPI>(M); break;
-    case 64 * 16 + 4: if constexpr (all) return kernel_mt<4, 4, EPI>(M); break;
-    case 128 * 16 + 1: if constexpr (all || in_proj) return kernel_mt<8, 1, EPI>(M); break;
+    case 16 * 16 + 4: if constexpr (all || out_proj) return kernel_mt<1, 4, EPI>(M, wg); break;
+    case 16 * 16 + 8: if constexpr (all || out_proj) return kernel_mt<1, 8, EPI>(M, wg); break;
+    case 32 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 2, EPI>(M, wg); break;
+    case 32 * 16 + 4: if constexpr (all || in_proj || out_proj) return kernel_mt<2, 4, EPI>(M, wg); break;
+    case 64 * 16 + 1: if constexpr (all) return kernel_mt<4, 1, EPI>(M, wg); break;
+    case 64 * 16 + 2: if constexpr (all || in_proj || out_proj) return kernel_mt<4, 2, EPI>(M, wg); break;
+    case 64 * 16 + 4: if constexpr (all) return kernel_mt<4, 4, EPI>(M, wg); break;
+    case 128 * 16 + 1: if constexpr (all || in_proj) return kernel_mt<8, 1, EPI>(M, wg); break;
     default: break;
   }
   return nullptr;
@@ -581,14 +648,15 @@ struct Layout {
   int xoff = 0;  // x_proj folded: where its operands start (ConvEpilogue::xoff)
   int roff = 0;  // split-K without the norm: the pushed partials (S, share) float4
 };
-Layout layout(const MmaTile& t, int M, int K, bool norm, int xP = 0) {
+Layout layout(const MmaTile& t, int M, int K, bool norm, int xP = 0, bool wg = false) {
   const int split = std::clamp(t.split, 1, std::min(8, K / 16));
   Layout l;
   l.KS = (K / 16 + split - 1) / split * 16, l.S = (K + l.KS - 1) / l.KS;
   const int pitch = 2 * l.KS + 16;
   // A's rows rounded up to 16: ldmatrix reads whole 16-row tiles (rows >= M unwritten);
   // norm: then the sums of squares (M, KS / 4)
-  const size_t tiles = size_t(t.bn + (M + 15) / 16 * 16) * pitch + (norm ? size_t(M) * (l.KS / 4) * 4 : 0);
+  // (wg: unpadded, swizzled, from 1024-aligned: the host adds those 1024 bytes at the end)
+  const size_t tiles = size_t(t.bn + (M + 15) / 16 * 16) * (wg ? 2 * l.KS : pitch) + (norm ? size_t(M) * (l.KS / 4) * 4 : 0);
   l.smem = std::max(tiles, size_t(t.wk) * M * (t.bn + 4) * 4);
   if (xP > 0) {  // then W_x's tile columns (xP rows, in 16-row tiles) and the block's share of u
     const int share_rows = block_share(M * (t.bn / 4), l.S, t.bn / 4) / (t.bn / 4);
@@ -599,6 +667,7 @@ Layout layout(const MmaTile& t, int M, int K, bool norm, int xP = 0) {
     l.roff = int((l.smem + 127) / 128 * 128);
     l.smem = l.roff + size_t(l.S) * block_share(M * (t.bn / 4), l.S, t.bn / 4) * 16;
   }
+  if (wg) l.smem += 1024;
   return l;
 }
 constexpr size_t kMaxSmem = 226 * 1024;  // the opt-in limit (227 KB) less the static part
@@ -613,6 +682,20 @@ MmaTile complete(MmaTile tile, int M, int N, int K) {
   return tile;
 }
 
+// Whether a (completed) tile's products run on wgmma: a warpgroup's 64 weight rows (bn a
+// multiple of 64), K slices of whole 128-byte swizzle spans (64 k), both operands by cp.async
+// (the copies write the swizzled layout), on a device running sm_90a. Not with load & 8 (a
+// tile's choice) nor BHASA_MMA_WGMMA=0 (read once).
+bool wgmma_on() {
+  static const bool v = [] { const char* s = std::getenv("BHASA_MMA_WGMMA"); return !s || std::atoi(s) != 0; }();
+  return v;
+}
+bool use_wgmma(const MmaTile& t, int RB, int K, bool norm, int xP) {
+  if (!wgmma_on() || (t.load & 8) || t.bn % 64 || K % 64 || !(t.load & 2) || !(norm || (t.load & 1))) return false;
+  const Layout l = layout(t, RB, K, norm, xP, true);
+  return l.KS % 64 == 0 && l.smem <= kMaxSmem && device_runs_sm90a();
+}
+
 // Why a (completed) tile cannot run an EPI product of M rows over K, or null: the checks of
 // the serves functions and of launch, one place.
 // xP > 0: with x_proj folded (W_x's xP rows).
@@ -620,7 +703,7 @@ template <int EPI>
 const char* tile_problem(const MmaTile& t, int M, int K, int xP = 0) {
   const int RB = t.rows > 0 ? std::min(t.rows, M) : M;  // rows a block
   if (RB > kMmaMaxM) return "more than 64 rows a block";
-  if (!kernel_for<EPI>(t.bn, t.wk, RB)) return "no kernel compiled for this tile (weight rows, warps along K)";
+  if (!kernel_for<EPI>(t.bn, t.wk, RB, false)) return "no kernel compiled for this tile (weight rows, warps along K)";
   if (xP > 128) return "x_proj folded: more than 128 outputs";
   const Layout l = layout(t, RB, K, EPI & kNorm, xP);
   if (l.smem > kMaxSmem) return "the tile needs more shared memory than a block has";
@@ -640,12 +723,13 @@ void launch(cudaStream_t stream, bool pdl, int M, int N, int K, const void* A, c
   if (const char* why = tile_problem<EPI>(tile, M, K, xP)) throw Error(std::string("decode_mma: ") + why);
   if (xP && cv.E % tile.bn) throw Error("decode_mma: x_proj folded needs E a multiple of the tile's columns");
   const int RB = tile.rows > 0 ? std::min(tile.rows, M) : M;  // rows a block
-  Kernel kernel = kernel_for<EPI>(tile.bn, tile.wk, RB);
-  const Layout l = layout(tile, RB, K, NORM, xP);
+  const bool wg = use_wgmma(tile, RB, K, NORM, xP);
+  Kernel kernel = kernel_for<EPI>(tile.bn, tile.wk, RB, wg);
+  const Layout l = layout(tile, RB, K, NORM, xP, wg);
   cv.xoff = l.xoff, cv.ldm = M;
   const int threads = 32 * (tile.bn / 16) * tile.wk;
-  static int raised[4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
-  int& allowed = raised[(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
+  static int raised[2][4][8 * 16 + 8 * 16] = {};  // per kernel: the dynamic shared memory allowed so far
+  int& allowed = raised[wg][(RB + 15) / 16 - 1][(tile.bn / 16) * 16 + tile.wk];
   if (l.smem > 48 * 1024 && int(l.smem) > allowed) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.smem)),
                "decode_mma: cudaFuncSetAttribute");

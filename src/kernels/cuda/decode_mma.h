@@ -11,7 +11,8 @@ constexpr int kMmaMaxM = 64;
 // a thread-block cluster (1..8); wk warps along the slice. 0: decode_mma_pick's choice.
 // load: how the operands reach shared memory, bits: 1 A by 16-byte cp.async from every
 // thread (else one bulk copy a row), 2 the same for the weight, 4 the next kernel (PDL)
-// let start only after the products, not at the start; -1: the pick's.
+// let start only after the products, not at the start, 8 the products on mma.sync where
+// wgmma would serve (decode_mma.cu: use_wgmma); -1: the pick's.
 // rows: A's rows a block multiplies (a multiple of 16, at most 64; 0: the pick's, all M up to
 // 16 rows, else 16 or 32), the rest by other blocks (grid z) that read the same weight tile
 // again, through L2.

@@ -35,13 +35,9 @@
 #include "kernels/cuda/head_mma.h"
 #include "kernels/cuda/head_common.cuh"
 #include "kernels/cuda/sm90.cuh"
+#include "kernels/cuda/wgmma.cuh"
 #include "kernels/sampling.h"
 
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define HEAD_WGMMA_COMPILED 0  // a device pass without wgmma (compute_90 PTX): the kernel is empty
-#else
-#define HEAD_WGMMA_COMPILED 1
-#endif
 
 namespace bhasa::cuda {
 
@@ -62,13 +58,7 @@ int stages_for(int K) { return int(std::min<size_t>(kMaxStages, (kSmemMax - fixe
 // L2 eviction priorities of a TMA load (the cache-policy operand, as CUTLASS's CacheHintSm90)
 constexpr uint64_t kEvictNormal = 0x1000000000000000ull, kEvictFirst = 0x12F0000000000000ull;
 
-#if HEAD_WGMMA_COMPILED
-// wgmma's shared-memory matrix descriptor: start >> 4 (bits 0-13), leading offset (unused by a
-// swizzled K-major operand) 16-29, stride offset >> 4 (1024: the next 8 rows) 32-45, layout 1
-// (128-byte swizzle) in bits 62-63
-__device__ __forceinline__ uint64_t sw128_desc(unsigned addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
-}
+#if BHASA_WGMMA_COMPILED
 // d (64 x 32, 16 floats a thread) += a (64 x 16: this warp's 16 rows, mma.sync's A fragment)
 // b (32 x 16 from shared memory, K-major)
 __device__ __forceinline__ void wgmma_n32(float (&d)[16], const unsigned (&a)[4], uint64_t b) {
@@ -80,14 +70,6 @@ __device__ __forceinline__ void wgmma_n32(float (&d)[16], const unsigned (&a)[4]
         "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
-// keeps the compiler from moving the accumulators across the asynchronous products
-__device__ __forceinline__ void fence_operands(float (&d)[16]) {
-#pragma unroll
-  for (int e = 0; e < 16; ++e) asm volatile("" : "+f"(d[e])::"memory");
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
 // a box {kBoxK, kRows} of the tensor map at (k, row) into dst, completing on bar
 __device__ __forceinline__ void tma_box(unsigned dst, const CUtensorMap* map, int k, int row, uint64_t* bar,
                                         uint64_t policy) {
@@ -106,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 head_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, int M, int N, const __nv_bfloat16* __restrict__ A,
                   const float* __restrict__ ss, int tiles, int ss_ld, float eps, float* __restrict__ out, int ldc,
                   int stages, HeadPick pick, uint64_t policy) {
-#if HEAD_WGMMA_COMPILED
+#if BHASA_WGMMA_COMPILED
   constexpr int K = 32 * KS, kBoxes = K / kBoxK;
   constexpr unsigned kStageBytes = kBoxes * kBoxBytes;
   extern __shared__ unsigned char smem_raw[];
@@ -180,13 +162,13 @@ head_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, int M, int N, const 
     for (int e = 0; e < 16; ++e) acc[e] = 0.f;
     // this warpgroup's K half: boxes wg * kBoxes / 2 .., k16 step j at 32 j bytes into its box row
     const unsigned half = smem_addr(smem + s * kStageBytes) + wg * (kBoxes / 2) * kBoxBytes;
-    fence_operands(acc);
+    fence_operands<16>(acc);
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < KS; ++j) wgmma_n32(acc, a[j], sw128_desc(half + (j / 4) * kBoxBytes + (j % 4) * 32));
     wgmma_commit();
     wgmma_wait_all();
-    fence_operands(acc);
+    fence_operands<16>(acc);
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);  // the stage is read: the producer may refill it
     float4* buf = red + (i & 1) * 4 * 128;  // its readers of two tiles ago passed the last barrier
@@ -259,20 +241,24 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// Whether this process runs the sm_90a code: a compute capability 9.0 device (the
-// library holds sm_90a SASS; on newer GPUs the compute_90 PTX has no wgmma).
+// The head also needs the driver's tensor-map encoder.
 bool device_has_wgmma() {
-  static const bool has = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    return major == 9 && minor == 0 && encode_fn() != nullptr;
-  }();
+  static const bool has = device_runs_sm90a() && encode_fn() != nullptr;
   return has;
 }
 
 }  // namespace
+
+bool device_runs_sm90a() {
+  static const bool runs = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    return major == 9 && minor == 0;
+  }();
+  return runs;
+}
 
 bool head_wgmma_serves(int M, int N, int K, const void* a16, const void* W, int ldw, const float* out, int ldc) {
   return M >= 1 && M <= 64 && N >= 1 && kernel_for(K) && stages_for(K) >= 2 && aligned16(a16) && aligned16(W) &&
