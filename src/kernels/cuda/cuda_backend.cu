@@ -604,8 +604,10 @@ class CudaBackend final : public Backend {
   // to sum, not 24; B = 64 with 2 K slices, 32 rows a block (96 blocks) and out_proj in 4 K
   // slices (48 blocks) 0.467 -> 0.443, either alone 0.463 / 0.472; B = 48 in 4 K slices, all
   // rows (96 blocks) 0.411 -> 0.397; B = 16 the same 0.318 -> 0.313; B = 24 / 32 no better:
-  // 0.333 / 0.364 at best; B = 32 out_proj in 6 K slices 0.365 -> 0.358-0.359), then the
-  // BHASA_MIXER_TILE_* overrides.
+  // 0.333 / 0.364 at best; B = 32 out_proj in 6 K slices 0.365 -> 0.358-0.359; session 17,
+  // the products on wgmma, out_proj again (B = 16 was the pick's 32 columns, on mma.sync):
+  // B = 16 0.303 -> 0.293 in 8 K slices, 24 0.311 -> 0.303-0.304 in 6, 32 0.337 -> 0.331 in
+  // 8; B = 48 / 64 stand), then the BHASA_MIXER_TILE_* overrides.
   void mixer_tiles(int B, cuda::MmaTile (&t)[3]) const {
     using T = cuda::MmaTile;
     t[0] = B > 48   ? T{128, 2, 1, 3, 32}
@@ -615,9 +617,9 @@ class CudaBackend final : public Backend {
     t[1] = B > 32 ? T{16, 4, 4, 3, 16} : T{};
     t[2] = B > 48   ? T{64, 4, 2, 3, 64}
            : B > 32 ? T{64, 8, 2, 3, 64}
-           : B > 24 ? T{64, 6, 2, 3, 64}
-           : B > 16 ? T{64, 8, 2, 3, 64}
-                    : T{};
+           : B > 24 ? T{64, 8, 2, 3, 64}
+           : B > 16 ? T{64, 6, 2, 3, 64}
+                    : T{64, 8, 2, 3, 0};
     for (int i = 0; i < 3; ++i) {
       const cuda::MmaTile& o = mixer_tiles_[i];
       if (o.bn) t[i].bn = o.bn;
