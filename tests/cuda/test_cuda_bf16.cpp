@@ -716,14 +716,15 @@ TEST(CudaDecodeStep, SsmDecodeStepBf16Y) {
     }
 }
 
-// decode_dtype: bf16 exactly where out_proj reads y through cuBLASLt and a frozen weight's
-// bf16 copy (bf16 mode, 8 < B <= 64); fp32 on the GEMV's batches and in tf32 mode.
+// decode_dtype: bf16 exactly where out_proj reads y through decode_mma or cuBLASLt and a frozen
+// weight's bf16 copy (bf16 mode, 2 <= B <= 64: the fused mixer's batches from 2, the GEMV's
+// above 8); fp32 at B = 1 (the GEMV) and in tf32 mode.
 // Then gemm with that bf16 y: against the CPU on the fp32 values (bf16 band, NaN-poisoned C
 // with beta 0; beta 1 adds the residual), frozen W (both bf16 on cuBLASLt) and not frozen.
 TEST(CudaDecodeStep, GemmReadsBf16Y) {
   BHASA_REQUIRE_GPU(gpu, GemmMath::bf16);
-  for (int B : {1, 8, 9, 16, 64, 65})
-    EXPECT_EQ(gpu->decode_dtype(B), B > 8 && B <= 64 ? Dtype::bf16 : Dtype::f32) << "B=" << B;
+  for (int B : {1, 2, 8, 9, 16, 64, 65})
+    EXPECT_EQ(gpu->decode_dtype(B), B > 1 && B <= 64 ? Dtype::bf16 : Dtype::f32) << "B=" << B;
   if (auto tf32 = gpu_or_null(GemmMath::tf32)) {
     EXPECT_EQ(tf32->decode_dtype(16), Dtype::f32);
   }

@@ -51,6 +51,7 @@ class CudaBackend final : public Backend {
     if (const char* m = std::getenv("BHASA_DECODE_MMA_NORM")) decode_mma_norm_ = std::atoi(m) != 0;
     fused_mixer_ = opt.fused_mixer;
     if (const char* m = std::getenv("BHASA_FUSED_MIXER")) fused_mixer_ = std::atoi(m) != 0;
+    if (const char* m = std::getenv("BHASA_FUSED_MIXER_MIN_B")) fused_min_b_ = std::max(1, std::atoi(m));
     norm_split_ = opt.norm_split;
     if (const char* m = std::getenv("BHASA_NORM_SPLIT")) norm_split_ = std::atoi(m) != 0;
     xproj_fold_ = opt.xproj_fold;
@@ -142,7 +143,9 @@ class CudaBackend final : public Backend {
     if (bf16_weights_) mirrors_->freeze(params, n);
   }
   Dtype decode_dtype(int B) const override {
-    return y_bf16_ && bf16_weights_ && B > kGemvMaxM && B <= kDecodeMaxM ? Dtype::bf16 : Dtype::f32;
+    return y_bf16_ && bf16_weights_ && (B > kGemvMaxM || (fused_mixer_ && B >= fused_min_b_)) && B <= kDecodeMaxM
+               ? Dtype::bf16
+               : Dtype::f32;
   }
 
   // ---- kernels --------------------------------------------------------------
@@ -302,7 +305,7 @@ class CudaBackend final : public Backend {
     cuda::ssm_decode_step(ctx_, B, E, N, R, K, x, z, ldxz, conv_state, conv_w, conv_b, dbc, dt_w,
                           dt_bias, A_log, D, h, y);
   }
-  // The mixer in 3 kernels, all our own and launched with PDL, at 16 <= B <= 64 with bf16
+  // The mixer in 3 kernels, all our own and launched with PDL, at 2 <= B <= 64 with bf16
   // weights (unfused: norm_rows, in_proj, conv_rows, x_proj, the scan step, out_proj, with
   // cuBLASLt for the two wide products above 32 rows):
   //   in_proj with the norm, the causal conv and x_proj folded in (decode_mma_prenorm_conv /
@@ -315,10 +318,12 @@ class CudaBackend final : public Backend {
   // H200, m130 decode, ms a step, unfused -> 4 kernels -> the norm prepared -> x_proj folded:
   // B 16 0.412 -> 0.389 -> 0.378 -> 0.355, 32 0.473 -> 0.444 -> 0.423 -> 0.398, 48 0.582 ->
   // 0.534 -> 0.486 -> 0.458, 64 0.608 -> 0.586 -> 0.531 -> 0.493. decode_mma_max_m does not
-  // apply here (its default 32 is for the unfused ops).
+  // apply here (its default 32 is for the unfused ops). Session 17, from B = 2 (was 16; the
+  // products on wgmma, the scan step's rows kernel from B = 2 too): B = 2 0.321 -> 0.257, 4 0.479
+  // -> 0.267, 8 0.843 -> 0.274, 12 0.41 -> 0.285; B = 1 0.240 -> 0.251, so not there.
   bool mixer_decode_step(const MixerStep& m) override {
     const int P = m.R + 2 * m.N;
-    if (!fused_mixer_ || decode_mma_ == 0 || !m.rms || m.norm_b || m.B < 16 || m.B > kDecodeMaxM) return false;
+    if (!fused_mixer_ || decode_mma_ == 0 || !m.rms || m.norm_b || m.B < fused_min_b_ || m.B > kDecodeMaxM) return false;
     const void* in16 = decode_weight(m.B, 2 * m.E, m.D, m.in_proj, m.D);
     const void* x16 = decode_weight(m.B, P, m.E, m.x_proj, m.E);
     const void* out16 = decode_weight(m.B, m.D, m.E, m.out_proj, m.E);
@@ -338,7 +343,7 @@ class CudaBackend final : public Backend {
                                                   m.conv_w, m.conv_b, m.conv_state, tiles[0])) ||
         !cuda::decode_mma_serves(m.B, P, m.E, x16, x16, m.E, tiles[1]) ||
         !cuda::decode_mma_serves(m.B, m.D, m.E, m.y.p, out16, m.E, tiles[2]) ||
-        !cuda::ssm_step_rows_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
+        !cuda::ssm_step_rows_u_serves(m.B, m.E, m.N, m.R, 1, 2 * m.E, m.dbc, m.dt_proj_w, m.A_log, m.h_state))
       return false;
     // x_proj folded into in_proj: its partials, one a column tile left of E
     const int xtiles = xproj_fold_ ? cuda::decode_mma_xproj_tiles(m.B, m.E, m.D, P, tiles[0]) : 0;
@@ -386,7 +391,7 @@ class CudaBackend final : public Backend {
   // read it: layer 0's in_proj then stages a plain bf16 A as the others do.
   bool embedding_decode(int B, int D, const int32_t* ids, const float* table, float* out,
                         const float* norm_w) override {
-    if (!norm_w || !fused_mixer_ || !norm_split_ || decode_mma_ == 0 || !bf16_weights_ || B < 16 || B > kDecodeMaxM)
+    if (!norm_w || !fused_mixer_ || !norm_split_ || decode_mma_ == 0 || !bf16_weights_ || B < fused_min_b_ || B > kDecodeMaxM)
       return false;
     void* next16 = scratch_.get(kDecodeNext16, size_t(B) * D * 2);  // (as mixer_decode_step's)
     auto* next_ss = static_cast<float*>(scratch_.get(kDecodeNextSS, size_t(B) * D * sizeof(float)));
@@ -607,17 +612,19 @@ class CudaBackend final : public Backend {
   // 0.333 / 0.364 at best; B = 32 out_proj in 6 K slices 0.365 -> 0.358-0.359; session 17,
   // the products on wgmma, out_proj again (B = 16 was the pick's 32 columns, on mma.sync):
   // B = 16 0.303 -> 0.293 in 8 K slices, 24 0.311 -> 0.303-0.304 in 6, 32 0.337 -> 0.331 in
-  // 8; B = 48 / 64 stand), then the BHASA_MIXER_TILE_* overrides.
+  // 8; B = 48 / 64 stand; then with the wgmmas no longer serialised (C7520): B = 16 in_proj
+  // as B = 17-32's 0.298 -> 0.278, B = 32 out_proj in 4 K slices 0.340 -> 0.327, B = 8 all
+  // alike within 0.001 (taken from B = 9)), then the BHASA_MIXER_TILE_* overrides.
   void mixer_tiles(int B, cuda::MmaTile (&t)[3]) const {
     using T = cuda::MmaTile;
     t[0] = B > 48   ? T{128, 2, 1, 3, 32}
            : B > 32 ? T{128, 4, 1, 3, 64}
-           : B > 16 ? T{64, 3, 2, 3, 32}
+           : B > 8  ? T{64, 3, 2, 3, 32}
                     : T{128, 4, 1, 3, 32};
     t[1] = B > 32 ? T{16, 4, 4, 3, 16} : T{};
     t[2] = B > 48   ? T{64, 4, 2, 3, 64}
            : B > 32 ? T{64, 8, 2, 3, 64}
-           : B > 24 ? T{64, 8, 2, 3, 64}
+           : B > 24 ? T{64, 4, 2, 3, 64}
            : B > 16 ? T{64, 6, 2, 3, 64}
                     : T{64, 8, 2, 3, 0};
     for (int i = 0; i < 3; ++i) {
@@ -707,6 +714,7 @@ class CudaBackend final : public Backend {
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)
+  int fused_min_b_ = 2;         // ... from this batch up (BHASA_FUSED_MIXER_MIN_B)
   bool norm_split_ = true;      // there, the next mixer's norm prepared by out_proj (CudaOptions::norm_split)
   bool xproj_fold_ = true;      // and x_proj folded into in_proj (CudaOptions::xproj_fold)
   bool head_mma_ = true;        // a decode step's head on head_mma.cu when its norm is prepared (BHASA_HEAD_MMA)

@@ -230,9 +230,12 @@ bool ssm_step_rows(Ctx& c, int B, int E, int N, int R, int K, const float* x, co
 bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
                           const float* A_log, const float* h);
 // The same with u given (x holds silu(conv) already; the conv state untouched): a mixer step
-// whose in_proj did the conv (decode_mma_norm_conv). False where ssm_step_rows would be.
+// whose in_proj did the conv (decode_mma_norm_conv), at any B >= 1 (the fused mixer's own
+// range); otherwise false where ssm_step_rows would be (ssm_step_rows_u_serves).
 // xtiles > 1: in_proj did x_proj too (XProjFold, decode_mma.h): dbc holds its xtiles partials
 // (xtiles, B, P), summed here in tile order.
+bool ssm_step_rows_u_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
+                            const float* A_log, const float* h);
 bool ssm_step_rows_u(Ctx& c, int B, int E, int N, int R, const float* u, const float* z, int ldxz,
                      const float* dbc, const float* dt_w, const float* dt_bias, const float* A_log, const float* D,
                      float* h, Operand y, int xtiles = 1);

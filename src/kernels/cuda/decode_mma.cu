@@ -224,7 +224,9 @@ decode_mma_kernel(int M, int N, int K, int KS, const __nv_bfloat16* __restrict__
   // WG: the weight tile (BN, KS) and A's (16 MT, KS) in wgmma's swizzled layout (wgmma.cuh)
   const unsigned w_block = BN * 128u, a_block = 16u * MT * 128u;  // WG: between 64-k blocks
   unsigned char* sA = smem + (WG ? size_t(KS / 64) * w_block : size_t(BN) * pitch);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // (the warp index through a shuffle: known warp-uniform, so that wgmma's loop below counts
+  // as uniform; else ptxas serialises the wgmmas, C7520)
+  const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x / 32), 0), lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
     mbar_init(&bars[0], 1);

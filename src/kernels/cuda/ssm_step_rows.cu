@@ -293,11 +293,16 @@ SumShape sum_shape(int B) {
 
 }  // namespace
 
-bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
-                          const float* A_log, const float* h) {
-  return B >= rows_min_b() && N % 4 == 0 && N <= 32 && R % 4 == 0 && R <= 64 && K <= kRowsMaxK &&
+bool ssm_step_rows_u_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
+                            const float* A_log, const float* h) {
+  return B >= 1 && N % 4 == 0 && N <= 32 && R % 4 == 0 && R <= 64 && K <= kRowsMaxK &&
          aligned16(A_log) && aligned16(h) && aligned16(dt_w) && aligned16(dbc) &&
          size_t(B) * std::max(size_t(E) * std::max(N, K), size_t(ldxz)) < (size_t(1) << 31);  // 32-bit offsets
+}
+
+bool ssm_step_rows_serves(int B, int E, int N, int R, int K, int ldxz, const float* dbc, const float* dt_w,
+                          const float* A_log, const float* h) {
+  return B >= rows_min_b() && ssm_step_rows_u_serves(B, E, N, R, K, ldxz, dbc, dt_w, A_log, h);
 }
 
 namespace {
@@ -306,7 +311,7 @@ template <bool U>
 bool rows_step(Ctx& c, int B, int E, int N, int R, int K, const float* x, const float* z, int ldxz,
                float* conv_state, const float* conv_w, const float* conv_b, const float* dbc, const float* dt_w,
                const float* dt_bias, const float* A_log, const float* D, float* h, Operand y, int xtiles = 1) {
-  if (!ssm_step_rows_serves(B, E, N, R, K, ldxz, dbc, dt_w, A_log, h)) return false;
+  if (!(U ? ssm_step_rows_u_serves : ssm_step_rows_serves)(B, E, N, R, K, ldxz, dbc, dt_w, A_log, h)) return false;
   const SumShape sum = xtiles > 1 ? sum_shape(B) : SumShape{kRowsWarps, 1};
   const int W = sum.warps, threads = 32 * W;  // warps a block
   const dim3 grid((E + 8 * W - 1) / (8 * W), (B + kLanes - 1) / kLanes);
