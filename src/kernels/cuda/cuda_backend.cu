@@ -710,7 +710,7 @@ class CudaBackend final : public Backend {
   bool gemv_ = true;  // small-M products through gemv.cu
   std::unique_ptr<cuda::WeightMirrors> mirrors_;
   bool bf16_weights_ = false;  // freeze_weights makes bf16 copies (bf16 mode)
-  bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM (with bf16_weights_)
+  bool y_bf16_ = true;  // decode_dtype: bf16 y for 8 < B <= kDecodeMaxM, or from fused_min_b_ (bf16_weights_)
   bool train_graphs_ = true;  // graphs_for_training (unless the op profile is on)
   int decode_mma_ = 0;  // CudaOptions::decode_mma
   bool fused_mixer_ = true;     // mixer_decode_step's own path (CudaOptions::fused_mixer)

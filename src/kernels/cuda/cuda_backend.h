@@ -37,8 +37,8 @@ struct CudaOptions {
   // the step 112.4 -> 110.4 ms).
   bool tune_large = true;
   bool tune_all = false;  // every GEMM shape timed at its first call (BHASA_CUDA_TUNE=all)
-  // With bf16_weights, the decode step at 8 < B <= kDecodeMaxM writes y in bf16
-  // (decode_dtype): out_proj's cuBLASLt reads it as it is, no rounding kernel between.
+  // With bf16_weights, the decode step at 8 < B <= kDecodeMaxM (from B = 2 with the fused
+  // mixer) writes y in bf16 (decode_dtype): out_proj reads it as it is, no rounding kernel.
   bool y_bf16 = true;
   // Rows per chunk of the fused training head (head_loss): with bf16 GEMMs a chunk's
   // logits are held as bf16, rows x V (1.65 GB at 16384 x 50280). At m130's 32768 x 50280:
