@@ -134,7 +134,10 @@ void gemm_rows(Lab& lab) {
     auto got = lab.host(dC, size_t(rows) * g.N);
     const double flops = 2.0 * g.M * g.N * double(g.K);
     const double bytes = 4.0 * (double(g.M) * g.K + double(g.K) * g.N + double(g.M) * g.N);
-    lab.add(g.name, ms, bytes, flops, rel_l2(got.data(), ref.data(), ref.size()), 2e-3);
+    // tf32 products land near 2.5e-4 of the fp32 result, bf16 ones (operands rounded to 8
+    // bits: the 1e-3 to 1e-2 band) near 2.3e-3
+    const double tol = lab.gpu.operand_dtype() == Dtype::bf16 ? 5e-3 : 2e-3;
+    lab.add(g.name, ms, bytes, flops, rel_l2(got.data(), ref.data(), ref.size()), tol);
     lab.release();
   }
 }
